@@ -1,0 +1,119 @@
+"""Run configuration: command-line options and runastrodriz's environment variables.
+
+The configuration is resolved once, before the run starts, and recorded in the
+``run.started`` event; nothing downstream reads the environment again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+from .errors import ConfigError
+
+ENV_COMPUTE_APOSTERIORI = "ASTROMETRY_COMPUTE_APOSTERIORI"
+ENV_APPLY_APRIORI = "ASTROMETRY_APPLY_APRIORI"
+ENV_STEP_CONTROL = "ASTROMETRY_STEP_CONTROL"  # deprecated alias of ASTROMETRY_APPLY_APRIORI
+SERVICE_VARIABLES = ("ASTROMETRY_SERVICE_URL", "GSSS_WEBSERVICES_URL", "ASTROMETRIC_CATALOG_URL")
+# Variables whose values go into the run-started event (what a reader needs to reproduce a run).
+RECORDED_VARIABLES = (ENV_COMPUTE_APOSTERIORI, ENV_APPLY_APRIORI, ENV_STEP_CONTROL, "jref", "iref",
+                      *SERVICE_VARIABLES)
+
+_ON = {"on", "yes", "true"}
+_OFF = {"off", "no", "false"}
+
+
+def parse_switch(name: str, value: str | None, default: bool = True) -> bool:
+    """Interpret an on/off environment variable as runastrodriz does.
+
+    Parameters
+    ----------
+    name : str
+        Variable name, for the error message.
+    value : str or None
+        Its value; None when unset.
+    default : bool
+        Value when unset.
+
+    Returns
+    -------
+    bool
+
+    Raises
+    ------
+    ConfigError
+        When the value is neither on/yes/true nor off/no/false.
+    """
+    if value is None:
+        return default
+    v = value.strip().lower()
+    if v in _ON:
+        return True
+    if v in _OFF:
+        return False
+    raise ConfigError(f"{name}={value!r}: expected one of on/yes/true or off/no/false")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides what a run does, captured once at its start."""
+
+    input: str
+    run_dir: str
+    newpath: str | None = None
+    force: bool = False
+    inmemory: bool = False
+    basic: bool = False
+    num_cores: int | None = None
+    debug: bool = False
+    apply_apriori: bool = True
+    compute_aposteriori: bool = True
+    environment: dict = field(default_factory=dict)
+    notes: tuple = ()
+
+    def as_dict(self) -> dict:
+        """Plain-JSON form for the run-started event."""
+        d = asdict(self)
+        d["notes"] = list(self.notes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        """Rebuild from the run-started event payload."""
+        d = dict(d)
+        d["notes"] = tuple(d.get("notes", ()))
+        return cls(**d)
+
+
+def switches_from_environment(environ: dict | None = None) -> tuple[bool, bool, list[str]]:
+    """Read the a priori / a posteriori switches.
+
+    Parameters
+    ----------
+    environ : dict, optional
+        Defaults to ``os.environ``.
+
+    Returns
+    -------
+    apply_apriori, compute_aposteriori : bool
+    notes : list of str
+        Remarks worth recording (use of the deprecated variable).
+    """
+    env = os.environ if environ is None else environ
+    notes = []
+    compute = parse_switch(ENV_COMPUTE_APOSTERIORI, env.get(ENV_COMPUTE_APOSTERIORI))
+    apriori_value = env.get(ENV_APPLY_APRIORI)
+    if apriori_value is None and env.get(ENV_STEP_CONTROL) is not None:
+        notes.append(f"{ENV_STEP_CONTROL} is deprecated; use {ENV_APPLY_APRIORI}")
+        apply_apriori = parse_switch(ENV_STEP_CONTROL, env.get(ENV_STEP_CONTROL))
+    else:
+        apply_apriori = parse_switch(ENV_APPLY_APRIORI, apriori_value)
+        if env.get(ENV_STEP_CONTROL) is not None:
+            notes.append(f"{ENV_STEP_CONTROL} ignored: {ENV_APPLY_APRIORI} is set")
+    return apply_apriori, compute, notes
+
+
+def recorded_environment(environ: dict | None = None) -> dict:
+    """The subset of the environment that is recorded with the run."""
+    env = os.environ if environ is None else environ
+    return {k: env[k] for k in RECORDED_VARIABLES if k in env}

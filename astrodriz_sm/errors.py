@@ -1,0 +1,81 @@
+"""Exit codes and the exceptions that map onto them.
+
+One table of exit codes serves every ``astrodriz-sm`` command; the README prints it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes of ``astrodriz-sm``."""
+
+    OK = 0
+    """The run ended ``done`` (or the command succeeded)."""
+    INTERNAL = 1
+    """An unexpected error: a defect; the traceback is in the log."""
+    USAGE = 2
+    """Bad command line."""
+    INPUT = 3
+    """Bad input: a file missing, unreadable, truncated or not what HST delivers."""
+    SKIPPED = 4
+    """The run ended ``skipped``: DRIZCORR is OMIT and ``-f`` was not given."""
+    PROCESSING = 5
+    """A processing step failed (updatewcs, AstroDrizzle, ...); the run ended ``failed``."""
+    CONFIG = 6
+    """Bad configuration: an environment variable with a value that is not on/off."""
+    RUN_STATE = 7
+    """The run cannot be started or resumed in its current state (unknown, finished, unfinished)."""
+    LOG_CORRUPT = 8
+    """The event log failed verification (hash chain broken)."""
+
+
+EXIT_CODE_MEANINGS = {code: (code.__doc__ or "").strip() for code in ExitCode}
+
+
+class AstrodrizError(Exception):
+    """Base of the errors that end a command with a one-line message.
+
+    Parameters
+    ----------
+    message : str
+        One line naming the file (where there is one) and the problem.
+    path : str, optional
+        The file concerned.
+    """
+
+    exit_code = ExitCode.INTERNAL
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+    def as_payload(self) -> dict:
+        """Describe the error for an event payload."""
+        return {"error": type(self).__name__, "message": str(self), "path": self.path,
+                "exit_code": int(self.exit_code)}
+
+
+class InputError(AstrodrizError):
+    """An input file is missing, unreadable or malformed."""
+
+    exit_code = ExitCode.INPUT
+
+
+class ConfigError(AstrodrizError):
+    """The configuration (environment variables, options) is invalid."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class ProcessingError(AstrodrizError):
+    """A processing library (stwcs, drizzlepac) failed on valid-looking input."""
+
+    exit_code = ExitCode.PROCESSING
+
+
+class RunStateError(AstrodrizError):
+    """The requested run cannot be started or resumed."""
+
+    exit_code = ExitCode.RUN_STATE

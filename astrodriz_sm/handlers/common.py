@@ -1,0 +1,179 @@
+"""What every handler needs: the step context, file hashes, safe FITS reads, library output capture."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from astropy.io import fits
+
+from ..errors import InputError
+from ..statemachine import RunState
+
+
+@dataclass
+class StepContext:
+    """Everything a handler may use.
+
+    Attributes
+    ----------
+    run : RunState
+        The folded state before the step.
+    stage, step : str
+    input_dir : Path
+        Directory of the input file; changed only by the final ``promote`` step.
+    work_dir : Path
+        Where stage directories live: ``input_dir``, or ``<NEWPATH>/<root>``.
+    emit : callable
+        ``emit(kind, payload)`` appends an event (verification, decision, note) to the log now.
+    progress : callable
+        ``progress(message)`` tells the user what a long step is doing.
+    """
+
+    run: RunState
+    stage: str
+    step: str
+    input_dir: Path
+    work_dir: Path
+    emit: Callable[[str, dict], None]
+    progress: Callable[[str], None] = field(default=lambda message: None)
+
+    @property
+    def config(self) -> dict:
+        """The run configuration from ``run.started``."""
+        return self.run.config
+
+    @property
+    def root(self) -> str:
+        """Association (or exposure) rootname."""
+        return self.run.inputs.get("root") or self.run.config["root"]
+
+    def stage_dir(self, stage: str | None = None) -> Path:
+        """``<work_dir>/<root>_<stage>``."""
+        return self.work_dir / f"{self.root}_{stage or self.stage}"
+
+
+def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hashes(directory: Path, names) -> dict:
+    """``{name: sha256}`` for files in a directory."""
+    return {n: sha256(directory / n) for n in names}
+
+
+def check_fits(path: Path, need_sci: bool = False) -> None:
+    """Make sure a file is a complete, readable FITS file.
+
+    Parameters
+    ----------
+    path : Path
+    need_sci : bool
+        Also require at least one SCI extension.
+
+    Raises
+    ------
+    InputError
+        Naming the file: missing, not FITS, truncated, or without SCI.
+    """
+    if not path.exists():
+        raise InputError(f"{path}: file not found", str(path))
+    size = path.stat().st_size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+                extnames = [h.name for h in hdul]
+                # A truncated file opens fine; its last data block is simply missing.
+                for i in range(len(hdul)):
+                    info = hdul.fileinfo(i)
+                    if info["datLoc"] + info["datSpan"] > size:
+                        raise InputError(f"{path}: truncated FITS file (HDU {i} needs "
+                                         f"{info['datLoc'] + info['datSpan']} bytes, file has {size})",
+                                         str(path))
+    except InputError:
+        raise
+    except Exception as exc:  # astropy raises OSError, TypeError, ValueError... for non-FITS data
+        raise InputError(f"{path}: not a readable FITS file ({exc})", str(path)) from exc
+    if need_sci and "SCI" not in extnames:
+        raise InputError(f"{path}: no SCI extension", str(path))
+
+
+def primary_header(path: Path) -> fits.Header:
+    """Primary header of a checked FITS file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fits.getheader(path, 0)
+
+
+def copy_atomic(src: Path, dest: Path) -> None:
+    """Copy so that ``dest`` is either the old file or the complete new one, never half-written."""
+    tmp = dest.with_name(f".{dest.name}.partial")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dest)
+
+
+@contextlib.contextmanager
+def working_directory(path: Path):
+    """Run a library that writes to the current directory inside ``path``."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@contextlib.contextmanager
+def captured_output(loggers=("stwcs", "drizzlepac", "stsci", "tweakwcs", "astropy")):
+    """Capture what the stsci libraries print and log, so it goes into the event instead.
+
+    Yields
+    ------
+    io.StringIO
+        The captured text.
+    """
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    saved = []
+    for name in loggers:
+        lg = logging.getLogger(name)
+        saved.append((lg, lg.handlers[:], lg.propagate, lg.level))
+        lg.handlers = [handler]
+        lg.propagate = False
+        lg.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        for lg, handlers, propagate, level in saved:
+            lg.handlers = handlers
+            lg.propagate = propagate
+            lg.setLevel(level)
+
+
+class Timer:
+    """Wall time of a block, in seconds (``elapsed``)."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.elapsed = round(time.perf_counter() - self.start, 3)

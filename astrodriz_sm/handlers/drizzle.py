@@ -1,0 +1,154 @@
+"""Steps shared by the stages: stage copies, updatewcs, AstroDrizzle.
+
+Each stage works on copies in ``<root>_<stage>/``; the inputs in the run directory are touched
+only by the final stage's promote step.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from ..errors import ProcessingError
+from .common import StepContext, Timer, captured_output, hashes, working_directory
+
+# Parameters runastrodriz imposes on every pipeline AstroDrizzle call (PIPELINE_PARS), plus the
+# cosmic-ray settings of the default stage.
+PIPELINE_PARS = {"stepsize": 10, "preserve": False, "build": True}
+
+
+def calibrated_files(ctx: StepContext) -> list[str]:
+    """FLT then FLC names: FLT first, so that the FLC single-drizzle products are the ones left."""
+    return ctx.run.inputs["flt"] + ctx.run.inputs["flc"]
+
+
+def copy_into_stage(ctx: StepContext, source_dir: Path) -> dict:
+    """Fresh copies of the calibrated exposures in this stage's directory.
+
+    The directory is emptied first: a step redone after a crash starts from clean copies.
+    """
+    dest = ctx.stage_dir()
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    names = calibrated_files(ctx)
+    for n in names:
+        shutil.copy2(source_dir / n, dest / n)
+    return {"directory": dest.name, "source": str(source_dir), "files": hashes(dest, names)}
+
+
+def stage_inputs(ctx: StepContext) -> dict:
+    """Copy the exposures from the run directory into ``<root>_default/``."""
+    return copy_into_stage(ctx, ctx.input_dir)
+
+
+def _wcsnames(path: Path) -> list[str]:
+    with fits.open(path, memmap=False) as hdul:
+        return [str(h.header.get("WCSNAME", "")) for h in hdul if h.name == "SCI"]
+
+
+def updatewcs(ctx: StepContext) -> dict:
+    """Apply the distortion model: ``updatewcs(use_db=False)`` to the pipeline-default WCS.
+
+    Returns
+    -------
+    dict
+        The WCSNAME every exposure got (``IDC_<idctab root>``), output hashes and the library log.
+
+    Raises
+    ------
+    ProcessingError
+        When stwcs fails or the resulting WCSNAME is not ``IDC_<idctab root>``.
+    """
+    from stwcs.updatewcs import updatewcs as stwcs_updatewcs
+
+    d = ctx.stage_dir()
+    idctab = ctx.run.inputs["references"].get("IDCTAB", "")
+    expected = "IDC_" + Path(idctab.split("$")[-1]).name.split("_idc")[0] if idctab else None
+    groups = [g for g in (ctx.run.inputs["flt"], ctx.run.inputs["flc"]) if g]
+    ctx.progress(f"updatewcs(use_db=False) on {sum(map(len, groups))} exposures")
+    with Timer() as t, captured_output() as out, working_directory(d):
+        for group in groups:
+            try:
+                stwcs_updatewcs(list(group), use_db=False, checkfiles=False)
+            except Exception as exc:
+                raise ProcessingError(f"{d / group[0]}: updatewcs failed: {exc}", str(d / group[0])) from exc
+    names = {n: _wcsnames(d / n) for g in groups for n in g}
+    found = sorted({w for ws in names.values() for w in ws})
+    if expected and found != [expected]:
+        raise ProcessingError(f"{d}: updatewcs gave WCSNAME {found}, expected {expected}", str(d))
+    return {"wcsname": found[0] if len(found) == 1 else found, "wcsnames": names,
+            "files": hashes(d, [n for g in groups for n in g]), "seconds": t.elapsed, "log": out.getvalue()}
+
+
+def drizzle_parameters(ctx: StepContext, files: list[str], final: bool) -> dict:
+    """AstroDrizzle parameters as runastrodriz sets them.
+
+    MDRIZTAB (when the header names one) gives the per-filter defaults; without it AstroDrizzle's
+    own defaults apply. Stage products keep their single-drizzle images for verification; final
+    products honour ``-i`` and clean up.
+    """
+    from drizzlepac import mdzhandler
+
+    mdriztab = ctx.run.inputs.get("reference_paths", {}).get("MDRIZTAB")
+    d = ctx.stage_dir()
+    if mdriztab:
+        with captured_output(), working_directory(d):
+            pars = mdzhandler.getMdriztabParameters(files)
+        source = f"MDRIZTAB {ctx.run.inputs['references']['MDRIZTAB']}"
+    else:
+        pars, source = {}, "AstroDrizzle defaults (no MDRIZTAB in the header)"
+    pars = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in pars.items()}
+    pars.update(PIPELINE_PARS)
+    pars.update(mdriztab=False, resetbits=4096, crbit=4096,
+                num_cores=ctx.config.get("num_cores"))
+    if final:
+        pars.update(in_memory=bool(ctx.config.get("inmemory")), clean=True)
+    else:
+        pars.update(in_memory=False, clean=False, final_fillval="INDEF",
+                    driz_sep_kernel="turbo", driz_sep_fillval=0.0)
+    exptimes = np.array([ctx.run.inputs["exptimes"][f] for f in files])
+    if exptimes.max() / exptimes.min() > 2:
+        pars.update(combine_type="median", combine_nhigh=0)
+    return {"parameters": pars, "source": source}
+
+
+def run_astrodrizzle(ctx: StepContext, final: bool = False) -> dict:
+    """Drizzle the FLT list (DRZ) and the FLC list (DRC) of this stage's directory.
+
+    Returns
+    -------
+    dict
+        Per product: inputs, parameters, output hash, wall time and the AstroDrizzle log.
+    """
+    from drizzlepac import astrodrizzle
+
+    d = ctx.stage_dir()
+    root = ctx.root
+    products = []
+    groups = [g for g in (ctx.run.inputs["flt"], ctx.run.inputs["flc"]) if g]
+    for group in groups:
+        suffix = "drc" if group[0].endswith("_flc.fits") else "drz"
+        product = f"{root}_{suffix}.fits"
+        pars = drizzle_parameters(ctx, group, final)
+        runfile = f"{root}_{suffix}_astrodrizzle"
+        ctx.progress(f"AstroDrizzle {product} from {len(group)} exposures")
+        with Timer() as t, captured_output() as out, working_directory(d):
+            try:
+                astrodrizzle.AstroDrizzle(input=list(group), output=root, runfile=runfile,
+                                          configobj=None, **pars["parameters"])
+            except Exception as exc:
+                raise ProcessingError(f"{d / product}: AstroDrizzle failed: {exc}", str(d / group[0])) from exc
+        if not (d / product).exists():
+            raise ProcessingError(f"{d / product}: AstroDrizzle wrote no product", str(d / product))
+        log_file = d / f"{runfile}.log"
+        log_text = log_file.read_text(errors="replace") if log_file.exists() else out.getvalue()
+        products.append({"product": product, "inputs": list(group), "parameters": pars["parameters"],
+                         "parameter_source": pars["source"], "seconds": t.elapsed,
+                         "sha256": hashes(d, [product])[product], "log": log_text})
+    return {"products": products,
+            "inputs_after": hashes(d, [n for g in groups for n in g])}
+

@@ -1,0 +1,88 @@
+"""Final stage: choose the WCS, drizzle DRZ/DRC, promote into the run directory, clean up."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import warnings
+
+from astropy.io import fits
+
+from ..statemachine import choose_wcs as choose_wcs_rule
+from ..statemachine.state import DECISION
+from .common import StepContext, copy_atomic, hashes, sha256
+from .drizzle import copy_into_stage, run_astrodrizzle
+
+# Keywords that make up the active WCS of a SCI header (linear WCS, SIP, distortion bookkeeping).
+_WCS_KEY = re.compile(r"^(WCSNAME|WCSAXES|CRVAL[12]|CRPIX[12]|CD[12]_[12]|CTYPE[12]|CUNIT[12]|ORIENTAT|"
+                      r"RA_APER|DEC_APER|PA_APER|IDCSCALE|IDCTHETA|IDCXREF|IDCYREF|IDCV2REF|IDCV3REF|"
+                      r"[AB]P?_ORDER|[AB]P?_\d_\d|A_DMAX|B_DMAX|OCX1[01]|OCY1[01]|TDDALPHA|TDDBETA)$")
+
+
+def choose_wcs(ctx: StepContext) -> dict:
+    """Record the choice of WCS as one decision event (see :func:`statemachine.choose_wcs`)."""
+    decision = choose_wcs_rule(ctx.run)
+    ctx.emit(DECISION, decision)
+    return {"chosen_stage": decision["chosen_stage"], "chosen_wcsname": decision["chosen_wcsname"]}
+
+
+def stage_inputs(ctx: StepContext) -> dict:
+    """Copy the exposures carrying the chosen WCS into ``<root>_final/``."""
+    chosen = ctx.run.output("final", "choose_wcs")["chosen_stage"]
+    return copy_into_stage(ctx, ctx.stage_dir(chosen))
+
+
+def copy_flc_wcs(ctx: StepContext) -> dict:
+    """Copy each FLC's active WCS into its FLT, so both products share the chosen alignment."""
+    d = ctx.stage_dir()
+    copied = {}
+    for flt, flc in zip(ctx.run.inputs["flt"], ctx.run.inputs["flc"]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(d / flc, memmap=False) as src, fits.open(d / flt, mode="update") as dst:
+                names = []
+                for ext in (h for h in src if h.name == "SCI"):
+                    target = dst[("SCI", ext.ver)].header
+                    for card in ext.header.cards:
+                        if _WCS_KEY.match(card.keyword):
+                            target[card.keyword] = (card.value, card.comment)
+                    names.append(str(ext.header.get("WCSNAME", "")))
+        copied[flt] = {"from": flc, "wcsnames": names}
+    return {"copied": copied, "files": hashes(d, ctx.run.inputs["flt"])}
+
+
+def astrodrizzle(ctx: StepContext) -> dict:
+    """The final DRZ (FLT) and DRC (FLC) products, with runastrodriz's final parameters."""
+    return run_astrodrizzle(ctx, final=True)
+
+
+def promote(ctx: StepContext) -> dict:
+    """Move the verified results into the run directory.
+
+    The only step that writes to the input directory: the updated exposures replace the
+    originals and the products appear, each file atomically (copy, then rename).
+    """
+    d = ctx.stage_dir()
+    products = [p["product"] for p in ctx.run.output("final", "astrodrizzle")["products"]]
+    names = products + ctx.run.inputs["flt"] + ctx.run.inputs["flc"]
+    ctx.progress(f"promoting {len(names)} files into {ctx.input_dir}")
+    before = {n: sha256(ctx.input_dir / n) for n in names if (ctx.input_dir / n).exists()}
+    for n in names:
+        copy_atomic(d / n, ctx.input_dir / n)
+    return {"files": hashes(ctx.input_dir, names), "replaced": before, "products": products}
+
+
+def cleanup(ctx: StepContext) -> dict:
+    """Remove the stage directories (kept with ``--debug``) and a NEWPATH working directory."""
+    removed = []
+    if ctx.config.get("debug"):
+        return {"removed": removed, "kept": "debug"}
+    for stage in ("default", "apriori", "aposteriori", "final"):
+        p = ctx.stage_dir(stage)
+        if p.exists():
+            shutil.rmtree(p)
+            removed.append(p.name)
+    if ctx.config.get("newpath") and ctx.work_dir != ctx.input_dir and ctx.work_dir.exists():
+        shutil.rmtree(ctx.work_dir)
+        removed.append(str(ctx.work_dir))
+    return {"removed": removed}

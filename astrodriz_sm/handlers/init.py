@@ -1,0 +1,217 @@
+"""Init stage: interpret the input, find every exposure, read DRIZCORR, resolve reference files."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+from astropy.io import fits
+
+from ..errors import InputError
+from .common import StepContext, check_fits, primary_header, sha256
+
+# Instruments and detectors the pipeline knows how to verify (runastrodriz's focus_pars).
+SUPPORTED = {("ACS", "WFC"), ("ACS", "HRC"), ("ACS", "SBC"), ("WFC3", "UVIS"), ("WFC3", "IR")}
+# Reference-file environment variables by instrument.
+REF_VARIABLE = {"ACS": "jref", "WFC3": "iref"}
+REFERENCE_KEYWORDS = ("IDCTAB", "NPOLFILE", "D2IMFILE", "MDRIZTAB")
+_ROOTNAME = re.compile(r"^[a-z0-9]{6,12}$")
+
+
+def input_kind(path: Path) -> tuple[str, str]:
+    """Classify the input file by its suffix.
+
+    Returns
+    -------
+    kind : str
+        ``'asn'``, ``'raw'``, ``'flt'`` or ``'flc'``.
+    root : str
+        The rootname that names the trailer: ``<root>.tra``.
+
+    Raises
+    ------
+    InputError
+        For any other file name.
+    """
+    name = path.name.lower()
+    for kind in ("asn", "raw", "flt", "flc"):
+        if name.endswith(f"_{kind}.fits"):
+            return kind, name[: -len(f"_{kind}.fits")]
+    raise InputError(f"{path}: expected an _asn, _raw, _flt or _flc FITS file", str(path))
+
+
+def read_association(path: Path) -> tuple[list[str], str]:
+    """Members present and the product name of an ASN table.
+
+    Returns
+    -------
+    members : list of str
+        Lower-case rootnames of the EXP-* members with MEMPRSNT true.
+    product : str
+        Lower-case name of the PROD-* row (the association root when absent).
+
+    Raises
+    ------
+    InputError
+        Empty table, no member, or a member name that is not a plain rootname.
+    """
+    check_fits(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with fits.open(path, memmap=False) as hdul:
+            if len(hdul) < 2 or not isinstance(hdul[1], fits.BinTableHDU):
+                raise InputError(f"{path}: no association table in extension 1", str(path))
+            table = hdul[1].data
+            cols = [c.upper() for c in hdul[1].columns.names]
+            if not {"MEMNAME", "MEMTYPE", "MEMPRSNT"} <= set(cols):
+                raise InputError(f"{path}: association table lacks MEMNAME/MEMTYPE/MEMPRSNT", str(path))
+            rows = [(str(r["MEMNAME"]).strip(), str(r["MEMTYPE"]).strip().upper(), bool(r["MEMPRSNT"]))
+                    for r in table] if table is not None else []
+    members, product = [], None
+    for name, memtype, present in rows:
+        if not _ROOTNAME.match(name.lower()):
+            # Refuse before anything is read or written: a name like '../x' would escape the run directory.
+            raise InputError(f"{path}: member name {name!r} is not an HST rootname", str(path))
+        if memtype.startswith("EXP") and present:
+            members.append(name.lower())
+        elif memtype.startswith("PROD") and product is None:
+            product = name.lower()
+    if not members:
+        raise InputError(f"{path}: the association lists no exposure present (MEMPRSNT)", str(path))
+    return members, product or path.name[: -len("_asn.fits")].lower()
+
+
+def _exposure_facts(path: Path) -> dict:
+    """Check one calibrated exposure and return what the pipeline needs from its header."""
+    check_fits(path, need_sci=True)
+    hdr = primary_header(path)
+    instrument, detector = str(hdr.get("INSTRUME", "")).strip(), str(hdr.get("DETECTOR", "")).strip()
+    if (instrument, detector) not in SUPPORTED:
+        raise InputError(f"{path}: unsupported instrument {instrument}/{detector} "
+                         f"(supported: {', '.join('/'.join(s) for s in sorted(SUPPORTED))})", str(path))
+    exptime = hdr.get("EXPTIME")
+    if exptime is None or float(exptime) <= 0:
+        raise InputError(f"{path}: EXPTIME is {exptime}; nothing to drizzle", str(path))
+    refs = {k: str(hdr[k]).strip() for k in REFERENCE_KEYWORDS if k in hdr}
+    return {"instrument": instrument, "detector": detector, "exptime": float(exptime), "references": refs,
+            "drizcorr": str(hdr.get("DRIZCORR", "")).strip().upper() or None}
+
+
+def _resolve_references(refs: dict, instrument: str, input_dir: Path, environment: dict) -> tuple[dict, dict]:
+    """Find the reference files named in the headers.
+
+    A ``jref$name`` reference needs the variable ``jref``; when it is not set and the file lies
+    beside the input, the input directory is used (recorded as an environment update).
+
+    Returns
+    -------
+    resolved : dict
+        ``keyword -> absolute path`` (absent for 'N/A').
+    environment_update : dict
+    """
+    var = REF_VARIABLE.get(instrument, "jref")
+    update, resolved = {}, {}
+    for key, value in refs.items():
+        if value.upper() in ("N/A", "NONE", ""):
+            continue
+        if "$" in value:
+            prefix, name = value.split("$", 1)
+            base = environment.get(prefix) or update.get(prefix)
+            if base is None:
+                if (input_dir / name).exists():
+                    update[prefix] = str(input_dir) + "/"
+                    base = update[prefix]
+                else:
+                    raise InputError(f"{value}: {key} needs the environment variable {prefix!r}, which is "
+                                     f"not set, and {name} is not in {input_dir}", value)
+            path = Path(base) / name
+        else:
+            path = input_dir / value
+        if not path.exists():
+            raise InputError(f"{path}: {key} reference file not found", str(path))
+        resolved[key] = str(path)
+    if var not in environment and var not in update:
+        update[var] = str(input_dir) + "/"  # stwcs expands the variable even for N/A references
+    return resolved, update
+
+
+def resolve_inputs(ctx: StepContext) -> dict:
+    """Interpret the input file and list the exposures to process.
+
+    Follows runastrodriz's initialization: ASN table or singleton RAW/FLT/FLC, DRIZCORR from
+    the RAW file of the first member, the FLC list preferred over FLT when every member has one,
+    the trailer named ``<root>.tra``.
+
+    Returns
+    -------
+    dict
+        Payload with ``inputs`` (what later stages use) and ``environment_update``.
+    """
+    input_path = Path(ctx.config["input"])
+    input_dir = input_path.parent
+    kind, root = input_kind(input_path)
+    if not input_path.exists():
+        raise InputError(f"{input_path}: file not found", str(input_path))
+    notes = []
+    asn = None
+    if kind == "asn":
+        members, product = read_association(input_path)
+        root, asn = product, input_path.name
+    else:
+        members = [root]
+
+    flt, flc, raw, facts = [], [], [], {}
+    for m in members:
+        f = input_dir / f"{m}_flt.fits"
+        c = input_dir / f"{m}_flc.fits"
+        if not f.exists() and not c.exists():
+            listed = f" listed in {input_path.name}" if asn else ""
+            raise InputError(f"{f}: exposure {m}{listed} is missing (no _flt or _flc file)", str(f))
+        if f.exists():
+            facts[f.name] = _exposure_facts(f)
+            flt.append(f.name)
+        if c.exists():
+            facts[c.name] = _exposure_facts(c)
+            flc.append(c.name)
+        r = input_dir / f"{m}_raw.fits"
+        if r.exists():
+            raw.append(r.name)
+    if flc and len(flc) != len(members):
+        notes.append(f"only {len(flc)} of {len(members)} exposures have an FLC file: FLC files not used")
+        flc = []
+    if not flt:
+        # An FLC-only delivery: treat the FLC files as the calibrated list.
+        flt, flc = flc, []
+
+    # DRIZCORR comes from the RAW file of the first member; without RAW, from the calibrated file.
+    first_raw = input_dir / f"{members[0]}_raw.fits"
+    if first_raw.exists():
+        check_fits(first_raw)
+        drizcorr = str(primary_header(first_raw).get("DRIZCORR", "")).strip().upper() or None
+        drizcorr_file = first_raw.name
+    elif kind == "raw":
+        raise InputError(f"{first_raw}: file not found", str(first_raw))
+    else:
+        drizcorr_file = flt[0]
+        drizcorr = facts[flt[0]]["drizcorr"]
+        notes.append(f"no RAW file for {members[0]}: DRIZCORR read from {drizcorr_file}")
+
+    kinds = {(v["instrument"], v["detector"]) for v in facts.values()}
+    if len(kinds) > 1:
+        raise InputError(f"{input_path}: exposures mix instruments/detectors {sorted(kinds)}", str(input_path))
+    instrument, detector = kinds.pop()
+    first = facts[(flc or flt)[0]]
+    references, env_update = _resolve_references(first["references"], instrument, input_dir, ctx.run.environment)
+    used = flc + flt if flc else flt
+    inputs = {
+        "root": root, "kind": kind, "asn": asn, "members": members,
+        "flt": flt, "flc": flc, "raw": raw,
+        "drizcorr": drizcorr, "drizcorr_file": drizcorr_file,
+        "trailer": f"{root}.tra", "instrument": instrument, "detector": detector,
+        "exptimes": {n: facts[n]["exptime"] for n in used},
+        "references": first["references"], "reference_paths": references,
+        "input_hashes": {n: sha256(input_dir / n) for n in sorted(set(used + raw + ([asn] if asn else [])))},
+        "notes": notes,
+    }
+    return {"inputs": inputs, "environment_update": env_update}

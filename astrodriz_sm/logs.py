@@ -1,0 +1,45 @@
+"""Structured logs: one JSON object per line to a file, short progress lines on the console."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import structlog
+
+_CONSOLE_SKIP = {"event", "timestamp", "level", "run_id", "stage", "step"}
+
+
+def configure_logging(json_path: str | None = None, console: bool = True) -> None:
+    """Set up structlog for a command.
+
+    Parameters
+    ----------
+    json_path : str, optional
+        File that receives one JSON object per log record (appended).
+    console : bool
+        Print a one-line summary of each record to standard error.
+    """
+    # Kept open for the life of the command: every record is appended and flushed by line.
+    json_file = open(json_path, "a", buffering=1) if json_path else None  # noqa: SIM115
+
+    def tee_json(logger, method, event_dict):
+        if json_file is not None:
+            json_file.write(json.dumps(event_dict, default=str, sort_keys=True) + "\n")
+        return event_dict
+
+    def console_line(logger, method, event_dict):
+        if not console:
+            raise structlog.DropEvent
+        where = "/".join(x for x in (event_dict.get("stage"), event_dict.get("step")) if x)
+        extras = " ".join(f"{k}={v}" for k, v in event_dict.items() if k not in _CONSOLE_SKIP)
+        ts = str(event_dict.get("timestamp", ""))[11:19]
+        return f"{ts} {f'[{where}] ' if where else ''}{event_dict['event']}{' ' + extras if extras else ''}"
+
+    structlog.configure(
+        processors=[structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    tee_json, console_line],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,120 @@
+"""World coordinate systems of simulated exposures.
+
+The truth of a simulated exposure is the WCS that ``stwcs.updatewcs`` (no
+astrometry database) derives from a header carrying the *true* pointing: the
+stars are rendered through it, so a pipeline that runs updatewcs on an
+unperturbed file recovers exactly the positions the stars were drawn at.
+
+How ``stwcs.updatewcs.makewcs`` rebuilds the basic WCS keywords, as used here:
+
+- For the reference chip it keeps CRVAL and CRPIX when CRPIX equals the model
+  reference pixel (XREF, YREF) + LTV: the new CRVAL is the header WCS evaluated
+  at that pixel, i.e. the header CRVAL itself.  The CD matrix is recomputed
+  from PA_V3 (rolled to the aperture's V2/V3 position) and the IDCTAB's
+  linear terms; the header CD matters only through nothing else.
+- The second chip of a full-frame exposure gets CRVAL and CD derived from the
+  reference chip through the V2/V3 offset of the two chip models; its header
+  CRVAL/CD are ignored.
+
+Hence a pointing error is injected by moving the reference chip's CRVAL, and
+it moves the whole post-updatewcs WCS rigidly on the sky.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+
+__all__ = [
+    "jref_environment",
+    "offset_radec",
+    "updated_wcs",
+    "pixel_offset_to_arcsec",
+]
+
+
+@contextlib.contextmanager
+def jref_environment(directory: str | os.PathLike) -> Iterator[None]:
+    """Temporarily point the ``jref`` environment variable at ``directory``.
+
+    stsci.tools expands ``jref$name`` by plain concatenation, so the value
+    must end with a path separator.
+    """
+    previous = os.environ.get("jref")
+    os.environ["jref"] = str(Path(directory).resolve()) + os.sep
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("jref", None)
+        else:
+            os.environ["jref"] = previous
+
+
+def offset_radec(ra: float, dec: float, east_arcsec: float, north_arcsec: float) -> tuple[float, float]:
+    """Move a sky position by an offset in the tangent plane at that position.
+
+    Parameters
+    ----------
+    ra, dec : float
+        Position (deg).
+    east_arcsec, north_arcsec : float
+        Offset towards east (increasing RA) and north (arcsec).
+
+    Returns
+    -------
+    (float, float)
+        New (ra, dec) in deg.
+    """
+    moved = SkyCoord(ra * u.deg, dec * u.deg).spherical_offsets_by(east_arcsec * u.arcsec,
+                                                                   north_arcsec * u.arcsec)
+    return float(moved.ra.deg), float(moved.dec.deg)
+
+
+def pixel_offset_to_arcsec(cd: np.ndarray, dx: float, dy: float) -> tuple[float, float]:
+    """Sky offset (east, north; arcsec) of a pixel offset through a CD matrix.
+
+    RA increases to the east, so the east component is ``+dRA cos(dec)``,
+    which is what the first row of a CD matrix already expresses.
+    """
+    d_ra, d_dec = np.asarray(cd) @ np.array([dx, dy])
+    return float(d_ra * 3600.0), float(d_dec * 3600.0)
+
+
+def updated_wcs(path: str | os.PathLike, jref_dir: str | os.PathLike) -> list:
+    """WCS of every SCI extension after ``updatewcs(use_db=False)``, on a scratch copy.
+
+    Parameters
+    ----------
+    path : path-like
+        FLT/FLC file with an OPUS-style header; it is not modified.
+    jref_dir : path-like
+        Directory holding the reference files named in the header.
+
+    Returns
+    -------
+    list of stwcs.wcsutil.HSTWCS
+        One per SCI extension, in EXTVER order, with SIP, NPOL and D2IM terms.
+    """
+    from stwcs import updatewcs
+    from stwcs.wcsutil import HSTWCS
+
+    with tempfile.TemporaryDirectory(prefix="sim_wcs_") as tmp:
+        scratch = Path(tmp) / Path(path).name
+        shutil.copyfile(path, scratch)
+        # updatewcs reports each correction on stdout; keep the caller's output clean.
+        with jref_environment(jref_dir), contextlib.redirect_stdout(io.StringIO()):
+            updatewcs.updatewcs(str(scratch), use_db=False, checkfiles=False)
+        with fits.open(scratch) as hdul:
+            nsci = sum(1 for hdu in hdul if hdu.header.get("EXTNAME") == "SCI")
+            return [HSTWCS(hdul, ext=("SCI", k)) for k in range(1, nsci + 1)]

@@ -1,0 +1,650 @@
+"""Append-only, hash-chained event log stored in a SQLite file.
+
+Every pipeline run is a row of ``runs`` and an ordered sequence of ``events``.
+Each event carries the SHA-256 hash of its own canonical content together with
+the hash of the event before it, so any alteration of a stored event, or the
+removal of one from the middle of a run, is detected by :meth:`EventStore.verify`.
+SQLite triggers additionally refuse ``UPDATE`` and ``DELETE`` on both tables.
+
+Several processes may append to the same file at once: each append reads the
+tail of the chain and inserts the new event inside a single ``BEGIN IMMEDIATE``
+transaction, so sequence numbers are never handed out twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import pathlib
+import secrets
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Self
+
+import numpy as np
+import sqlite_utils
+
+__all__ = [
+    "GENESIS_HASH",
+    "SCHEMA_VERSION",
+    "Event",
+    "EventStore",
+    "StoreError",
+    "VerifyResult",
+    "canonical_json",
+    "event_hash",
+    "to_jsonable",
+    "utc_now",
+]
+
+SCHEMA_VERSION = 1
+GENESIS_HASH = "0" * 64
+BUSY_TIMEOUT_S = 30.0
+
+_EVENT_COLUMNS = ("run_id", "seq", "utc", "stage", "step", "kind", "payload", "prev_hash", "hash")
+
+_TRIGGERS_SQL = """
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS runs_no_update BEFORE UPDATE ON runs
+BEGIN SELECT RAISE(ABORT, 'runs are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS runs_no_delete BEFORE DELETE ON runs
+BEGIN SELECT RAISE(ABORT, 'runs are append-only'); END;
+"""
+
+
+class StoreError(Exception):
+    """Raised when the event store cannot be opened, read or written as requested."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One immutable entry of a run's event log.
+
+    Attributes
+    ----------
+    run_id : str
+        Identifier of the run the event belongs to.
+    seq : int
+        1-based position of the event within its run.
+    utc : str
+        ISO 8601 UTC timestamp with microseconds and a trailing ``'Z'``.
+    stage : str
+        Pipeline stage that emitted the event.
+    step : str
+        Step within the stage; ``''`` when not applicable.
+    kind : str
+        Event type, e.g. ``'started'`` or ``'completed'``.
+    payload : dict
+        Decoded JSON payload.
+    prev_hash : str
+        ``hash`` of the previous event of the run, or :data:`GENESIS_HASH`.
+    hash : str
+        SHA-256 hex digest of the event's canonical content (see :func:`event_hash`).
+    """
+
+    run_id: str
+    seq: int
+    utc: str
+    stage: str
+    step: str
+    kind: str
+    payload: dict
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of checking one run's hash chain.
+
+    Attributes
+    ----------
+    run_id : str
+        The run that was checked.
+    ok : bool
+        True when every stored event matches its hash and links to its predecessor.
+    n_events : int
+        Number of events stored for the run.
+    first_bad_seq : int or None
+        Sequence number of the first stored event that fails a check, None when `ok`.
+    reason : str
+        Human-readable description of the first failure; ``''`` when `ok`.
+    """
+
+    run_id: str
+    ok: bool
+    n_events: int
+    first_bad_seq: int | None
+    reason: str
+
+
+def utc_now() -> str:
+    """Return the current UTC time as an ISO 8601 string.
+
+    Returns
+    -------
+    str
+        Timestamp of the form ``YYYY-mm-ddTHH:MM:SS.ffffffZ``.
+    """
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert `obj` into plain JSON types (dict, list, str, int, float, bool, None).
+
+    Parameters
+    ----------
+    obj : object
+        Value to convert. Supported: None, bool, int, float, str (and their
+        subclasses), numpy scalars (integer, floating, bool) and arrays, mappings
+        with string keys, lists, tuples and ``os.PathLike`` objects.
+
+    Returns
+    -------
+    object
+        An equivalent value built only from plain JSON types. Tuples and arrays
+        become lists, paths become strings. Non-finite floats are kept as floats
+        (they serialise as ``NaN``/``Infinity``, which Python's json reads back).
+
+    Raises
+    ------
+    TypeError
+        If `obj`, or anything nested in it, has an unsupported type, or a mapping
+        has a non-string key.
+    """
+    if obj is None:
+        return None
+    # bool before int: bool is an int subclass and must stay true/false in JSON.
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj)
+    if isinstance(obj, str):
+        # str.__str__ strips subclasses (e.g. str-mixin enums) down to the plain value.
+        return str.__str__(obj)
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "biuf":
+            raise TypeError(f"cannot convert numpy array of dtype {obj.dtype} to JSON")
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, Mapping):
+        out = {}
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                raise TypeError(f"JSON object keys must be str, got {type(key).__name__}: {key!r}")
+            out[str.__str__(key)] = to_jsonable(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(item) for item in obj]
+    if isinstance(obj, os.PathLike):
+        path = os.fspath(obj)
+        if not isinstance(path, str):
+            raise TypeError(f"cannot convert bytes path {path!r} to JSON")
+        return path
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON-serialisable: {obj!r}")
+
+
+def canonical_json(obj: Any) -> str:
+    """Serialise plain JSON data in the store's canonical form.
+
+    Parameters
+    ----------
+    obj : object
+        Plain JSON data (see :func:`to_jsonable`).
+
+    Returns
+    -------
+    str
+        ``json.dumps`` with sorted keys, no whitespace and non-ASCII kept as is.
+    """
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_hash(
+    run_id: str, seq: int, utc: str, stage: str, step: str, kind: str, payload: dict, prev_hash: str
+) -> str:
+    """Compute the chain hash of one event.
+
+    Parameters
+    ----------
+    run_id, seq, utc, stage, step, kind, prev_hash
+        The event's fields.
+    payload : dict
+        The decoded payload (not its JSON text).
+
+    Returns
+    -------
+    str
+        SHA-256 hex digest of the canonical JSON of the object
+        ``{run_id, seq, utc, stage, step, kind, payload, prev_hash}``.
+    """
+    content = {
+        "run_id": run_id,
+        "seq": seq,
+        "utc": utc,
+        "stage": stage,
+        "step": step,
+        "kind": kind,
+        "payload": payload,
+        "prev_hash": prev_hash,
+    }
+    return hashlib.sha256(canonical_json(content).encode("utf-8")).hexdigest()
+
+
+class EventStore:
+    """Append-only event log of pipeline runs backed by one SQLite file.
+
+    A fresh connection is opened for each operation, so an ``EventStore`` may be
+    shared between threads and survives ``fork``; separate processes may open
+    the same file and append concurrently (writers wait up to 30 s for the lock).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Database file. It is created, with the schema, if it does not exist.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The database file.
+
+    Raises
+    ------
+    StoreError
+        If the file is not a SQLite database, cannot be opened or created, is a
+        SQLite database without an event-store schema, or has an unsupported
+        schema version. The message starts with the path.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = pathlib.Path(path)
+        self._closed = False
+        try:
+            with self._db() as db:
+                self._ensure_schema(db)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open event store: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"EventStore({str(self.path)!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Mark the store closed; later calls raise :class:`StoreError`.
+
+        No connection is held between calls, so there is nothing else to release.
+        """
+        self._closed = True
+
+    # -- connections ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite_utils.Database]:
+        if self._closed:
+            raise StoreError(f"{self.path}: event store is closed")
+        # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE),
+        # never implicitly by the sqlite3 module as a deferred read that later
+        # fails to upgrade to a write lock without waiting.
+        conn = sqlite3.connect(os.fspath(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            yield sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+        finally:
+            conn.close()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _write_on(db: sqlite_utils.Database) -> Iterator[None]:
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if db.conn.in_transaction:
+                db.conn.execute("ROLLBACK")
+            raise
+        db.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite_utils.Database]:
+        with self._db() as db, self._write_on(db):
+            yield db
+
+    def _ensure_schema(self, db: sqlite_utils.Database) -> None:
+        if "schema" not in db.table_names():
+            with self._write_on(db):
+                # Re-check under the write lock: another process may have just created it.
+                names = set(db.table_names())
+                if "schema" not in names:
+                    if names:
+                        raise StoreError(
+                            f"{self.path}: SQLite database without an event-store schema "
+                            f"(tables: {', '.join(sorted(names))})"
+                        )
+                    self._create_schema(db)
+        self._check_version(db)
+        db.enable_wal()
+
+    @staticmethod
+    def _create_schema(db: sqlite_utils.Database) -> None:
+        db.table("schema").create({"version": int}, not_null={"version"})
+        db.table("schema").insert({"version": SCHEMA_VERSION})
+        db.table("runs").create(
+            {"run_id": str, "input": str, "root": str, "created_utc": str},
+            pk="run_id",
+            not_null={"run_id", "input", "root", "created_utc"},
+        )
+        db.table("events").create(
+            {
+                "run_id": str,
+                "seq": int,
+                "utc": str,
+                "stage": str,
+                "step": str,
+                "kind": str,
+                "payload": str,
+                "prev_hash": str,
+                "hash": str,
+            },
+            pk=("run_id", "seq"),
+            not_null=set(_EVENT_COLUMNS),
+        )
+        db.executescript(_TRIGGERS_SQL)
+
+    def _check_version(self, db: sqlite_utils.Database) -> None:
+        row = db.execute("SELECT version FROM schema").fetchone()
+        if row is None:
+            raise StoreError(f"{self.path}: schema table is empty")
+        version = row[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this software ({SCHEMA_VERSION})"
+            )
+        if version < SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version} is older than this software ({SCHEMA_VERSION})"
+            )
+
+    # -- runs ----------------------------------------------------------------
+
+    def create_run(self, input: str | os.PathLike, root: str, run_id: str | None = None) -> str:
+        """Register a new run.
+
+        Parameters
+        ----------
+        input : str or os.PathLike
+            Path of the input file, stored as given (not resolved).
+        root : str
+            Association rootname.
+        run_id : str, optional
+            Identifier to use. Default ``f"{root}-{YYYYmmddTHHMMSS}-{4 random hex}"``.
+
+        Returns
+        -------
+        str
+            The run identifier.
+
+        Raises
+        ------
+        StoreError
+            If a run with this identifier already exists.
+        """
+        now = _dt.datetime.now(_dt.UTC)
+        if run_id is None:
+            run_id = f"{root}-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
+        row = {
+            "run_id": run_id,
+            "input": os.fspath(input),
+            "root": root,
+            "created_utc": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        }
+        try:
+            with self._write() as db:
+                if db.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
+                    raise StoreError(f"run {run_id!r} already exists in {self.path}")
+                db.table("runs").insert(row)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot create run {run_id!r}: {exc}") from exc
+        return run_id
+
+    def runs(self) -> list[dict]:
+        """List all runs.
+
+        Returns
+        -------
+        list of dict
+            Rows with keys ``run_id``, ``input``, ``root``, ``created_utc``,
+            ordered by ``created_utc`` then ``run_id``.
+        """
+        with self._db() as db:
+            return list(db.query("SELECT * FROM runs ORDER BY created_utc, run_id"))
+
+    def get_run(self, run_id: str) -> dict:
+        """Return one run's row.
+
+        Parameters
+        ----------
+        run_id : str
+            Run identifier.
+
+        Returns
+        -------
+        dict
+            Keys ``run_id``, ``input``, ``root``, ``created_utc``.
+
+        Raises
+        ------
+        StoreError
+            If there is no such run.
+        """
+        with self._db() as db:
+            rows = list(db.query("SELECT * FROM runs WHERE run_id = ?", [run_id]))
+        if not rows:
+            raise StoreError(f"no run {run_id!r} in {self.path}")
+        return rows[0]
+
+    def latest_run(self, input: str | os.PathLike | None = None) -> dict | None:
+        """Return the most recently created run.
+
+        Parameters
+        ----------
+        input : str or os.PathLike, optional
+            Only consider runs whose stored input path equals this one exactly.
+
+        Returns
+        -------
+        dict or None
+            The run's row, or None if there is no matching run.
+        """
+        sql = "SELECT * FROM runs"
+        params: list[str] = []
+        if input is not None:
+            sql += " WHERE input = ?"
+            params.append(os.fspath(input))
+        sql += " ORDER BY created_utc DESC, run_id DESC LIMIT 1"
+        with self._db() as db:
+            rows = list(db.query(sql, params))
+        return rows[0] if rows else None
+
+    # -- events --------------------------------------------------------------
+
+    def append(
+        self,
+        run_id: str,
+        stage: str,
+        step: str | None,
+        kind: str,
+        payload: Mapping[str, Any] | None = None,
+        utc: str | None = None,
+    ) -> Event:
+        """Append one event to a run's log.
+
+        Parameters
+        ----------
+        run_id : str
+            An existing run.
+        stage : str
+            Pipeline stage emitting the event.
+        step : str or None
+            Step within the stage; None is stored as ``''``.
+        kind : str
+            Event type.
+        payload : mapping, optional
+            Event data; converted with :func:`to_jsonable`. Default ``{}``.
+        utc : str, optional
+            Timestamp to record; default the current time (see :func:`utc_now`).
+
+        Returns
+        -------
+        Event
+            The stored event, with its payload decoded from the stored JSON.
+
+        Raises
+        ------
+        StoreError
+            If the run does not exist or the database cannot be written.
+        TypeError
+            If `payload` is not a mapping or holds values that are not JSON-serialisable.
+        """
+        if payload is None:
+            payload = {}
+        if not isinstance(payload, Mapping):
+            raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
+        step = "" if step is None else step
+        utc = utc_now() if utc is None else utc
+        plain = to_jsonable(payload)
+        payload_text = canonical_json(plain)
+        # Hash the decoded form so that it matches what verify() recomputes from storage.
+        decoded = json.loads(payload_text)
+        try:
+            with self._write() as db:
+                if not db.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
+                    raise StoreError(f"no run {run_id!r} in {self.path}")
+                last = db.execute(
+                    "SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1", [run_id]
+                ).fetchone()
+                seq, prev_hash = (1, GENESIS_HASH) if last is None else (last[0] + 1, last[1])
+                digest = event_hash(run_id, seq, utc, stage, step, kind, decoded, prev_hash)
+                db.table("events").insert(
+                    {
+                        "run_id": run_id,
+                        "seq": seq,
+                        "utc": utc,
+                        "stage": stage,
+                        "step": step,
+                        "kind": kind,
+                        "payload": payload_text,
+                        "prev_hash": prev_hash,
+                        "hash": digest,
+                    }
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot append to run {run_id!r}: {exc}") from exc
+        return Event(run_id, seq, utc, stage, step, kind, decoded, prev_hash, digest)
+
+    def _rows(self, run_id: str) -> list[tuple]:
+        with self._db() as db:
+            return db.execute(
+                f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events WHERE run_id = ? ORDER BY seq", [run_id]
+            ).fetchall()
+
+    def events(self, run_id: str) -> list[Event]:
+        """Return a run's events.
+
+        Parameters
+        ----------
+        run_id : str
+            Run identifier. An unknown run yields an empty list.
+
+        Returns
+        -------
+        list of Event
+            Ordered by ``seq``.
+
+        Raises
+        ------
+        StoreError
+            If a stored payload is not valid JSON (the log has been tampered with).
+        """
+        out = []
+        for row in self._rows(run_id):
+            rid, seq, utc, stage, step, kind, payload_text, prev_hash, digest = row
+            try:
+                payload = json.loads(payload_text)
+            except (TypeError, ValueError) as exc:
+                raise StoreError(f"{self.path}: run {rid!r} seq {seq}: payload is not valid JSON") from exc
+            out.append(Event(rid, seq, utc, stage, step, kind, payload, prev_hash, digest))
+        return out
+
+    def verify(self, run_id: str) -> VerifyResult:
+        """Check a run's hash chain.
+
+        Each stored event must have the next consecutive ``seq`` (starting at 1),
+        a ``prev_hash`` equal to the previous event's ``hash`` (or
+        :data:`GENESIS_HASH` for seq 1), a canonical-JSON payload, and a ``hash``
+        equal to :func:`event_hash` recomputed from its content. Checking stops at
+        the first failure.
+
+        Removal of the *last* event(s) of a run leaves a valid shorter chain and
+        cannot be detected from the chain alone; compare `n_events` against an
+        externally recorded count if that matters.
+
+        Parameters
+        ----------
+        run_id : str
+            Run identifier.
+
+        Returns
+        -------
+        VerifyResult
+            ``first_bad_seq`` is the stored seq of the first failing event; after a
+            gap it is the seq found following the missing one(s). ``reason`` reads
+            e.g. ``"seq 5: hash mismatch (content altered)"``,
+            ``"seq 7: prev_hash does not match seq 6"`` or
+            ``"seq 4: missing (expected 4, found 5)"``.
+
+        Raises
+        ------
+        StoreError
+            If there is no such run.
+        """
+        self.get_run(run_id)
+        rows = self._rows(run_id)
+        n = len(rows)
+
+        def bad(seq: int, reason: str) -> VerifyResult:
+            return VerifyResult(run_id, False, n, seq, reason)
+
+        expected = 1
+        prev_hash = GENESIS_HASH
+        for rid, seq, utc, stage, step, kind, payload_text, stored_prev, stored_hash in rows:
+            if seq != expected:
+                if isinstance(seq, int) and seq > expected:
+                    return bad(seq, f"seq {expected}: missing (expected {expected}, found {seq})")
+                return bad(seq, f"seq {seq}: out of order (expected {expected})")
+            if stored_prev != prev_hash:
+                link = "the genesis hash" if seq == 1 else f"seq {seq - 1}"
+                return bad(seq, f"seq {seq}: prev_hash does not match {link}")
+            try:
+                payload = json.loads(payload_text)
+            except (TypeError, ValueError):
+                return bad(seq, f"seq {seq}: payload is not valid JSON (content altered)")
+            if not isinstance(payload, dict) or canonical_json(payload) != payload_text:
+                return bad(seq, f"seq {seq}: payload is not in canonical form (content altered)")
+            recomputed = event_hash(rid, seq, utc, stage, step, kind, payload, stored_prev)
+            if recomputed != stored_hash:
+                return bad(seq, f"seq {seq}: hash mismatch (content altered)")
+            prev_hash = stored_hash
+            expected += 1
+        return VerifyResult(run_id, True, n, None, "")

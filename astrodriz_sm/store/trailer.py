@@ -1,0 +1,147 @@
+"""The ``.tra`` trailer, rendered from the events alone.
+
+Replay runs no handler: the same log always renders the same trailer, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+
+_RULE = "=" * 78
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(", ", ": "))
+    return str(value)
+
+
+def _block(title: str, text: str) -> list[str]:
+    lines = text.rstrip("\n").splitlines()
+    return [f"    --- {title} ({len(lines)} lines) ---", *("    | " + ln for ln in lines), "    --- end ---"]
+
+
+def _verification(p: dict) -> list[str]:
+    head = f"verification {p.get('check')}: {str(p.get('verdict', '')).upper()}  product {p.get('product')}"
+    out = [head]
+    if "product_focus" in p:
+        out.append(f"    product focus index {p['product_focus']:.6g} (z = {p['product_z']:+.3f}); "
+                   f"accepted z range [{p['z_min']:+.3f}, {p['z_max']:+.3f}]")
+        for name, v, z in zip(p["singles"], p["single_focus"], p["single_z"]):
+            out.append(f"    single {name}: focus index {v:.6g} (z = {z:+.3f})")
+        out.append(f"    singles mean {p['mean']:.6g}, std {p['std']:.6g}; rule: {p['rule']}")
+    if p.get("reason"):
+        out.append(f"    reason: {p['reason']}")
+    return out
+
+
+def _decision(p: dict) -> list[str]:
+    out = [f"decision {p.get('decision')}: chose {p.get('chosen_stage')} (WCSNAME {p.get('chosen_wcsname')})",
+           f"    rule: {p.get('rule')}"]
+    for c in p.get("candidates", []):
+        line = f"    candidate {c['stage']}: WCSNAME {c.get('wcsname')}, verification {c['verdict']}"
+        if c.get("reason"):
+            line += f" ({c['reason']})"
+        out.append(line)
+    return out
+
+
+def _transition(p: dict) -> list[str]:
+    out = [f"transition {p['from']} -> {p['to']} ({p['trigger']})"]
+    out += [f"    guard {g['guard']}: {'yes' if g['result'] else 'no'} - {g['reason']}" for g in p["guards"]]
+    return out
+
+
+def _step_completed(p: dict) -> list[str]:
+    out = ["completed"]
+    blocks = []
+    for key in sorted(p):
+        value = p[key]
+        if key == "log":
+            if value:
+                blocks.append(("library log", value))
+        elif key == "inputs" and isinstance(value, dict):
+            for k in sorted(value):
+                out.append(f"    {k}: {_fmt(value[k])}")
+        elif key == "products" and isinstance(value, list) and value and isinstance(value[0], dict):
+            for prod in value:
+                out.append(f"    product {prod['product']} from {', '.join(prod['inputs'])}: "
+                           f"sha256 {prod['sha256']}, {prod['seconds']:.1f} s")
+                out.append(f"      parameters ({prod['parameter_source']}): {_fmt(prod['parameters'])}")
+                if prod.get("log"):
+                    blocks.append((f"AstroDrizzle log for {prod['product']}", prod["log"]))
+        else:
+            out.append(f"    {key}: {_fmt(value)}")
+    for title, text in blocks:
+        out += _block(title, text)
+    return out
+
+
+def _run_started(p: dict) -> list[str]:
+    cfg = p["config"]
+    out = [f"run started: input {cfg['input']}", f"    astrodriz-sm {p.get('version')}; libraries "
+           + ", ".join(f"{k} {v}" for k, v in sorted(p.get("libraries", {}).items()))]
+    for k in ("run_dir", "newpath", "force", "inmemory", "basic", "num_cores", "debug",
+              "apply_apriori", "compute_aposteriori"):
+        out.append(f"    {k}: {_fmt(cfg.get(k))}")
+    for k, v in sorted(cfg.get("environment", {}).items()):
+        out.append(f"    environment {k}={v}")
+    out += [f"    note: {n}" for n in cfg.get("notes", [])]
+    return out
+
+
+def _run_ended(p: dict) -> list[str]:
+    out = [f"run ended: {p['status'].upper()} (exit code {p['exit_code']})"]
+    if p.get("reason"):
+        out.append(f"    reason: {p['reason']}")
+    out += [f"    product {x}" for x in p.get("products", [])]
+    return out
+
+
+def _generic(p: dict) -> list[str]:
+    return [f"    {k}: {_fmt(p[k])}" for k in sorted(p)]
+
+
+_RENDER = {
+    "run.started": _run_started,
+    "run.resumed": lambda p: [f"run resumed after {p.get('after', 'an interruption')}"] + _generic(
+        {k: v for k, v in p.items() if k != "after"}),
+    "run.ended": _run_ended,
+    "step.started": lambda p: ["started"],
+    "step.completed": _step_completed,
+    "step.failed": lambda p: [f"FAILED: {p.get('message')}"] + ([f"    exit code {p['exit_code']}"]
+                                                                  if "exit_code" in p else []),
+    "transition": _transition,
+    "verification": _verification,
+    "decision": _decision,
+    "note": lambda p: [f"note: {p.get('message', '')}"],
+}
+
+
+def render_trailer(run: dict, events) -> str:
+    """Render the trailer of a run.
+
+    Parameters
+    ----------
+    run : dict
+        The run's row (``run_id``, ``input``, ``root``).
+    events : list of Event
+        The run's events, in order.
+
+    Returns
+    -------
+    str
+    """
+    lines = [_RULE, f"astrodriz-sm trailer for {run['root']}   run {run['run_id']}", f"input {run['input']}", _RULE]
+    for ev in events:
+        where = ev.stage + (f"/{ev.step}" if ev.step else "")
+        body = _RENDER.get(ev.kind, _generic)(ev.payload)
+        if ev.kind == "step.started" or ev.kind not in _RENDER:
+            body = [f"{ev.kind} " + body[0]] + body[1:] if ev.kind not in _RENDER else body
+        lines.append(f"{ev.utc} #{ev.seq:<4d} [{where}] {body[0]}")
+        lines.extend(body[1:])
+        if ev.kind == "run.ended" or ev.kind == "transition":
+            lines.append("")
+    return "\n".join(lines) + "\n"
