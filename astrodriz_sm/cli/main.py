@@ -44,6 +44,16 @@ def _run_id(store: EventStore, run: str | None) -> str:
     return latest["run_id"]
 
 
+def _report_end(store: EventStore, run_id: str, code: int) -> int:
+    """Say how the run ended: a failure's one-line error is the last line on standard error."""
+    run = fold(store.events(run_id))
+    if run.ended and run.ended["status"] == "failed":
+        print(f"astrodriz-sm: error: {run.ended['reason']}", file=sys.stderr)
+    elif run.ended and run.ended["status"] == "skipped":
+        print(f"astrodriz-sm: skipped: {run.ended['reason']}", file=sys.stderr)
+    return code
+
+
 def cmd_start(args) -> int:
     from ..handlers.init import input_kind
     from ..runner import Runner, start_run
@@ -64,7 +74,7 @@ def cmd_start(args) -> int:
     run_id = start_run(store, config, root)
     log = structlog.get_logger().bind(run_id=run_id)
     log.info("run started", input=str(input_path), store=str(store.path))
-    return int(Runner(store, run_id, log=log).run())
+    return _report_end(store, run_id, int(Runner(store, run_id, log=log).run()))
 
 
 def cmd_resume(args) -> int:
@@ -77,7 +87,7 @@ def cmd_resume(args) -> int:
         raise RunStateError(f"run {run_id} already ended {run.ended['status']}; nothing to resume")
     runner = Runner(store, run_id)
     runner.resume_marker()
-    return int(runner.run())
+    return _report_end(store, run_id, int(runner.run()))
 
 
 def cmd_replay(args) -> int:
@@ -156,6 +166,18 @@ def cmd_demo(args) -> int:
         print(f"product  {workdir / p}")
     print(f"trailer  {workdir / (run.inputs.get('root', sim.root) + '.tra')}")
     print(f"store    {store.path}")
+    if run.ended and run.ended["status"] == "done":
+        from ..sim import measure_product_astrometry, observation_epoch
+
+        product = run.ended["products"][-1]
+        from astropy.io import fits
+        from astropy.wcs import WCS
+        from astropy.wcs.utils import proj_plane_pixel_scales
+
+        acc = measure_product_astrometry(workdir / product, sim.truth_catalog, observation_epoch(sim.truth_json))
+        scale = proj_plane_pixel_scales(WCS(fits.getheader(workdir / product, ("SCI", 1))))[0] * 3.6e6
+        print(f"accuracy {product} against the truth: {acc.rms:.3f} px RMS "
+              f"({acc.rms * scale:.1f} mas at {scale:.0f} mas/px) over {acc.n_stars} stars")
     for stage, verdicts in run.verifications.items():
         for v in verdicts:
             if "product_focus" in v:

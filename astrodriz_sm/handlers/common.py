@@ -142,6 +142,9 @@ def working_directory(path: Path):
 def captured_output(loggers=("stwcs", "drizzlepac", "stsci", "tweakwcs", "astropy")):
     """Capture what the stsci libraries print and log, so it goes into the event instead.
 
+    Records reach one buffer through the root logger, where drizzlepac also hangs its runfile
+    handler; the libraries' own console handlers are silenced for the duration.
+
     Yields
     ------
     io.StringIO
@@ -150,22 +153,30 @@ def captured_output(loggers=("stwcs", "drizzlepac", "stsci", "tweakwcs", "astrop
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    saved_root = (root.handlers[:], root.level)
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
+    names = set(loggers) | {n for n in logging.root.manager.loggerDict if n.split(".")[0] in loggers}
     saved = []
-    for name in loggers:
+    for name in sorted(names):
         lg = logging.getLogger(name)
-        saved.append((lg, lg.handlers[:], lg.propagate, lg.level))
-        lg.handlers = [handler]
-        lg.propagate = False
-        lg.setLevel(logging.INFO)
+        saved.append((lg, lg.handlers[:], lg.propagate))
+        lg.handlers = []
+        lg.propagate = True
     try:
         with contextlib.redirect_stdout(buf), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield buf
     finally:
-        for lg, handlers, propagate, level in saved:
+        for h in root.handlers:
+            if h not in saved_root[0] and h is not handler:
+                h.close()  # handlers the library added (its runfile) and did not remove
+        root.handlers, _ = saved_root
+        root.setLevel(saved_root[1])
+        for lg, handlers, propagate in saved:
             lg.handlers = handlers
             lg.propagate = propagate
-            lg.setLevel(level)
 
 
 class Timer:

@@ -12,25 +12,24 @@ from dataclasses import dataclass
 
 import numpy as np
 from astropy.io import fits
-from astropy.time import Time
+from astropy.time import Time, TimeDelta
 
 from .reffiles import CHIP_XREF, CHIP_YREF, FILTER1, FILTER2, ReferenceSet
 
 __all__ = [
     "ChipLayout",
     "ExposureTiming",
+    "asn_hdulist",
+    "aux_header",
     "chip_layouts",
     "exposure_timing",
     "member_names",
     "primary_header",
     "sci_header",
-    "aux_header",
-    "asn_hdulist",
 ]
 
-# Constant file-creation stamps (real files carry processing dates; these must not vary).
+# Constant file-creation stamp (real files carry processing dates; these must not vary).
 FIXED_DATE = "2019-06-01T00:00:00"
-FIXED_IRAF_TLM = "00:00:00 (01/06/2019)"
 
 # Detector properties shared by rendering and headers.
 GAIN = 2.0          # e-/DN (ATODGN*)
@@ -122,7 +121,7 @@ def member_names(root: str, n: int) -> list[str]:
 
 def exposure_timing(date_obs: str, exptime: float, index: int) -> ExposureTiming:
     """Start/end of exposure ``index``: the visit starts at 10:00 UT, exposures 60 s apart."""
-    start = Time(f"{date_obs}T10:00:00", scale="utc") + (index * (exptime + 60.0)) / 86400.0
+    start = Time(f"{date_obs}T10:00:00", scale="utc") + TimeDelta(index * (exptime + 60.0), format="sec")
     start_iso = start.isot
     return ExposureTiming(date_obs=start_iso[:10], time_obs=start_iso[11:19],
                           expstart=round(float(start.mjd), 8),
@@ -150,7 +149,7 @@ def primary_header(*, member: str, asn_id: str, suffix: str, layouts: list[ChipL
     pa_v3, ra_targ, dec_targ, exptime : float
     drizcorr : {'PERFORM', 'OMIT'}
     postarg : (float, float)
-        Dither offset in arcsec (informational).
+        Dither offset in arcsec along the aperture axes (informational).
 
     Returns
     -------

@@ -19,18 +19,18 @@ import numpy as np
 from astropy.io import fits
 
 __all__ = [
-    "SIM_IDCTAB",
-    "SIM_MDRIZTAB",
-    "REAL_IDCTAB",
-    "REAL_NPOLFILE",
-    "REAL_D2IMFILE",
     "FILTER1",
     "FILTER2",
+    "REAL_D2IMFILE",
+    "REAL_IDCTAB",
+    "REAL_NPOLFILE",
+    "SIM_IDCTAB",
+    "SIM_MDRIZTAB",
     "ReferenceSet",
     "idc_coefficients",
+    "prepare_reference_files",
     "write_idctab",
     "write_mdriztab",
-    "prepare_reference_files",
 ]
 
 #: Names of the files the simulator writes (9-character roots, as drizzlepac expects).
@@ -106,18 +106,19 @@ def idc_coefficients(chip: int) -> tuple[np.ndarray, np.ndarray]:
     -------
     cx, cy : ndarray of shape (5, 5)
         ``cx[i, j]`` multiplies ``x**(i-j) * y**j`` (pixels relative to
-        XREF/YREF) and gives V2 in arcsec; likewise ``cy`` for V3.  The
-        quadratic terms displace the chip corners by a few pixels and the cubic
-        terms by a fraction of a pixel, ACS-like in size.
+        XREF/YREF) and gives V2 in arcsec; likewise ``cy`` for V3.  Beyond
+        the linear terms the quadratic terms displace the chip corners by up to
+        ~60 pixels (1.5 pixels over a central 512x512 subarray) and the cubic
+        terms by up to ~5 pixels, comparable to ACS/WFC's distortion.
     """
     cx = np.zeros((IDC_NORDER + 1, IDC_NORDER + 1))
     cy = np.zeros_like(cx)
     cx[1, 0], cx[1, 1], cy[1, 0], cy[1, 1] = _linear_terms(chip)
     sign = 1.0 if chip == 1 else 0.8
-    # Quadratic terms: ~0.3" (6 px) at the far corner of the chip.
+    # Quadratic terms: up to ~3" (60 px) at the chip corners.
     cx[2, 0], cx[2, 1], cx[2, 2] = 9.0e-8 * sign, -3.4e-7, 4.1e-7 * sign
     cy[2, 0], cy[2, 1], cy[2, 2] = -4.6e-7, 2.9e-7 * sign, -1.1e-7
-    # Cubic terms: ~0.01-0.02" at the corner.
+    # Cubic terms: up to ~0.25" (5 px) at the chip corners.
     cx[3, 0], cx[3, 1], cx[3, 2], cx[3, 3] = 2.0e-12, -2.6e-11, -5.0e-12 * sign, -2.3e-11
     cy[3, 0], cy[3, 1], cy[3, 2], cy[3, 3] = -2.0e-11, -3.0e-12, -2.2e-11 * sign, 3.4e-12
     return cx, cy

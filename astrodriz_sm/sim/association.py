@@ -1,0 +1,288 @@
+"""Simulate an ACS/WFC association with a known truth.
+
+For each exposure the simulator
+
+1. writes a header with the *true* pointing (field centre plus a small box
+   dither) and runs ``stwcs.updatewcs`` on a scratch copy: the resulting WCS
+   (SIP, and NPOL/D2IM with real reference files) is the truth;
+2. renders the truth catalog, propagated to the date of observation, through
+   that WCS, and adds sky, noise and cosmic rays;
+3. delivers FLT/FLC files whose OPUS-style headers (linear TAN WCS, no
+   WCSNAME, no SIP) carry the pointing moved by the injected error, and checks
+   by running updatewcs on a copy that the recovered WCS is off from the truth
+   by exactly that error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+
+from . import headers as hdr
+from .config import POINTING_ERROR_PA, SimConfig, SimResult
+from .reffiles import ReferenceSet, prepare_reference_files
+from .render import (
+    SATURATION,
+    add_cosmic_rays,
+    add_noise,
+    make_truth_catalog,
+    propagate,
+    render_stars,
+    zero_point,
+)
+from .wcs import offset_radec, pixel_offset_to_arcsec, updated_wcs
+
+__all__ = ["CR_PER_MEGAPIXEL", "DITHER_BOX", "simulate_association"]
+
+#: Dither offsets of the first four exposures (pixels), an ACS-like box with
+#: sub-pixel phases; later exposures repeat it shifted by a third of a pixel.
+DITHER_BOX = ((0.0, 0.0), (5.0, 1.5), (2.5, 4.0), (-2.5, 2.5))
+#: Cosmic-ray hits per million pixels in a 400 s exposure (~300 on 512x512).
+CR_PER_MEGAPIXEL = 1150.0
+#: Largest acceptable difference (arcsec) between injected and recovered header offsets.
+OFFSET_TOLERANCE = 1.0e-3
+
+
+def dither_offset(index: int) -> tuple[float, float]:
+    """Detector-pixel dither of exposure ``index``."""
+    dx, dy = DITHER_BOX[index % len(DITHER_BOX)]
+    shift = (index // len(DITHER_BOX)) / 3.0
+    return dx + shift, dy + shift
+
+
+def _exposure_hdul(primary: fits.Header, chips: list[tuple[fits.Header, np.ndarray, np.ndarray,
+                                                           np.ndarray]]) -> fits.HDUList:
+    hdul = fits.HDUList([fits.PrimaryHDU(header=primary)])
+    for sci_header, sci, err, dq in chips:
+        hdul.append(fits.ImageHDU(sci.astype(np.float32), header=sci_header))
+        hdul.append(fits.ImageHDU(err.astype(np.float32), header=hdr.aux_header("ERR", sci_header)))
+        hdul.append(fits.ImageHDU(dq.astype(np.int16), header=hdr.aux_header("DQ", sci_header)))
+    return hdul
+
+
+def _pointing_file(path: Path, primary: fits.Header, layouts: list[hdr.ChipLayout],
+                   member: str, crval: tuple[float, float], pa_v3: float) -> Path:
+    """Header-only exposure (zero-filled SCI) whose reference chip points at ``crval``.
+
+    Only the reference chip's CRVAL and every chip's CRPIX matter to makewcs
+    (see `astrodriz_sm.sim.wcs`); the CD matrix is a rough guess that updatewcs
+    replaces.
+    """
+    theta = np.deg2rad(pa_v3)
+    scale = 0.05 / 3600.0
+    cd = scale * np.array([[-np.cos(theta), np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    hdul = fits.HDUList([fits.PrimaryHDU(header=primary)])
+    for lay in layouts:
+        h = hdr.sci_header(layout=lay, member=member, crval=crval, crpix=lay.crpix, cd=cd,
+                           ngoodpix=lay.naxis1 * lay.naxis2, orientat=0.0)
+        hdul.append(fits.ImageHDU(np.zeros((lay.naxis2, lay.naxis1), dtype=np.uint8), header=h))
+    hdul.writeto(path, overwrite=True)
+    return path
+
+
+def _chip_center_offset(truth, recovered, layout: hdr.ChipLayout) -> tuple[float, float]:
+    """(east, north) arcsec from the truth to the recovered sky position of the chip centre."""
+    center = [[(layout.naxis1 - 1) / 2.0, (layout.naxis2 - 1) / 2.0]]
+    t = SkyCoord(*truth.all_pix2world(center, 0)[0], unit="deg")
+    r = SkyCoord(*recovered.all_pix2world(center, 0)[0], unit="deg")
+    east, north = t.spherical_offsets_to(r)
+    return float(east.to_value(u.arcsec)), float(north.to_value(u.arcsec))
+
+
+def _catalog_field(rng: np.random.Generator, config: SimConfig, wcs0: list,
+                   layouts: list[hdr.ChipLayout], epoch: float):
+    """Truth catalog with stars uniform over the chips of exposure 0 (plus a dither margin)."""
+    margin = 12.0
+    n = config.n_stars
+    chip_index = rng.integers(0, len(layouts), n)
+    x = np.empty(n)
+    y = np.empty(n)
+    for k, lay in enumerate(layouts):
+        sel = chip_index == k
+        x[sel] = rng.uniform(-margin, lay.naxis1 - 1 + margin, sel.sum())
+        y[sel] = rng.uniform(-margin, lay.naxis2 - 1 + margin, sel.sum())
+    ra = np.empty(n)
+    dec = np.empty(n)
+    for k in range(len(layouts)):
+        sel = chip_index == k
+        if sel.any():
+            ra[sel], dec[sel] = wcs0[k].all_pix2world(x[sel], y[sel], 0)
+    return make_truth_catalog(rng, ra, dec, epoch)
+
+
+def _render_chip(rng: np.random.Generator, truth, layout: hdr.ChipLayout, ra: np.ndarray,
+                 dec: np.ndarray, flux: np.ndarray, n_cr_mean: float):
+    """SCI, ERR, DQ and cosmic-ray mask of one chip."""
+    # Cheap linear pre-selection: the iterative inverse is only needed near the chip.
+    xl, yl = truth.wcs_world2pix(ra, dec, 0)
+    near = (xl > -60) & (xl < layout.naxis1 + 60) & (yl > -60) & (yl < layout.naxis2 + 60)
+    x, y = truth.all_world2pix(ra[near], dec[near], 0, tolerance=1e-7, maxiter=50)
+    signal = render_stars((layout.naxis2, layout.naxis1), x, y, flux[near])
+    data = add_noise(rng, signal)
+    crmask = add_cosmic_rays(rng, data, int(rng.poisson(n_cr_mean)))
+    dq = np.zeros(data.shape, dtype=np.int16)
+    saturated = data >= SATURATION
+    data[saturated] = SATURATION
+    dq[saturated] = 256
+    err = np.sqrt(np.clip(data, 0.0, None) + hdr.READNOISE ** 2)
+    return data, err, dq, crmask
+
+
+def simulate_association(outdir: str | Path, config: SimConfig | None = None) -> SimResult:
+    """Write a simulated ACS/WFC association and its truth to ``outdir``.
+
+    Parameters
+    ----------
+    outdir : path-like
+        Output directory (created if needed).  Run the pipeline with
+        ``jref=<outdir>/``.
+    config : SimConfig, optional
+        Defaults to ``SimConfig()``.
+
+    Returns
+    -------
+    SimResult
+
+    Raises
+    ------
+    RuntimeError
+        If updatewcs on a delivered file does not reproduce the truth WCS
+        moved by the injected offset (to 1 mas at the chip centre).
+    """
+    config = config or SimConfig()
+    outdir = Path(outdir)
+    truthdir = outdir / "truth"
+    truthdir.mkdir(parents=True, exist_ok=True)
+
+    refs: ReferenceSet = prepare_reference_files(outdir, config.refdir,
+                                                 max_images=max(4, config.n_exposures))
+    layouts = hdr.chip_layouts(config.full_frame, config.subarray_size)
+    members = hdr.member_names(config.root, config.n_exposures)
+    root = config.root.lower()
+    seeds = np.random.SeedSequence(config.seed).spawn(config.n_exposures + 1)
+    timings = [hdr.exposure_timing(config.date_obs, config.exptime, i) for i in range(config.n_exposures)]
+
+    def primary(i: int, suffix: str, postarg=(0.0, 0.0)) -> fits.Header:
+        return hdr.primary_header(member=members[i], asn_id=root, suffix=suffix, layouts=layouts,
+                                  timing=timings[i], refs=refs, pa_v3=config.pa_v3,
+                                  ra_targ=config.ra, dec_targ=config.dec, exptime=config.exptime,
+                                  drizcorr=config.drizcorr, postarg=postarg)
+
+    with tempfile.TemporaryDirectory(prefix="sim_truth_") as tmp:
+        tmp = Path(tmp)
+        # Exposure 0 sits at the nominal pointing; its CD converts dithers to sky offsets.
+        base = updated_wcs(_pointing_file(tmp / "base_flt.fits", primary(0, "flt"), layouts,
+                                          members[0], (config.ra, config.dec), config.pa_v3), outdir)
+        ref_cd = base[0].wcs.cd
+        pointings, postargs, truths = [], [], []
+        for i in range(config.n_exposures):
+            east, north = pixel_offset_to_arcsec(ref_cd, *dither_offset(i))
+            pointing = offset_radec(config.ra, config.dec, east, north)
+            pointings.append(pointing)
+            # POSTARGs are in the aperture frame, close to detector x/y for this purpose.
+            postargs.append(tuple(0.05 * d for d in dither_offset(i)))
+            truths.append(base if i == 0 else updated_wcs(
+                _pointing_file(tmp / f"{members[i]}_flt.fits", primary(i, "flt"), layouts,
+                               members[i], pointing, config.pa_v3), outdir))
+
+        catalog = _catalog_field(np.random.default_rng(seeds[0]), config, truths[0], layouts,
+                                 timings[0].decimal_year)
+        flux = 10.0 ** (-0.4 * (np.asarray(catalog["mag"]) - zero_point())) * config.exptime
+
+        # Header offsets (east, north arcsec) injected into each delivered exposure.
+        pa = np.deg2rad(POINTING_ERROR_PA)
+        common = (config.pointing_error * np.sin(pa), config.pointing_error * np.cos(pa))
+        injected = []
+        for i in range(config.n_exposures):
+            east, north = common
+            if i == 1 and config.guiding_failure:
+                ge, gn = pixel_offset_to_arcsec(truths[i][0].wcs.cd, config.guiding_failure, 0.0)
+                east, north = east + ge, north + gn
+            injected.append((float(east), float(north)))
+
+        flt_paths, flc_paths, raw_paths, cr_paths, exposures_json = [], [], [], [], []
+        n_cr_mean = CR_PER_MEGAPIXEL * config.exptime / 400.0 * 1e-6
+        for i, member in enumerate(members):
+            rng = np.random.default_rng(seeds[i + 1])
+            ra, dec = propagate(catalog, timings[i].decimal_year)
+            chips, masks = [], []
+            for lay, truth in zip(layouts, truths[i]):
+                data, err, dq, crmask = _render_chip(rng, truth, lay, ra, dec, flux,
+                                                     n_cr_mean * lay.naxis1 * lay.naxis2)
+                crval = offset_radec(*truth.wcs.crval, *injected[i])
+                sci = hdr.sci_header(layout=lay, member=member, crval=crval, crpix=tuple(truth.wcs.crpix),
+                                     cd=truth.wcs.cd, ngoodpix=int((dq == 0).sum()),
+                                     orientat=float(truth.orientat))
+                chips.append((sci, data, err, dq))
+                masks.append(crmask)
+
+            flt = outdir / f"{member}_flt.fits"
+            _exposure_hdul(primary(i, "flt", postargs[i]), chips).writeto(flt, overwrite=True)
+            flt_paths.append(flt)
+            flc = outdir / f"{member}_flc.fits"
+            if config.products == "flt+flc":
+                _exposure_hdul(primary(i, "flc", postargs[i]), chips).writeto(flc, overwrite=True)
+                flc_paths.append(flc)
+            elif flc.exists():
+                # A stale FLC from an earlier run would be picked up by the pipeline.
+                flc.unlink()
+
+            raw = outdir / f"{member}_raw.fits"
+            raw_sci = fits.ImageHDU(header=fits.Header([("EXTNAME", "SCI"), ("EXTVER", 1),
+                                                        ("CCDCHIP", layouts[0].ccdchip)]))
+            fits.HDUList([fits.PrimaryHDU(header=primary(i, "raw", postargs[i])), raw_sci]).writeto(
+                raw, overwrite=True)
+            raw_paths.append(raw)
+
+            cr_path = truthdir / f"{member}_crmask.fits"
+            cr_hdul = fits.HDUList([fits.PrimaryHDU(header=fits.Header([("ROOTNAME", member),
+                                                                        ("DATE", hdr.FIXED_DATE)]))])
+            for lay, mask in zip(layouts, masks):
+                cr_hdul.append(fits.ImageHDU(mask, header=fits.Header(
+                    [("EXTNAME", "CRMASK"), ("EXTVER", lay.extver), ("CCDCHIP", lay.ccdchip)])))
+            cr_hdul.writeto(cr_path, overwrite=True)
+            cr_paths.append(cr_path)
+
+            # The delivered header must recover the truth moved by exactly the injected offset.
+            recovered = updated_wcs(flt, outdir)
+            measured = [_chip_center_offset(t, r, lay) for t, r, lay in zip(truths[i], recovered, layouts)]
+            for m in measured:
+                if np.hypot(m[0] - injected[i][0], m[1] - injected[i][1]) > OFFSET_TOLERANCE:
+                    raise RuntimeError(f"{member}: header offset {m} differs from injected {injected[i]}")
+            exposures_json.append({
+                "member": member,
+                "dither_pixels": list(dither_offset(i)),
+                "true_pointing_deg": list(pointings[i]),
+                "injected_offset_arcsec": list(injected[i]),
+                "measured_offset_arcsec": [list(m) for m in measured],
+                "epoch": timings[i].decimal_year,
+                "n_cosmic_ray_pixels": [int(m.sum()) for m in masks],
+            })
+
+    asn = outdir / f"{root}_asn.fits"
+    hdr.asn_hdulist(root, members, ra_targ=config.ra, dec_targ=config.dec,
+                    date_obs=timings[0].date_obs).writeto(asn, overwrite=True)
+
+    truth_catalog = truthdir / f"{root}_truth.ecsv"
+    catalog.write(truth_catalog, format="ascii.ecsv", overwrite=True)
+    truth_json = truthdir / f"{root}_truth.json"
+    truth_json.write_text(json.dumps({
+        "config": dataclasses.asdict(config),
+        "pointing_error_pa_deg": POINTING_ERROR_PA,
+        "guiding_failure_axis": "detector +x of the reference chip, exposure 1",
+        "reference_files": {k: v.name for k, v in refs.paths.items()},
+        "wcsname": "IDC_" + refs.idctab.split("$")[-1].split("_")[0],
+        "exposures": exposures_json,
+    }, indent=2, sort_keys=True) + "\n")
+
+    return SimResult(outdir=outdir, root=root, asn=asn, members=members, flt=flt_paths,
+                     flc=flc_paths, raw=raw_paths, truth_catalog=truth_catalog, cr_masks=cr_paths,
+                     reference_files=dict(refs.paths), truth_json=truth_json,
+                     injected_offsets=injected)

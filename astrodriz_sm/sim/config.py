@@ -1,0 +1,173 @@
+"""Configuration and result of a simulated association, and their command-line options."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["SimConfig", "SimResult", "add_simulate_arguments", "config_from_args"]
+
+#: Position angle (deg, east of north) of the common pointing error.
+POINTING_ERROR_PA = 45.0
+
+
+@dataclass
+class SimConfig:
+    """What to simulate.
+
+    Attributes
+    ----------
+    n_exposures : int
+        Number of exposures (association members).
+    full_frame : bool
+        False: one 512x512 (``subarray_size``) subarray on chip 1; True: both
+        4096x2048 WFC chips.
+    subarray_size : int
+        Side of the subarray in pixels.
+    pointing_error : float
+        Arcsec: offset of every exposure's header pointing from the truth,
+        at position angle 45 deg (split equally between east and north).
+    guiding_failure : float
+        Pixels: exposure 1 has its header pointing off by this much more,
+        along the detector +x axis of the reference chip.
+    drizcorr : {'PERFORM', 'OMIT'}
+        DRIZCORR written to the RAW, FLT and FLC primary headers.
+    products : {'flt+flc', 'flt'}
+        Which calibrated products to write.
+    n_stars : int
+        Stars in the truth catalog (drawn over the field of exposure 0).
+    seed : int
+        Seed of every random draw.
+    refdir : str or None
+        None: self-contained simulated instrument.  Otherwise a directory with
+        the real ACS/WFC files qbu1641sj_idc.fits, qbu16424j_npl.fits and
+        new_wfc_d2i.fits, linked into the output directory.
+    root : str
+        Association rootname (9 characters, ACS style).
+    exptime : float
+        Seconds per exposure.
+    ra, dec : float
+        Pointing of the reference chip's reference pixel in exposure 0 (deg).
+    pa_v3 : float
+        Position angle of the V3 axis (deg).
+    date_obs : str
+        Date of the visit (after the catalog epoch 2016.0, so proper motions matter).
+    """
+
+    n_exposures: int = 3
+    full_frame: bool = False
+    subarray_size: int = 512
+    pointing_error: float = 0.0
+    guiding_failure: float = 0.0
+    drizcorr: str = "PERFORM"
+    products: str = "flt+flc"
+    n_stars: int = 200
+    seed: int = 1
+    refdir: str | None = None
+    root: str = "jsm001010"
+    exptime: float = 400.0
+    ra: float = 150.1
+    dec: float = 2.2
+    pa_v3: float = 120.0
+    date_obs: str = "2019-05-01"
+
+    def __post_init__(self) -> None:
+        if self.n_exposures < 1:
+            raise ValueError("n_exposures must be at least 1")
+        if self.drizcorr not in ("PERFORM", "OMIT"):
+            raise ValueError(f"drizcorr must be PERFORM or OMIT, not {self.drizcorr!r}")
+        if self.products not in ("flt+flc", "flt"):
+            raise ValueError(f"products must be 'flt+flc' or 'flt', not {self.products!r}")
+        if len(self.root) != 9:
+            raise ValueError(f"root {self.root!r} must have 9 characters")
+        if not self.full_frame and not 16 <= self.subarray_size <= 2048:
+            raise ValueError("subarray_size must lie in 16..2048")
+        if self.refdir is not None:
+            self.refdir = str(self.refdir)
+
+
+@dataclass
+class SimResult:
+    """Files of a simulated association.
+
+    Attributes
+    ----------
+    outdir : Path
+        Directory holding everything (use ``jref=<outdir>/``).
+    root : str
+        Association rootname.
+    asn : Path
+        Association table.
+    members : list of str
+        Exposure rootnames.
+    flt, flc, raw : list of Path
+        Delivered products per member (``flc`` empty with ``products='flt'``).
+    truth_catalog : Path
+        ECSV truth catalog.
+    cr_masks : list of Path
+        Per-exposure cosmic-ray truth masks.
+    reference_files : dict of str to Path
+        Reference files in ``outdir`` keyed by header keyword.
+    truth_json : Path
+        Configuration and injected/measured header offsets.
+    """
+
+    outdir: Path
+    root: str
+    asn: Path
+    members: list[str]
+    flt: list[Path]
+    flc: list[Path]
+    raw: list[Path]
+    truth_catalog: Path
+    cr_masks: list[Path]
+    reference_files: dict[str, Path]
+    truth_json: Path | None = None
+    injected_offsets: list[tuple[float, float]] = field(default_factory=list)
+
+
+def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the simulator's options to ``parser`` (see `config_from_args`)."""
+    d = SimConfig()
+    g = parser.add_argument_group("simulation")
+    g.add_argument("--n-exposures", type=int, default=d.n_exposures, metavar="N",
+                   help=f"exposures in the association (default {d.n_exposures})")
+    g.add_argument("--full-frame", action="store_true",
+                   help="two 4096x2048 chips instead of one 512x512 subarray")
+    g.add_argument("--subarray-size", type=int, default=d.subarray_size, metavar="PIX",
+                   help=f"subarray side in pixels (default {d.subarray_size})")
+    g.add_argument("--pointing-error", type=float, default=d.pointing_error, metavar="ARCSEC",
+                   help="common header pointing error of all exposures, at PA 45 deg")
+    g.add_argument("--guiding-failure", type=float, default=d.guiding_failure, metavar="PIX",
+                   help="extra header pointing error of exposure 1, along detector x")
+    g.add_argument("--drizcorr", choices=["PERFORM", "OMIT"], default=d.drizcorr,
+                   help="DRIZCORR switch in the RAW/FLT/FLC headers")
+    g.add_argument("--flt-only", action="store_true", help="write FLT files only, no FLC")
+    g.add_argument("--n-stars", type=int, default=d.n_stars, metavar="N",
+                   help=f"stars in the truth catalog (default {d.n_stars})")
+    g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    g.add_argument("--refdir", default=None, metavar="DIR",
+                   help="use the real ACS/WFC IDCTAB/NPOLFILE/D2IMFILE from DIR")
+    g.add_argument("--root", default=d.root, help=f"association rootname (default {d.root})")
+    g.add_argument("--exptime", type=float, default=d.exptime, metavar="SEC",
+                   help=f"exposure time (default {d.exptime:g})")
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """Build a `SimConfig` from options added by `add_simulate_arguments`."""
+    d = SimConfig()
+    return SimConfig(
+        n_exposures=getattr(args, "n_exposures", d.n_exposures),
+        full_frame=getattr(args, "full_frame", d.full_frame),
+        subarray_size=getattr(args, "subarray_size", d.subarray_size),
+        pointing_error=getattr(args, "pointing_error", d.pointing_error),
+        guiding_failure=getattr(args, "guiding_failure", d.guiding_failure),
+        drizcorr=getattr(args, "drizcorr", d.drizcorr),
+        products="flt" if getattr(args, "flt_only", False) else "flt+flc",
+        n_stars=getattr(args, "n_stars", d.n_stars),
+        seed=getattr(args, "seed", d.seed),
+        refdir=getattr(args, "refdir", d.refdir),
+        root=getattr(args, "root", d.root),
+        exptime=getattr(args, "exptime", d.exptime),
+    )

@@ -1,0 +1,52 @@
+"""Shared fixtures: simulated associations (made once per session, copied per test) and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REFDATA = Path(__file__).resolve().parents[1].parent / "shared" / "refdata"
+
+
+def sha256_tree(directory: Path) -> dict:
+    """``{relative path: sha256}`` of every regular file below a directory."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def run_cli(*args, env=None, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run ``astrodriz-sm`` as a user would, in a child process."""
+    full_env = {k: v for k, v in os.environ.items() if k != "jref"}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "astrodriz_sm.cli.main", *map(str, args)],
+                          capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
+                          check=False)
+
+
+@pytest.fixture(scope="session")
+def simulated(tmp_path_factory):
+    """Factory: ``simulated(name, **SimConfig fields)`` returns a fresh copy of a simulated association.
+
+    Each distinct configuration is simulated once per session; every call gets its own copy, so
+    tests may modify or process it freely.
+    """
+    from astrodriz_sm.sim import SimConfig, simulate_association
+
+    cache = {}
+
+    def make(name: str, **fields):
+        key = tuple(sorted(fields.items()))
+        if key not in cache:
+            cache[key] = simulate_association(tmp_path_factory.mktemp(f"sim-{name}"), SimConfig(**fields))
+        src = cache[key]
+        dest = tmp_path_factory.mktemp(f"copy-{name}")
+        shutil.copytree(src.outdir, dest, dirs_exist_ok=True, symlinks=False)
+        return src, dest
+
+    return make

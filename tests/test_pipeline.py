@@ -1,0 +1,227 @@
+"""End to end: simulated association -> event log -> drizzled products and trailer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from astropy.io import fits
+
+from astrodriz_sm.sim import measure_product_astrometry, observation_epoch
+from astrodriz_sm.statemachine import fold
+from astrodriz_sm.store.eventstore import EventStore
+
+from .conftest import REFDATA, run_cli, sha256_tree
+
+ROOT = "jsm001010"
+EXPECTED_STEPS = [
+    ("init", "resolve_inputs"),
+    ("default", "stage_inputs"), ("default", "updatewcs"), ("default", "astrodrizzle"),
+    ("default", "verify_alignment"),
+    ("final", "choose_wcs"), ("final", "stage_inputs"), ("final", "copy_flc_wcs"), ("final", "astrodrizzle"),
+    ("final", "promote"), ("final", "cleanup"),
+]
+
+
+def _accuracy(workdir: Path, product: str):
+    """Centroids of truth stars in a product against where its WCS puts them (pixels)."""
+    truth = workdir / "truth"
+    epoch = observation_epoch(next(truth.glob("*_truth.json")))
+    return measure_product_astrometry(workdir / product, next(truth.glob("*_truth.ecsv")), epoch)
+
+
+def _events(workdir: Path):
+    store = EventStore(workdir / "astrodriz_sm.db")
+    run_id = store.latest_run()["run_id"]
+    return store, run_id, store.events(run_id)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The README's demo, run once for the module."""
+    workdir = tmp_path_factory.mktemp("demo") / "demo"
+    proc = run_cli("demo", "--workdir", workdir)
+    return workdir, proc
+
+
+def test_demo_completes_with_products_trailer_and_store(demo):
+    workdir, proc = demo
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in (f"{ROOT}_drc.fits", f"{ROOT}_drz.fits", f"{ROOT}.tra", "astrodriz_sm.db"):
+        assert (workdir / name).is_file(), name
+    assert not list(workdir.glob(f"{ROOT}_default")) and not list(workdir.glob(f"{ROOT}_final"))
+    assert "default focus: pass" in proc.stdout
+
+    _, _, events = _events(workdir)
+    completed = [(e.stage, e.step) for e in events if e.kind == "step.completed"]
+    assert completed == EXPECTED_STEPS
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "run.started" and kinds[-1] == "run.ended"
+    assert [e.payload["to"] for e in events if e.kind == "transition"] == ["default", "final", "done"]
+    run = fold(events)
+    assert run.ended == {"status": "done", "exit_code": 0, "reason": None,
+                         "products": [f"{ROOT}_drz.fits", f"{ROOT}_drc.fits"]}
+    # The promoted products are the ones whose hashes the log recorded.
+    promoted = run.output("final", "promote")["files"]
+    assert promoted[f"{ROOT}_drc.fits"] == sha256_tree(workdir)[f"{ROOT}_drc.fits"]
+
+
+def test_demo_focus_numbers_are_in_the_events(demo):
+    workdir, _ = demo
+    _, _, events = _events(workdir)
+    [focus] = [e.payload for e in events if e.kind == "verification"]
+    assert focus["check"] == "focus" and focus["verdict"] == "pass"
+    assert focus["product"] == f"{ROOT}_drc.fits"
+    assert len(focus["single_focus"]) == 3 and all(v > 0 for v in focus["single_focus"])
+    assert focus["z_min"] <= focus["product_z"] <= focus["z_max"]
+
+
+def test_replay_renders_the_trailer_byte_identical(demo, tmp_path):
+    workdir, _ = demo
+    out = tmp_path / "replayed.tra"
+    proc = run_cli("replay", "-o", out, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == (workdir / f"{ROOT}.tra").read_bytes()
+    text = out.read_text()
+    assert "verification focus: PASS" in text and "run ended: DONE (exit code 0)" in text
+    assert "AstroDrizzle log for jsm001010_drc.fits" in text
+
+
+def test_verify_log_and_status(demo):
+    workdir, _ = demo
+    proc = run_cli("verify-log", cwd=workdir)
+    assert proc.returncode == 0 and "hash chain intact" in proc.stdout
+    proc = run_cli("status", cwd=workdir)
+    assert proc.returncode == 0 and "done (exit 0)" in proc.stdout
+
+
+def test_products_match_truth_within_a_tenth_of_a_pixel(demo):
+    workdir, _ = demo
+    for product in (f"{ROOT}_drc.fits", f"{ROOT}_drz.fits"):
+        err = _accuracy(workdir, product)
+        print(product, err)
+        assert err.n_stars >= 20
+        assert err.rms < 0.1, err
+
+
+def test_updated_inputs_carry_the_pipeline_default_wcs(demo):
+    workdir, _ = demo
+    for suffix in ("flt", "flc"):
+        for f in sorted(workdir.glob(f"*_{suffix}.fits")):
+            assert fits.getval(f, "WCSNAME", ext=("SCI", 1)).startswith("IDC_"), f
+
+
+def test_focus_fails_with_a_two_pixel_guiding_failure(simulated):
+    _, d = simulated("guiding", guiding_failure=2.0)
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/"})
+    # The default stage only notes the failure (as runastrodriz does); the run still ends done.
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, _, events = _events(d)
+    [focus] = [e.payload for e in events if e.kind == "verification"]
+    print(focus)
+    assert focus["verdict"] == "fail"
+    assert not (focus["z_min"] <= focus["product_z"] <= focus["z_max"]) or focus["std"] > min(focus["single_focus"])
+    decision = next(e.payload for e in events if e.kind == "decision")
+    assert decision["chosen_stage"] == "default"
+    assert ("default", "fail") in [(c["stage"], c["verdict"]) for c in decision["candidates"]]
+
+
+def test_real_acs_wfc_reference_files(simulated):
+    _, d = simulated("refdir", refdir=str(REFDATA), products="flt")
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, _, events = _events(d)
+    upd = next(e.payload for e in events if e.step == "updatewcs" and e.kind == "step.completed")
+    assert upd["wcsname"] == "IDC_qbu1641sj"
+    err = _accuracy(d, f"{ROOT}_drz.fits")
+    print(err)
+    assert err.n_stars >= 20 and err.rms < 0.1, err
+
+
+def test_drizcorr_omit_ends_skipped_without_products(simulated):
+    _, d = simulated("omit", drizcorr="OMIT", n_exposures=2)
+    before = sha256_tree(d)
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/"})
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert not list(d.glob("*_dr[zc].fits"))
+    _, _, events = _events(d)
+    end = events[-1].payload
+    assert end["status"] == "skipped" and end["exit_code"] == 4
+    assert "DRIZCORR=OMIT" in end["reason"]
+    after = sha256_tree(d)
+    assert {k: v for k, v in after.items() if k in before} == before
+
+
+def test_missing_member_names_the_file_and_changes_nothing(simulated):
+    src, d = simulated("small", n_exposures=2)
+    for f in d.glob(f"{src.members[1]}_fl?.fits"):
+        f.unlink()
+    before = sha256_tree(d)
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/"})
+    assert proc.returncode == 3
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line == (f"astrodriz-sm: error: {d}/{src.members[1]}_flt.fits: exposure {src.members[1]} listed in "
+                    f"{ROOT}_asn.fits is missing (no _flt or _flc file)")
+    _, _, events = _events(d)
+    assert [(e.stage, e.step, e.kind) for e in events[-4:]] == [
+        ("init", "resolve_inputs", "step.started"), ("init", "resolve_inputs", "step.failed"),
+        ("init", "", "transition"), ("failed", "", "run.ended")]
+    assert events[-3].payload["path"] == f"{d}/{src.members[1]}_flt.fits"
+    assert events[-1].payload["exit_code"] == 3
+    assert {k: v for k, v in sha256_tree(d).items() if k in before} == before
+
+
+def test_truncated_fits_is_a_clear_error(simulated):
+    src, d = simulated("small", n_exposures=2)
+    victim = d / f"{src.members[0]}_flc.fits"
+    victim.write_bytes(victim.read_bytes()[:20000])
+    before = sha256_tree(d)
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/"})
+    assert proc.returncode == 3
+    assert f"{victim}: truncated FITS file" in proc.stderr
+    assert {k: v for k, v in sha256_tree(d).items() if k in before} == before
+
+
+def test_failed_processing_leaves_every_input_byte_identical(simulated):
+    """updatewcs fails on a distortion table without a row for the filter: inputs stay as they were."""
+    src, d = simulated("small", n_exposures=2)
+    idctab = d / src.reference_files["IDCTAB"].name
+    with fits.open(idctab) as hdul:
+        hdul[1].data = hdul[1].data[:0]
+        broken = d / "broken"
+        broken.mkdir()
+        hdul.writeto(broken / idctab.name)
+    for name in [p.name for p in d.iterdir() if p.is_file() and p.name != idctab.name]:
+        (broken / name).symlink_to(d / name)
+    before = sha256_tree(d)
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{broken}/"})
+    assert proc.returncode == 5, proc.stderr[-2000:]
+    assert "updatewcs failed" in proc.stderr
+    after = sha256_tree(d)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert not (d / f"{ROOT}_drc.fits").exists()
+
+
+def test_newpath_moves_results_back_and_removes_the_work_directory(simulated, tmp_path):
+    _, d = simulated("small", n_exposures=2)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    log = tmp_path / "log.jsonl"
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", scratch, "--log-json", log, env={"jref": f"{d}/"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (d / f"{ROOT}_drc.fits").is_file() and (d / f"{ROOT}_drz.fits").is_file()
+    assert list(scratch.iterdir()) == []
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    steps = [r for r in records if r["event"] == "step completed"]
+    assert len(steps) == len(EXPECTED_STEPS)
+    assert {r["run_id"] for r in records} == {records[0]["run_id"]}
+    assert [(r["stage"], r["step"]) for r in steps] == EXPECTED_STEPS
+
+
+def test_bad_switch_value_is_a_config_error(simulated):
+    _, d = simulated("small", n_exposures=2)
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", "ASTROMETRY_APPLY_APRIORI": "maybe"})
+    assert proc.returncode == 6
+    assert proc.stderr.strip() == ("astrodriz-sm: error: ASTROMETRY_APPLY_APRIORI='maybe': "
+                                   "expected one of on/yes/true or off/no/false")
