@@ -185,4 +185,4 @@ class Runner:
         products = run.output("final", "promote").get("products", [])
         self.append(status, "", RUN_ENDED, {"status": status, "exit_code": int(code), "reason": reason,
                                             "products": products})
-        self.log.info("run ended", status=status, exit_code=int(code))
+        self.log.info("run ended", stage=status, status=status, exit_code=int(code))

@@ -151,6 +151,34 @@ def test_drizcorr_omit_ends_skipped_without_products(simulated):
     assert "DRIZCORR=OMIT" in end["reason"]
     after = sha256_tree(d)
     assert {k: v for k, v in after.items() if k in before} == before
+    assert proc.stderr.strip().splitlines()[-1] == "astrodriz-sm: skipped: DRIZCORR=OMIT in jsm001a1q_raw.fits"
+
+
+def test_force_processes_an_omitted_singleton_raw(simulated):
+    """-f on a singleton _raw input: processed, no relative alignment to verify, products named after it."""
+    src, d = simulated("omit", drizcorr="OMIT", n_exposures=2)
+    member = src.members[0]
+    proc = run_cli("start", "-f", d / f"{member}_raw.fits", env={"jref": f"{d}/"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (d / f"{member}_drc.fits").is_file() and (d / f"{member}_drz.fits").is_file()
+    assert (d / f"{member}.tra").is_file()
+    _, _, events = _events(d)
+    guard = next(e.payload for e in events if e.kind == "transition")["guards"][0]
+    assert guard["reason"] == "DRIZCORR=OMIT, forced by -f"
+    [check] = [e.payload for e in events if e.kind == "verification"]
+    assert check["verdict"] == "n/a" and "single exposure" in check["reason"]
+    inputs = next(e.payload["inputs"] for e in events if e.step == "resolve_inputs" and e.kind == "step.completed")
+    assert (inputs["kind"], inputs["flt"], inputs["flc"]) == ("raw", [f"{member}_flt.fits"], [f"{member}_flc.fits"])
+
+
+def test_simulate_command(tmp_path):
+    proc = run_cli("simulate", tmp_path / "out", "--n-exposures", "2", "--flt-only", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.fits"))
+    assert names == ["jsm001010_asn.fits", "jsm001a1q_flt.fits", "jsm001a1q_raw.fits", "jsm001a2q_flt.fits",
+                     "jsm001a2q_raw.fits", "sm00001aj_idc.fits", "sm00002aj_mdz.fits"]
+    assert proc.stdout.splitlines()[-1] == (f"run it with: jref={tmp_path}/out/ astrodriz-sm start "
+                                            f"{tmp_path}/out/jsm001010_asn.fits")
 
 
 def test_missing_member_names_the_file_and_changes_nothing(simulated):

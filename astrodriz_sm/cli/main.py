@@ -73,7 +73,7 @@ def cmd_start(args) -> int:
     store = _store_for(args, input_path)
     run_id = start_run(store, config, root)
     log = structlog.get_logger().bind(run_id=run_id)
-    log.info("run started", input=str(input_path), store=str(store.path))
+    log.info("run started", stage="init", input=str(input_path), store=str(store.path))
     return _report_end(store, run_id, int(Runner(store, run_id, log=log).run()))
 
 
@@ -141,7 +141,7 @@ def cmd_simulate(args) -> int:
     result = simulate_association(Path(args.outdir), config_from_args(args))
     print(f"wrote association {result.asn}")
     print(f"truth catalog {result.truth_catalog}")
-    print(f"run it with: jref={result.outdir}/ astrodriz-sm start {result.asn}")
+    print(f"run it with: jref={result.outdir.resolve()}/ astrodriz-sm start {result.asn.resolve()}")
     return 0
 
 
@@ -193,9 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Distortion-corrected, aligned HST drizzled products, "
                                             "as an event-sourced state machine.",
                                 epilog="exit codes:\n" + codes)
+    def add_common(parser, suppress):
+        parser.add_argument("--log-json", metavar="FILE", default=argparse.SUPPRESS if suppress else None,
+                            help="append one JSON object per log record to FILE")
+        parser.add_argument("-q", "--quiet", action="store_true",
+                            default=argparse.SUPPRESS if suppress else False,
+                            help="no progress lines on the console")
+
+    # Accepted before or after the command; SUPPRESS keeps a command's defaults from hiding the former.
+    add_common(p, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-json", metavar="FILE", help="append one JSON object per log record to FILE")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress lines on the console")
+    add_common(common, suppress=True)
     subparsers = p.add_subparsers(dest="command", required=True)
 
     class _Sub:

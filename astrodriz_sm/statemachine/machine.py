@@ -194,12 +194,14 @@ def choose_wcs(run: RunState) -> dict:
                            if t["guard"].startswith(stage) and not t["result"]), "stage not run")
             candidates.append({"stage": stage, "wcsname": None, "verdict": "not run", "reason": reason})
             continue
-        verdict = run.verdict(stage)
+        checks = run.verifications.get(stage, [])
+        # 'n/a' (a single exposure) is neither a pass nor a fail: say so rather than 'not verified'.
+        fallback = checks[0]["verdict"] if checks else "not verified"
         candidates.append({
             "stage": stage,
             "wcsname": run.output(stage, "updatewcs").get("wcsname"),
-            "verdict": {True: "pass", False: "fail", None: "not verified"}[verdict],
-            "verifications": run.verifications.get(stage, []),
+            "verdict": {True: "pass", False: "fail"}.get(run.verdict(stage), fallback),
+            "verifications": checks,
         })
     chosen = next((c for c in candidates if c["stage"] != "default" and c["verdict"] == "pass"),
                   next(c for c in candidates if c["stage"] == "default"))
