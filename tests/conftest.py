@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 REFDATA = Path(__file__).resolve().parents[1].parent / "shared" / "refdata"
+# Alignment switched off, for tests about everything else.
+NO_ALIGNMENT = {"ASTROMETRY_APPLY_APRIORI": "off", "ASTROMETRY_COMPUTE_APOSTERIORI": "off"}
 
 
 def sha256_tree(directory: Path) -> dict:
@@ -22,7 +24,8 @@ def sha256_tree(directory: Path) -> dict:
 
 def run_cli(*args, env=None, cwd=None, timeout=600) -> subprocess.CompletedProcess:
     """Run ``astrodriz-sm`` as a user would, in a child process."""
-    full_env = {k: v for k, v in os.environ.items() if k != "jref"}
+    full_env = {k: v for k, v in os.environ.items() if k != "jref" and not k.startswith("ASTROM")
+                and k != "GSSS_WEBSERVICES_URL"}
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "astrodriz_sm.cli.main", *map(str, args)],
                           capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
@@ -50,3 +53,21 @@ def simulated(tmp_path_factory):
         return src, dest
 
     return make
+
+
+@pytest.fixture
+def service(tmp_path):
+    """Factory: ``service(sim_result)`` serves that simulation's astrometry data on 127.0.0.1."""
+    from astrodriz_sm.services import ServiceStore, start_server
+
+    handles = []
+
+    def start(sim):
+        db = tmp_path / f"service-{len(handles)}.db"
+        ServiceStore(db).load_directory(sim.service_dir)
+        handles.append(start_server(db))
+        return handles[-1]
+
+    yield start
+    for h in handles:
+        h.stop()

@@ -12,7 +12,7 @@ from astrodriz_sm.sim import measure_product_astrometry, observation_epoch
 from astrodriz_sm.statemachine import fold
 from astrodriz_sm.store.eventstore import EventStore
 
-from .conftest import REFDATA, run_cli, sha256_tree
+from .conftest import NO_ALIGNMENT, REFDATA, run_cli, sha256_tree
 
 ROOT = "jsm001010"
 EXPECTED_STEPS = [
@@ -20,8 +20,15 @@ EXPECTED_STEPS = [
     ("default", "stage_inputs"), ("default", "updatewcs"), ("default", "astrodrizzle"),
     ("default", "verify_alignment"),
     ("final", "choose_wcs"), ("final", "stage_inputs"), ("final", "copy_flc_wcs"), ("final", "astrodrizzle"),
-    ("final", "promote"), ("final", "cleanup"),
+    ("final", "write_headerlets"), ("final", "promote"), ("final", "cleanup"),
 ]
+ALIGNMENT_STEPS = [
+    ("apriori", "probe_service"), ("apriori", "stage_inputs"), ("apriori", "updatewcs"),
+    ("apriori", "astrodrizzle"), ("apriori", "verify_alignment"), ("apriori", "conclude"),
+    ("aposteriori", "probe_service"), ("aposteriori", "stage_inputs"), ("aposteriori", "align"),
+    ("aposteriori", "astrodrizzle"), ("aposteriori", "verify_alignment"), ("aposteriori", "conclude"),
+]
+DEMO_STEPS = EXPECTED_STEPS[:5] + ALIGNMENT_STEPS + EXPECTED_STEPS[5:]
 
 
 def _accuracy(workdir: Path, product: str):
@@ -39,38 +46,41 @@ def _events(workdir: Path):
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The README's demo, run once for the module."""
+    """The README's demo, run once for the module: returns the data directory and the process."""
     workdir = tmp_path_factory.mktemp("demo") / "demo"
     proc = run_cli("demo", "--workdir", workdir)
-    return workdir, proc
+    return workdir / "data", proc
 
 
 def test_demo_completes_with_products_trailer_and_store(demo):
-    workdir, proc = demo
+    data, proc = demo
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in (f"{ROOT}_drc.fits", f"{ROOT}_drz.fits", f"{ROOT}.tra", "astrodriz_sm.db"):
-        assert (workdir / name).is_file(), name
-    assert not list(workdir.glob(f"{ROOT}_default")) and not list(workdir.glob(f"{ROOT}_final"))
+        assert (data / name).is_file(), name
+    assert not list(data.glob(f"{ROOT}_*ori")) and not list(data.glob(f"{ROOT}_final"))
     assert "default focus: pass" in proc.stdout
 
-    _, _, events = _events(workdir)
+    _, _, events = _events(data)
     completed = [(e.stage, e.step) for e in events if e.kind == "step.completed"]
-    assert completed == EXPECTED_STEPS
+    assert completed == DEMO_STEPS
     kinds = [e.kind for e in events]
     assert kinds[0] == "run.started" and kinds[-1] == "run.ended"
-    assert [e.payload["to"] for e in events if e.kind == "transition"] == ["default", "final", "done"]
+    assert [e.payload["to"] for e in events if e.kind == "transition"] == [
+        "default", "apriori", "aposteriori", "final", "done"]
     run = fold(events)
     assert run.ended == {"status": "done", "exit_code": 0, "reason": None,
                          "products": [f"{ROOT}_drz.fits", f"{ROOT}_drc.fits"]}
     # The promoted products are the ones whose hashes the log recorded.
     promoted = run.output("final", "promote")["files"]
-    assert promoted[f"{ROOT}_drc.fits"] == sha256_tree(workdir)[f"{ROOT}_drc.fits"]
+    assert promoted[f"{ROOT}_drc.fits"] == sha256_tree(data)[f"{ROOT}_drc.fits"]
+    assert sorted(run.output("final", "promote")["headerlets"]) == [
+        f"{m}_flc_hlet.fits" for m in ("jsm001a1q", "jsm001a2q", "jsm001a3q")]
 
 
 def test_demo_focus_numbers_are_in_the_events(demo):
-    workdir, _ = demo
-    _, _, events = _events(workdir)
-    [focus] = [e.payload for e in events if e.kind == "verification"]
+    data, _ = demo
+    _, _, events = _events(data)
+    focus = next(e.payload for e in events if e.kind == "verification" and e.stage == "default")
     assert focus["check"] == "focus" and focus["verdict"] == "pass"
     assert focus["product"] == f"{ROOT}_drc.fits"
     assert len(focus["single_focus"]) == 3 and all(v > 0 for v in focus["single_focus"])
@@ -78,43 +88,50 @@ def test_demo_focus_numbers_are_in_the_events(demo):
 
 
 def test_replay_renders_the_trailer_byte_identical(demo, tmp_path):
-    workdir, _ = demo
+    data, _ = demo
     out = tmp_path / "replayed.tra"
-    proc = run_cli("replay", "-o", out, cwd=workdir)
+    proc = run_cli("replay", "-o", out, cwd=data)
     assert proc.returncode == 0, proc.stderr
-    assert out.read_bytes() == (workdir / f"{ROOT}.tra").read_bytes()
+    assert out.read_bytes() == (data / f"{ROOT}.tra").read_bytes()
     text = out.read_text()
     assert "verification focus: PASS" in text and "run ended: DONE (exit code 0)" in text
     assert "AstroDrizzle log for jsm001010_drc.fits" in text
 
 
 def test_verify_log_and_status(demo):
-    workdir, _ = demo
-    proc = run_cli("verify-log", cwd=workdir)
+    data, _ = demo
+    proc = run_cli("verify-log", cwd=data)
     assert proc.returncode == 0 and "hash chain intact" in proc.stdout
-    proc = run_cli("status", cwd=workdir)
+    proc = run_cli("status", cwd=data)
     assert proc.returncode == 0 and "done (exit 0)" in proc.stdout
 
 
-def test_products_match_truth_within_a_tenth_of_a_pixel(demo):
-    workdir, _ = demo
+def test_updated_inputs_carry_the_chosen_wcs(demo):
+    data, _ = demo
+    _, _, events = _events(data)
+    chosen = next(e.payload for e in events if e.kind == "decision" and e.payload["decision"] == "wcs")
+    for suffix in ("flt", "flc"):
+        for f in sorted(data.glob(f"*_{suffix}.fits")):
+            assert fits.getval(f, "WCSNAME", ext=("SCI", 1)) == chosen["chosen_wcsname"], f
+
+
+def test_products_match_truth_within_a_tenth_of_a_pixel(simulated):
+    """No pointing error, no alignment: the pipeline-default products lie on the truth."""
+    _, d = simulated("clean", n_exposures=3)
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, _, events = _events(d)
+    assert [(e.stage, e.step) for e in events if e.kind == "step.completed"] == EXPECTED_STEPS
     for product in (f"{ROOT}_drc.fits", f"{ROOT}_drz.fits"):
-        err = _accuracy(workdir, product)
+        err = _accuracy(d, product)
         print(product, err)
         assert err.n_stars >= 20
         assert err.rms < 0.1, err
 
 
-def test_updated_inputs_carry_the_pipeline_default_wcs(demo):
-    workdir, _ = demo
-    for suffix in ("flt", "flc"):
-        for f in sorted(workdir.glob(f"*_{suffix}.fits")):
-            assert fits.getval(f, "WCSNAME", ext=("SCI", 1)).startswith("IDC_"), f
-
-
 def test_focus_fails_with_a_two_pixel_guiding_failure(simulated):
     _, d = simulated("guiding", guiding_failure=2.0)
-    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/"})
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
     # The default stage only notes the failure (as runastrodriz does); the run still ends done.
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, _, events = _events(d)
@@ -129,7 +146,7 @@ def test_focus_fails_with_a_two_pixel_guiding_failure(simulated):
 
 def test_real_acs_wfc_reference_files(simulated):
     _, d = simulated("refdir", refdir=str(REFDATA), products="flt")
-    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/"})
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, _, events = _events(d)
     upd = next(e.payload for e in events if e.step == "updatewcs" and e.kind == "step.completed")
@@ -142,7 +159,7 @@ def test_real_acs_wfc_reference_files(simulated):
 def test_drizcorr_omit_ends_skipped_without_products(simulated):
     _, d = simulated("omit", drizcorr="OMIT", n_exposures=2)
     before = sha256_tree(d)
-    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/"})
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
     assert proc.returncode == 4, proc.stderr[-2000:]
     assert not list(d.glob("*_dr[zc].fits"))
     _, _, events = _events(d)
@@ -158,7 +175,7 @@ def test_force_processes_an_omitted_singleton_raw(simulated):
     """-f on a singleton _raw input: processed, no relative alignment to verify, products named after it."""
     src, d = simulated("omit", drizcorr="OMIT", n_exposures=2)
     member = src.members[0]
-    proc = run_cli("start", "-f", d / f"{member}_raw.fits", env={"jref": f"{d}/"})
+    proc = run_cli("start", "-f", d / f"{member}_raw.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (d / f"{member}_drc.fits").is_file() and (d / f"{member}_drz.fits").is_file()
     assert (d / f"{member}.tra").is_file()
@@ -186,7 +203,7 @@ def test_missing_member_names_the_file_and_changes_nothing(simulated):
     for f in d.glob(f"{src.members[1]}_fl?.fits"):
         f.unlink()
     before = sha256_tree(d)
-    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/"})
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
     assert proc.returncode == 3
     line = proc.stderr.strip().splitlines()[-1]
     assert line == (f"astrodriz-sm: error: {d}/{src.members[1]}_flt.fits: exposure {src.members[1]} listed in "
@@ -205,7 +222,7 @@ def test_truncated_fits_is_a_clear_error(simulated):
     victim = d / f"{src.members[0]}_flc.fits"
     victim.write_bytes(victim.read_bytes()[:20000])
     before = sha256_tree(d)
-    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/"})
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
     assert proc.returncode == 3
     assert f"{victim}: truncated FITS file" in proc.stderr
     assert {k: v for k, v in sha256_tree(d).items() if k in before} == before
@@ -223,7 +240,7 @@ def test_failed_processing_leaves_every_input_byte_identical(simulated):
     for name in [p.name for p in d.iterdir() if p.is_file() and p.name != idctab.name]:
         (broken / name).symlink_to(d / name)
     before = sha256_tree(d)
-    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{broken}/"})
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{broken}/", **NO_ALIGNMENT})
     assert proc.returncode == 5, proc.stderr[-2000:]
     assert "updatewcs failed" in proc.stderr
     after = sha256_tree(d)
@@ -236,13 +253,12 @@ def test_newpath_moves_results_back_and_removes_the_work_directory(simulated, tm
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     log = tmp_path / "log.jsonl"
-    proc = run_cli("start", d / f"{ROOT}_asn.fits", scratch, "--log-json", log, env={"jref": f"{d}/"})
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", scratch, "--log-json", log, env={"jref": f"{d}/", **NO_ALIGNMENT})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (d / f"{ROOT}_drc.fits").is_file() and (d / f"{ROOT}_drz.fits").is_file()
     assert list(scratch.iterdir()) == []
     records = [json.loads(line) for line in log.read_text().splitlines()]
     steps = [r for r in records if r["event"] == "step completed"]
-    assert len(steps) == len(EXPECTED_STEPS)
     assert {r["run_id"] for r in records} == {records[0]["run_id"]}
     assert [(r["stage"], r["step"]) for r in steps] == EXPECTED_STEPS
 

@@ -2,7 +2,10 @@
 
 The end-to-end tests drizzle the simulated exposures with drizzlepac exactly as
 the pipeline does and measure the products against the truth catalog; they
-prove that the simulated data and their truth agree.
+prove that the simulated data and their truth agree.  The astrometry-service
+data are proven through the stwcs calls a service would drive (headerlets
+applied as primary, ``AstrometryDB.apply_new_apriori`` on the guide-star
+offsets, and ``updatewcs(use_db=True)`` answered in-process by the files).
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ import contextlib
 import hashlib
 import json
 import shutil
+import urllib.parse
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
+from astropy.table import Table
+from astropy.time import Time
 
 from astrodriz_sm.sim import (
     SimConfig,
@@ -26,8 +33,12 @@ from astrodriz_sm.sim import (
     jref_environment,
     measure_product_astrometry,
     observation_epoch,
+    propagate,
     simulate_association,
+    updated_wcs,
 )
+from astrodriz_sm.sim.service import GAIA_OBJID_BASE
+from astrodriz_sm.sim.wcs import chip_center_offset, updated_copy
 
 REFDATA = Path(__file__).resolve().parents[1].parent / "shared" / "refdata"
 needs_refdata = pytest.mark.skipif(not (REFDATA / "qbu1641sj_idc.fits").is_file(),
@@ -103,12 +114,15 @@ def test_same_config_gives_identical_files(sim_default, tmp_path):
     other = simulate_association(tmp_path / "other", SimConfig(seed=2))
 
     reference = _hashes(sim_default)
-    assert len(reference) == 17  # asn, 3 x (raw, flt, flc), idctab, mdriztab, 3 masks, catalog, json
+    # asn, 3 x (raw, flt, flc), idctab, mdriztab, 3 masks, catalog, json; service: 3 catalogs,
+    # 3 x 2 headerlets, astrometrydb.ecsv, gsc_offsets.ecsv
+    assert len(reference) == 28
     assert _hashes(again.outdir) == reference
     other_hashes = _hashes(other.outdir)
     assert other_hashes.keys() == reference.keys()
     for name in ["jsm001a1q_flt.fits", "jsm001a2q_flc.fits", "truth/jsm001010_truth.ecsv",
-                 "truth/jsm001a3q_crmask.fits"]:
+                 "truth/jsm001a3q_crmask.fits", "service/catalogs/GAIAeDR3.ecsv",
+                 "service/catalogs/GAIADR1.ecsv"]:
         assert other_hashes[name] != reference[name], name
 
 
@@ -146,10 +160,16 @@ def test_flt_only_and_drizcorr_omit(tmp_path):
     parser = argparse.ArgumentParser()
     add_simulate_arguments(parser)
     config = config_from_args(parser.parse_args(
-        ["--flt-only", "--drizcorr", "OMIT", "--n-exposures", "2", "--seed", "5"]))
+        ["--flt-only", "--drizcorr", "OMIT", "--n-exposures", "2", "--seed", "5", "--no-service"]))
     assert (config.products, config.drizcorr, config.n_exposures, config.seed) == ("flt", "OMIT", 2, 5)
+    assert (config.service, config.apriori_residual, config.apriori_idctab_mismatch) == (False, 0.25, False)
+    other = config_from_args(parser.parse_args(["--apriori-residual", "0.4", "--apriori-idctab-mismatch"]))
+    assert (other.service, other.apriori_residual, other.apriori_idctab_mismatch) == (True, 0.4, True)
 
+    (tmp_path / "service").mkdir()  # left over from an earlier run
     result = simulate_association(tmp_path, config)
+    assert result.service_dir is None and not (tmp_path / "service").exists()
+    assert "service" not in json.loads(result.truth_json.read_text())
     assert result.flc == [] and not list(tmp_path.glob("*_flc.fits"))
     assert [p.name for p in result.flt] == ["jsm001a1q_flt.fits", "jsm001a2q_flt.fits"]
     for raw, flt in zip(result.raw, result.flt):
@@ -225,3 +245,262 @@ def test_focus_index_passes_clean_and_fails_guiding_failure(drizzled_default, dr
     assert clean_ok
     assert not bad_ok
     assert bad["prod"][0] < 0.8 * clean["prod"][0]
+
+
+# ---------------------------------------------------------------- astrometry-service data
+
+@pytest.fixture(scope="module")
+def sim_apriori(tmp_path_factory):
+    """0.6" common pointing error, plus a 2-pixel guiding failure of exposure 1."""
+    outdir = tmp_path_factory.mktemp("sim_apriori")
+    return simulate_association(outdir, SimConfig(pointing_error=0.6, guiding_failure=2.0))
+
+
+@pytest.fixture(scope="module")
+def true_wcs(sim_default) -> dict:
+    """True WCS of [SCI,1] per member: the default association has no injected error."""
+    return {m: updated_wcs(sim_default / f"{m}_flt.fits", sim_default)[0]
+            for m in ["jsm001a1q", "jsm001a2q", "jsm001a3q"]}
+
+
+def _residual(truth, path: Path) -> tuple[float, float]:
+    """(east, north) arcsec of a file's primary WCS of [SCI,1] from the truth, at the chip centre."""
+    from stwcs.wcsutil import HSTWCS
+
+    with fits.open(path) as hdul:
+        return chip_center_offset(truth, HSTWCS(hdul, ext=("SCI", 1)), 512, 512)
+
+
+def _sky_errors(catalog: Table, truth: Table, epoch: float):
+    """Catalog minus truth positions at ``epoch`` (east, north mas) and their predicted sigmas."""
+    rows = np.asarray(catalog["objID"], dtype=np.int64) - GAIA_OBJID_BASE
+    truth_ra, truth_dec = propagate(truth[rows], epoch)
+    if "pmra" in catalog.colnames:
+        ra, dec = propagate(catalog, epoch)
+        dt = epoch - np.asarray(catalog["epoch"], dtype=float)
+        sig_e = np.hypot(catalog["ra_error"], dt * catalog["pmra_error"])
+        sig_n = np.hypot(catalog["dec_error"], dt * catalog["pmdec_error"])
+    else:
+        ra, dec = np.asarray(catalog["ra"], dtype=float), np.asarray(catalog["dec"], dtype=float)
+        sig_e, sig_n = np.asarray(catalog["ra_error"]), np.asarray(catalog["dec_error"])
+    d_east = (ra - truth_ra) * np.cos(np.deg2rad(truth_dec)) * 3.6e6
+    d_north = (dec - truth_dec) * 3.6e6
+    return np.concatenate([d_east, d_north]), np.concatenate([sig_e, sig_n])
+
+
+def test_reference_catalogs_match_the_truth_within_their_errors(sim_default, true_wcs):
+    service = sim_default / "service" / "catalogs"
+    truth = Table.read(sim_default / "truth" / "jsm001010_truth.ecsv", format="ascii.ecsv")
+    date_obs = Time(fits.getval(sim_default / "jsm001a1q_flt.fits", "DATE-OBS")).decimalyear
+    edr3 = Table.read(service / "GAIAeDR3.ecsv", format="ascii.ecsv")
+    dr2 = Table.read(service / "GAIADR2.ecsv", format="ascii.ecsv")
+    dr1 = Table.read(service / "GAIADR1.ecsv", format="ascii.ecsv")
+
+    pm_columns = {"pmra", "pmdec", "pmra_error", "pmdec_error"}
+    assert edr3.colnames == ["ra", "dec", "mag", "ra_error", "dec_error", "pmra", "pmdec",
+                             "pmra_error", "pmdec_error", "epoch", "objID"]
+    assert dr2.colnames == edr3.colnames
+    assert not pm_columns & set(dr1.colnames)
+    assert (set(edr3["epoch"]), set(dr2["epoch"]), set(dr1["epoch"])) == ({2016.0}, {2015.5}, {2015.0})
+    assert (str(edr3["ra_error"].unit), str(edr3["pmra"].unit)) == ("mas", "mas / yr")
+    assert 0.1 * 0.85 <= edr3["ra_error"].min() and edr3["dec_error"].max() <= 0.5 * 1.15
+    assert 0.05 * 0.85 <= edr3["pmra_error"].min() and edr3["pmdec_error"].max() <= 0.3 * 1.15
+    assert np.median(dr2["ra_error"]) == pytest.approx(2.5 * np.median(edr3["ra_error"]), rel=0.1)
+    assert 0.85 <= dr1["ra_error"].min() and dr1["dec_error"].max() <= 2.3
+
+    # The brightest ~65 % of the truth stars, a region larger than the footprint.
+    fraction = len(edr3) / len(truth)
+    x, y = true_wcs["jsm001a1q"].all_world2pix(*propagate(edr3, date_obs), 0)
+    on_chip = int(np.sum((x >= 0) & (x <= 511) & (y >= 0) & (y <= 511)))
+    center = SkyCoord(*true_wcs["jsm001a1q"].all_pix2world([[255.5, 255.5]], 0)[0], unit="deg")
+    extent = center.separation(SkyCoord(edr3["ra"], edr3["dec"], unit="deg")).arcsec.max()
+    print(f"\n{len(truth)} truth stars, {len(edr3)} in the catalogs ({fraction:.2f}), {on_chip} on "
+          f"the subarray, out to {extent:.1f} arcsec (chip half-diagonal 18.1 arcsec)")
+    assert 0.55 < fraction < 0.75 and on_chip >= 25 and extent > 1.3 * 18.1
+    assert len(dr2) == len(dr1) == len(edr3)
+
+    # Positions propagated to DATE-OBS agree with the truth there, within the errors.
+    for name, table, epoch in (("GAIAeDR3", edr3, date_obs), ("GAIADR2", dr2, date_obs),
+                               ("GAIADR1", dr1, 2015.0)):
+        diff, sigma = _sky_errors(table, truth, epoch)
+        chi = diff / sigma
+        rms = float(np.sqrt(np.mean(diff ** 2)))
+        print(f"{name} at {epoch:.3f}: RMS {rms:.3f} mas per coordinate (predicted "
+              f"{np.sqrt(np.mean(sigma ** 2)):.3f}), chi RMS {np.sqrt(np.mean(chi ** 2)):.3f}, "
+              f"max |chi| {np.abs(chi).max():.2f}, within 3 sigma {np.mean(np.abs(chi) < 3):.4f}")
+        assert 0.85 < np.sqrt(np.mean(chi ** 2)) < 1.15
+        assert np.mean(np.abs(chi) < 3.0) > 0.99 and np.abs(chi).max() < 5.0
+        assert rms < 3.0 * np.sqrt(np.mean(sigma ** 2))
+
+
+def test_gsc240_headerlet_applied_as_primary_leaves_the_recorded_residual(sim_apriori, true_wcs, tmp_path,
+                                                                          monkeypatch):
+    from stwcs.wcsutil import headerlet
+
+    monkeypatch.chdir(tmp_path)  # stwcs may write log files into the working directory
+    service = sim_apriori.service_dir
+    index = Table.read(service / "astrometrydb.ecsv", format="ascii.ecsv")
+    assert [(r["rootname"], r["wcsname"], bool(r["best"])) for r in index] == [
+        (m, f"IDC_sm00001aj-{kind}", kind == "GSC240")
+        for m in sim_apriori.members for kind in ("GSC240", "HSC30")]
+    hdrnames = [fits.getval(service / r["headerlet"], "HDRNAME") for r in index]
+    assert len(set(hdrnames)) == len(hdrnames)
+
+    truth = json.loads(sim_apriori.truth_json.read_text())
+    for i, member in enumerate(sim_apriori.members):
+        for kind in ("GSC240", "HSC30") if i == 0 else ("GSC240",):
+            solution = truth["exposures"][i]["apriori"][kind]
+            copy = updated_copy(sim_apriori.flt[i], sim_apriori.outdir, tmp_path / f"{member}_{kind}")
+            headerlet.apply_headerlet_as_primary(str(copy), str(service / solution["headerlet"]),
+                                                 attach=True, archive=True, logging=False)
+            assert fits.getval(copy, "WCSNAME", ext=("SCI", 1)) == f"IDC_sm00001aj-{kind}"
+            measured = _residual(true_wcs[member], copy)
+            expected = solution["residual_arcsec"]
+            print(f"\n{member} {kind}: recorded residual {np.round(np.multiply(expected, 1e3), 3)} mas, "
+                  f"measured {np.round(np.multiply(measured, 1e3), 3)} mas")
+            assert np.hypot(measured[0] - expected[0], measured[1] - expected[1]) < 1e-3
+    # 0.6" injected at PA 45, GSC240 leaves a quarter of it, HSC30 half of it.
+    gsc0 = truth["exposures"][0]["apriori"]["GSC240"]["residual_arcsec"]
+    hsc0 = truth["exposures"][0]["apriori"]["HSC30"]["residual_arcsec"]
+    assert np.hypot(*gsc0) == pytest.approx(0.150, abs=1e-6)
+    assert np.hypot(*hsc0) == pytest.approx(0.300, abs=1e-6)
+    # Exposure 1 keeps its whole guiding failure: the guide stars cannot correct it.
+    gsc1 = np.subtract(truth["exposures"][1]["apriori"]["GSC240"]["residual_arcsec"], gsc0)
+    injected1 = np.subtract(truth["exposures"][1]["injected_offset_arcsec"],
+                            truth["exposures"][0]["injected_offset_arcsec"])
+    assert np.allclose(gsc1, injected1, atol=1e-9) and np.hypot(*gsc1) > 0.09
+
+
+class _FakeServices:
+    """``requests.get`` answered from a simulator's ``service/`` directory, as the STScI services answer.
+
+    Speaks only what stwcs asks for: the astrometry database's ``availability``,
+    ``observation/read/<rootname>`` (XML list of solutions, 404 for unknown
+    observations) and ``...?wcsname=<name>`` (headerlet bytes), and the guide-star
+    service's ``GSCConvert/GSCconvert.aspx?IPPPSSOOT=<ROOT>``.
+    """
+
+    def __init__(self, service_dir: Path):
+        self.dir = service_dir
+        self.index = Table.read(service_dir / "astrometrydb.ecsv", format="ascii.ecsv")
+        self.gsc = Table.read(service_dir / "gsc_offsets.ecsv", format="ascii.ecsv")
+        self.urls: list[str] = []
+
+    @staticmethod
+    def _answer(code: int, content: bytes = b""):
+        return SimpleNamespace(status_code=code, ok=code == 200, content=content, reason=str(code),
+                               text=content.decode(errors="replace"))
+
+    def get(self, url, headers=None, timeout=None):
+        self.urls.append(url)
+        parts = urllib.parse.urlsplit(url)
+        query = urllib.parse.parse_qs(parts.query)
+        if parts.path.endswith("/availability"):
+            return self._answer(200)
+        if parts.path.endswith("/GSCconvert.aspx"):
+            root = query["IPPPSSOOT"][0].lower()
+            [row] = [r for r in self.gsc if r["rootname"] == root]
+            fields = "".join(f"<{c}>{row[c]!s}</{c}>" for c in self.gsc.colnames[1:])
+            return self._answer(200, f"<GSCConvert><msg>Success</msg>{fields}</GSCConvert>".encode())
+        root = parts.path.rsplit("/", 1)[-1]
+        rows = [r for r in self.index if r["rootname"] == root]
+        if not rows:
+            return self._answer(404)
+        if "wcsname" in query:
+            [row] = [r for r in rows if r["wcsname"] == query["wcsname"][0]]
+            return self._answer(200, (self.dir / row["headerlet"]).read_bytes())
+        solutions = "".join(f"<solution><solutionID>{k}</solutionID><wcsName>{r['wcsname']}</wcsName>"
+                            "</solution>" for k, r in enumerate(rows, 1))
+        best = next(k for k, r in enumerate(rows, 1) if r["best"])
+        return self._answer(200, f"<observation>{solutions}<bestSolutionID>{best}</bestSolutionID>"
+                                 "</observation>".encode())
+
+
+@pytest.fixture
+def fake_services(monkeypatch, tmp_path):
+    """Route stwcs' web requests to `_FakeServices` of a given service directory."""
+    from stwcs.updatewcs import astrometry_utils
+
+    monkeypatch.chdir(tmp_path)  # stwcs writes headerlet files into the working directory
+    monkeypatch.setenv("ASTROMETRY_SERVICE_URL", "http://astrometry.invalid/")
+    monkeypatch.setenv("GSSS_WEBSERVICES_URL", "http://gsss.invalid")
+    monkeypatch.delenv("ASTROMETRY_STEP_CONTROL", raising=False)
+
+    def install(service_dir: Path) -> _FakeServices:
+        services = _FakeServices(service_dir)
+        monkeypatch.setattr(astrometry_utils.requests, "get", services.get)
+        return services
+
+    return install
+
+
+def test_gsc_offsets_give_the_gsc240_residual_through_apply_new_apriori(sim_apriori, true_wcs, tmp_path,
+                                                                        fake_services):
+    from stwcs.updatewcs import astrometry_utils
+
+    services = fake_services(sim_apriori.service_dir)
+    truth = json.loads(sim_apriori.truth_json.read_text())
+    db = astrometry_utils.AstrometryDB()
+    assert db.available
+    for i, member in enumerate(sim_apriori.members):
+        copy = updated_copy(sim_apriori.flt[i], sim_apriori.outdir, tmp_path / member)
+        with jref_environment(sim_apriori.outdir), fits.open(copy, mode="update") as hdul:
+            # The computation stwcs does for an exposure whose IDCTAB the database does not know.
+            offsets = astrometry_utils.find_gsc_offset(hdul)
+            wcsname = db.apply_new_apriori(hdul)
+        measured = _residual(true_wcs[member], copy)
+        expected = truth["exposures"][i]["apriori"]["GSC240"]["residual_arcsec"]
+        print(f"\n{member}: guide-star shift ({offsets['delta_x']:.4f}, {offsets['delta_y']:.4f}) pixels,"
+              f" residual {np.round(np.multiply(measured, 1e3), 3)} mas, recorded "
+              f"{np.round(np.multiply(expected, 1e3), 3)} mas")
+        assert wcsname == fits.getval(copy, "WCSNAME", ext=("SCI", 1)) == "IDC_sm00001aj-GSC240"
+        assert np.hypot(measured[0] - expected[0], measured[1] - expected[1]) < 1e-3
+    assert any("IPPPSSOOT=JSM001A1Q" in url for url in services.urls)
+
+
+def test_updatewcs_use_db_applies_the_best_solution_or_derives_it_from_guide_stars(
+        sim_apriori, true_wcs, tmp_path, fake_services):
+    from stwcs import updatewcs
+    from stwcs.wcsutil import headerlet
+
+    truth = json.loads(sim_apriori.truth_json.read_text())
+    expected = truth["exposures"][0]["apriori"]["GSC240"]["residual_arcsec"]
+
+    # Database solutions computed with the exposure's IDCTAB: the best one becomes primary (FLC here;
+    # FLT and FLC share the rootname and hence the solutions).
+    services = fake_services(sim_apriori.service_dir)
+    flc = tmp_path / "db" / sim_apriori.flc[0].name
+    flc.parent.mkdir()
+    shutil.copyfile(sim_apriori.flc[0], flc)
+    with jref_environment(sim_apriori.outdir):
+        updatewcs.updatewcs(str(flc), use_db=True, checkfiles=False)
+    with fits.open(flc) as hdul:
+        attached = headerlet.get_headerlet_kw_names(hdul, kw="WCSNAME")
+    from_db = _residual(true_wcs["jsm001a1q"], flc)
+    assert fits.getval(flc, "WCSNAME", ext=("SCI", 1)) == "IDC_sm00001aj-GSC240"
+    assert {"IDC_sm00001aj-GSC240", "IDC_sm00001aj-HSC30"} <= set(attached)
+    assert not any("GSCconvert" in url for url in services.urls)
+
+    # Solutions labelled with another IDCTAB: stwcs ignores them and uses the guide-star offsets.
+    outdir = tmp_path / "mismatch"
+    mismatch = simulate_association(outdir, SimConfig(n_exposures=1, pointing_error=0.6,
+                                                      apriori_idctab_mismatch=True))
+    index = Table.read(mismatch.service_dir / "astrometrydb.ecsv", format="ascii.ecsv")
+    assert set(index["wcsname"]) == {"IDC_0461802ej-GSC240", "IDC_0461802ej-HSC30"}
+    services = fake_services(mismatch.service_dir)
+    flt = tmp_path / "gs" / mismatch.flt[0].name
+    flt.parent.mkdir()
+    shutil.copyfile(mismatch.flt[0], flt)
+    with jref_environment(outdir):
+        updatewcs.updatewcs(str(flt), use_db=True, checkfiles=False)
+    with fits.open(flt) as hdul:
+        attached = headerlet.get_headerlet_kw_names(hdul, kw="WCSNAME")
+    from_gs = _residual(true_wcs["jsm001a1q"], flt)
+    assert fits.getval(flt, "WCSNAME", ext=("SCI", 1)) == "IDC_sm00001aj-GSC240"
+    assert not any(name.startswith("IDC_0461802ej") for name in attached)
+    assert any("GSCconvert" in url for url in services.urls)
+
+    print(f"\nrecorded {np.round(np.multiply(expected, 1e3), 3)} mas; database headerlet "
+          f"{np.round(np.multiply(from_db, 1e3), 3)} mas; guide-star offsets {np.round(np.multiply(from_gs, 1e3), 3)} mas")
+    for measured in (from_db, from_gs):
+        assert np.hypot(measured[0] - expected[0], measured[1] - expected[1]) < 1e-3

@@ -48,11 +48,18 @@ def store(tmp_path):
 
 def _start(store, **config):
     run_id = store.create_run("/x/jsm001010_asn.fits", "jsm001010")
-    cfg = {"input": "/x/jsm001010_asn.fits", "root": "jsm001010", "force": False, "apply_apriori": True,
+    cfg = {"input": "/x/jsm001010_asn.fits", "root": "jsm001010", "force": False, "basic": False,
+           "apply_apriori": True,
            "compute_aposteriori": True, "environment": {}}
     cfg.update(config)
     store.append(run_id, "init", "", "run.started", {"config": cfg})
     return run_id
+
+
+APRIORI = ["apriori/probe_service", "apriori/stage_inputs", "apriori/updatewcs", "apriori/astrodrizzle",
+           "apriori/verify_alignment", "apriori/conclude"]
+APOSTERIORI = ["aposteriori/probe_service", "aposteriori/stage_inputs", "aposteriori/align",
+               "aposteriori/astrodrizzle", "aposteriori/verify_alignment", "aposteriori/conclude"]
 
 
 def test_full_sequence_with_flt_and_flc(store):
@@ -61,19 +68,26 @@ def test_full_sequence_with_flt_and_flc(store):
     assert trail == [
         "init/resolve_inputs", "init->default",
         "default/stage_inputs", "default/updatewcs", "default/astrodrizzle", "default/verify_alignment",
-        "default->final",
+        "default->apriori", *APRIORI, "apriori->aposteriori", *APOSTERIORI, "aposteriori->final",
         "final/choose_wcs", "final/stage_inputs", "final/copy_flc_wcs", "final/astrodrizzle",
-        "final/promote", "final/cleanup", "final->done", "end:done"]
-    run = fold(store.events(run_id))
-    skip = run.transitions[1]["guards"]
-    assert [g["guard"] for g in skip] == ["apriori_possible", "aposteriori_possible"]
-    assert "ASTROMETRY_SERVICE_URL unset" in skip[0]["reason"]
+        "final/write_headerlets", "final/promote", "final/cleanup", "final->done", "end:done"]
 
 
-def test_flt_only_has_no_wcs_copy_step(store):
+def test_stop_stage_cuts_a_stage_to_its_conclusion(store):
     run_id = _start(store)
+    stop = {"stop_stage": "ASTROMETRY_SERVICE_URL unreachable (connection refused): stage skipped"}
+    trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs(), ("apriori", "probe_service"): stop,
+                                   ("aposteriori", "align"): {"stop_stage": "not enough sources"}})
+    assert trail[trail.index("default->apriori") + 1:trail.index("aposteriori->final")] == [
+        "apriori/probe_service", "apriori/conclude", "apriori->aposteriori",
+        "aposteriori/probe_service", "aposteriori/stage_inputs", "aposteriori/align", "aposteriori/conclude"]
+
+
+def test_flt_only_basic_mode_has_no_wcs_copy_nor_headerlets(store):
+    run_id = _start(store, basic=True)
     trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs(flc=False)})
-    assert "final/copy_flc_wcs" not in trail and "final/astrodrizzle" in trail
+    assert "final/copy_flc_wcs" not in trail and "final/write_headerlets" not in trail
+    assert "final/astrodrizzle" in trail
 
 
 def test_drizcorr_omit_skips_and_force_processes(store):
@@ -91,7 +105,8 @@ def test_drizcorr_omit_skips_and_force_processes(store):
 
 def test_env_switches_name_the_variable_in_the_skip_reason(store):
     run_id = _start(store, apply_apriori=False, compute_aposteriori=False)
-    _drive(store, run_id, {("init", "resolve_inputs"): _inputs()})
+    trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs()})
+    assert "default->final" in trail
     reasons = [g["reason"] for g in fold(store.events(run_id)).transitions[1]["guards"]]
     assert reasons == ["ASTROMETRY_APPLY_APRIORI is off", "ASTROMETRY_COMPUTE_APOSTERIORI is off"]
 
@@ -118,15 +133,36 @@ def test_fold_resume_redoes_only_unfinished_step(store):
     assert fold(store.events(run_id)).in_progress == set()
 
 
-def test_choose_wcs_falls_back_to_default_with_reasons(store):
+def test_choose_wcs_prefers_kept_aposteriori_and_says_why_others_lost(store):
     run_id = _start(store)
+    _drive(store, run_id, {
+        ("init", "resolve_inputs"): _inputs(),
+        ("default", "updatewcs"): {"wcsname": "IDC_sm00001aj"},
+        ("apriori", "updatewcs"): {"wcsname": "IDC_sm00001aj-GSC240"},
+        ("apriori", "conclude"): {"kept": False, "reason": "verification failed: focus fail"},
+        ("aposteriori", "align"): {"wcsname": "IDC_sm00001aj-FIT_REL_GAIAeDR3"},
+        ("aposteriori", "conclude"): {"kept": True, "reason": "alignment verified"}})
+    decision = choose_wcs(fold(store.events(run_id)))
+    assert decision["chosen_stage"] == "aposteriori"
+    assert decision["chosen_wcsname"] == "IDC_sm00001aj-FIT_REL_GAIAeDR3"
+    assert [(c["stage"], c["wcsname"], c.get("kept")) for c in decision["candidates"]] == [
+        ("aposteriori", "IDC_sm00001aj-FIT_REL_GAIAeDR3", True),
+        ("apriori", "IDC_sm00001aj-GSC240", False),
+        ("default", "IDC_sm00001aj", None)]
+    assert decision["candidates"][1]["reason"] == "verification failed: focus fail"
+
+
+def test_choose_wcs_falls_back_to_default_when_stages_were_switched_off(store):
+    run_id = _start(store, apply_apriori=False, compute_aposteriori=False)
     _drive(store, run_id, {("init", "resolve_inputs"): _inputs(),
                            ("default", "updatewcs"): {"wcsname": "IDC_sm00001aj"}})
     store.append(run_id, "default", "verify_alignment", "verification", {"check": "focus", "verdict": "fail"})
     decision = choose_wcs(fold(store.events(run_id)))
     assert decision["chosen_stage"] == "default" and decision["chosen_wcsname"] == "IDC_sm00001aj"
-    assert [(c["stage"], c["verdict"]) for c in decision["candidates"]] == [
-        ("aposteriori", "not run"), ("apriori", "not run"), ("default", "fail")]
+    assert [(c["stage"], c["verdict"], c.get("reason")) for c in decision["candidates"]] == [
+        ("aposteriori", "not run", "ASTROMETRY_COMPUTE_APOSTERIORI is off"),
+        ("apriori", "not run", "ASTROMETRY_APPLY_APRIORI is off"),
+        ("default", "fail", None)]
 
 
 @pytest.mark.parametrize("value,expected", [("on", True), ("YES", True), (" true ", True),

@@ -146,44 +146,58 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from ..services import ServiceStore, start_server
     from ..sim import SimConfig, simulate_association
 
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     if any(workdir.iterdir()):
         raise InputError(f"{workdir}: demo directory is not empty; give --workdir a new directory", str(workdir))
-    print(f"simulating a 3-exposure ACS/WFC association in {workdir}", file=sys.stderr)
-    sim = simulate_association(workdir, SimConfig())
-    os.environ.setdefault("jref", str(workdir) + "/")
-    ns = argparse.Namespace(input=str(sim.asn), newpath=None, force=False, inmemory=False, basic=False,
-                            num_cores=None, debug=False, store=None)
-    code = cmd_start(ns)
-    store = EventStore(workdir / STORE_NAME)
+    print(f"simulating a 3-exposure ACS/WFC association with a 0.6 arcsec pointing error in {workdir}",
+          file=sys.stderr)
+    sim = simulate_association(workdir / "data", SimConfig(pointing_error=0.6))
+    service_db = workdir / "astrometry_service.db"
+    ServiceStore(service_db).load_directory(sim.service_dir)
+    service = start_server(service_db)
+    print(f"local astrometry service on {service.url}", file=sys.stderr)
+    os.environ.update(service.environment)
+    os.environ.setdefault("jref", str(sim.outdir) + "/")
+    try:
+        ns = argparse.Namespace(input=str(sim.asn), newpath=None, force=False, inmemory=False, basic=False,
+                                num_cores=None, debug=False, store=None)
+        code = cmd_start(ns)
+    finally:
+        service.stop()
+    store = EventStore(sim.outdir / STORE_NAME)
     run_id = store.latest_run()["run_id"]
     run = fold(store.events(run_id))
     print(f"\nrun {run_id}: {run.ended['status'] if run.ended else 'unfinished'} (exit {code})")
     for p in run.ended.get("products", []) if run.ended else []:
-        print(f"product  {workdir / p}")
-    print(f"trailer  {workdir / (run.inputs.get('root', sim.root) + '.tra')}")
+        print(f"product  {sim.outdir / p}")
+    print(f"trailer  {sim.outdir / (run.inputs.get('root', sim.root) + '.tra')}")
     print(f"store    {store.path}")
+    for stage, verdicts in run.verifications.items():
+        for v in verdicts:
+            numbers = (f"product {v['product_focus']:.1f} (z={v['product_z']:+.2f}), singles "
+                       f"{', '.join(f'{x:.1f}' for x in v['single_focus'])}, accepted z "
+                       f"[{v['z_min']:+.2f}, {v['z_max']:+.2f}]") if "product_focus" in v else ""
+            print(f"{stage} {v['check']}: {v['verdict']} {numbers}".rstrip())
+    decision = next((d for d in run.decisions if d.get("decision") == "wcs"), None)
+    if decision:
+        print(f"chosen WCS: {decision['chosen_wcsname']} ({decision['chosen_stage']} stage)")
     if run.ended and run.ended["status"] == "done":
-        from ..sim import measure_product_astrometry, observation_epoch
-
-        product = run.ended["products"][-1]
         from astropy.io import fits
         from astropy.wcs import WCS
         from astropy.wcs.utils import proj_plane_pixel_scales
 
-        acc = measure_product_astrometry(workdir / product, sim.truth_catalog, observation_epoch(sim.truth_json))
-        scale = proj_plane_pixel_scales(WCS(fits.getheader(workdir / product, ("SCI", 1))))[0] * 3.6e6
-        print(f"accuracy {product} against the truth: {acc.rms:.3f} px RMS "
+        from ..sim import measure_product_astrometry, observation_epoch
+
+        product = run.ended["products"][-1]
+        acc = measure_product_astrometry(sim.outdir / product, sim.truth_catalog,
+                                         observation_epoch(sim.truth_json))
+        scale = proj_plane_pixel_scales(WCS(fits.getheader(sim.outdir / product, ("SCI", 1))))[0] * 3.6e6
+        print(f"accuracy of {product} against the truth: {acc.rms:.3f} px RMS "
               f"({acc.rms * scale:.1f} mas at {scale:.0f} mas/px) over {acc.n_stars} stars")
-    for stage, verdicts in run.verifications.items():
-        for v in verdicts:
-            if "product_focus" in v:
-                print(f"{stage} focus: {v['verdict']}; product {v['product_focus']:.1f} (z={v['product_z']:+.2f}), "
-                      f"singles {', '.join(f'{x:.1f}' for x in v['single_focus'])}, "
-                      f"accepted z [{v['z_min']:+.2f}, {v['z_max']:+.2f}]")
     return code
 
 
@@ -254,7 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate_arguments(s)
     s.set_defaults(func=cmd_simulate)
 
-    s = sub.add_parser("demo", help="simulate an association and process it")
+    from ..services.cli import add_serve_arguments, add_serve_load_arguments, cmd_serve, cmd_serve_load
+
+    s = sub.add_parser("serve", help="local astrometry service (astrometry DB, guide-star offsets, catalogs)")
+    add_serve_arguments(s)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("serve-load", help="load catalogs, headerlets and guide-star offsets into the service")
+    add_serve_load_arguments(s)
+    s.set_defaults(func=cmd_serve_load)
+
+    s = sub.add_parser("demo", help="simulate an association, serve its astrometry locally, process it")
     s.add_argument("--workdir", default="astrodriz-sm-demo", help="new directory for the demo data")
     s.set_defaults(func=cmd_demo)
     return p

@@ -18,6 +18,8 @@ from .common import StepContext, Timer, captured_output, hashes, working_directo
 # Parameters runastrodriz imposes on every pipeline AstroDrizzle call (PIPELINE_PARS), plus the
 # cosmic-ray settings of the default stage.
 PIPELINE_PARS = {"stepsize": 10, "preserve": False, "build": True}
+# DQ bits treated as good when drizzling without cosmic-ray identification (runastrodriz focus_pars).
+GOOD_BITS = {"WFC3/IR": 512, "WFC3/UVIS": 1360, "ACS/WFC": 1360, "ACS/SBC": 0, "ACS/HRC": 1360}
 
 
 def calibrated_files(ctx: StepContext) -> list[str]:
@@ -110,6 +112,13 @@ def drizzle_parameters(ctx: StepContext, files: list[str], final: bool) -> dict:
     else:
         pars.update(in_memory=False, clean=False, final_fillval="INDEF",
                     driz_sep_kernel="turbo", driz_sep_fillval=0.0)
+        if ctx.stage != "default" and ctx.run.verdict("default"):
+            # The default products verified, so their cosmic-ray flags hold: keep them (resetbits 0)
+            # and drizzle without a new identification, as runastrodriz's reset_mdriztab_nocr.
+            pars.update(resetbits=0, static=False, driz_separate=True, median=False, blot=False,
+                        driz_cr=False, driz_sep_bits=GOOD_BITS.get(
+                            f"{ctx.run.inputs['instrument']}/{ctx.run.inputs['detector']}", 0))
+            source += "; no new cosmic-ray identification (default stage verified)"
     exptimes = np.array([ctx.run.inputs["exptimes"][f] for f in files])
     if exptimes.max() / exptimes.min() > 2:
         pars.update(combine_type="median", combine_nhigh=0)

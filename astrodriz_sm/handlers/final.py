@@ -10,7 +10,7 @@ from astropy.io import fits
 
 from ..statemachine import choose_wcs as choose_wcs_rule
 from ..statemachine.state import DECISION
-from .common import StepContext, copy_atomic, hashes, sha256
+from .common import StepContext, captured_output, copy_atomic, hashes, sha256
 from .drizzle import copy_into_stage, run_astrodrizzle
 
 # Keywords that make up the active WCS of a SCI header (linear WCS, SIP, distortion bookkeeping).
@@ -32,23 +32,50 @@ def stage_inputs(ctx: StepContext) -> dict:
     return copy_into_stage(ctx, ctx.stage_dir(chosen))
 
 
+def copy_wcs(directory, sources: list[str], targets: list[str]) -> dict:
+    """Copy each source exposure's active WCS keywords into the matching target exposure."""
+    copied = {}
+    for target, source in zip(targets, sources):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(directory / source, memmap=False) as src, \
+                    fits.open(directory / target, mode="update") as dst:
+                names = []
+                for ext in (h for h in src if h.name == "SCI"):
+                    header = dst[("SCI", ext.ver)].header
+                    for card in ext.header.cards:
+                        if _WCS_KEY.match(card.keyword):
+                            header[card.keyword] = (card.value, card.comment)
+                    names.append(str(ext.header.get("WCSNAME", "")))
+        copied[target] = {"from": source, "wcsnames": names}
+    return copied
+
+
 def copy_flc_wcs(ctx: StepContext) -> dict:
     """Copy each FLC's active WCS into its FLT, so both products share the chosen alignment."""
     d = ctx.stage_dir()
-    copied = {}
-    for flt, flc in zip(ctx.run.inputs["flt"], ctx.run.inputs["flc"]):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with fits.open(d / flc, memmap=False) as src, fits.open(d / flt, mode="update") as dst:
-                names = []
-                for ext in (h for h in src if h.name == "SCI"):
-                    target = dst[("SCI", ext.ver)].header
-                    for card in ext.header.cards:
-                        if _WCS_KEY.match(card.keyword):
-                            target[card.keyword] = (card.value, card.comment)
-                    names.append(str(ext.header.get("WCSNAME", "")))
-        copied[flt] = {"from": flc, "wcsnames": names}
+    copied = copy_wcs(d, ctx.run.inputs["flc"], ctx.run.inputs["flt"])
     return {"copied": copied, "files": hashes(d, ctx.run.inputs["flt"])}
+
+
+def write_headerlets(ctx: StepContext) -> dict:
+    """Write each exposure's chosen WCS as a headerlet file ``<exposure>_hlet.fits`` (not with ``-b``)."""
+    from stwcs.wcsutil import headerlet
+
+    d = ctx.stage_dir()
+    written = {}
+    exposures = ctx.run.inputs["flc"] or ctx.run.inputs["flt"]
+    with captured_output():
+        for name in exposures:
+            wcsname = fits.getval(d / name, "WCSNAME", ext=("SCI", 1))
+            out = name.replace(".fits", "_hlet.fits")
+            # logging=False must be explicit: stwcs's decorator otherwise opens headerlet.log and, with
+            # no handler on its logger, fails on an unset variable.
+            hlet = headerlet.create_headerlet(str(d / name), hdrname=f"{name[:-5]}_{wcsname}",
+                                              wcsname=wcsname, logging=False)
+            hlet.writeto(d / out, overwrite=True)
+            written[out] = wcsname
+    return {"headerlets": written, "files": hashes(d, list(written))}
 
 
 def astrodrizzle(ctx: StepContext) -> dict:
@@ -64,12 +91,14 @@ def promote(ctx: StepContext) -> dict:
     """
     d = ctx.stage_dir()
     products = [p["product"] for p in ctx.run.output("final", "astrodrizzle")["products"]]
-    names = products + ctx.run.inputs["flt"] + ctx.run.inputs["flc"]
+    headerlets = list(ctx.run.output("final", "write_headerlets").get("headerlets", {}))
+    names = products + ctx.run.inputs["flt"] + ctx.run.inputs["flc"] + headerlets
     ctx.progress(f"promoting {len(names)} files into {ctx.input_dir}")
     before = {n: sha256(ctx.input_dir / n) for n in names if (ctx.input_dir / n).exists()}
     for n in names:
         copy_atomic(d / n, ctx.input_dir / n)
-    return {"files": hashes(ctx.input_dir, names), "replaced": before, "products": products}
+    return {"files": hashes(ctx.input_dir, names), "replaced": before, "products": products,
+            "headerlets": headerlets}
 
 
 def cleanup(ctx: StepContext) -> dict:

@@ -64,20 +64,69 @@ def focus_check(stage_dir: Path, exposures: list[str], product: str, instdet: st
     }
 
 
+def overlap_check(stage_dir: Path, exposures: list[str], product: str) -> dict:
+    """Similarity of the product to each single-drizzle image in their region of overlap.
+
+    drizzlepac's ``max_overlap_diff``: the minimum of a Hamming distance between source masks and an
+    MSE-like difference, per single image; the alignment passes when the largest is at most 1.
+    """
+    from drizzlepac.haputils import astrometric_utils as amutils
+    from drizzlepac.haputils import cell_utils
+    from stwcs.wcsutil import HSTWCS
+
+    singles = [str(stage_dir / (e.rsplit("_", 1)[0] + "_single_sci.fits")) for e in exposures]
+    with captured_output():
+        footprint = cell_utils.SkyFootprint(HSTWCS(str(stage_dir / product), ext=("SCI", 1)))
+        footprint.build(singles)
+        diffs = amutils.max_overlap_diff(footprint.total_mask, singles, str(stage_dir / product), scale=1)
+        verified, max_diff = amutils.evaluate_overlap_diffs(diffs)
+    per_single = {Path(k).name: {kk: float(vv) for kk, vv in v.items() if isinstance(vv, (int, float))}
+                  for k, v in diffs.items()}
+    return {"check": "overlap_similarity", "verdict": "pass" if verified else "fail", "product": product,
+            "max_distance": float(max_diff), "limit": 1.0, "singles": per_single,
+            "rule": "pass when the largest per-exposure distance (min of Hamming and MSE variants) <= 1"}
+
+
+def similarity_to_default(stage_dir: Path, default_dir: Path, product: str) -> dict:
+    """drizzlepac's ``compute_similarity`` of this stage's product against the pipeline-default product."""
+    from astropy.io import fits
+    from drizzlepac.haputils import astrometric_utils as amutils
+
+    ref = default_dir / product
+    if not ref.exists():
+        return {"check": "similarity_to_default", "verdict": "error", "product": product,
+                "reason": f"{ref} not found"}
+    with captured_output():
+        index = float(amutils.compute_similarity(fits.getdata(stage_dir / product, ext=1),
+                                                 fits.getdata(ref, ext=1)))
+    return {"check": "similarity_to_default", "verdict": "pass" if index <= 1.0 else "fail",
+            "product": product, "similarity_index": index, "limit": 1.0,
+            "rule": "pass when the similarity index to the pipeline-default product is at most 1"}
+
+
 def verify_alignment(ctx: StepContext) -> dict:
     """Verify the stage's drizzled product; each check is a ``verification`` event.
 
     The FLC product is checked when there is one (CTE-corrected data), as runastrodriz does.
-    A single exposure has nothing to compare with and is recorded as not applicable.
+    The default stage checks the focus; the alignment stages also check the similarity in the
+    overlap region and against the default product. A single exposure has no relative alignment
+    to verify and is recorded as not applicable.
     """
     inputs = ctx.run.inputs
     exposures = inputs["flc"] or inputs["flt"]
     product = f"{ctx.root}_{'drc' if inputs['flc'] else 'drz'}.fits"
+    d = ctx.stage_dir()
+    results = []
     if len(exposures) < 2:
-        result = {"check": "focus", "verdict": "n/a", "product": product,
-                  "reason": "a single exposure: no relative alignment to verify"}
+        results.append({"check": "focus", "verdict": "n/a", "product": product,
+                        "reason": "a single exposure: no relative alignment to verify"})
     else:
         ctx.progress(f"focus index of {product} against {len(exposures)} single-drizzle images")
-        result = focus_check(ctx.stage_dir(), exposures, product, f"{inputs['instrument']}/{inputs['detector']}")
-    ctx.emit(VERIFICATION, result)
-    return {"verdict": result["verdict"]}
+        results.append(focus_check(d, exposures, product, f"{inputs['instrument']}/{inputs['detector']}"))
+        if ctx.stage != "default":
+            results.append(overlap_check(d, exposures, product))
+    if ctx.stage != "default":
+        results.append(similarity_to_default(d, ctx.stage_dir("default"), product))
+    for r in results:
+        ctx.emit(VERIFICATION, r)
+    return {"verdicts": {r["check"]: r["verdict"] for r in results}}

@@ -1,0 +1,22 @@
+"""Local stand-ins for the STScI web services: astrometry database, guide-star offsets, catalogs.
+
+Load data with :class:`ServiceStore` (or ``astrodriz-sm serve-load``), serve it with
+:func:`start_server` (or ``astrodriz-sm serve``), and point stwcs and drizzlepac at it with the
+handle's ``environment``. :func:`probe` checks quickly whether a service answers.
+"""
+
+from .data import CATALOG_COLUMNS, GSC_OFFSET_COLUMNS, ServiceDataError, ServiceStore
+from .server import ServiceApp, ServiceHandle, probe, serve_forever, service_environment, start_server
+
+__all__ = [
+    "CATALOG_COLUMNS",
+    "GSC_OFFSET_COLUMNS",
+    "ServiceApp",
+    "ServiceDataError",
+    "ServiceHandle",
+    "ServiceStore",
+    "probe",
+    "serve_forever",
+    "service_environment",
+    "start_server",
+]

@@ -3,7 +3,10 @@
 `simulate_association` writes what HST delivers for a dithered association
 (ASN table, RAW, FLT and FLC files, reference files) plus the truth behind it
 (star catalog, cosmic-ray masks, injected header offsets), so that every
-pipeline stage can be checked against numbers that are known exactly.
+pipeline stage can be checked against numbers that are known exactly.  It also
+writes the data a local astrometry service needs to answer for the exposures
+(GAIA-like catalogs, a priori headerlets, guide-star offsets; see
+`astrodriz_sm.sim.service`).
 """
 
 from .association import simulate_association

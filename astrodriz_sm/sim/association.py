@@ -10,13 +10,18 @@ For each exposure the simulator
 3. delivers FLT/FLC files whose OPUS-style headers (linear TAN WCS, no
    WCSNAME, no SIP) carry the pointing moved by the injected error, and checks
    by running updatewcs on a copy that the recovered WCS is off from the truth
-   by exactly that error.
+   by exactly that error;
+4. writes what the STScI astrometry services would answer for the exposures
+   (reference catalogs, a priori headerlets, guide-star offsets) to
+   ``<outdir>/service`` (see `astrodriz_sm.sim.service`), checking that each a
+   priori solution is off from the truth by the residual it is meant to leave.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,6 +29,7 @@ import numpy as np
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
+from astropy.table import vstack
 
 from . import headers as hdr
 from .config import POINTING_ERROR_PA, SimConfig, SimResult
@@ -37,9 +43,10 @@ from .render import (
     render_stars,
     zero_point,
 )
-from .wcs import offset_radec, pixel_offset_to_arcsec, updated_wcs
+from .service import write_service_data
+from .wcs import chip_center_offset, offset_radec, pixel_offset_to_arcsec, sci_wcs, updated_copy, updated_wcs
 
-__all__ = ["CR_PER_MEGAPIXEL", "DITHER_BOX", "simulate_association"]
+__all__ = ["CR_PER_MEGAPIXEL", "DITHER_BOX", "REFERENCE_FIELD_FACTOR", "simulate_association"]
 
 #: Dither offsets of the first four exposures (pixels), an ACS-like box with
 #: sub-pixel phases; later exposures repeat it shifted by a third of a pixel.
@@ -48,6 +55,12 @@ DITHER_BOX = ((0.0, 0.0), (5.0, 1.5), (2.5, 4.0), (-2.5, 2.5))
 CR_PER_MEGAPIXEL = 1150.0
 #: Largest acceptable difference (arcsec) between injected and recovered header offsets.
 OFFSET_TOLERANCE = 1.0e-3
+#: Radius of the truth catalog's sky disk in units of the radius of the circle
+#: around exposure 0's chips: reference catalogs must cover more than the
+#: footprint, as a catalog query around a real field does.
+REFERENCE_FIELD_FACTOR = 1.5
+#: Pixels around each chip of exposure 0 over which the field stars are drawn.
+FIELD_MARGIN = 12.0
 
 
 def dither_offset(index: int) -> tuple[float, float]:
@@ -87,19 +100,15 @@ def _pointing_file(path: Path, primary: fits.Header, layouts: list[hdr.ChipLayou
     return path
 
 
-def _chip_center_offset(truth, recovered, layout: hdr.ChipLayout) -> tuple[float, float]:
-    """(east, north) arcsec from the truth to the recovered sky position of the chip centre."""
-    center = [[(layout.naxis1 - 1) / 2.0, (layout.naxis2 - 1) / 2.0]]
-    t = SkyCoord(*truth.all_pix2world(center, 0)[0], unit="deg")
-    r = SkyCoord(*recovered.all_pix2world(center, 0)[0], unit="deg")
-    east, north = t.spherical_offsets_to(r)
-    return float(east.to_value(u.arcsec)), float(north.to_value(u.arcsec))
-
-
 def _catalog_field(rng: np.random.Generator, config: SimConfig, wcs0: list,
                    layouts: list[hdr.ChipLayout], epoch: float):
-    """Truth catalog with stars uniform over the chips of exposure 0 (plus a dither margin)."""
-    margin = 12.0
+    """Truth catalog: stars uniform over the chips of exposure 0 (plus a dither margin),
+    then stars at the same density over a surrounding disk that no exposure sees.
+
+    The surrounding stars are drawn after the field stars, so they leave the
+    field stars (and hence the images) as they would be without them.
+    """
+    margin = FIELD_MARGIN
     n = config.n_stars
     chip_index = rng.integers(0, len(layouts), n)
     x = np.empty(n)
@@ -114,7 +123,49 @@ def _catalog_field(rng: np.random.Generator, config: SimConfig, wcs0: list,
         sel = chip_index == k
         if sel.any():
             ra[sel], dec[sel] = wcs0[k].all_pix2world(x[sel], y[sel], 0)
-    return make_truth_catalog(rng, ra, dec, epoch)
+    field = make_truth_catalog(rng, ra, dec, epoch)
+    ra_out, dec_out = _surrounding_positions(rng, n, wcs0, layouts, margin)
+    if ra_out.size == 0:
+        return field
+    return vstack([field, make_truth_catalog(rng, ra_out, dec_out, epoch)], metadata_conflicts="silent")
+
+
+def _surrounding_positions(rng: np.random.Generator, n_field: int, wcs0: list,
+                           layouts: list[hdr.ChipLayout], margin: float):
+    """Positions uniform over a disk around the field, outside the field's chip boxes.
+
+    The disk is centred on the field and `REFERENCE_FIELD_FACTOR` times as
+    large as the circle through the corners of the (margin-extended) chips;
+    ``n_field`` stars over the boxes set the density.
+    """
+    corners, box_area = [], 0.0
+    for w, lay in zip(wcs0, layouts):
+        x0, y0, x1, y1 = -margin, -margin, lay.naxis1 - 1 + margin, lay.naxis2 - 1 + margin
+        corners.append(w.all_pix2world([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], 0))
+        box_area += (x1 - x0) * (y1 - y0) * abs(np.linalg.det(w.wcs.cd)) * 3600.0 ** 2
+    corners = np.vstack(corners)
+    xyz = SkyCoord(corners[:, 0], corners[:, 1], unit="deg").cartesian.xyz.value.mean(axis=1)
+    center = SkyCoord(np.degrees(np.arctan2(xyz[1], xyz[0])) % 360.0,
+                      np.degrees(np.arctan2(xyz[2], np.hypot(xyz[0], xyz[1]))), unit="deg")
+    radius = REFERENCE_FIELD_FACTOR * float(
+        center.separation(SkyCoord(corners[:, 0], corners[:, 1], unit="deg")).arcsec.max())
+    n_draw = round(n_field * np.pi * radius ** 2 / box_area)
+    r = radius * np.sqrt(rng.uniform(0.0, 1.0, n_draw))
+    theta = rng.uniform(0.0, 2.0 * np.pi, n_draw)
+    pos = center.spherical_offsets_by(r * np.sin(theta) * u.arcsec, r * np.cos(theta) * u.arcsec)
+    ra, dec = pos.ra.deg, pos.dec.deg
+    outside = np.ones(n_draw, dtype=bool)
+    for w, lay in zip(wcs0, layouts):
+        # Linear pre-selection (distortion moves chip corners by ~60 pixels at most).
+        xl, yl = w.wcs_world2pix(ra, dec, 0)
+        near = (xl > -margin - 200) & (xl < lay.naxis1 + margin + 200) & \
+               (yl > -margin - 200) & (yl < lay.naxis2 + margin + 200)
+        if near.any():
+            x, y = w.all_world2pix(ra[near], dec[near], 0, tolerance=1e-6, maxiter=50, quiet=True)
+            inside = (x >= -margin) & (x <= lay.naxis1 - 1 + margin) & \
+                     (y >= -margin) & (y <= lay.naxis2 - 1 + margin)
+            outside[np.flatnonzero(near)[inside]] = False
+    return ra[outside], dec[outside]
 
 
 def _render_chip(rng: np.random.Generator, truth, layout: hdr.ChipLayout, ra: np.ndarray,
@@ -207,7 +258,7 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
                 east, north = east + ge, north + gn
             injected.append((float(east), float(north)))
 
-        flt_paths, flc_paths, raw_paths, cr_paths, exposures_json = [], [], [], [], []
+        flt_paths, flc_paths, raw_paths, cr_paths, exposures_json, updated = [], [], [], [], [], []
         n_cr_mean = CR_PER_MEGAPIXEL * config.exptime / 400.0 * 1e-6
         for i, member in enumerate(members):
             rng = np.random.default_rng(seeds[i + 1])
@@ -251,8 +302,10 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
             cr_paths.append(cr_path)
 
             # The delivered header must recover the truth moved by exactly the injected offset.
-            recovered = updated_wcs(flt, outdir)
-            measured = [_chip_center_offset(t, r, lay) for t, r, lay in zip(truths[i], recovered, layouts)]
+            updated.append(updated_copy(flt, outdir, tmp / "updated"))
+            recovered = sci_wcs(updated[-1])
+            measured = [chip_center_offset(t, r, lay.naxis1, lay.naxis2)
+                        for t, r, lay in zip(truths[i], recovered, layouts)]
             for m in measured:
                 if np.hypot(m[0] - injected[i][0], m[1] - injected[i][1]) > OFFSET_TOLERANCE:
                     raise RuntimeError(f"{member}: header offset {m} differs from injected {injected[i]}")
@@ -266,6 +319,20 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
                 "n_cosmic_ray_pixels": [int(m.sum()) for m in masks],
             })
 
+        idcroot = refs.idctab.split("$")[-1].split("_")[0]
+        service_dir = outdir / "service"
+        if service_dir.exists():
+            # Files of an earlier run (other solutions, other names) must not linger.
+            shutil.rmtree(service_dir)
+        service_json = None
+        if config.service:
+            service_json = write_service_data(service_dir, config=config, members=members,
+                                              updated=updated, truths=truths, layouts=layouts,
+                                              injected=injected, common=common, catalog=catalog,
+                                              idcroot=idcroot)
+            for entry, extra in zip(exposures_json, service_json["exposures"]):
+                entry.update(extra)
+
     asn = outdir / f"{root}_asn.fits"
     hdr.asn_hdulist(root, members, ra_targ=config.ra, dec_targ=config.dec,
                     date_obs=timings[0].date_obs).writeto(asn, overwrite=True)
@@ -273,16 +340,21 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
     truth_catalog = truthdir / f"{root}_truth.ecsv"
     catalog.write(truth_catalog, format="ascii.ecsv", overwrite=True)
     truth_json = truthdir / f"{root}_truth.json"
-    truth_json.write_text(json.dumps({
+    truth = {
         "config": dataclasses.asdict(config),
         "pointing_error_pa_deg": POINTING_ERROR_PA,
         "guiding_failure_axis": "detector +x of the reference chip, exposure 1",
         "reference_files": {k: v.name for k, v in refs.paths.items()},
-        "wcsname": "IDC_" + refs.idctab.split("$")[-1].split("_")[0],
+        "wcsname": "IDC_" + idcroot,
+        "n_field_stars": config.n_stars,
+        "n_truth_stars": len(catalog),
         "exposures": exposures_json,
-    }, indent=2, sort_keys=True) + "\n")
+    }
+    if service_json is not None:
+        truth["service"] = service_json["service"]
+    truth_json.write_text(json.dumps(truth, indent=2, sort_keys=True) + "\n")
 
     return SimResult(outdir=outdir, root=root, asn=asn, members=members, flt=flt_paths,
                      flc=flc_paths, raw=raw_paths, truth_catalog=truth_catalog, cr_masks=cr_paths,
                      reference_files=dict(refs.paths), truth_json=truth_json,
-                     injected_offsets=injected)
+                     injected_offsets=injected, service_dir=service_dir if config.service else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,9 @@ class SimConfig:
     products : {'flt+flc', 'flt'}
         Which calibrated products to write.
     n_stars : int
-        Stars in the truth catalog (drawn over the field of exposure 0).
+        Stars drawn over the field of exposure 0.  The truth catalog also
+        holds stars at the same density in a surrounding disk that no
+        exposure sees, so that reference catalogs extend beyond the footprint.
     seed : int
         Seed of every random draw.
     refdir : str or None
@@ -53,6 +56,17 @@ class SimConfig:
         Position angle of the V3 axis (deg).
     date_obs : str
         Date of the visit (after the catalog epoch 2016.0, so proper motions matter).
+    service : bool
+        Also write ``<outdir>/service/``: GAIA-like reference catalogs, a priori
+        headerlets with their astrometry-database index, and guide-star offsets
+        (see `astrodriz_sm.sim.service`).
+    apriori_residual : float
+        Fraction of the common pointing error that the GSC240 a priori solution
+        leaves (0: it removes the error completely, 1: it removes nothing).
+    apriori_idctab_mismatch : bool
+        Label the database solutions as computed with another IDCTAB, so that
+        updatewcs ignores them and derives the a priori WCS from the guide-star
+        offsets instead.
     """
 
     n_exposures: int = 3
@@ -71,6 +85,9 @@ class SimConfig:
     dec: float = 2.2
     pa_v3: float = 120.0
     date_obs: str = "2019-05-01"
+    service: bool = True
+    apriori_residual: float = 0.25
+    apriori_idctab_mismatch: bool = False
 
     def __post_init__(self) -> None:
         if self.n_exposures < 1:
@@ -85,6 +102,8 @@ class SimConfig:
             raise ValueError("subarray_size must lie in 16..2048")
         if self.refdir is not None:
             self.refdir = str(self.refdir)
+        if not math.isfinite(self.apriori_residual):
+            raise ValueError("apriori_residual must be a finite number")
 
 
 @dataclass
@@ -110,7 +129,13 @@ class SimResult:
     reference_files : dict of str to Path
         Reference files in ``outdir`` keyed by header keyword.
     truth_json : Path
-        Configuration and injected/measured header offsets.
+        Configuration, injected/measured header offsets and, with the service
+        data, the residual each a priori solution leaves.
+    injected_offsets : list of (float, float)
+        (east, north) arcsec header pointing error of each exposure.
+    service_dir : Path or None
+        ``<outdir>/service`` with the astrometry-service data, or None when
+        ``SimConfig.service`` is False.
     """
 
     outdir: Path
@@ -125,6 +150,7 @@ class SimResult:
     reference_files: dict[str, Path]
     truth_json: Path | None = None
     injected_offsets: list[tuple[float, float]] = field(default_factory=list)
+    service_dir: Path | None = None
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,6 +178,14 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--root", default=d.root, help=f"association rootname (default {d.root})")
     g.add_argument("--exptime", type=float, default=d.exptime, metavar="SEC",
                    help=f"exposure time (default {d.exptime:g})")
+    g.add_argument("--no-service", action="store_true",
+                   help="do not write the astrometry-service data (OUTDIR/service)")
+    g.add_argument("--apriori-residual", type=float, default=d.apriori_residual, metavar="F",
+                   help="fraction of the pointing error the GSC240 a priori solution leaves "
+                        f"(default {d.apriori_residual:g})")
+    g.add_argument("--apriori-idctab-mismatch", action="store_true",
+                   help="label the a priori solutions with another IDCTAB, so that updatewcs "
+                        "derives them from the guide-star offsets")
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -170,4 +204,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         refdir=getattr(args, "refdir", d.refdir),
         root=getattr(args, "root", d.root),
         exptime=getattr(args, "exptime", d.exptime),
+        service=not getattr(args, "no_service", False),
+        apriori_residual=getattr(args, "apriori_residual", d.apriori_residual),
+        apriori_idctab_mismatch=getattr(args, "apriori_idctab_mismatch", d.apriori_idctab_mismatch),
     )

@@ -42,9 +42,12 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 
 __all__ = [
+    "chip_center_offset",
     "jref_environment",
     "offset_radec",
     "pixel_offset_to_arcsec",
+    "sci_wcs",
+    "updated_copy",
     "updated_wcs",
 ]
 
@@ -97,6 +100,69 @@ def pixel_offset_to_arcsec(cd: np.ndarray, dx: float, dy: float) -> tuple[float,
     return float(d_ra * 3600.0), float(d_dec * 3600.0)
 
 
+def chip_center_offset(truth, other, naxis1: int, naxis2: int) -> tuple[float, float]:
+    """Sky offset of ``other`` from ``truth`` at the centre of an image.
+
+    Parameters
+    ----------
+    truth, other : astropy.wcs.WCS
+        WCSs of the same image (with any distortion they carry).
+    naxis1, naxis2 : int
+        Image size; the centre is pixel ((naxis1 - 1) / 2, (naxis2 - 1) / 2), 0-based.
+
+    Returns
+    -------
+    (float, float)
+        (east, north) arcsec from the position ``truth`` gives the centre
+        to the position ``other`` gives it.
+    """
+    center = [[(naxis1 - 1) / 2.0, (naxis2 - 1) / 2.0]]
+    t = SkyCoord(*truth.all_pix2world(center, 0)[0], unit="deg")
+    o = SkyCoord(*other.all_pix2world(center, 0)[0], unit="deg")
+    east, north = t.spherical_offsets_to(o)
+    return float(east.to_value(u.arcsec)), float(north.to_value(u.arcsec))
+
+
+def updated_copy(path: str | os.PathLike, jref_dir: str | os.PathLike,
+                 workdir: str | os.PathLike) -> Path:
+    """Copy ``path`` into ``workdir`` and run ``updatewcs(use_db=False)`` on the copy.
+
+    Parameters
+    ----------
+    path : path-like
+        FLT/FLC file with an OPUS-style header; it is not modified.
+    jref_dir : path-like
+        Directory holding the reference files named in the header.
+    workdir : path-like
+        Directory for the copy (created if needed).
+
+    Returns
+    -------
+    Path
+        The updated copy, with the pipeline-default WCS (``IDC_<idcroot>``),
+        SIP and any NPOL/D2IM extensions.
+    """
+    from stwcs import updatewcs
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    scratch = workdir / Path(path).name
+    shutil.copyfile(path, scratch)
+    # updatewcs reports each correction on stdout; keep the caller's output clean.
+    with jref_environment(jref_dir), contextlib.redirect_stdout(io.StringIO()):
+        updatewcs.updatewcs(str(scratch), use_db=False, checkfiles=False)
+    return scratch
+
+
+def sci_wcs(path: str | os.PathLike) -> list:
+    """HSTWCS of every SCI extension of a file, in EXTVER order."""
+    from stwcs.wcsutil import HSTWCS
+
+    with fits.open(path) as hdul:
+        nsci = sum(1 for hdu in hdul if hdu.header.get("EXTNAME") == "SCI")
+        return [HSTWCS(hdul, ext=("SCI", k)) for k in range(1, nsci + 1)]
+
+
 def updated_wcs(path: str | os.PathLike, jref_dir: str | os.PathLike) -> list:
     """WCS of every SCI extension after ``updatewcs(use_db=False)``, on a scratch copy.
 
@@ -112,15 +178,5 @@ def updated_wcs(path: str | os.PathLike, jref_dir: str | os.PathLike) -> list:
     list of stwcs.wcsutil.HSTWCS
         One per SCI extension, in EXTVER order, with SIP, NPOL and D2IM terms.
     """
-    from stwcs import updatewcs
-    from stwcs.wcsutil import HSTWCS
-
     with tempfile.TemporaryDirectory(prefix="sim_wcs_") as tmp:
-        scratch = Path(tmp) / Path(path).name
-        shutil.copyfile(path, scratch)
-        # updatewcs reports each correction on stdout; keep the caller's output clean.
-        with jref_environment(jref_dir), contextlib.redirect_stdout(io.StringIO()):
-            updatewcs.updatewcs(str(scratch), use_db=False, checkfiles=False)
-        with fits.open(scratch) as hdul:
-            nsci = sum(1 for hdu in hdul if hdu.header.get("EXTNAME") == "SCI")
-            return [HSTWCS(hdul, ext=("SCI", k)) for k in range(1, nsci + 1)]
+        return sci_wcs(updated_copy(path, jref_dir, tmp))

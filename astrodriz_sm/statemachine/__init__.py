@@ -1,21 +1,18 @@
 """The pure state machine: states, guarded transitions, fold and WCS preference."""
 
-from .machine import STAGE_STEPS, TRANSITIONS, WCS_RULE, Action, choose_wcs, next_action, plan, transition
+from .machine import (
+                      STAGE_STEPS,
+                      STOP_STAGE,
+                      TRANSITIONS,
+                      WCS_RULE,
+                      Action,
+                      best_verified_stage,
+                      choose_wcs,
+                      next_action,
+                      plan,
+                      transition,
+)
 from .state import ENDS, EVENT_KINDS, STAGES, STATES, RunState, fold
 
-__all__ = [
-                      "ENDS",
-                      "EVENT_KINDS",
-                      "STAGES",
-                      "STAGE_STEPS",
-                      "STATES",
-                      "TRANSITIONS",
-                      "WCS_RULE",
-                      "Action",
-                      "RunState",
-                      "choose_wcs",
-                      "fold",
-                      "next_action",
-                      "plan",
-                      "transition",
-]
+__all__ = ["ENDS", "EVENT_KINDS", "STAGES", "STAGE_STEPS", "STATES", "STOP_STAGE", "TRANSITIONS", "WCS_RULE",
+           "Action", "RunState", "best_verified_stage", "choose_wcs", "fold", "next_action", "plan", "transition"]

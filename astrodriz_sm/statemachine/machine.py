@@ -12,14 +12,17 @@ from transitions import Machine
 
 from .state import ENDS, STAGES, STATES, RunState
 
-# Steps of each stage, in order. The final stage's list depends on the inputs (see plan()).
+# Steps of each stage, in order. plan() drops the ones that do not apply to a run.
 STAGE_STEPS = {
     "init": ("resolve_inputs",),
     "default": ("stage_inputs", "updatewcs", "astrodrizzle", "verify_alignment"),
-    "apriori": (),
-    "aposteriori": (),
-    "final": ("choose_wcs", "stage_inputs", "copy_flc_wcs", "astrodrizzle", "promote", "cleanup"),
+    "apriori": ("probe_service", "stage_inputs", "updatewcs", "astrodrizzle", "verify_alignment", "conclude"),
+    "aposteriori": ("probe_service", "stage_inputs", "align", "astrodrizzle", "verify_alignment", "conclude"),
+    "final": ("choose_wcs", "stage_inputs", "copy_flc_wcs", "astrodrizzle", "write_headerlets", "promote",
+              "cleanup"),
 }
+# A completed step whose payload has this key ends its stage early: only 'conclude' remains.
+STOP_STAGE = "stop_stage"
 
 # Guarded transitions, tried in order for the trigger 'advance': the first whose guards hold fires.
 TRANSITIONS = [
@@ -62,19 +65,12 @@ class _Guards:
     def apriori_possible(self) -> bool:
         if not self.run.config.get("apply_apriori", True):
             return self._record("apriori_possible", False, "ASTROMETRY_APPLY_APRIORI is off")
-        if not self.run.environment.get("ASTROMETRY_SERVICE_URL"):
-            return self._record("apriori_possible", False, "no astrometry service configured "
-                                "(ASTROMETRY_SERVICE_URL unset)")
-        return self._record("apriori_possible", False, "a priori alignment is not available in this version")
+        return self._record("apriori_possible", True, "ASTROMETRY_APPLY_APRIORI is on")
 
     def aposteriori_possible(self) -> bool:
         if not self.run.config.get("compute_aposteriori", True):
             return self._record("aposteriori_possible", False, "ASTROMETRY_COMPUTE_APOSTERIORI is off")
-        if not self.run.environment.get("ASTROMETRIC_CATALOG_URL"):
-            return self._record("aposteriori_possible", False, "no astrometric catalog service configured "
-                                "(ASTROMETRIC_CATALOG_URL unset)")
-        return self._record("aposteriori_possible", False,
-                            "a posteriori alignment is not available in this version")
+        return self._record("aposteriori_possible", True, "ASTROMETRY_COMPUTE_APOSTERIORI is on")
 
 
 def _machine(model: _Guards) -> Machine:
@@ -95,8 +91,14 @@ def plan(run: RunState, stage: str) -> list[str]:
     list of str
     """
     steps = list(STAGE_STEPS.get(stage, ()))
-    if stage == "final" and not (run.inputs.get("flt") and run.inputs.get("flc")):
-        steps.remove("copy_flc_wcs")  # only meaningful when both FLT and FLC exist
+    if stage == "final":
+        if not (run.inputs.get("flt") and run.inputs.get("flc")):
+            steps.remove("copy_flc_wcs")  # only meaningful when both FLT and FLC exist
+        if run.config.get("basic"):
+            steps.remove("write_headerlets")  # -b: runastrodriz's basic mode
+    for i, step in enumerate(steps):
+        if run.output(stage, step).get(STOP_STAGE):
+            return steps[: i + 1] + (["conclude"] if "conclude" in steps[i + 1:] else [])
     return steps
 
 
@@ -169,8 +171,17 @@ def next_action(run: RunState) -> Action:
 # WCS preference, best first, as drizzlepac's runastrodriz orders WCSNAMEs: a posteriori fits
 # (relative before image, newer GAIA before older), then a priori, then the pipeline default.
 WCS_STAGE_PREFERENCE = ("aposteriori", "apriori", "default")
-WCS_RULE = ("the most refined stage whose alignment was verified: a posteriori, then a priori; "
-            "the pipeline-default WCS when neither was verified")
+WCS_RULE = ("the most refined stage whose alignment was verified and kept: a posteriori, then a priori; "
+            "the pipeline-default WCS otherwise")
+WCSNAME_STEP = {"default": "updatewcs", "apriori": "updatewcs", "aposteriori": "align"}
+
+
+def _never_entered_reason(run: RunState, stage: str) -> str:
+    for tr in run.transitions:
+        for g in tr["guards"]:
+            if g["guard"].startswith(stage) and not g["result"]:
+                return g["reason"]
+    return "stage not run"
 
 
 def choose_wcs(run: RunState) -> dict:
@@ -183,27 +194,35 @@ def choose_wcs(run: RunState) -> dict:
     Returns
     -------
     dict
-        Payload of the ``decision`` event: candidates with their verdicts and numbers, the
-        chosen stage and WCSNAME, and the rule.
+        Payload of the ``decision`` event: every candidate with its WCSNAME, verifications and
+        verdict, the chosen stage and WCSNAME, and the rule.
     """
+    entered = {t["to"] for t in run.transitions}
     candidates = []
     for stage in WCS_STAGE_PREFERENCE:
-        done = run.output(stage, "astrodrizzle") if stage != "default" else run.output("default", "updatewcs")
-        if not done and stage != "default":
-            reason = next((t["reason"] for tr in run.transitions for t in tr["guards"]
-                           if t["guard"].startswith(stage) and not t["result"]), "stage not run")
-            candidates.append({"stage": stage, "wcsname": None, "verdict": "not run", "reason": reason})
+        if stage not in entered:
+            candidates.append({"stage": stage, "wcsname": None, "verdict": "not run",
+                               "reason": _never_entered_reason(run, stage)})
             continue
         checks = run.verifications.get(stage, [])
         # 'n/a' (a single exposure) is neither a pass nor a fail: say so rather than 'not verified'.
         fallback = checks[0]["verdict"] if checks else "not verified"
-        candidates.append({
-            "stage": stage,
-            "wcsname": run.output(stage, "updatewcs").get("wcsname"),
-            "verdict": {True: "pass", False: "fail"}.get(run.verdict(stage), fallback),
-            "verifications": checks,
-        })
-    chosen = next((c for c in candidates if c["stage"] != "default" and c["verdict"] == "pass"),
+        candidate = {"stage": stage, "wcsname": run.output(stage, WCSNAME_STEP[stage]).get("wcsname"),
+                     "verdict": {True: "pass", False: "fail"}.get(run.verdict(stage), fallback),
+                     "verifications": checks}
+        if stage != "default":
+            conclusion = run.output(stage, "conclude")
+            candidate.update(kept=bool(conclusion.get("kept")), reason=conclusion.get("reason"))
+        candidates.append(candidate)
+    chosen = next((c for c in candidates if c.get("kept")),
                   next(c for c in candidates if c["stage"] == "default"))
     return {"decision": "wcs", "chosen_stage": chosen["stage"], "chosen_wcsname": chosen["wcsname"],
             "rule": WCS_RULE, "candidates": candidates}
+
+
+def best_verified_stage(run: RunState) -> str:
+    """The stage whose exposures the next stage starts from: the last one kept, else default."""
+    for stage in ("aposteriori", "apriori"):
+        if run.output(stage, "conclude").get("kept"):
+            return stage
+    return "default"

@@ -22,9 +22,10 @@ STEP_FAILED = "step.failed"
 TRANSITION = "transition"
 VERIFICATION = "verification"
 DECISION = "decision"
+CANDIDATE = "candidate"
 NOTE = "note"
 EVENT_KINDS = (RUN_STARTED, RUN_RESUMED, RUN_ENDED, STEP_STARTED, STEP_COMPLETED, STEP_FAILED,
-               TRANSITION, VERIFICATION, DECISION, NOTE)
+               TRANSITION, VERIFICATION, DECISION, CANDIDATE, NOTE)
 
 
 @dataclass
@@ -50,6 +51,8 @@ class RunState:
         ``stage -> list of verification payloads``.
     decisions : list
         Payloads of ``decision`` events, in order.
+    candidates : dict
+        ``stage -> list of candidate payloads`` (each a WCS fit considered, with its numbers).
     transitions : list
         Payloads of ``transition`` events, in order.
     failure : dict or None
@@ -70,6 +73,7 @@ class RunState:
     in_progress: set = field(default_factory=set)
     verifications: dict = field(default_factory=dict)
     decisions: list = field(default_factory=list)
+    candidates: dict = field(default_factory=dict)
     transitions: list = field(default_factory=list)
     failure: dict | None = None
     ended: dict | None = None
@@ -142,6 +146,8 @@ def fold(events: Iterable) -> RunState:
             s.verifications.setdefault(ev.stage, []).append(p)
         elif ev.kind == DECISION:
             s.decisions.append(p)
+        elif ev.kind == CANDIDATE:
+            s.candidates.setdefault(ev.stage, []).append(p)
         elif ev.kind == RUN_ENDED:
             s.ended = p
     return s

@@ -38,13 +38,38 @@ def _verification(p: dict) -> list[str]:
 
 
 def _decision(p: dict) -> list[str]:
-    out = [f"decision {p.get('decision')}: chose {p.get('chosen_stage')} (WCSNAME {p.get('chosen_wcsname')})",
-           f"    rule: {p.get('rule')}"]
-    for c in p.get("candidates", []):
-        line = f"    candidate {c['stage']}: WCSNAME {c.get('wcsname')}, verification {c['verdict']}"
-        if c.get("reason"):
-            line += f" ({c['reason']})"
-        out.append(line)
+    kind = p.get("decision")
+    if kind == "wcs":
+        out = [f"decision wcs: chose {p.get('chosen_stage')} (WCSNAME {p.get('chosen_wcsname')})",
+               f"    rule: {p.get('rule')}"]
+        for c in p.get("candidates", []):
+            line = f"    candidate {c['stage']}: WCSNAME {c.get('wcsname')}, verification {c['verdict']}"
+            if "kept" in c:
+                line += ", kept" if c["kept"] else ", discarded"
+            if c.get("reason"):
+                line += f" ({c['reason']})"
+            out.append(line)
+        return out
+    if kind == "aposteriori_fit":
+        out = [f"decision aposteriori_fit: chose {p['chosen_catalog']} ({p['chosen_method']} fit)"]
+        out.append(f"    rule: {p['rule']}")
+        out += [f"    candidate {c['catalog']}: quality {c['fit_quality']}, rms {_fmt(c.get('rms_mas'))} mas, "
+                f"{c.get('matches')} matches, {'valid' if c['valid'] else 'not valid'}" for c in p["candidates"]]
+        return out
+    if kind and kind.endswith("_stage"):
+        verdict = "KEPT" if p["kept"] else "DISCARDED"
+        return [f"decision {kind}: {verdict} (WCSNAME {p.get('wcsname')}) - {p['reason']}"]
+    return [f"decision {kind}"] + _generic({k: v for k, v in p.items() if k != "decision"})
+
+
+def _candidate(p: dict) -> list[str]:
+    if "rms_mas" not in p:
+        return [f"candidate fit {p['catalog']} ({p['method']}): not valid - {p.get('reason')}"]
+    out = [(f"candidate fit {p['catalog']} ({p['method']}): quality {p['fit_quality']}, "
+            f"rms {p['rms_mas']:.2f} mas, {p['matches']} matches of {p['reference_sources']} reference sources, "
+            f"{'valid' if p['valid'] else 'not valid'}")]
+    out += [f"    {name}: {e['status']}, {e['nmatches']} matches, fit rms {_fmt(e['fit_rms_mas'])} mas"
+            for name, e in sorted(p.get("exposures", {}).items())]
     return out
 
 
@@ -116,6 +141,7 @@ _RENDER = {
     "transition": _transition,
     "verification": _verification,
     "decision": _decision,
+    "candidate": _candidate,
     "note": lambda p: [f"note: {p.get('message', '')}"],
 }
 
@@ -137,9 +163,11 @@ def render_trailer(run: dict, events) -> str:
     lines = [_RULE, f"astrodriz-sm trailer for {run['root']}   run {run['run_id']}", f"input {run['input']}", _RULE]
     for ev in events:
         where = ev.stage + (f"/{ev.step}" if ev.step else "")
-        body = _RENDER.get(ev.kind, _generic)(ev.payload)
-        if ev.kind == "step.started" or ev.kind not in _RENDER:
-            body = [f"{ev.kind} " + body[0]] + body[1:] if ev.kind not in _RENDER else body
+        try:
+            body = _RENDER[ev.kind](ev.payload)
+        except (KeyError, TypeError, ValueError):
+            # An event shape this renderer does not know still reaches the trailer, in full.
+            body = [ev.kind] + _generic(ev.payload)
         lines.append(f"{ev.utc} #{ev.seq:<4d} [{where}] {body[0]}")
         lines.extend(body[1:])
         if ev.kind == "run.ended" or ev.kind == "transition":

@@ -1,0 +1,269 @@
+"""The a priori and a posteriori stages: service probe, database solutions, fits to GAIA, conclusion.
+
+The fitting itself is drizzlepac's (``align_utils.AlignmentTable``: analyze, source finding,
+tweakwcs relative and absolute fits, ``determine_fit_quality``); what differs from
+``align.perform_align`` is that every catalog is tried, every fit is a ``candidate`` event, and the
+choice among them is one ``decision`` event with its rule.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..statemachine import STOP_STAGE, best_verified_stage
+from ..statemachine.state import CANDIDATE, DECISION
+from .common import StepContext, Timer, captured_output, hashes, working_directory
+from .drizzle import calibrated_files, copy_into_stage
+
+# The libraries' own defaults, used when the variables are unset (runastrodriz does the same).
+DEFAULT_URLS = {
+    "ASTROMETRY_SERVICE_URL": "https://mast.stsci.edu/portal/astrometryDB/",
+    "GSSS_WEBSERVICES_URL": "https://gsss.stsci.edu/webservices",
+    "ASTROMETRIC_CATALOG_URL": "https://gsss.stsci.edu/webservices",
+}
+# Each probe gets this long at most; a stage probes one or two services, so an unreachable
+# network costs a run under 5 s in all instead of stwcs's minutes of retries.
+PROBE_TIMEOUT = 1.5
+STAGE_SERVICES = {"apriori": ("ASTROMETRY_SERVICE_URL", "GSSS_WEBSERVICES_URL"),
+                  "aposteriori": ("ASTROMETRIC_CATALOG_URL",)}
+REQUIRED_SERVICE = {"apriori": "ASTROMETRY_SERVICE_URL", "aposteriori": "ASTROMETRIC_CATALOG_URL"}
+# The reference catalogs tried, newest first, as the runastrodriz description lists them: GAIA with
+# proper motions, then GAIA DR1 without (better for fields of distant galaxies).
+APOSTERIORI_CATALOGS = ("GAIAeDR3", "GAIADR2", "GAIADR1")
+# Fits with drizzlepac fit quality 1-3 are valid (4: suspect, 5: failed).
+VALID_FIT_QUALITY = (1, 2, 3)
+FIT_RULE = ("among the valid fits (drizzlepac fit quality 1-3), the lowest RMS; more matches break ties")
+
+
+def service_url(ctx: StepContext, variable: str) -> str:
+    """The service URL a stage uses: the recorded environment, else the library default."""
+    return ctx.run.environment.get(variable) or DEFAULT_URLS[variable]
+
+
+def probe_service(ctx: StepContext) -> dict:
+    """One short check per service before a stage relies on it.
+
+    Returns
+    -------
+    dict
+        Per service: URL, reachable, reason. ``stop_stage`` when the service the stage needs does
+        not answer, so the stage is skipped instead of waiting on retries.
+    """
+    from ..services import probe
+
+    results = {}
+    for variable in STAGE_SERVICES[ctx.stage]:
+        url = service_url(ctx, variable)
+        target = url + "availability" if variable == "ASTROMETRY_SERVICE_URL" else url
+        with Timer() as t:
+            ok, reason = probe(target, timeout=PROBE_TIMEOUT)
+        results[variable] = {"url": url, "reachable": ok, "reason": reason, "seconds": t.elapsed}
+    payload = {"services": results,
+               "environment_update": {v: r["url"] for v, r in results.items()}}
+    needed = results[REQUIRED_SERVICE[ctx.stage]]
+    if not needed["reachable"]:
+        payload[STOP_STAGE] = f"{REQUIRED_SERVICE[ctx.stage]} unreachable ({needed['reason']}): stage skipped"
+    return payload
+
+
+def stage_inputs(ctx: StepContext) -> dict:
+    """Copy the exposures of the best verified stage so far into this stage's directory."""
+    source = best_verified_stage(ctx.run)
+    payload = copy_into_stage(ctx, ctx.stage_dir(source))
+    payload["source_stage"] = source
+    return payload
+
+
+def _wcs_summary(path: Path) -> dict:
+    from astropy.io import fits
+
+    with fits.open(path, memmap=False) as hdul:
+        primary = [str(h.header.get("WCSNAME", "")) for h in hdul if h.name == "SCI"]
+        attached = sorted({str(h.header.get("WCSNAME", "")) for h in hdul if h.name == "HDRLET"})
+    return {"wcsnames": primary, "headerlets": attached}
+
+
+def apriori_updatewcs(ctx: StepContext) -> dict:
+    """``updatewcs(use_db=True)``: fetch the database's solutions and apply the best one.
+
+    Only solutions computed with the exposure's current IDCTAB are applied (stwcs's default);
+    without one, stwcs computes a new a priori solution from the guide-star offsets.
+    """
+    from stwcs.updatewcs import updatewcs as stwcs_updatewcs
+
+    from ..errors import ProcessingError
+
+    d = ctx.stage_dir()
+    default_name = ctx.run.output("default", "updatewcs").get("wcsname")
+    groups = [g for g in (ctx.run.inputs["flt"], ctx.run.inputs["flc"]) if g]
+    ctx.progress("updatewcs(use_db=True) against " + service_url(ctx, "ASTROMETRY_SERVICE_URL"))
+    with Timer() as t, captured_output() as out, working_directory(d):
+        for group in groups:
+            try:
+                stwcs_updatewcs(list(group), use_db=True, checkfiles=False)
+            except Exception as exc:
+                raise ProcessingError(f"{d / group[0]}: updatewcs(use_db=True) failed: {exc}",
+                                      str(d / group[0])) from exc
+    summary = {n: _wcs_summary(d / n) for g in groups for n in g}
+    names = sorted({w for s in summary.values() for w in s["wcsnames"]})
+    payload = {"wcsname": names[0] if len(names) == 1 else names, "exposures": summary,
+               "files": hashes(d, [n for g in groups for n in g]), "seconds": t.elapsed, "log": out.getvalue()}
+    if names == [default_name]:
+        payload[STOP_STAGE] = (f"no a priori solution for IDCTAB {default_name}: "
+                               "the exposures keep the pipeline-default WCS")
+    elif len(names) != 1:
+        payload[STOP_STAGE] = f"exposures got different a priori WCSs {names}: not a consistent solution"
+    return payload
+
+
+def _fit_candidate(catalog: str, method: str, imglist, quality: int, rms: float, n_matches: int,
+                   ref_count: int) -> dict:
+    per_image = {}
+    for item in imglist:
+        info = item.meta.get("fit_info", {})
+        per_image[f"{item.meta['name']}[{item.meta['chip']}]"] = {
+            "status": str(info.get("status")), "nmatches": int(info.get("nmatches", 0) or 0),
+            "fit_rms_mas": float(info.get("FIT_RMS", np.nan) or np.nan),
+        }
+    return {"catalog": catalog, "method": method, "fit_quality": int(quality), "rms_mas": float(rms),
+            "matches": int(n_matches), "reference_sources": int(ref_count),
+            "valid": int(quality) in VALID_FIT_QUALITY, "exposures": per_image}
+
+
+def align(ctx: StepContext) -> dict:
+    """A posteriori fit of the exposures to each reference catalog; the best fit goes into the headers.
+
+    Returns
+    -------
+    dict
+        The chosen catalog and WCSNAME, or ``stop_stage`` with the reason no fit was usable.
+    """
+    from drizzlepac import align as dp_align
+    from drizzlepac.haputils import align_utils
+    from drizzlepac.haputils import astrometric_utils as amutils
+
+    d = ctx.stage_dir()
+    inputs = ctx.run.inputs
+    files = list(inputs["flc"] or inputs["flt"])
+    # The catalog service URL is read by drizzlepac at import time; set it for this run explicitly.
+    amutils.SERVICELOCATION = service_url(ctx, "ASTROMETRIC_CATALOG_URL")
+    apars = dp_align.get_default_pars(inputs["instrument"], inputs["detector"])
+    quality_pars = apars["determine_fit_quality"]
+    quality_pars["min_xmatches"] = quality_pars["MIN_FIT_MATCHES"]
+    catalogs = list(APOSTERIORI_CATALOGS)
+    method = "relative" if len(files) > 1 else "default"
+    pars = {"MAX_SOURCES_PER_CHIP": apars["general"]["MAX_SOURCES_PER_CHIP"],
+            # Verified default products mean trustworthy cosmic-ray flags: mask them too (runastrodriz).
+            "sat_flags": 256 + 2048 + (4096 + 8192 if ctx.run.verdict("default") else 0)}
+    pars.update(apars)
+    stop = None
+    with Timer() as t, captured_output() as out, working_directory(d):
+        table = align_utils.AlignmentTable(files, **pars)
+        try:
+            if table.process_list is None:
+                stop = "no exposure can be aligned (drizzlepac analyze excluded them all)"
+            excluded = {str(r["imageName"]): str(r["processMsg"]) for r in table.filtered_table
+                        if r["status"] != 0 or r["imageName"] not in (table.process_list or [])}
+            found = {}
+            if stop is None:
+                ctx.progress(f"source finding in {len(table.process_list)} exposures")
+                table.find_alignment_sources(output=False)
+                for name, chips in table.extracted_sources.items():
+                    found[name] = int(sum(len(c) for c in (chips or {}).values() if c is not None))
+                threshold = quality_pars["MIN_OBSERVABLE_THRESHOLD"]
+                sparse = {n: k for n, k in found.items() if k < threshold}
+                if sparse:
+                    stop = (f"not enough sources for a fit: {sparse} found, at least {threshold} "
+                            "needed per exposure")
+            candidates = []
+            if stop is None:
+                table.configure_fit()
+                for i, catalog in enumerate(catalogs):
+                    ctx.progress(f"reference catalog {catalog} and {method} fit")
+                    try:
+                        reference = dp_align.generate_astrometric_catalog(table.process_list, catalog=catalog,
+                                                                          output=False)
+                    except Exception as exc:  # noqa: BLE001 - a catalog the service lacks is one bad candidate
+                        cand = {"catalog": catalog, "method": method, "fit_quality": 5, "valid": False,
+                                "reason": f"reference catalog unavailable: {exc}"}
+                        candidates.append(cand)
+                        ctx.emit(CANDIDATE, cand)
+                        continue
+                    if len(reference) < quality_pars["MIN_CATALOG_THRESHOLD"]:
+                        cand = {"catalog": catalog, "method": method, "fit_quality": 5, "valid": False,
+                                "reference_sources": len(reference),
+                                "reason": f"only {len(reference)} reference sources "
+                                          f"(< {quality_pars['MIN_CATALOG_THRESHOLD']})"}
+                    else:
+                        table.reset_group_id(len(reference))
+                        table.imglist = table.perform_fit(method, catalog, reference)
+                        rms, n_matches, quality, filtered, _ = dp_align.determine_fit_quality(
+                            table.imglist, table.filtered_table, i < len(catalogs) - 1, apars,
+                            print_fit_parameters=False)
+                        table.filtered_table = filtered
+                        cand = _fit_candidate(catalog, method, table.imglist, quality, rms, n_matches,
+                                              len(reference))
+                    candidates.append(cand)
+                    ctx.emit(CANDIDATE, cand)
+                valid = [c for c in candidates if c["valid"]]
+                if not valid:
+                    stop = "no valid fit to any reference catalog: " + "; ".join(
+                        f"{c['catalog']} quality {c['fit_quality']}" for c in candidates)
+            if stop is None:
+                best = min(valid, key=lambda c: (c["rms_mas"], -c["matches"]))
+                ctx.emit(DECISION, {"decision": "aposteriori_fit", "chosen_catalog": best["catalog"],
+                                    "chosen_method": method, "rule": FIT_RULE,
+                                    "candidates": [{k: c.get(k) for k in ("catalog", "fit_quality", "rms_mas",
+                                                                          "matches", "valid")}
+                                                   for c in candidates]})
+                table.select_fit(best["catalog"], method)
+                hlet_names = {f: f.replace(".fits", "_hlet.fits") for f in files}
+                table.apply_fit(headerlet_filenames=hlet_names)
+        finally:
+            table.close()
+    payload = {"excluded": excluded, "sources_found": found, "catalogs": catalogs, "method": method,
+               "seconds": t.elapsed, "log": out.getvalue()}
+    if stop is not None:
+        payload[STOP_STAGE] = stop
+        return payload
+    # Exposures of the other kind (FLT when FLC were fitted) take the same WCS.
+    other = inputs["flt"] if inputs["flc"] else []
+    if other:
+        from .final import copy_wcs
+
+        copy_wcs(d, files, other)
+    summary = {n: _wcs_summary(d / n) for n in calibrated_files(ctx)}
+    names = sorted({w for s in summary.values() for w in s["wcsnames"]})
+    payload.update(wcsname=names[0] if len(names) == 1 else names, chosen_catalog=best["catalog"],
+                   rms_mas=best["rms_mas"], matches=best["matches"], exposures=summary,
+                   files=hashes(d, calibrated_files(ctx)))
+    return payload
+
+
+def conclude(ctx: StepContext) -> dict:
+    """Keep the stage's WCS or discard its directory, with the reason, as a decision event."""
+    stop = next((ctx.run.output(ctx.stage, s).get(STOP_STAGE) for s in ("probe_service", "updatewcs", "align")
+                 if ctx.run.output(ctx.stage, s).get(STOP_STAGE)), None)
+    verdict = ctx.run.verdict(ctx.stage)
+    if stop:
+        kept, reason = False, stop
+    elif verdict:
+        kept, reason = True, "alignment verified (focus and similarity)"
+    else:
+        failed = [f"{v['check']} {v['verdict']}" for v in ctx.run.verifications.get(ctx.stage, [])
+                  if v["verdict"] != "pass"]
+        kept, reason = False, "verification failed: " + ", ".join(failed)
+    d = ctx.stage_dir()
+    discarded = False
+    if not kept and d.exists() and not ctx.config.get("debug"):
+        shutil.rmtree(d)
+        discarded = True
+    decision = {"decision": f"{ctx.stage}_stage", "kept": kept, "reason": reason,
+                "directory_removed": discarded,
+                "wcsname": ctx.run.output(ctx.stage, "align" if ctx.stage == "aposteriori" else "updatewcs")
+                .get("wcsname")}
+    ctx.emit(DECISION, decision)
+    return {"kept": kept, "reason": reason}

@@ -1,0 +1,147 @@
+"""A priori and a posteriori alignment against the local astrometry service, measured against the truth."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+from astropy.io import fits
+from astropy.wcs import WCS
+from astropy.wcs.utils import proj_plane_pixel_scales
+
+from astrodriz_sm.sim import measure_product_astrometry, observation_epoch
+from astrodriz_sm.statemachine import fold
+from astrodriz_sm.store.eventstore import EventStore
+
+from .conftest import run_cli
+
+ROOT = "jsm001010"
+PRODUCT = f"{ROOT}_drz.fits"  # FLT-only simulations: half the drizzling, same logic
+
+
+def _error_mas(directory, product=PRODUCT):
+    """RMS and mean offset (mas) of truth stars in a product against where its WCS puts them."""
+    truth = directory / "truth"
+    acc = measure_product_astrometry(directory / product, next(truth.glob("*_truth.ecsv")),
+                                     observation_epoch(next(truth.glob("*_truth.json"))))
+    scale = proj_plane_pixel_scales(WCS(fits.getheader(directory / product, ("SCI", 1))))[0] * 3.6e6
+    mean = (acc.mean_dx ** 2 + acc.mean_dy ** 2) ** 0.5
+    return {"rms_mas": acc.rms * scale, "mean_offset_mas": mean * scale, "n": acc.n_stars}
+
+
+def _run(simulated, service, name, env=(), args=(), **config):
+    src, d = simulated(name, products="flt", **config)
+    handle = service(src)
+    proc = run_cli("start", *args, d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **handle.environment, **dict(env)})
+    store = EventStore(d / "astrodriz_sm.db")
+    run = fold(store.events(store.latest_run()["run_id"]))
+    return src, d, proc, run
+
+
+def _decision(run, name):
+    return next(p for p in run.decisions if p["decision"] == name)
+
+
+def test_pointing_error_is_removed_to_under_10_mas_and_wcsname_names_the_best_catalog(simulated, service):
+    _, d, proc, run = _run(simulated, service, "aligned", pointing_error=0.6)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    err = _error_mas(d)
+    print("final", err)
+    assert err["n"] >= 20 and err["rms_mas"] < 10.0, err
+    fit = _decision(run, "aposteriori_fit")
+    valid = [c for c in run.candidates["aposteriori"] if c["valid"]]
+    lowest = min(valid, key=lambda c: c["rms_mas"])
+    print([(c["catalog"], c.get("rms_mas"), c.get("matches")) for c in run.candidates["aposteriori"]])
+    assert fit["chosen_catalog"] == lowest["catalog"]
+    wcs = _decision(run, "wcs")
+    assert wcs["chosen_stage"] == "aposteriori"
+    assert wcs["chosen_wcsname"] == f"IDC_sm00001aj-FIT_REL_{lowest['catalog']}"
+    assert fits.getval(d / PRODUCT, "WCSNAME", ext=("SCI", 1)) == wcs["chosen_wcsname"]
+
+
+def test_aposteriori_off_keeps_the_gsc240_solution_and_its_residual(simulated, service):
+    src, d, proc, run = _run(simulated, service, "apriori-only", pointing_error=0.6,
+                             env={"ASTROMETRY_COMPUTE_APOSTERIORI": "off"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wcs = _decision(run, "wcs")
+    assert wcs["chosen_stage"] == "apriori" and wcs["chosen_wcsname"].endswith("-GSC240")
+    truth = json.loads(src.truth_json.read_text())
+    residual = [e["apriori_residual_arcsec"] for e in truth["exposures"]]
+    expected = 1000.0 * (residual[0][0] ** 2 + residual[0][1] ** 2) ** 0.5
+    err = _error_mas(d)
+    print("expected residual", expected, "measured", err)
+    assert abs(err["mean_offset_mas"] - expected) < 5.0, (err, expected)
+
+
+def test_guiding_failure_is_repaired_or_rejected_never_silently_worse(simulated, service):
+    _, d, proc, run = _run(simulated, service, "guiding-aligned", args=("--debug",), pointing_error=0.6,
+                           guiding_failure=2.0)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    default_err = _error_mas(d / f"{ROOT}_default")
+    final_err = _error_mas(d)
+    post = run.output("aposteriori", "conclude")
+    print("default", default_err, "final", final_err, post)
+    if post["kept"]:
+        assert run.verdict("aposteriori") is True
+        assert final_err["rms_mas"] < 10.0
+    else:
+        assert post["reason"]
+        assert _decision(run, "wcs")["chosen_stage"] != "aposteriori"
+    assert final_err["rms_mas"] <= default_err["rms_mas"] + 1.0
+
+
+def test_sparse_field_skips_aposteriori_with_its_reason(simulated, service):
+    _, d, proc, run = _run(simulated, service, "sparse", pointing_error=0.6, n_stars=3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    post = run.output("aposteriori", "conclude")
+    print(post, run.output("aposteriori", "align").get("sources_found"))
+    assert post["kept"] is False
+    assert "not enough sources" in post["reason"] or "reference sources" in post["reason"]
+    wcs = _decision(run, "wcs")
+    best = "apriori" if run.output("apriori", "conclude").get("kept") else "default"
+    assert wcs["chosen_stage"] == best
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_unreachable_services_cost_under_five_seconds(simulated):
+    _, d = simulated("down", products="flt", pointing_error=0.6)
+    base = f"http://127.0.0.1:{_closed_port()}/"
+    env = {"jref": f"{d}/", "ASTROMETRY_SERVICE_URL": base + "astrometrydb/",
+           "GSSS_WEBSERVICES_URL": base + "gsss", "ASTROMETRIC_CATALOG_URL": base + "gsss"}
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = EventStore(d / "astrodriz_sm.db")
+    run = fold(store.events(store.latest_run()["run_id"]))
+    for stage in ("apriori", "aposteriori"):
+        assert "unreachable" in run.output(stage, "conclude")["reason"]
+    spent = sum(run.output(s, "probe_service")["seconds"] + run.output(s, "conclude")["seconds"]
+                for s in ("apriori", "aposteriori"))
+    print("seconds spent on unreachable services", spent)
+    assert spent < 5.0
+    assert _decision(run, "wcs")["chosen_stage"] == "default"
+
+
+def test_drizzlepac_runastrodriz_aligns_against_the_local_service(simulated, service):
+    """The service speaks the real protocols: drizzlepac's own pipeline aligns through it."""
+    src, d = simulated("runastrodriz", products="flt", pointing_error=0.6)
+    handle = service(src)
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("ASTROM")}
+    env.update(handle.environment, jref=f"{d}/")
+    proc = subprocess.run([sys.executable, "-c", "from drizzlepac import runastrodriz; "
+                           f"runastrodriz.process('{ROOT}_asn.fits')"],
+                          cwd=d, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    wcsname = fits.getval(d / PRODUCT, "WCSNAME", ext=("SCI", 1))
+    err = _error_mas(d)
+    print(wcsname, err)
+    assert "-FIT_" in wcsname
+    assert err["rms_mas"] < 10.0
