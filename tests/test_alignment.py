@@ -21,9 +21,9 @@ ROOT = "jsm001010"
 PRODUCT = f"{ROOT}_drz.fits"  # FLT-only simulations: half the drizzling, same logic
 
 
-def _error_mas(directory, product=PRODUCT):
+def _error_mas(directory, product=PRODUCT, truth=None):
     """RMS and mean offset (mas) of truth stars in a product against where its WCS puts them."""
-    truth = directory / "truth"
+    truth = truth or directory / "truth"
     acc = measure_product_astrometry(directory / product, next(truth.glob("*_truth.ecsv")),
                                      observation_epoch(next(truth.glob("*_truth.json"))))
     scale = proj_plane_pixel_scales(WCS(fits.getheader(directory / product, ("SCI", 1))))[0] * 3.6e6
@@ -68,28 +68,32 @@ def test_aposteriori_off_keeps_the_gsc240_solution_and_its_residual(simulated, s
     wcs = _decision(run, "wcs")
     assert wcs["chosen_stage"] == "apriori" and wcs["chosen_wcsname"].endswith("-GSC240")
     truth = json.loads(src.truth_json.read_text())
-    residual = [e["apriori_residual_arcsec"] for e in truth["exposures"]]
-    expected = 1000.0 * (residual[0][0] ** 2 + residual[0][1] ** 2) ** 0.5
+    east, north = truth["exposures"][0]["apriori"]["GSC240"]["residual_arcsec"]
+    expected = 1000.0 * (east ** 2 + north ** 2) ** 0.5  # 150 mas: a quarter of the 0.6 arcsec error
     err = _error_mas(d)
     print("expected residual", expected, "measured", err)
     assert abs(err["mean_offset_mas"] - expected) < 5.0, (err, expected)
 
 
 def test_guiding_failure_is_repaired_or_rejected_never_silently_worse(simulated, service):
-    _, d, proc, run = _run(simulated, service, "guiding-aligned", args=("--debug",), pointing_error=0.6,
-                           guiding_failure=2.0)
+    src, d, proc, run = _run(simulated, service, "guiding-aligned", pointing_error=0.6, guiding_failure=2.0)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    default_err = _error_mas(d / f"{ROOT}_default")
     final_err = _error_mas(d)
     post = run.output("aposteriori", "conclude")
-    print("default", default_err, "final", final_err, post)
+    # The default WCS is off by the injected pointing error (known from the truth, 600 mas here):
+    # too far for centroiding to measure, and what the final product must beat.
+    truth = json.loads(src.truth_json.read_text())
+    default_mas = min(1000.0 * (e["injected_offset_arcsec"][0] ** 2 + e["injected_offset_arcsec"][1] ** 2) ** 0.5
+                      for e in truth["exposures"])
+    print("default", default_mas, "final", final_err, post)
+    assert run.verdict("default") is False  # the guiding failure is seen
     if post["kept"]:
         assert run.verdict("aposteriori") is True
         assert final_err["rms_mas"] < 10.0
     else:
         assert post["reason"]
         assert _decision(run, "wcs")["chosen_stage"] != "aposteriori"
-    assert final_err["rms_mas"] <= default_err["rms_mas"] + 1.0
+    assert final_err["rms_mas"] < default_mas
 
 
 def test_sparse_field_skips_aposteriori_with_its_reason(simulated, service):

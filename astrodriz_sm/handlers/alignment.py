@@ -71,9 +71,20 @@ def probe_service(ctx: StepContext) -> dict:
 
 def stage_inputs(ctx: StepContext) -> dict:
     """Copy the exposures of the best verified stage so far into this stage's directory."""
+    from drizzlepac import resetbits
+
     source = best_verified_stage(ctx.run)
     payload = copy_into_stage(ctx, ctx.stage_dir(source))
     payload["source_stage"] = source
+    if not ctx.run.verdict("default"):
+        # Misaligned default products flag star cores as cosmic rays: clear those flags before the
+        # sources are measured again (runastrodriz's find_crs path).
+        d = ctx.stage_dir()
+        with captured_output():
+            for name in calibrated_files(ctx):
+                resetbits.reset_dq_bits(str(d / name), "4096,8192")
+        payload["dq_bits_reset"] = "4096,8192"
+        payload["files"] = hashes(d, calibrated_files(ctx))
     return payload
 
 
