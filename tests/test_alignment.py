@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -97,7 +98,7 @@ def test_guiding_failure_is_repaired_or_rejected_never_silently_worse(simulated,
 
 
 def test_sparse_field_skips_aposteriori_with_its_reason(simulated, service):
-    _, d, proc, run = _run(simulated, service, "sparse", pointing_error=0.6, n_stars=3)
+    _, _, proc, run = _run(simulated, service, "sparse", pointing_error=0.6, n_stars=3)
     assert proc.returncode == 0, proc.stderr[-3000:]
     post = run.output("aposteriori", "conclude")
     print(post, run.output("aposteriori", "align").get("sources_found"))
@@ -138,10 +139,10 @@ def test_drizzlepac_runastrodriz_aligns_against_the_local_service(simulated, ser
     """The service speaks the real protocols: drizzlepac's own pipeline aligns through it."""
     src, d = simulated("runastrodriz", products="flt", pointing_error=0.6)
     handle = service(src)
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("ASTROM")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASTROM")}
     env.update(handle.environment, jref=f"{d}/")
-    proc = subprocess.run([sys.executable, "-c", "from drizzlepac import runastrodriz; "
-                           f"runastrodriz.process('{ROOT}_asn.fits')"],
+    script = f"from drizzlepac import runastrodriz; runastrodriz.process('{ROOT}_asn.fits')"
+    proc = subprocess.run([sys.executable, "-c", script],
                           cwd=d, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     wcsname = fits.getval(d / PRODUCT, "WCSNAME", ext=("SCI", 1))
