@@ -150,3 +150,19 @@ def test_drizzlepac_runastrodriz_aligns_against_the_local_service(simulated, ser
     print(wcsname, err)
     assert "-FIT_" in wcsname
     assert err["rms_mas"] < 10.0
+
+
+def test_new_apriori_from_guide_star_offsets_when_the_database_has_none_for_this_idctab(simulated, service):
+    """Database solutions computed with another IDCTAB are not applied; the guide-star offsets give GSC240."""
+    src, d, proc, run = _run(simulated, service, "idctab-mismatch", pointing_error=0.6,
+                             apriori_idctab_mismatch=True, env={"ASTROMETRY_COMPUTE_APOSTERIORI": "off"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    upd = run.output("apriori", "updatewcs")
+    print(upd["wcsname"], upd["exposures"])
+    assert upd["wcsname"] == "IDC_sm00001aj-GSC240"
+    assert all(not any("0461802ej" in w for w in e["wcsnames"]) for e in upd["exposures"].values())
+    truth = json.loads(src.truth_json.read_text())
+    east, north = truth["exposures"][0]["apriori"]["GSC240"]["residual_arcsec"]
+    err = _error_mas(d)
+    print(err)
+    assert abs(err["mean_offset_mas"] - 1000.0 * (east ** 2 + north ** 2) ** 0.5) < 5.0

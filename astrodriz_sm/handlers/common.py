@@ -162,7 +162,8 @@ def captured_output(loggers=("stwcs", "drizzlepac", "stsci", "tweakwcs", "astrop
     for name in sorted(names):
         lg = logging.getLogger(name)
         saved.append((lg, lg.handlers[:], lg.propagate))
-        lg.handlers = []
+        # A NullHandler rather than none: stwcs's headerlet logging fails on a logger without handlers.
+        lg.handlers = [logging.NullHandler()]
         lg.propagate = True
     try:
         with contextlib.redirect_stdout(buf), warnings.catch_warnings():
@@ -175,6 +176,9 @@ def captured_output(loggers=("stwcs", "drizzlepac", "stsci", "tweakwcs", "astrop
         root.handlers, _ = saved_root
         root.setLevel(saved_root[1])
         for lg, handlers, propagate in saved:
+            for h in lg.handlers:
+                if h not in handlers:
+                    h.close()  # e.g. the headerlet.log handler stwcs attaches on the fly
             lg.handlers = handlers
             lg.propagate = propagate
 
