@@ -15,20 +15,21 @@ import structlog
 
 from . import __version__
 from .config import RunConfig
-from .errors import AstrodrizError, ExitCode
+from .errors import AstrodrizError, ExitCode, ProcessingError, RunStateError
 from .handlers import HANDLERS, StepContext
-from .handlers.common import Timer
-from .statemachine import fold, next_action
+from .handlers.common import Timer, sha256
+from .statemachine import STAGES, fold, next_action, plan, stage_files
 from .statemachine.state import (
     RUN_ENDED,
     RUN_RESUMED,
     RUN_STARTED,
     STEP_COMPLETED,
     STEP_FAILED,
+    STEP_INVALIDATED,
     STEP_STARTED,
     TRANSITION,
 )
-from .store.eventstore import EventStore
+from .store.eventstore import EventStore, StoreError
 from .store.trailer import render_trailer
 
 LIBRARIES = ("drizzlepac", "stwcs", "tweakwcs", "photutils", "astropy", "numpy", "scipy", "transitions",
@@ -46,6 +47,23 @@ def library_versions() -> dict:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+# Steps that do not read their stage directory: a resume that has only these left needs no check.
+_NO_DIRECTORY_STEPS = {"probe_service", "choose_wcs", "conclude", "cleanup"}
+
+
+def fingerprint(run) -> dict:
+    """What a step's result depends on besides its input files: libraries, reference files, options.
+
+    Recorded with every ``step.started``; a resume compares it with the present one.
+    """
+    refs = {}
+    for key, path in sorted(run.inputs.get("reference_paths", {}).items()):
+        refs[key] = {"name": Path(path).name, "sha256": sha256(path) if Path(path).exists() else None}
+    options = {k: run.config.get(k) for k in ("force", "inmemory", "basic", "num_cores", "apply_apriori",
+                                               "compute_aposteriori")}
+    return {"libraries": library_versions(), "references": refs, "options": options}
 
 
 def start_run(store: EventStore, config: RunConfig, root: str) -> str:
@@ -99,24 +117,84 @@ class Runner:
             tmp.write_text(render_trailer(self.run_row, events))
             os.replace(tmp, path)
         except OSError:
-            return None  # a read-only input directory must not stop the run; the log has everything
+            return None  # the trailer is a rendering: the log has everything, so a failed write must not stop a run
         return path
 
     # -- running ---------------------------------------------------------------------------------
-    def resume_marker(self) -> None:
-        """Record that an unfinished run is being picked up again."""
-        run = fold(self.store.events(self.run_id))
-        after = ("interrupted step " + "/".join(min(run.in_progress))
-                 if run.in_progress else f"interruption in state {run.state}")
-        self.append(run.state or "init", "", RUN_RESUMED, {"after": after, "pid": os.getpid()})
-
-    def run(self) -> ExitCode:
-        """Run until the log says the run has ended.
+    def resume(self) -> ExitCode:
+        """Pick up an unfinished run: record the resume, recheck the current stage, run on.
 
         Returns
         -------
         ExitCode
         """
+        self._lease()
+        try:
+            run = fold(self.store.events(self.run_id))
+            after = ("interrupted step " + "/".join(min(run.in_progress))
+                     if run.in_progress else f"interruption in state {run.state}")
+            self.append(run.state or "init", "", RUN_RESUMED, {"after": after, "pid": os.getpid()})
+            self._recheck_stage(fold(self.store.events(self.run_id)))
+            return self._loop()
+        finally:
+            self.store.release_lease(self.run_id)
+
+    def _recheck_stage(self, run) -> None:
+        """Invalidate the current stage's completed steps when its files or fingerprint changed.
+
+        Steps work on the stage's files in place, so a step is only trusted if the directory
+        still holds exactly what the last completed step left and the libraries, reference files
+        and options are those it ran with; otherwise the stage starts again from fresh copies.
+        """
+        stage = run.state
+        if stage not in STAGES or stage == "init":
+            return
+        steps = [s for s in plan(run, stage) if run.is_completed(stage, s)]
+        remaining = [s for s in plan(run, stage) if not run.is_completed(stage, s)]
+        if not steps or set(remaining) <= _NO_DIRECTORY_STEPS:
+            return
+        reason = None
+        now = fingerprint(run)
+        for step in steps:
+            then = run.fingerprints.get((stage, step))
+            if then is not None and then != now:
+                changed = sorted(k for k in now if now[k] != then.get(k))
+                reason = f"fingerprint of {stage}/{step} changed ({', '.join(changed)})"
+                break
+        if reason is None:
+            d = Path(self._context(run, stage, "").stage_dir())
+            for name, digest in sorted(stage_files(run, stage).items()):
+                actual = sha256(d / name) if (d / name).exists() else None
+                if actual != digest:
+                    reason = (f"{d / name} is missing" if actual is None else
+                              f"{d / name} changed since it was recorded (sha256 {actual[:12]} != {digest[:12]})")
+                    break
+        if reason is None:
+            return
+        self.log.info("stage restarts", stage=stage, reason=reason)
+        for step in steps:
+            self.append(stage, step, STEP_INVALIDATED, {"reason": reason})
+
+    def _lease(self) -> None:
+        try:
+            self.store.acquire_lease(self.run_id)
+        except StoreError as exc:
+            raise RunStateError(str(exc)) from exc
+
+    def run(self) -> ExitCode:
+        """Run a new run until the log says it has ended.
+
+        Returns
+        -------
+        ExitCode
+        """
+        self._lease()
+        try:
+            return self._loop()
+        finally:
+            self.store.release_lease(self.run_id)
+
+    def _loop(self) -> ExitCode:
         while True:
             run = fold(self.store.events(self.run_id))
             action = next_action(run)
@@ -148,7 +226,7 @@ class Runner:
 
     def _step(self, run, stage: str, step: str) -> None:
         handler = HANDLERS[(stage, step)]
-        self.append(stage, step, STEP_STARTED, {})
+        self.append(stage, step, STEP_STARTED, {"fingerprint": fingerprint(run)})
         self.log.info("step started", stage=stage, step=step)
         # Handlers see the environment recorded with the run, also on resume in another shell.
         os.environ.update(run.environment)
@@ -161,6 +239,13 @@ class Runner:
         except AstrodrizError as exc:
             self.log.error("step failed", stage=stage, step=step, error=str(exc))
             self.append(stage, step, STEP_FAILED, exc.as_payload())
+            return
+        except OSError as exc:
+            # The file system said no (no space, permission denied): name the file, keep it one line.
+            where = exc.filename or f"{stage}/{step}"
+            error = ProcessingError(f"{where}: {exc.strerror or exc}", exc.filename)
+            self.log.error("step failed", stage=stage, step=step, error=str(error))
+            self.append(stage, step, STEP_FAILED, error.as_payload())
             return
         except Exception as exc:  # noqa: BLE001 - a defect or unforeseen library failure: keep the traceback
             self.log.error("step failed", stage=stage, step=step, error=repr(exc))

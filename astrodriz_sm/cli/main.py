@@ -71,6 +71,16 @@ def cmd_start(args) -> int:
         debug=args.debug, apply_apriori=apply_apriori, compute_aposteriori=compute,
         environment=recorded_environment(), notes=tuple(notes))
     store = _store_for(args, input_path)
+    previous = store.latest_run(str(input_path))
+    if previous is not None:
+        state = fold(store.events(previous["run_id"]))
+        if not state.is_ended:
+            if getattr(args, "resume", False):
+                return _report_end(store, previous["run_id"], int(Runner(store, previous["run_id"]).resume()))
+            where = "/".join(min(state.in_progress)) if state.in_progress else state.state
+            raise RunStateError(f"{input_path}: run {previous['run_id']} on this input is unfinished "
+                                f"(at {where}); continue it with --resume or 'astrodriz-sm resume "
+                                f"{previous['run_id']}'")
     run_id = start_run(store, config, root)
     log = structlog.get_logger().bind(run_id=run_id)
     log.info("run started", stage="init", input=str(input_path), store=str(store.path))
@@ -85,9 +95,7 @@ def cmd_resume(args) -> int:
     run = fold(store.events(run_id))
     if run.is_ended:
         raise RunStateError(f"run {run_id} already ended {run.ended['status']}; nothing to resume")
-    runner = Runner(store, run_id)
-    runner.resume_marker()
-    return _report_end(store, run_id, int(runner.run()))
+    return _report_end(store, run_id, int(Runner(store, run_id).resume()))
 
 
 def cmd_replay(args) -> int:
@@ -164,7 +172,7 @@ def cmd_demo(args) -> int:
     os.environ.setdefault("jref", str(sim.outdir) + "/")
     try:
         ns = argparse.Namespace(input=str(sim.asn), newpath=None, force=False, inmemory=False, basic=False,
-                                num_cores=None, debug=False, store=None)
+                                num_cores=None, debug=False, store=None, resume=False)
         code = cmd_start(ns)
     finally:
         service.stop()
@@ -242,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-b", "--basic", action="store_true", help="basic mode: write no headerlets")
     s.add_argument("-n", "--num-cores", type=int, metavar="N", help="cores for AstroDrizzle")
     s.add_argument("--debug", action="store_true", help="keep the stage directories")
+    s.add_argument("--resume", action="store_true", help="continue this input's unfinished run, if any")
     s.set_defaults(func=cmd_start)
 
     s = with_store(sub.add_parser("resume", help="continue an interrupted run"))
@@ -260,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = with_store(sub.add_parser("verify-log", help="check the hash chain of the event log"))
     s.add_argument("run", nargs="?")
     s.set_defaults(func=cmd_verify_log)
+
+    from .explain import add_explain_arguments
+
+    add_explain_arguments(sub.add_parser("explain", help="candidate WCSs of every exposure and why one was chosen"))
 
     s = sub.add_parser("simulate", help="write a simulated HST association with a known truth")
     s.add_argument("outdir")

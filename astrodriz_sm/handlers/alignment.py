@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..statemachine import STOP_STAGE, best_verified_stage
+from ..statemachine import STOP_STAGE, best_verified_stage, stage_files
 from ..statemachine.state import CANDIDATE, DECISION
 from .common import StepContext, Timer, captured_output, hashes, working_directory
 from .drizzle import calibrated_files, copy_into_stage
@@ -74,7 +74,7 @@ def stage_inputs(ctx: StepContext) -> dict:
     from drizzlepac import resetbits
 
     source = best_verified_stage(ctx.run)
-    payload = copy_into_stage(ctx, ctx.stage_dir(source))
+    payload = copy_into_stage(ctx, ctx.stage_dir(source), stage_files(ctx.run, source))
     payload["source_stage"] = source
     if not ctx.run.verdict("default"):
         # Misaligned default products flag star cores as cosmic rays: clear those flags before the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import logging
@@ -120,10 +121,37 @@ def primary_header(path: Path) -> fits.Header:
         return fits.getheader(path, 0)
 
 
+# Errors of the side being written: a copy that fails with one of these failed on its destination.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def copy_file(src: Path, dest: Path) -> None:
+    """Copy a file with its metadata; a failure to write names the destination.
+
+    ``shutil.copy2`` reports a full disk against the *source* file (or against no file at all),
+    which would blame an input for a problem of the place being written. A partial destination
+    is removed.
+
+    Raises
+    ------
+    OSError
+        With ``filename`` the destination when writing it failed (no space, quota, read-only
+        file system); otherwise as ``shutil.copy2`` raised it.
+    """
+    try:
+        shutil.copy2(src, dest)
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS or (exc.filename is not None and exc.filename2 is None):
+            raise  # an open or stat failure already names its own file
+        with contextlib.suppress(OSError):
+            Path(dest).unlink()
+        raise OSError(exc.errno, exc.strerror, str(dest)) from exc
+
+
 def copy_atomic(src: Path, dest: Path) -> None:
     """Copy so that ``dest`` is either the old file or the complete new one, never half-written."""
     tmp = dest.with_name(f".{dest.name}.partial")
-    shutil.copy2(src, tmp)
+    copy_file(src, tmp)
     os.replace(tmp, dest)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..errors import ProcessingError
-from .common import StepContext, Timer, captured_output, hashes, working_directory
+from .common import StepContext, Timer, captured_output, copy_file, hashes, working_directory
 
 # Parameters runastrodriz imposes on every pipeline AstroDrizzle call (PIPELINE_PARS), plus the
 # cosmic-ray settings of the default stage.
@@ -27,10 +27,22 @@ def calibrated_files(ctx: StepContext) -> list[str]:
     return ctx.run.inputs["flt"] + ctx.run.inputs["flc"]
 
 
-def copy_into_stage(ctx: StepContext, source_dir: Path) -> dict:
+def copy_into_stage(ctx: StepContext, source_dir: Path, expected: dict | None = None) -> dict:
     """Fresh copies of the calibrated exposures in this stage's directory.
 
     The directory is emptied first: a step redone after a crash starts from clean copies.
+
+    Parameters
+    ----------
+    ctx : StepContext
+    source_dir : Path
+    expected : dict, optional
+        ``{file: sha256}`` the source files must have (what their stage recorded).
+
+    Raises
+    ------
+    ProcessingError
+        When a source file no longer has the recorded content.
     """
     dest = ctx.stage_dir()
     if dest.exists():
@@ -38,13 +50,18 @@ def copy_into_stage(ctx: StepContext, source_dir: Path) -> dict:
     dest.mkdir(parents=True)
     names = calibrated_files(ctx)
     for n in names:
-        shutil.copy2(source_dir / n, dest / n)
-    return {"directory": dest.name, "source": str(source_dir), "files": hashes(dest, names)}
+        copy_file(source_dir / n, dest / n)
+    copied = hashes(dest, names)
+    for n, digest in copied.items():
+        if expected and n in expected and expected[n] != digest:
+            raise ProcessingError(f"{source_dir / n}: changed since its stage recorded it "
+                                  f"(sha256 {digest[:12]} != {expected[n][:12]}); start a new run", str(source_dir / n))
+    return {"directory": dest.name, "source": str(source_dir), "files": copied}
 
 
 def stage_inputs(ctx: StepContext) -> dict:
     """Copy the exposures from the run directory into ``<root>_default/``."""
-    return copy_into_stage(ctx, ctx.input_dir)
+    return copy_into_stage(ctx, ctx.input_dir, ctx.run.inputs.get("input_hashes"))
 
 
 def _wcsnames(path: Path) -> list[str]:
@@ -158,6 +175,7 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> dict:
         products.append({"product": product, "inputs": list(group), "parameters": pars["parameters"],
                          "parameter_source": pars["source"], "seconds": t.elapsed,
                          "sha256": hashes(d, [product])[product], "log": log_text})
+    # The stage directory as this step leaves it (inputs' DQ and sky keywords change, products appear).
     return {"products": products,
-            "inputs_after": hashes(d, [n for g in groups for n in g])}
+            "files": hashes(d, [n for g in groups for n in g] + [p["product"] for p in products])}
 

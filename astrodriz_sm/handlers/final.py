@@ -9,6 +9,7 @@ import warnings
 from astropy.io import fits
 
 from ..statemachine import choose_wcs as choose_wcs_rule
+from ..statemachine import stage_files
 from ..statemachine.state import DECISION
 from .common import StepContext, captured_output, copy_atomic, hashes, sha256
 from .drizzle import copy_into_stage, run_astrodrizzle
@@ -29,7 +30,7 @@ def choose_wcs(ctx: StepContext) -> dict:
 def stage_inputs(ctx: StepContext) -> dict:
     """Copy the exposures carrying the chosen WCS into ``<root>_final/``."""
     chosen = ctx.run.output("final", "choose_wcs")["chosen_stage"]
-    return copy_into_stage(ctx, ctx.stage_dir(chosen))
+    return copy_into_stage(ctx, ctx.stage_dir(chosen), stage_files(ctx.run, chosen))
 
 
 def copy_wcs(directory, sources: list[str], targets: list[str]) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -136,6 +137,26 @@ def _resolve_references(refs: dict, instrument: str, input_dir: Path, environmen
     return resolved, update
 
 
+def check_writable(directory: Path) -> None:
+    """Make sure the input directory can take the results before any work is done.
+
+    The products, the trailer and the updated exposures end up beside the input (also with
+    NEWPATH), so a directory that refuses writes would otherwise fail the run part-way through,
+    as a processing error. The probe is an anonymous temporary file, gone as soon as it is closed.
+
+    Raises
+    ------
+    InputError
+        Naming the directory and what the file system said.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise InputError(f"{directory}: input directory is not writable ({exc.strerror or exc})",
+                         str(directory)) from exc
+
+
 def resolve_inputs(ctx: StepContext) -> dict:
     """Interpret the input file and list the exposures to process.
 
@@ -153,6 +174,7 @@ def resolve_inputs(ctx: StepContext) -> dict:
     kind, root = input_kind(input_path)
     if not input_path.exists():
         raise InputError(f"{input_path}: file not found", str(input_path))
+    check_writable(input_dir)
     notes = []
     asn = None
     if kind == "asn":

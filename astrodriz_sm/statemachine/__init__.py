@@ -10,9 +10,11 @@ from .machine import (
                       choose_wcs,
                       next_action,
                       plan,
+                      stage_files,
                       transition,
 )
 from .state import ENDS, EVENT_KINDS, STAGES, STATES, RunState, fold
 
 __all__ = ["ENDS", "EVENT_KINDS", "STAGES", "STAGE_STEPS", "STATES", "STOP_STAGE", "TRANSITIONS", "WCS_RULE",
-           "Action", "RunState", "best_verified_stage", "choose_wcs", "fold", "next_action", "plan", "transition"]
+           "Action", "RunState", "best_verified_stage", "choose_wcs", "fold", "next_action", "plan",
+           "stage_files", "transition"]

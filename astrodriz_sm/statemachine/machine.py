@@ -168,6 +168,22 @@ def next_action(run: RunState) -> Action:
     return Action("transition", stage=run.state, transition=transition(run, "advance"))
 
 
+# Steps whose outputs live in the input directory, not the stage directory.
+_INPUT_DIRECTORY_STEPS = {"resolve_inputs", "promote", "cleanup"}
+
+
+def stage_files(run: RunState, stage: str) -> dict:
+    """``{file: sha256}`` a stage directory must hold after the stage's completed steps.
+
+    Each step that changes the directory records its files; later steps override earlier ones.
+    """
+    expected = {}
+    for step in plan(run, stage):
+        if run.is_completed(stage, step) and step not in _INPUT_DIRECTORY_STEPS:
+            expected.update(run.output(stage, step).get("files", {}))
+    return expected
+
+
 # WCS preference, best first, as drizzlepac's runastrodriz orders WCSNAMEs: a posteriori fits
 # (relative before image, newer GAIA before older), then a priori, then the pipeline default.
 WCS_STAGE_PREFERENCE = ("aposteriori", "apriori", "default")

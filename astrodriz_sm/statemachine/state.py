@@ -19,13 +19,14 @@ RUN_ENDED = "run.ended"
 STEP_STARTED = "step.started"
 STEP_COMPLETED = "step.completed"
 STEP_FAILED = "step.failed"
+STEP_INVALIDATED = "step.invalidated"
 TRANSITION = "transition"
 VERIFICATION = "verification"
 DECISION = "decision"
 CANDIDATE = "candidate"
 NOTE = "note"
 EVENT_KINDS = (RUN_STARTED, RUN_RESUMED, RUN_ENDED, STEP_STARTED, STEP_COMPLETED, STEP_FAILED,
-               TRANSITION, VERIFICATION, DECISION, CANDIDATE, NOTE)
+               STEP_INVALIDATED, TRANSITION, VERIFICATION, DECISION, CANDIDATE, NOTE)
 
 
 @dataclass
@@ -47,6 +48,10 @@ class RunState:
         ``(stage, step) -> payload`` of every ``step.completed`` event.
     in_progress : set
         Steps started and neither completed nor failed (a crash, or a running process).
+    fingerprints : dict
+        ``(stage, step) -> fingerprint`` recorded when the step last started.
+    invalidations : list
+        ``step.invalidated`` payloads: completed steps that resume found no longer valid.
     verifications : dict
         ``stage -> list of verification payloads``.
     decisions : list
@@ -71,6 +76,8 @@ class RunState:
     inputs: dict = field(default_factory=dict)
     completed: dict = field(default_factory=dict)
     in_progress: set = field(default_factory=set)
+    fingerprints: dict = field(default_factory=dict)
+    invalidations: list = field(default_factory=list)
     verifications: dict = field(default_factory=dict)
     decisions: list = field(default_factory=list)
     candidates: dict = field(default_factory=dict)
@@ -130,6 +137,11 @@ def fold(events: Iterable) -> RunState:
             s.in_progress.clear()
         elif ev.kind == STEP_STARTED:
             s.in_progress.add(key)
+            s.fingerprints[key] = p.get("fingerprint")
+        elif ev.kind == STEP_INVALIDATED:
+            # A completed step whose outputs or fingerprint no longer hold: it will be redone.
+            s.completed.pop(key, None)
+            s.invalidations.append({"stage": ev.stage, "step": ev.step, **p})
         elif ev.kind == STEP_COMPLETED:
             s.in_progress.discard(key)
             s.completed[key] = p

@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import secrets
+import socket
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -239,6 +240,28 @@ def event_hash(
     return hashlib.sha256(canonical_json(content).encode("utf-8")).hexdigest()
 
 
+
+def _process_start_time(pid: int) -> str | None:
+    """Start time of a process in clock ticks since boot (Linux), None when it does not exist."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _process_identity() -> str:
+    pid = os.getpid()
+    return f"{pid}:{_process_start_time(pid)}:{socket.gethostname()}"
+
+
+def _holder_alive(holder: str) -> bool:
+    """Whether the process that wrote a lease still runs (a lease from another host is trusted)."""
+    pid, start, host = holder.split(":", 2)
+    if host != socket.gethostname():
+        return True
+    return _process_start_time(int(pid)) == start
+
 class EventStore:
     """Append-only event log of pipeline runs backed by one SQLite file.
 
@@ -375,6 +398,38 @@ class EventStore:
             raise StoreError(
                 f"{self.path}: schema version {version} is older than this software ({SCHEMA_VERSION})"
             )
+
+    # -- one writer per run -------------------------------------------------------
+    def acquire_lease(self, run_id: str) -> None:
+        """Become the one process allowed to advance a run.
+
+        The lease names its holder by pid, process start time and host, so it lapses by itself
+        when the holder dies (a SIGKILL leaves the row behind, but the process is gone) and a
+        recycled pid is not mistaken for the holder.
+
+        Raises
+        ------
+        StoreError
+            When a live process holds the lease.
+        """
+        me = _process_identity()
+        with self._write() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS leases (run_id TEXT PRIMARY KEY, holder TEXT NOT NULL, "
+                       "acquired_utc TEXT NOT NULL)")
+            row = db.execute("SELECT holder, acquired_utc FROM leases WHERE run_id = ?", [run_id]).fetchone()
+            if row is not None and row[0] != me and _holder_alive(row[0]):
+                pid, _, host = row[0].split(":", 2)
+                raise StoreError(f"run {run_id} is being processed by pid {pid} on {host} "
+                                 f"(since {row[1]}); one writer at a time")
+            db.execute("INSERT OR REPLACE INTO leases (run_id, holder, acquired_utc) VALUES (?, ?, ?)",
+                       [run_id, me, utc_now()])
+
+    def release_lease(self, run_id: str) -> None:
+        """Give up the lease on a run (only the holder's own lease is removed)."""
+        with self._write() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS leases (run_id TEXT PRIMARY KEY, holder TEXT NOT NULL, "
+                       "acquired_utc TEXT NOT NULL)")
+            db.execute("DELETE FROM leases WHERE run_id = ? AND holder = ?", [run_id, _process_identity()])
 
     # -- runs ----------------------------------------------------------------
 

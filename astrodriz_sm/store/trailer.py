@@ -138,6 +138,7 @@ _RENDER = {
     "step.completed": _step_completed,
     "step.failed": lambda p: [f"FAILED: {p.get('message')}"] + ([f"    exit code {p['exit_code']}"]
                                                                   if "exit_code" in p else []),
+    "step.invalidated": lambda p: [f"invalidated, will be redone: {p['reason']}"],
     "transition": _transition,
     "verification": _verification,
     "decision": _decision,

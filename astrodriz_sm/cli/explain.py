@@ -1,0 +1,382 @@
+"""``astrodriz-sm explain``: why a run's products carry the WCS they carry.
+
+Everything here is read from the run's events, folded into a :class:`RunState`: the candidate WCSs of
+every exposure (pipeline default, a priori, one per a posteriori catalog fit) with their numbers and
+verification verdicts, the one chosen and the rule that chose it, and every alignment stage that was
+not run, skipped or discarded, with its reason. No handler runs and no FITS file is opened, so a run
+can be explained after its working files are gone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from ..errors import RunStateError
+from ..statemachine.state import RunState, fold
+
+# The stages that can supply the products' WCS, in the order they run.
+WCS_STAGES = ("default", "apriori", "aposteriori")
+# The verification checks reported for each candidate, in this order.
+CHECKS = ("focus", "overlap_similarity", "similarity_to_default")
+# The guard whose failure keeps a stage from being entered.
+STAGE_GUARDS = {"default": "drizcorr_perform", "apriori": "apriori_possible",
+                "aposteriori": "aposteriori_possible"}
+# The steps whose ``stop_stage`` cuts a stage short (the stage is then skipped, not discarded).
+STOP_STEPS = ("probe_service", "updatewcs", "align")
+SOURCES = {"default": "pipeline default", "apriori": "astrometry database"}
+STAGE_LABELS = {"default": "pipeline-default", "apriori": "a priori", "aposteriori": "a posteriori"}
+
+
+def _finite(value):
+    """A number as JSON can carry it: non-finite floats become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _last(run: RunState, decision: str) -> dict:
+    """The last ``decision`` event of a kind (a resumed step may have recorded it twice)."""
+    return next((d for d in reversed(run.decisions) if d.get("decision") == decision), {})
+
+
+def _one_name(names):
+    """One WCSNAME for an exposure: the name when all its SCI extensions agree, else the list."""
+    if isinstance(names, str) or names is None:
+        return names
+    unique = sorted(set(names))
+    if not unique:
+        return None
+    return unique[0] if len(unique) == 1 else unique
+
+
+def _verdicts(run: RunState, stage: str) -> dict:
+    """``check -> verdict`` of a stage's verifications; None for a check that was not made."""
+    found = {v.get("check"): v.get("verdict") for v in run.verifications.get(stage, [])}
+    return {check: found.get(check) for check in CHECKS}
+
+
+def _fits(run: RunState) -> list[dict]:
+    """The a posteriori fit candidates, one per catalog in the order first tried (the last record wins)."""
+    by_catalog: dict[str, dict] = {}
+    for cand in run.candidates.get("aposteriori", []):
+        by_catalog[cand.get("catalog")] = cand
+    return list(by_catalog.values())
+
+
+def _fit_wcsname(default_name, catalog: str, method: str) -> str:
+    """The WCSNAME drizzlepac gives a fit: ``<default>-FIT_REL_<catalog>`` or ``<default>-FIT_IMG_<catalog>``."""
+    base = default_name[0] if isinstance(default_name, list) else default_name
+    return f"{base}-FIT_{'REL' if method == 'relative' else 'IMG'}_{catalog}"
+
+
+def _per_exposure(fit: dict) -> dict:
+    """``exposure file -> list of chip entries`` of a fit candidate's ``'name[chip]'`` keys."""
+    out: dict[str, list] = {}
+    for key, entry in sorted(fit.get("exposures", {}).items()):
+        name = key.rsplit("[", 1)[0]
+        out.setdefault(name, []).append(entry)
+    return out
+
+
+def _fit_numbers(fit: dict, exposure: str) -> tuple[str | None, int | None, float | None]:
+    """The file whose fit numbers apply to an exposure, its matches and its fit RMS (mas).
+
+    An exposure that was not fitted itself (an FLT file when the FLC files were fitted) takes the
+    numbers of the fitted file of the same rootname, whose WCS it was given.
+    """
+    chips = _per_exposure(fit)
+    name = exposure
+    if name not in chips:
+        root = exposure.rsplit("_", 1)[0]
+        name = next((n for n in chips if n.rsplit("_", 1)[0] == root), None)
+    if name is None:
+        return None, None, None
+    entries = chips[name]
+    # The chips of one exposure are fitted as one group: they report the same numbers.
+    matches = max(int(e.get("nmatches") or 0) for e in entries)
+    rms = [r for r in (_finite(e.get("fit_rms_mas")) for e in entries) if r is not None]
+    return name, matches, (max(rms) if rms else None)
+
+
+def _stop_reason(run: RunState, stage: str) -> str | None:
+    return next((run.output(stage, s)["stop_stage"] for s in STOP_STEPS
+                 if run.output(stage, s).get("stop_stage")), None)
+
+
+def _stage_entry(run: RunState, stage: str, entered: set) -> dict:
+    """Outcome and reason of one WCS stage."""
+    entry = {"stage": stage, "entered": stage in entered, "outcome": "not run", "reason": None}
+    if stage not in entered:
+        guard = STAGE_GUARDS[stage]
+        failed = [g for t in run.transitions for g in t.get("guards", [])
+                  if g.get("guard") == guard and not g.get("result")]
+        if failed:
+            entry["reason"] = failed[-1]["reason"]
+        elif run.ended:
+            entry["reason"] = f"not reached: the run ended {run.ended['status']}"
+        else:
+            entry["reason"] = "not reached: the run is unfinished"
+        return entry
+    failed_here = any(t.get("to") == "failed" and t.get("from") == stage for t in run.transitions)
+    last_step = "verify_alignment" if stage == "default" else "conclude"
+    if not run.is_completed(stage, last_step):
+        entry["outcome"] = "incomplete"
+        if failed_here and run.failure:
+            entry["reason"] = f"the run failed in this stage: {run.failure.get('message')}"
+        else:
+            entry["reason"] = "the stage has not finished: the run is unfinished"
+        return entry
+    if stage == "default":
+        checks = ", ".join(f"{v.get('check')} {v.get('verdict')}" for v in run.verifications.get(stage, []))
+        entry["outcome"] = "default"
+        entry["reason"] = ("pipeline-default WCS (updatewcs without the astrometry database), the fallback "
+                           "when no alignment stage is kept; verification: " + (checks or "none"))
+        return entry
+    conclusion = run.output(stage, "conclude")
+    if conclusion.get("kept"):
+        entry["outcome"] = "kept"
+    else:
+        entry["outcome"] = "skipped" if _stop_reason(run, stage) else "discarded"
+    entry["reason"] = conclusion.get("reason")
+    return entry
+
+
+def _candidate(stage: str, wcsname, source: str, verdicts: dict, applied: bool) -> dict:
+    return {"stage": stage, "wcsname": wcsname, "source": source, "catalog": None, "method": None,
+            "fit_quality": None, "valid": None, "fit_file": None, "matches": None, "rms_mas": None,
+            "verdicts": dict(verdicts) if applied else {c: None for c in CHECKS}, "applied": applied,
+            "chosen": False, "reason": None}
+
+
+def _why(cand: dict, stages: dict, chosen: dict, chosen_fit: dict | None) -> str:
+    """One line on why a candidate is, or is not, the chosen WCS."""
+    stage = cand["stage"]
+    if cand["catalog"] is not None and not cand["valid"]:
+        return f"not a valid fit: {cand['reason'] or 'fit quality ' + str(cand['fit_quality'])}"
+    if cand["catalog"] is not None and not cand["applied"]:
+        if chosen_fit is None:
+            return "valid, but not applied"
+        if chosen_fit["rms_mas"] is not None and cand["rms_mas"] is not None and \
+                chosen_fit["rms_mas"] == cand["rms_mas"]:
+            return f"valid, but the {chosen_fit['catalog']} fit has the same RMS and more matches"
+        return f"valid, but the {chosen_fit['catalog']} fit has the lower RMS"
+    outcome = stages[stage]["outcome"]
+    if cand["chosen"]:
+        if stage == "default":
+            return (f"no alignment stage kept (a priori {stages['apriori']['outcome']}, "
+                    f"a posteriori {stages['aposteriori']['outcome']})")
+        if stage == "apriori":
+            return f"a priori stage kept; a posteriori stage {stages['aposteriori']['outcome']}"
+        return "a posteriori stage kept, with its lowest-RMS valid fit"
+    if outcome in ("discarded", "skipped", "incomplete"):
+        return f"{STAGE_LABELS[stage]} stage {outcome}: {stages[stage]['reason']}"
+    if chosen.get("stage"):
+        return f"the more refined {STAGE_LABELS[chosen['stage']]} stage was kept"
+    return "no WCS chosen yet: the run is unfinished"
+
+
+def explain(run: RunState) -> dict:
+    """Explain a run's WCS choice from its folded events alone.
+
+    Parameters
+    ----------
+    run : RunState
+        The folded log of one run.
+
+    Returns
+    -------
+    dict
+        ``run_id``; ``status`` (the ended status, or ``'unfinished'``); ``exposures``: exposure file ->
+        list of candidate dicts (``stage``, ``wcsname``, ``source``, ``catalog``, ``method``,
+        ``fit_quality``, ``valid``, ``fit_file``, ``matches``, ``rms_mas``, ``verdicts`` (``focus``,
+        ``overlap_similarity``, ``similarity_to_default``), ``applied``, ``chosen``, ``reason``);
+        ``chosen`` (``stage``, ``wcsname``, ``catalog``); ``rule``; ``stages``: one dict per WCS stage
+        (``stage``, ``entered``, ``outcome``, ``reason``); ``aposteriori_fits``: one summary per catalog
+        fit; ``fit_rule``. Every key is always present (None when the log has no value for it).
+
+    Notes
+    -----
+    A candidate's ``verdicts`` are those of the stage's drizzled product, so only the candidate whose
+    WCS that product used (``applied``) carries them: an a posteriori fit that was not chosen was
+    never drizzled or verified, and its verdicts are None. ``outcome`` is ``'default'`` for the
+    default stage, ``'kept'``, ``'discarded'`` (verification failed) or ``'skipped'`` (cut short: no
+    service, no solution, too few sources, no valid fit) for an alignment stage, ``'not run'`` for a
+    stage never entered, and ``'incomplete'`` for a stage the run failed in or has not finished.
+    """
+    entered = {t.get("to") for t in run.transitions}
+    stages = {s: _stage_entry(run, s, entered) for s in WCS_STAGES}
+    wcs = _last(run, "wcs")
+    fit_decision = _last(run, "aposteriori_fit")
+    fits = _fits(run)
+    chosen_catalog = fit_decision.get("chosen_catalog")
+    applied_catalog = run.output("aposteriori", "align").get("chosen_catalog")
+    chosen = {"stage": wcs.get("chosen_stage"), "wcsname": wcs.get("chosen_wcsname"),
+              "catalog": chosen_catalog if wcs.get("chosen_stage") == "aposteriori" else None}
+
+    default_names = run.output("default", "updatewcs").get("wcsnames", {})
+    apriori_names = run.output("apriori", "updatewcs").get("exposures", {})
+    names = sorted(set(default_names) | set(apriori_names)
+                   or {*run.inputs.get("flt", []), *run.inputs.get("flc", [])})
+    verdicts = {s: _verdicts(run, s) for s in WCS_STAGES}
+
+    exposures = {}
+    for name in names:
+        cands = []
+        default_name = _one_name(default_names.get(name))
+        if name in default_names:
+            cands.append(_candidate("default", default_name, SOURCES["default"], verdicts["default"], True))
+        if name in apriori_names:
+            cands.append(_candidate("apriori", _one_name(apriori_names[name].get("wcsnames")),
+                                    SOURCES["apriori"], verdicts["apriori"], True))
+        for fit in fits:
+            catalog, method = fit.get("catalog"), fit.get("method")
+            cand = _candidate("aposteriori", _fit_wcsname(default_name, catalog, method) if default_name
+                              else None, f"fit to {catalog}", verdicts["aposteriori"],
+                              applied_catalog is not None and catalog == applied_catalog)
+            fit_file, matches, rms = _fit_numbers(fit, name)
+            cand.update(catalog=catalog, method=method, fit_quality=fit.get("fit_quality"),
+                        valid=bool(fit.get("valid")), fit_file=fit_file, matches=matches, rms_mas=rms,
+                        reason=fit.get("reason"))
+            cands.append(cand)
+        for cand in cands:
+            cand["chosen"] = bool(chosen["stage"] == cand["stage"] and
+                                  (cand["stage"] != "aposteriori" or cand["catalog"] == chosen_catalog))
+        chosen_fit = next((c for c in cands if c["catalog"] is not None and c["catalog"] == applied_catalog),
+                          None)
+        for cand in cands:
+            cand["reason"] = _why(cand, stages, chosen, chosen_fit)
+        exposures[name] = cands
+
+    fit_summaries = [{"catalog": f.get("catalog"), "method": f.get("method"),
+                      "fit_quality": f.get("fit_quality"), "valid": bool(f.get("valid")),
+                      "rms_mas": _finite(f.get("rms_mas")), "matches": f.get("matches"),
+                      "reference_sources": f.get("reference_sources"), "reason": f.get("reason"),
+                      "chosen": chosen_catalog is not None and f.get("catalog") == chosen_catalog}
+                     for f in fits]
+    return {"run_id": run.run_id, "status": run.ended["status"] if run.ended else "unfinished",
+            "exposures": exposures, "chosen": chosen, "rule": wcs.get("rule"),
+            "stages": [stages[s] for s in WCS_STAGES], "aposteriori_fits": fit_summaries,
+            "fit_rule": fit_decision.get("rule")}
+
+
+def _cell(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _table(rows: list[list[str]], marks: list[bool], indent: str = "    ") -> list[str]:
+    """Columns padded to their widest cell; a marked row starts with ``'*'``."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for row, mark in zip(rows, marks):
+        prefix = indent[:-2] + ("* " if mark else "  ")
+        out.append((prefix + "  ".join(c.ljust(w) for c, w in zip(row, widths))).rstrip())
+    return out
+
+
+def render_explain(doc: dict) -> str:
+    """Render the document of :func:`explain` as a text report.
+
+    Parameters
+    ----------
+    doc : dict
+        The result of :func:`explain`.
+
+    Returns
+    -------
+    str
+        A block per exposure listing its candidate WCSs (the chosen one marked with ``'*'``), then
+        the stages with their outcome and reason, the a posteriori fits and the rules.
+    """
+    chosen = doc["chosen"]
+    lines = [f"run {doc['run_id']}: {doc['status']}"]
+    if chosen.get("stage"):
+        lines.append(f"chosen WCS: {chosen['wcsname']} ({chosen['stage']} stage"
+                     + (f", catalog {chosen['catalog']})" if chosen.get("catalog") else ")"))
+    else:
+        lines.append("chosen WCS: none yet (no WCS decision in the log)")
+    head = ["stage", "WCSNAME", "source", "matches", "rms mas", "focus", "overlap", "similarity", "why"]
+    for name, cands in doc["exposures"].items():
+        lines += ["", name]
+        rows = [head] + [[c["stage"], _cell(c["wcsname"]), c["source"], _cell(c["matches"]),
+                          _cell(c["rms_mas"]), *(_cell(c["verdicts"][k]) for k in CHECKS), c["reason"] or ""]
+                         for c in cands]
+        lines += _table(rows, [False] + [c["chosen"] for c in cands])
+    lines += ["", "stages"]
+    lines += _table([[s["stage"], s["outcome"], s["reason"] or ""] for s in doc["stages"]],
+                    [False] * len(doc["stages"]))
+    if doc["aposteriori_fits"]:
+        lines += ["", "a posteriori fits"]
+        rows = [["catalog", "method", "quality", "valid", "matches", "rms mas", "reference sources", "note"]]
+        rows += [[f["catalog"], _cell(f["method"]), _cell(f["fit_quality"]), "yes" if f["valid"] else "no",
+                  _cell(f["matches"]), _cell(f["rms_mas"]), _cell(f["reference_sources"]), f["reason"] or ""]
+                 for f in doc["aposteriori_fits"]]
+        lines += _table(rows, [False] + [f["chosen"] for f in doc["aposteriori_fits"]])
+        if doc["fit_rule"]:
+            lines.append(f"fit rule: {doc['fit_rule']}")
+    lines += ["", f"rule: {doc['rule'] or 'no WCS decision in the log yet'}"]
+    return "\n".join(lines) + "\n"
+
+
+def add_explain_arguments(parser):
+    """Make a sub-parser the ``explain`` command: its arguments and ``func=cmd_explain``.
+
+    The arguments are ``run`` (optional; default the latest run), ``--json`` and ``--store PATH``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The sub-parser, e.g. ``subparsers.add_parser("explain")``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The same parser.
+    """
+    parser.add_argument("run", nargs="?", help="run id (default: the latest run)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of the report")
+    parser.add_argument("--store", metavar="PATH",
+                        help="event store (default: astrodriz_sm.db in the current directory)")
+    parser.set_defaults(func=cmd_explain)
+    return parser
+
+
+def cmd_explain(args) -> int:
+    """Print why a run's products carry their WCS, from the run's events.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``run`` (None: the latest run), ``json`` and ``store``.
+
+    Returns
+    -------
+    int
+        0.
+
+    Raises
+    ------
+    RunStateError
+        No event store, or no such run in it.
+    """
+    from .main import STORE_NAME, _run_id, _store_for
+
+    path = Path(args.store) if args.store else Path.cwd() / STORE_NAME
+    if not path.is_file():
+        # Explaining reads; it must not leave an empty store behind.
+        raise RunStateError(f"{path}: no event store here (give --store PATH)", str(path))
+    store = _store_for(args)
+    doc = explain(fold(store.events(_run_id(store, args.run))))
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render_explain(doc))
+    return 0

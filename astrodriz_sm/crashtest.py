@@ -1,0 +1,220 @@
+"""Crash harness: kill a run with SIGKILL at chosen points, resume it, compare with an uninterrupted run.
+
+A child process runs ``astrodriz-sm start``; the harness watches the event log and kills the child a
+given delay after a given event (a step starting or completing, a candidate fit). It then runs
+``astrodriz-sm resume`` and checks that the products' data arrays and WCS keywords equal those of
+an uninterrupted run, that the log's hash chain verifies, and that no stage directory or partial
+file is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from .store.eventstore import EventStore
+
+# (stage/step, event kind that triggers, delay in seconds): step boundaries and the middle of the
+# long steps (updatewcs, AstroDrizzle, source detection, fitting).
+KILL_POINTS = (
+    ("init/resolve_inputs", "step.completed", 0.0),
+    ("default/updatewcs", "step.started", 0.15),
+    ("default/astrodrizzle", "step.started", 1.0),
+    ("default/astrodrizzle", "step.started", 3.0),
+    ("default/verify_alignment", "step.started", 0.0),
+    ("apriori/updatewcs", "step.started", 0.3),
+    ("apriori/astrodrizzle", "step.started", 1.0),
+    ("apriori/conclude", "step.completed", 0.0),
+    ("aposteriori/align", "step.started", 0.4),
+    ("aposteriori/align", "candidate", 0.0),
+    ("aposteriori/astrodrizzle", "step.started", 1.0),
+    ("final/astrodrizzle", "step.started", 1.0),
+    ("final/promote", "step.started", 0.0),
+    ("final/cleanup", "step.started", 0.0),
+)
+_WCS_KEYS = ("WCSNAME", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2",
+             "CTYPE1", "CTYPE2", "NAXIS1", "NAXIS2")
+
+
+@dataclass
+class KillResult:
+    """Outcome of one kill point."""
+
+    point: tuple
+    killed: bool
+    resume_exit: int | None
+    identical: bool
+    detail: str
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "astrodriz_sm.cli.main", "-q", *map(str, args)]
+
+
+def product_signature(directory: Path) -> dict:
+    """Data arrays and WCS keywords of every drizzled product in a directory."""
+    sig = {}
+    for product in sorted(directory.glob("*_dr[zc].fits")):
+        with fits.open(product, memmap=False) as hdul:
+            for hdu in hdul:
+                if hdu.data is not None and hdu.name in ("SCI", "WHT", "CTX"):
+                    sig[(product.name, hdu.name, hdu.ver)] = np.array(hdu.data)
+                if hdu.name == "SCI":
+                    sig[(product.name, "WCS", hdu.ver)] = tuple(hdu.header.get(k) for k in _WCS_KEYS)
+    return sig
+
+
+def compare(reference: dict, other: dict) -> str:
+    """'' when equal, else what differs."""
+    if reference.keys() != other.keys():
+        return f"different products/extensions: {sorted(set(reference) ^ set(other))}"
+    for key, ref in reference.items():
+        val = other[key]
+        if isinstance(ref, np.ndarray):
+            if ref.shape != val.shape or not np.array_equal(ref, val, equal_nan=True):
+                return f"{key} data differ"
+        elif ref != val:
+            return f"{key} WCS keywords differ: {ref} != {val}"
+    return ""
+
+
+def _leftovers(directory: Path, root: str) -> list[str]:
+    return sorted(p.name for p in directory.iterdir()
+                  if (p.is_dir() and p.name.startswith(f"{root}_")) or p.name.endswith(".partial"))
+
+
+def _wait_and_kill(proc: subprocess.Popen, store_path: Path, point: tuple, timeout: float) -> bool:
+    where, kind, delay = point
+    stage, step = where.split("/")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if store_path.exists():
+            try:
+                store = EventStore(store_path)
+                latest = store.latest_run()
+                events = store.events(latest["run_id"]) if latest else []
+            except Exception:  # noqa: BLE001 - the store may be mid-creation; look again
+                events = []
+            if any(e.stage == stage and e.step == step and e.kind == kind for e in events):
+                time.sleep(delay)
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    return True
+                return False
+        time.sleep(0.02)
+    return False
+
+
+def run_point(source: Path, asn_name: str, env: dict, point: tuple, reference: dict, workroot: Path,
+              timeout: float = 600.0) -> KillResult:
+    """Copy the association, run it, kill it at ``point``, resume, compare."""
+    d = Path(tempfile.mkdtemp(prefix="kill-", dir=workroot))
+    shutil.copytree(source, d, dirs_exist_ok=True)
+    root = asn_name.removesuffix("_asn.fits")
+    store = d / "astrodriz_sm.db"
+    proc = subprocess.Popen(_cli("start", d / asn_name), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    killed = _wait_and_kill(proc, store, point, timeout)
+    if not killed:
+        proc.wait()
+        return KillResult(point, False, None, False, "the run ended before the kill point")
+    resumed = subprocess.run(_cli("resume", "--store", store), env=env, capture_output=True, text=True,
+                             timeout=timeout, check=False)
+    if resumed.returncode != 0:
+        return KillResult(point, True, resumed.returncode, False, resumed.stderr.strip().splitlines()[-1:])
+    verify = subprocess.run(_cli("verify-log", "--store", store), env=env, capture_output=True, text=True,
+                            check=False)
+    problems = []
+    if verify.returncode != 0:
+        problems.append("log does not verify: " + verify.stdout.strip())
+    if leftovers := _leftovers(d, root):
+        problems.append(f"left behind: {leftovers}")
+    if diff := compare(reference, product_signature(d)):
+        problems.append(diff)
+    events = EventStore(store).events(EventStore(store).latest_run()["run_id"])
+    if not any(e.kind == "run.resumed" for e in events):
+        problems.append("no run.resumed event")
+    shutil.rmtree(d, ignore_errors=True)
+    return KillResult(point, True, 0, not problems, "; ".join(problems))
+
+
+def harness(source: Path, asn_name: str, env: dict, points=KILL_POINTS, workers: int = 2,
+            out=sys.stdout) -> list[KillResult]:
+    """Run the uninterrupted reference, then every kill point; print one line per point and the tally.
+
+    Parameters
+    ----------
+    source : Path
+        Directory of a simulated association (never modified).
+    asn_name : str
+        ``<root>_asn.fits``.
+    env : dict
+        Environment of the child processes (``jref``, service URLs).
+    points : sequence
+        Kill points ``(stage/step, event kind, delay seconds)``.
+    workers : int
+        Kill points run concurrently.
+
+    Returns
+    -------
+    list of KillResult
+    """
+    workroot = Path(tempfile.mkdtemp(prefix="crash-harness-"))
+    try:
+        ref_dir = workroot / "reference"
+        shutil.copytree(source, ref_dir)
+        subprocess.run(_cli("start", ref_dir / asn_name), env=env, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        reference = product_signature(ref_dir)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(lambda p: run_point(source, asn_name, env, p, reference, workroot), points))
+        for r in results:
+            status = "identical" if r.identical else ("NOT KILLED" if not r.killed else "DIFFERENT")
+            print(f"{r.point[0]:28s} {r.point[1]:15s} +{r.point[2]:.2f}s  {status}  {r.detail}", file=out)
+        killed = [r for r in results if r.killed]
+        print(f"{sum(r.identical for r in killed)}/{len(killed)} kill points resumed identical", file=out)
+        return results
+    finally:
+        shutil.rmtree(workroot, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    """Simulate the demo association, serve its astrometry, and run the crash harness on it."""
+    from .services import ServiceStore, start_server
+    from .sim import SimConfig, simulate_association
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--flt-only", action="store_true", help="FLT exposures only (faster)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="crash-sim-") as tmp:
+        sim = simulate_association(Path(tmp) / "data",
+                                   SimConfig(pointing_error=0.6, products="flt" if args.flt_only else "flt+flc"))
+        db = Path(tmp) / "service.db"
+        ServiceStore(db).load_directory(sim.service_dir)
+        service = start_server(db)
+        try:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("ASTROM")}
+            env.update(service.environment, jref=f"{sim.outdir}/")
+            results = harness(sim.outdir, sim.asn.name, env, workers=args.workers)
+        finally:
+            service.stop()
+    killed = [r for r in results if r.killed]
+    return 0 if killed and all(r.identical for r in killed) and len(killed) == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Crash-safe resume, one writer per run, replay after a crash, redo when outputs or fingerprints change."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+from astropy.io import fits
+
+from astrodriz_sm.crashtest import KILL_POINTS, _wait_and_kill, harness
+from astrodriz_sm.statemachine import fold
+from astrodriz_sm.store.eventstore import EventStore
+
+from .conftest import NO_ALIGNMENT, run_cli
+
+ROOT = "jsm001010"
+
+
+def _start_and_kill(d, env, point):
+    proc = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.cli.main", "-q", "start", d / f"{ROOT}_asn.fits"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _wait_and_kill(proc, d / "astrodriz_sm.db", point, timeout=300), f"not killed at {point}"
+
+
+def _env(d, **extra):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASTROM")}
+    env.update(jref=f"{d}/", **extra)
+    return env
+
+
+def _run(d):
+    store = EventStore(d / "astrodriz_sm.db")
+    return store, fold(store.events(store.latest_run()["run_id"]))
+
+
+def test_crash_harness_resumes_every_kill_point_identical(simulated, service):
+    """SIGKILL at step boundaries and inside updatewcs, AstroDrizzle, source finding and fitting."""
+    src, _ = simulated("harness", products="flt", n_exposures=2, pointing_error=0.6)
+    handle = service(src)
+    out = io.StringIO()
+    results = harness(src.outdir, src.asn.name, _env(src.outdir, **handle.environment), points=KILL_POINTS,
+                      workers=2, out=out)
+    print(out.getvalue())
+    assert len(results) >= 10
+    assert all(r.killed for r in results), [r.point for r in results if not r.killed]
+    assert [r.detail for r in results if not r.identical] == []
+    assert out.getvalue().splitlines()[-1] == f"{len(results)}/{len(results)} kill points resumed identical"
+
+
+def test_start_refuses_an_unfinished_run_and_the_trailer_shows_crash_and_resume(simulated, tmp_path):
+    _, d = simulated("resume", products="flt", n_exposures=2)
+    env = _env(d, **NO_ALIGNMENT)
+    _start_and_kill(d, env, ("default/astrodrizzle", "step.started", 1.0))
+    _, run = _run(d)
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env=env)
+    assert proc.returncode == 7
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"astrodriz-sm: error: {d}/{ROOT}_asn.fits: run {run.run_id} on this input is unfinished "
+        f"(at default/astrodrizzle); continue it with --resume or 'astrodriz-sm resume {run.run_id}'")
+    proc = run_cli("start", "--resume", d / f"{ROOT}_asn.fits", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    store, run = _run(d)
+    assert run.ended["status"] == "done" and run.resumes == 1
+    assert len(store.runs()) == 1
+    replayed = tmp_path / "replayed.tra"
+    assert run_cli("replay", "-o", replayed, cwd=d).returncode == 0
+    trailer = (d / f"{ROOT}.tra").read_bytes()
+    assert replayed.read_bytes() == trailer
+    text = trailer.decode()
+    assert "run resumed after interrupted step default/astrodrizzle" in text
+    assert text.index("[default/astrodrizzle] started") < text.index("run resumed") < text.rindex(
+        "[default/astrodrizzle] completed")
+
+
+def test_one_writer_at_a_time(simulated):
+    _, d = simulated("writer", products="flt", n_exposures=2)
+    env = _env(d, **NO_ALIGNMENT)
+    first = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.cli.main", "-q", "start", d / f"{ROOT}_asn.fits"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    store = EventStore(d / "astrodriz_sm.db")
+    import time
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        latest = store.latest_run() if (d / "astrodriz_sm.db").exists() else None
+        if latest and any(e.step == "astrodrizzle" for e in store.events(latest["run_id"])):
+            break
+        time.sleep(0.05)
+    second = run_cli("resume", latest["run_id"], cwd=d, env=env)
+    assert second.returncode == 7
+    last = second.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"astrodriz-sm: error: run {latest['run_id']} is being processed by pid {first.pid} on ")
+    assert last.endswith("; one writer at a time")
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    assert run_cli("verify-log", cwd=d).returncode == 0
+    events = store.events(latest["run_id"])
+    assert [e.kind for e in events].count("run.resumed") == 0
+    assert events[-1].payload["status"] == "done"
+
+
+def test_changed_stage_output_is_redone_with_its_reason(simulated):
+    _, d = simulated("tamper-output", products="flt", n_exposures=2)
+    env = _env(d, **NO_ALIGNMENT)
+    _start_and_kill(d, env, ("default/verify_alignment", "step.started", 0.0))
+    product = d / f"{ROOT}_default" / f"{ROOT}_drz.fits"
+    fits.setval(product, "TAMPERED", value=True)
+    proc = run_cli("resume", cwd=d, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, run = _run(d)
+    reasons = {(i["stage"], i["step"]): i["reason"] for i in run.invalidations}
+    assert list(reasons) == [("default", "stage_inputs"), ("default", "updatewcs"), ("default", "astrodrizzle")]
+    assert reasons[("default", "astrodrizzle")].startswith(f"{product} changed since it was recorded")
+    assert run.ended["status"] == "done"
+
+
+def test_changed_reference_file_changes_the_fingerprint(simulated):
+    src, d = simulated("tamper-reference", products="flt", n_exposures=2)
+    env = _env(d, **NO_ALIGNMENT)
+    _start_and_kill(d, env, ("default/verify_alignment", "step.started", 0.0))
+    mdriztab = d / src.reference_files["MDRIZTAB"].name
+    fits.setval(mdriztab, "COMMENT", value="edited after the crash")
+    proc = run_cli("resume", cwd=d, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, run = _run(d)
+    assert {i["reason"] for i in run.invalidations} == {
+        "fingerprint of default/stage_inputs changed (references)"}
+    assert run.output("default", "astrodrizzle")  # redone and completed
+    assert run.ended["status"] == "done"
