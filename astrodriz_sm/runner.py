@@ -7,6 +7,7 @@ is in the log, so a run interrupted anywhere resumes by simply running this loop
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from importlib import metadata
 from pathlib import Path
@@ -97,19 +98,42 @@ class Runner:
         self.run_id = run_id
         self.run_row = store.get_run(run_id)
         self.log = (log or structlog.get_logger()).bind(run_id=run_id)
+        self._events = None
+        self._started = time.perf_counter()
+        # Time spent on the log itself (appends, reads, folds, trailer), reported in run.ended.
+        self.log_seconds = 0.0
 
     # -- recording -------------------------------------------------------------------------------
+    def events(self) -> list:
+        """The run's events; read once, then kept current by append (this process holds the lease)."""
+        if self._events is None:
+            t = time.perf_counter()
+            self._events = self.store.events(self.run_id)
+            self.log_seconds += time.perf_counter() - t
+        return self._events
+
+    def state(self):
+        """``fold`` of the run's events."""
+        events = self.events()
+        t = time.perf_counter()
+        run = fold(events)
+        self.log_seconds += time.perf_counter() - t
+        return run
+
     def append(self, stage: str, step: str, kind: str, payload: dict):
         """Append an event and refresh the trailer."""
+        events = self.events()
+        t = time.perf_counter()
         ev = self.store.append(self.run_id, stage, step, kind, payload)
+        events.append(ev)
         self.write_trailer()
+        self.log_seconds += time.perf_counter() - t
         return ev
 
     def write_trailer(self) -> Path | None:
         """Render the trailer from the log into ``<input dir>/<root>.tra`` (atomically)."""
-        events = self.store.events(self.run_id)
-        run = fold(events)
-        path = Path(run.config.get("input", self.run_row["input"])).parent / f"{self.run_row['root']}.tra"
+        events = self.events()
+        path = Path(self.run_row["input"]).parent / f"{self.run_row['root']}.tra"
         if not path.parent.exists():
             return None
         tmp = path.with_name(f".{path.name}.partial")
@@ -130,11 +154,11 @@ class Runner:
         """
         self._lease()
         try:
-            run = fold(self.store.events(self.run_id))
+            run = self.state()
             after = ("interrupted step " + "/".join(min(run.in_progress))
                      if run.in_progress else f"interruption in state {run.state}")
             self.append(run.state or "init", "", RUN_RESUMED, {"after": after, "pid": os.getpid()})
-            self._recheck_stage(fold(self.store.events(self.run_id)))
+            self._recheck_stage(self.state())
             return self._loop()
         finally:
             self.store.release_lease(self.run_id)
@@ -196,7 +220,7 @@ class Runner:
 
     def _loop(self) -> ExitCode:
         while True:
-            run = fold(self.store.events(self.run_id))
+            run = self.state()
             action = next_action(run)
             if action.kind == "none":
                 return ExitCode(run.ended["exit_code"])
@@ -268,6 +292,9 @@ class Runner:
             if status == "skipped":
                 reason = next(g["reason"] for g in run.transitions[-1]["guards"] if g["guard"] == "drizcorr_perform")
         products = run.output("final", "promote").get("products", [])
+        seconds = time.perf_counter() - self._started
         self.append(status, "", RUN_ENDED, {"status": status, "exit_code": int(code), "reason": reason,
-                                            "products": products})
+                                            "products": products, "process_seconds": round(seconds, 3),
+                                            "log_seconds": round(self.log_seconds, 3),
+                                            "log_share": round(self.log_seconds / seconds, 5)})
         self.log.info("run ended", stage=status, status=status, exit_code=int(code))

@@ -122,6 +122,9 @@ def _run_ended(p: dict) -> list[str]:
     if p.get("reason"):
         out.append(f"    reason: {p['reason']}")
     out += [f"    product {x}" for x in p.get("products", [])]
+    if "process_seconds" in p:
+        out.append(f"    {p['process_seconds']:.1f} s in this process, of which {p['log_seconds']:.2f} s "
+                   f"({100 * p['log_share']:.2f} %) on the event log and trailer")
     return out
 
 
