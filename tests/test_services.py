@@ -81,7 +81,8 @@ def _make_headerlet(path: Path, wcsname: str | None, hdrname: str) -> None:
     with fits.open(SIP_FLT) as hdul:
         if wcsname:
             hdul[1].header["WCSNAME"] = wcsname
-        headerlet.create_headerlet(hdul, hdrname=hdrname).writeto(path, overwrite=True)
+        # logging=False: otherwise stwcs writes headerlet.log into the current directory.
+        headerlet.create_headerlet(hdul, hdrname=hdrname, logging=False).writeto(path, overwrite=True)
 
 
 @pytest.fixture(scope="module")
