@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from astropy.io import fits
 
@@ -118,10 +119,16 @@ def test_updated_inputs_carry_the_chosen_wcs(demo):
             assert fits.getval(f, "WCSNAME", ext=("SCI", 1)) == chosen["chosen_wcsname"], f
 
 
-def test_products_match_truth_within_a_tenth_of_a_pixel(simulated):
-    """No pointing error, no alignment: the pipeline-default products lie on the truth."""
+def test_products_match_truth_within_a_tenth_of_a_pixel(simulated, tmp_path, monkeypatch):
+    """No pointing error, no alignment: the pipeline-default products lie on the truth.
+
+    The final stage reuses the default stage's products, and they equal what a fresh AstroDrizzle
+    run with the final parameters on the final exposures writes.
+    """
+    from drizzlepac import astrodrizzle
+
     _, d = simulated("clean", n_exposures=3)
-    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
+    proc = run_cli("start", "--debug", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, _, events = _events(d)
     assert [(e.stage, e.step) for e in events if e.kind == "step.completed"] == EXPECTED_STEPS
@@ -130,6 +137,23 @@ def test_products_match_truth_within_a_tenth_of_a_pixel(simulated):
         print(product, err)
         assert err.n_stars >= 20
         assert err.rms < 0.1, err
+
+    final = next(e.payload for e in events if e.kind == "step.completed" and e.stage == "final"
+                 and e.step == "astrodrizzle")
+    assert [(p["product"], p.get("reused_from")) for p in final["products"]] == [
+        (f"{ROOT}_drz.fits", f"default/{ROOT}_drz.fits"), (f"{ROOT}_drc.fits", f"default/{ROOT}_drc.fits")]
+    for p in final["products"]:
+        fresh = tmp_path / p["product"][:-5]
+        fresh.mkdir()
+        for name in p["inputs"]:
+            (fresh / name).write_bytes((d / f"{ROOT}_final" / name).read_bytes())
+        monkeypatch.chdir(fresh)
+        astrodrizzle.AstroDrizzle(input=p["inputs"], output=ROOT, configobj=None, **p["parameters"])
+        with fits.open(d / p["product"]) as reused, fits.open(fresh / p["product"]) as new:
+            for ext in ("SCI", "WHT", "CTX"):
+                np.testing.assert_array_equal(reused[ext].data, new[ext].data, err_msg=f"{p['product']} {ext}")
+            for key in ("WCSNAME", "CRVAL1", "CRVAL2", "CD1_1", "CD1_2", "CD2_1", "CD2_2", "CRPIX1", "CRPIX2"):
+                assert reused["SCI"].header[key] == new["SCI"].header[key], key
 
 
 def test_focus_fails_with_a_two_pixel_guiding_failure(simulated):

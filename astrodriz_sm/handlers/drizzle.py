@@ -126,10 +126,15 @@ def drizzle_parameters(ctx: StepContext, files: list[str], final: bool) -> dict:
                 num_cores=ctx.config.get("num_cores"))
     if final:
         pars.update(in_memory=bool(ctx.config.get("inmemory")), clean=True)
+    elif ctx.stage == "default":
+        # The default stage drizzles exactly as the final stage does, keeping its intermediate files
+        # on disk for verification, so that the final stage can reuse its products (see
+        # reusable_product). The focus measurement turns the singles' INDEF fill into 0 itself.
+        pars.update(in_memory=False, clean=False)
     else:
         pars.update(in_memory=False, clean=False, final_fillval="INDEF",
                     driz_sep_kernel="turbo", driz_sep_fillval=0.0)
-        if ctx.stage != "default" and ctx.run.verdict("default"):
+        if ctx.run.verdict("default"):
             # The default products verified, so their cosmic-ray flags hold: keep them (resetbits 0)
             # and drizzle without a new identification, as runastrodriz's reset_mdriztab_nocr.
             pars.update(resetbits=0, static=False, driz_separate=True, median=False, blot=False,
@@ -142,8 +147,57 @@ def drizzle_parameters(ctx: StepContext, files: list[str], final: bool) -> dict:
     return {"parameters": pars, "source": source}
 
 
+# Parameters that change how AstroDrizzle runs, not what it writes into the product.
+OPERATIONAL_PARS = ("clean", "in_memory", "num_cores")
+
+
+def drizzled_groups(ctx: StepContext) -> list[list[str]]:
+    """The exposure lists this stage drizzles, FLT before FLC.
+
+    The default and final stages drizzle both lists (cosmic-ray flags for every exposure, both
+    products). The alignment stages drizzle only the list whose product they verify: the FLC list
+    when there is one, as runastrodriz verifies the CTE-corrected data.
+    """
+    inputs = ctx.run.inputs
+    if ctx.stage in ("apriori", "aposteriori"):
+        return [inputs["flc"] or inputs["flt"]]
+    return [g for g in (inputs["flt"], inputs["flc"]) if g]
+
+
+def reusable_product(ctx: StepContext, group: list[str], product: str, parameters: dict) -> dict | None:
+    """The chosen stage's product, when drizzling again here would write the same product.
+
+    That holds when the chosen stage drizzled the same product with the same parameters (apart from
+    :data:`OPERATIONAL_PARS`) from exposures byte-identical to the ones in this directory now. The
+    default stage drizzles with the final parameters, so its products are reused whenever the
+    pipeline-default WCS is chosen; the alignment stages' products (no new cosmic-ray
+    identification) never qualify.
+
+    Returns
+    -------
+    dict or None
+        The chosen stage's product entry, or None when the product must be drizzled.
+    """
+    chosen = ctx.run.output("final", "choose_wcs").get("chosen_stage")
+    done = ctx.run.output(chosen, "astrodrizzle") if chosen else {}
+    entry = next((p for p in done.get("products", []) if p["product"] == product and not p.get("reused_from")),
+                 None)
+    if entry is None or entry["inputs"] != list(group) or not (ctx.stage_dir(chosen) / product).exists():
+        return None
+    effective = (lambda pars: {k: v for k, v in pars.items() if k not in OPERATIONAL_PARS})
+    if effective(entry["parameters"]) != effective(parameters):
+        return None
+    now = hashes(ctx.stage_dir(), list(group))
+    if any(done["files"].get(n) != digest for n, digest in now.items()):
+        return None
+    return {**entry, "stage": chosen}
+
+
 def run_astrodrizzle(ctx: StepContext, final: bool = False) -> dict:
-    """Drizzle the FLT list (DRZ) and the FLC list (DRC) of this stage's directory.
+    """Drizzle this stage's exposure lists: the FLT list into DRZ, the FLC list into DRC.
+
+    In the final stage a product the chosen stage already drizzled identically is copied instead
+    (:func:`reusable_product`); its entry says ``reused_from``.
 
     Returns
     -------
@@ -155,11 +209,25 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> dict:
     d = ctx.stage_dir()
     root = ctx.root
     products = []
-    groups = [g for g in (ctx.run.inputs["flt"], ctx.run.inputs["flc"]) if g]
+    groups = drizzled_groups(ctx)
     for group in groups:
         suffix = "drc" if group[0].endswith("_flc.fits") else "drz"
         product = f"{root}_{suffix}.fits"
         pars = drizzle_parameters(ctx, group, final)
+        reuse = reusable_product(ctx, group, product, pars["parameters"]) if final else None
+        if reuse is not None:
+            source = ctx.stage_dir(reuse["stage"]) / product
+            with Timer() as t:
+                copy_file(source, d / product)
+            digest = hashes(d, [product])[product]
+            if digest == reuse["sha256"]:
+                ctx.progress(f"{product}: reusing the {reuse['stage']} stage's product (same inputs and parameters)")
+                products.append({"product": product, "inputs": list(group), "parameters": pars["parameters"],
+                                 "parameter_source": pars["source"], "seconds": t.elapsed, "sha256": digest,
+                                 "reused_from": f"{reuse['stage']}/{product}",
+                                 "log": f"reused {source}: same inputs (sha256) and parameters"})
+                continue
+            (d / product).unlink()  # changed since its stage recorded it: drizzle it here instead
         runfile = f"{root}_{suffix}_astrodrizzle"
         ctx.progress(f"AstroDrizzle {product} from {len(group)} exposures")
         with Timer() as t, captured_output() as out, working_directory(d):

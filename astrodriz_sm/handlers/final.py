@@ -34,21 +34,29 @@ def stage_inputs(ctx: StepContext) -> dict:
 
 
 def copy_wcs(directory, sources: list[str], targets: list[str]) -> dict:
-    """Copy each source exposure's active WCS keywords into the matching target exposure."""
+    """Copy each source exposure's active WCS keywords into the matching target exposure.
+
+    Only keywords whose values differ are written, so a target that already carries the WCS stays
+    byte-identical (and the final stage can recognise products it need not drizzle again).
+    """
     copied = {}
     for target, source in zip(targets, sources):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with fits.open(directory / source, memmap=False) as src, \
-                    fits.open(directory / target, mode="update") as dst:
-                names = []
-                for ext in (h for h in src if h.name == "SCI"):
-                    header = dst[("SCI", ext.ver)].header
-                    for card in ext.header.cards:
-                        if _WCS_KEY.match(card.keyword):
-                            header[card.keyword] = (card.value, card.comment)
-                    names.append(str(ext.header.get("WCSNAME", "")))
-        copied[target] = {"from": source, "wcsnames": names}
+            with fits.open(directory / source, memmap=False) as src:
+                wanted = {ext.ver: [c for c in ext.header.cards if _WCS_KEY.match(c.keyword)]
+                          for ext in src if ext.name == "SCI"}
+                names = [str(ext.header.get("WCSNAME", "")) for ext in src if ext.name == "SCI"]
+            with fits.open(directory / target, memmap=False) as dst:
+                changes = {ver: [c for c in cards if dst[("SCI", ver)].header.get(c.keyword) != c.value]
+                           for ver, cards in wanted.items()}
+            if any(changes.values()):
+                with fits.open(directory / target, mode="update") as dst:
+                    for ver, cards in changes.items():
+                        for card in cards:
+                            dst[("SCI", ver)].header[card.keyword] = (card.value, card.comment)
+        copied[target] = {"from": source, "wcsnames": names,
+                          "keywords_changed": sum(len(c) for c in changes.values())}
     return copied
 
 
