@@ -14,6 +14,18 @@ import pytest
 REFDATA = Path(__file__).resolve().parents[1].parent / "shared" / "refdata"
 # Alignment switched off, for tests about everything else.
 NO_ALIGNMENT = {"ASTROMETRY_APPLY_APRIORI": "off", "ASTROMETRY_COMPUTE_APOSTERIORI": "off"}
+# Name of the test property that carries the crash harness's report to the terminal summary.
+HARNESS_REPORT = "crash_harness"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the crash harness's per-point report and tally, also when tests run in xdist workers."""
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", ()):
+                if name == HARNESS_REPORT and getattr(report, "when", "call") == "call":
+                    terminalreporter.write_sep("-", "crash harness")
+                    terminalreporter.write(value)
 
 
 def sha256_tree(directory: Path) -> dict:
