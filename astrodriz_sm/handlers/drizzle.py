@@ -154,14 +154,16 @@ OPERATIONAL_PARS = ("clean", "in_memory", "num_cores")
 def drizzled_groups(ctx: StepContext) -> list[list[str]]:
     """The exposure lists this stage drizzles, FLT before FLC.
 
-    The default and final stages drizzle both lists (cosmic-ray flags for every exposure, both
-    products). The alignment stages drizzle only the list whose product they verify: the FLC list
-    when there is one, as runastrodriz verifies the CTE-corrected data.
+    The final stage drizzles both lists. Every other stage drizzles only the list whose product
+    it verifies: the FLC list when there is one, as runastrodriz verifies the CTE-corrected data.
+    A default-stage DRZ next to a DRC would serve nothing: the final stage identifies cosmic rays
+    afresh (resetbits 4096), so it only ever spared the final DRZ when the default WCS was chosen,
+    at the price of a full drizzle in every run that aligns.
     """
     inputs = ctx.run.inputs
-    if ctx.stage in ("apriori", "aposteriori"):
-        return [inputs["flc"] or inputs["flt"]]
-    return [g for g in (inputs["flt"], inputs["flc"]) if g]
+    if ctx.stage == "final":
+        return [g for g in (inputs["flt"], inputs["flc"]) if g]
+    return [inputs["flc"] or inputs["flt"]]
 
 
 def reusable_product(ctx: StepContext, group: list[str], product: str, parameters: dict) -> dict | None:
@@ -169,7 +171,7 @@ def reusable_product(ctx: StepContext, group: list[str], product: str, parameter
 
     That holds when the chosen stage drizzled the same product with the same parameters (apart from
     :data:`OPERATIONAL_PARS`) from exposures byte-identical to the ones in this directory now. The
-    default stage drizzles with the final parameters, so its products are reused whenever the
+    default stage drizzles with the final parameters, so its product is reused whenever the
     pipeline-default WCS is chosen; the alignment stages' products (no new cosmic-ray
     identification) never qualify.
 
