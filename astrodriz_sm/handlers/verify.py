@@ -1,4 +1,4 @@
-"""Alignment verification: the focus index, with drizzlepac's own measurement code.
+"""Alignment verification: the focus index and the similarity indices, as drizzlepac measures them.
 
 The focus index is the maximum of the Laplacian-of-Gaussian of a drizzled image with saturated
 sources masked (``astrometric_utils.build_focus_dict``). The single-drizzle products give the
@@ -8,10 +8,12 @@ distribution of good values; the total product passes when its z-score lies with
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..statemachine.state import VERIFICATION
 from .common import StepContext, captured_output
+from .overlap import max_overlap_diff
 
 # LoG sigma per instrument/detector, as runastrodriz's focus_pars.
 FOCUS_SIGMA = {"WFC3/IR": 2.0, "WFC3/UVIS": 1.5, "ACS/WFC": 1.5, "ACS/SBC": 2.0, "ACS/HRC": 1.5}
@@ -64,11 +66,12 @@ def focus_check(stage_dir: Path, exposures: list[str], product: str, instdet: st
     }
 
 
-def overlap_check(stage_dir: Path, exposures: list[str], product: str) -> dict:
+def overlap_check(stage_dir: Path, exposures: list[str], product: str, workers: int = 1) -> dict:
     """Similarity of the product to each single-drizzle image in their region of overlap.
 
-    drizzlepac's ``max_overlap_diff``: the minimum of a Hamming distance between source masks and an
-    MSE-like difference, per single image; the alignment passes when the largest is at most 1.
+    drizzlepac's ``max_overlap_diff`` (see :mod:`.overlap`, which computes it on ``workers``
+    threads): the minimum of a Hamming distance between source masks and an MSE-like difference,
+    per single image; the alignment passes when the largest is at most 1.
     """
     from drizzlepac.haputils import astrometric_utils as amutils
     from drizzlepac.haputils import cell_utils
@@ -78,7 +81,7 @@ def overlap_check(stage_dir: Path, exposures: list[str], product: str) -> dict:
     with captured_output():
         footprint = cell_utils.SkyFootprint(HSTWCS(str(stage_dir / product), ext=("SCI", 1)))
         footprint.build(singles)
-        diffs = amutils.max_overlap_diff(footprint.total_mask, singles, str(stage_dir / product), scale=1)
+        diffs = max_overlap_diff(footprint.total_mask, singles, str(stage_dir / product), workers=workers)
         verified, max_diff = amutils.evaluate_overlap_diffs(diffs)
     per_single = {Path(k).name: {kk: float(vv) for kk, vv in v.items() if isinstance(vv, (int, float))}
                   for k, v in diffs.items()}
@@ -124,7 +127,7 @@ def verify_alignment(ctx: StepContext) -> dict:
         ctx.progress(f"focus index of {product} against {len(exposures)} single-drizzle images")
         results.append(focus_check(d, exposures, product, f"{inputs['instrument']}/{inputs['detector']}"))
         if ctx.stage != "default":
-            results.append(overlap_check(d, exposures, product))
+            results.append(overlap_check(d, exposures, product, workers=ctx.config.get("num_cores") or os.cpu_count()))
     if ctx.stage != "default":
         results.append(similarity_to_default(d, ctx.stage_dir("default"), product))
     for r in results:
