@@ -138,25 +138,29 @@ def max_overlap_diff(total_mask: np.ndarray, singlefiles: list[str], prodfile: s
     exptimes = np.array([fits.getval(s, "exptime") for s in singlefiles])
     exp_weights = exptimes / exptimes.max()
     singles = {s: fits.getdata(s) for s in singlefiles}
+    # A single image without data gets drizzlepac's placeholder entry; the others their overlap
+    # region and its bounding slices, shared by both sides' tasks.
+    blank = [s for s in singlefiles if not (singles[s] > 0).any()]
+    regions = {}
+    for s in singlefiles:
+        if s not in blank:
+            soverlap = _overlap_region(singles[s], max_overlap, min_overlap)
+            regions[s] = (soverlap, *_bounding_slices(soverlap))
 
     def measure(sfile: str, side: str):
         """Focus index and source mask of one side ('single' or 'product') of one single image."""
-        sdata = singles[sfile]
-        soverlap = _overlap_region(sdata, max_overlap, min_overlap)
-        region = np.nan_to_num((sdata if side == "single" else drz) * soverlap, copy=False, nan=0)
+        soverlap, yslice, xslice = regions[sfile]
+        region = np.nan_to_num((singles[sfile] if side == "single" else drz) * soverlap, copy=False, nan=0)
         focus_val, focus_pos = amutils.determine_focus_index(region, sigma=sigma)
-        yslice, xslice = _bounding_slices(soverlap)
         labels, number = detect_point_sources(region[yslice, xslice], log_sigma=lsigma)
         result = {"focus": float(focus_val), "focus_pos": (int(focus_pos[0][0]), int(focus_pos[1][0])),
-                  "sources": np.clip(labels, 0, 1).astype(np.int16), "num": number,
-                  "yslice": yslice, "xslice": xslice}
+                  "sources": np.clip(labels, 0, 1).astype(np.int16), "num": number}
         if side == "single":
             drz_arr = np.nan_to_num(drz[yslice, xslice] * soverlap[yslice, xslice], copy=False, nan=0)
             result["similarity"] = amutils.compute_similarity(region[yslice, xslice], drz_arr)
         return result
 
-    blank = [s for s in singlefiles if not (singles[s] > 0).any()]
-    tasks = [(s, side) for s in singlefiles if s not in blank for side in ("single", "product")]
+    tasks = [(s, side) for s in regions for side in ("single", "product")]
     if workers > 1 and len(tasks) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             measured = dict(zip(tasks, pool.map(lambda t: measure(*t), tasks)))
@@ -174,7 +178,8 @@ def max_overlap_diff(total_mask: np.ndarray, singlefiles: list[str], prodfile: s
         sfile_num = np.nonzero(single["sources"])[0].size
         dist = (np.abs(product["sources"] - single["sources"]).sum() / sfile_num) * exp_weight
         dist = min(dist, np.float64(single["similarity"]) * 2.0)
-        diff_dict[sfile] = {"distance": dist, "xslice": single["xslice"], "yslice": single["yslice"],
+        _, yslice, xslice = regions[sfile]
+        diff_dict[sfile] = {"distance": dist, "xslice": xslice, "yslice": yslice,
                             "product_num_sources": product["num"], "num_sources": single["num"],
                             "focus": single["focus"], "focus_pos": single["focus_pos"],
                             "product_focus": product["focus"], "product_focus_pos": product["focus_pos"]}
