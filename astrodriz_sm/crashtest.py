@@ -1,7 +1,8 @@
 """Crash harness: kill a run with SIGKILL at chosen points, resume it, compare with an uninterrupted run.
 
-A child process runs ``astrodriz-sm start``; the harness watches the event log and kills the child a
-given delay after a given event (a step starting or completing, a candidate fit). It then runs
+A child process runs ``astrodriz-sm start``; it stops itself right after appending a given event (a
+step starting or completing, a candidate fit), and the harness kills it with SIGKILL, at once or a
+given delay after letting it continue. It then runs
 ``astrodriz-sm resume`` and checks that the products' data arrays and WCS keywords equal those of
 an uninterrupted run, that the log's hash chain verifies, and that no stage directory or partial
 file is left behind.
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from .runner import PAUSE_VARIABLE
 from .store.eventstore import EventStore
 
 # (stage/step, event kind that triggers, delay in seconds): step boundaries and the middle of the
@@ -95,26 +97,40 @@ def _leftovers(directory: Path, root: str) -> list[str]:
                   if (p.is_dir() and p.name.startswith(f"{root}_")) or p.name.endswith(".partial"))
 
 
-def _wait_and_kill(proc: subprocess.Popen, store_path: Path, point: tuple, timeout: float) -> bool:
+def start_and_kill(asn: Path, env: dict, point: tuple, timeout: float = 600.0) -> bool:
+    """Run ``astrodriz-sm start`` on ``asn`` and SIGKILL it at ``point``.
+
+    The child is started with ``PAUSE_VARIABLE`` naming the event, so it stops itself right after
+    that event however loaded the machine is (polling the log from outside can miss a short step);
+    it then runs ``delay`` more seconds and is killed.
+
+    Returns
+    -------
+    bool
+        False when the run ended before the kill point.
+    """
     where, kind, delay = point
-    stage, step = where.split("/")
+    proc = subprocess.Popen(_cli("start", asn), env={**env, PAUSE_VARIABLE: f"{where} {kind}"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if store_path.exists():
-            try:
-                store = EventStore(store_path)
-                latest = store.latest_run()
-                events = store.events(latest["run_id"]) if latest else []
-            except Exception:  # noqa: BLE001 - the store may be mid-creation; look again
-                events = []
-            if any(e.stage == stage and e.step == step and e.kind == kind for e in events):
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(proc.pid, os.WUNTRACED | os.WNOHANG)
+        if pid == 0:
+            time.sleep(0.02)
+        elif os.WIFSTOPPED(status):
+            if delay:
+                proc.send_signal(signal.SIGCONT)
                 time.sleep(delay)
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    return True
+            if proc.poll() is not None:
                 return False
-        time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        else:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return False
+    proc.kill()
+    proc.wait()
     return False
 
 
@@ -125,19 +141,19 @@ def run_point(source: Path, asn_name: str, env: dict, point: tuple, reference: d
     shutil.copytree(source, d, dirs_exist_ok=True)
     root = asn_name.removesuffix("_asn.fits")
     store = d / "astrodriz_sm.db"
-    proc = subprocess.Popen(_cli("start", d / asn_name), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    killed = _wait_and_kill(proc, store, point, timeout)
-    if not killed:
-        proc.wait()
+    if not start_and_kill(d / asn_name, env, point, timeout):
         return KillResult(point, False, None, False, "the run ended before the kill point")
+    problems = []
+    where, kind, delay = point
+    last = EventStore(store).events(EventStore(store).latest_run()["run_id"])[-1]
+    if not delay and (f"{last.stage}/{last.step}", last.kind) != (where, kind):
+        problems.append(f"killed after {last.stage}/{last.step} {last.kind}, not at the point")
     resumed = subprocess.run(_cli("resume", "--store", store), env=env, capture_output=True, text=True,
                              timeout=timeout, check=False)
     if resumed.returncode != 0:
         return KillResult(point, True, resumed.returncode, False, resumed.stderr.strip().splitlines()[-1:])
     verify = subprocess.run(_cli("verify-log", "--store", store), env=env, capture_output=True, text=True,
                             check=False)
-    problems = []
     if verify.returncode != 0:
         problems.append("log does not verify: " + verify.stdout.strip())
     if leftovers := _leftovers(d, root):

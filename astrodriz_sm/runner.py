@@ -7,6 +7,7 @@ is in the log, so a run interrupted anywhere resumes by simply running this loop
 from __future__ import annotations
 
 import os
+import signal
 import time
 import traceback
 from importlib import metadata
@@ -37,6 +38,10 @@ LIBRARIES = ("drizzlepac", "stwcs", "tweakwcs", "photutils", "astropy", "numpy",
              "sqlite-utils", "structlog")
 
 _END_CODES = {"done": ExitCode.OK, "skipped": ExitCode.SKIPPED}
+
+# "<stage>/<step> <event kind>": after appending the first such event the process stops itself
+# (SIGSTOP), so the crash harness can kill it at exactly that point instead of racing a poll.
+PAUSE_VARIABLE = "ASTRODRIZ_SM_PAUSE_AT"
 
 
 def library_versions() -> dict:
@@ -102,6 +107,7 @@ class Runner:
         self._started = time.perf_counter()
         # Time spent on the log itself (appends, reads, folds, trailer), reported in run.ended.
         self.log_seconds = 0.0
+        self._pause_at = os.environ.get(PAUSE_VARIABLE)
 
     # -- recording -------------------------------------------------------------------------------
     def events(self) -> list:
@@ -128,6 +134,9 @@ class Runner:
         events.append(ev)
         self.write_trailer()
         self.log_seconds += time.perf_counter() - t
+        if self._pause_at == f"{stage}/{step} {kind}":
+            self._pause_at = None
+            os.kill(os.getpid(), signal.SIGSTOP)
         return ev
 
     def write_trailer(self) -> Path | None:

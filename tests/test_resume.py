@@ -8,7 +8,7 @@ import sys
 
 from astropy.io import fits
 
-from astrodriz_sm.crashtest import KILL_POINTS, _wait_and_kill, harness
+from astrodriz_sm.crashtest import KILL_POINTS, harness, start_and_kill
 from astrodriz_sm.statemachine import fold
 from astrodriz_sm.store.eventstore import EventStore
 
@@ -18,9 +18,7 @@ ROOT = "jsm001010"
 
 
 def _start_and_kill(d, env, point):
-    proc = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.cli.main", "-q", "start", d / f"{ROOT}_asn.fits"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert _wait_and_kill(proc, d / "astrodriz_sm.db", point, timeout=300), f"not killed at {point}"
+    assert start_and_kill(d / f"{ROOT}_asn.fits", env, point, timeout=300), f"not killed at {point}"
 
 
 def _env(d, **extra):
