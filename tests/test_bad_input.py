@@ -387,3 +387,28 @@ def test_edited_row_with_its_hash_recomputed_breaks_the_chain(two_runs):
 def test_deleted_middle_row_is_named_by_verify_log(two_runs):
     _tamper(two_runs, "events_no_delete", "DELETE FROM events WHERE run_id = 'run-b' AND seq = 3")
     _assert_broken(two_runs, 4, "seq 3: missing")
+
+
+def test_one_of_two_concurrent_drizzles_failing_names_its_product_and_keeps_every_input(simulated, monkeypatch):
+    """The FLT and FLC lists drizzle concurrently in directories of their own; a failure in one
+    is reported against its product, and every exposure is back in the stage directory."""
+    from stwcs.updatewcs import updatewcs
+
+    from astrodriz_sm.errors import ProcessingError
+    from astrodriz_sm.handlers.drizzle import PIPELINE_PARS, _drizzle_concurrently
+
+    _, d = simulated("concurrent", n_exposures=2)
+    monkeypatch.setenv("jref", f"{d}/")
+    monkeypatch.chdir(d)
+    flt, flc = (sorted(p.name for p in d.glob(f"*_{kind}.fits")) for kind in ("flt", "flc"))
+    updatewcs(flt + flc, use_db=False, checkfiles=False)
+    pars = {**PIPELINE_PARS, "num_cores": 1}
+    jobs = [{"group": flt, "product": "x_drz.fits", "root": "x", "runfile": "x_drz_astrodrizzle", "parameters": pars},
+            {"group": flc, "product": "x_drc.fits", "root": "x", "runfile": "x_drc_astrodrizzle",
+             "parameters": {**pars, "final_kernel": "no-such-kernel"}}]
+    with pytest.raises(ProcessingError) as failure:
+        _drizzle_concurrently(d, jobs)
+    assert str(failure.value) == f"{d}/x_drc.fits: AstroDrizzle failed: Exception: Unknown kernel type 'no-such-kernel'"
+    assert all((d / n).is_file() for n in flt + flc)
+    assert (d / "x_drz.fits").is_file() and not (d / "x_drc.fits").exists()
+    assert sorted(p.name for p in d.iterdir() if p.name.startswith("astrodrizzle_")) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -140,9 +141,13 @@ def test_products_match_truth_within_a_tenth_of_a_pixel(simulated, tmp_path, mon
 
     final = next(e.payload for e in events if e.kind == "step.completed" and e.stage == "final"
                  and e.step == "astrodrizzle")
-    # The default stage drizzles only the product it verifies (the DRC); the DRZ is drizzled here.
+    # The default stage drizzles both products, concurrently and with the final parameters; the
+    # default WCS being chosen, the final stage reuses both.
     assert [(p["product"], p.get("reused_from")) for p in final["products"]] == [
-        (f"{ROOT}_drz.fits", None), (f"{ROOT}_drc.fits", f"default/{ROOT}_drc.fits")]
+        (f"{ROOT}_drz.fits", f"default/{ROOT}_drz.fits"), (f"{ROOT}_drc.fits", f"default/{ROOT}_drc.fits")]
+    default = next(e.payload for e in events if e.kind == "step.completed" and e.stage == "default"
+                   and e.step == "astrodrizzle")
+    assert [p["parameters"]["num_cores"] for p in default["products"]] == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2
     for p in final["products"]:
         fresh = tmp_path / p["product"][:-5]
         fresh.mkdir()

@@ -36,7 +36,7 @@ def _run(d):
 
 def test_crash_harness_resumes_every_kill_point_identical(simulated, service, record_property):
     """SIGKILL at step boundaries and inside updatewcs, AstroDrizzle, source finding and fitting."""
-    src, _ = simulated("harness", products="flt", n_exposures=2, pointing_error=0.6)
+    src, _ = simulated("harness", n_exposures=2, pointing_error=0.6)
     handle = service(src)
     out = io.StringIO()
     results = harness(src.outdir, src.asn.name, _env(src.outdir, **handle.environment), points=KILL_POINTS,

@@ -6,7 +6,12 @@ only by the final stage's promote step.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,14 +159,15 @@ OPERATIONAL_PARS = ("clean", "in_memory", "num_cores")
 def drizzled_groups(ctx: StepContext) -> list[list[str]]:
     """The exposure lists this stage drizzles, FLT before FLC.
 
-    The final stage drizzles both lists. Every other stage drizzles only the list whose product
-    it verifies: the FLC list when there is one, as runastrodriz verifies the CTE-corrected data.
-    A default-stage DRZ next to a DRC would serve nothing: the final stage identifies cosmic rays
-    afresh (resetbits 4096), so it only ever spared the final DRZ when the default WCS was chosen,
-    at the price of a full drizzle in every run that aligns.
+    The default and final stages drizzle both lists, the default stage with the final parameters so
+    that the final stage can reuse both products when the pipeline-default WCS is chosen (see
+    :func:`reusable_product`); two lists are drizzled concurrently. The alignment stages drizzle
+    only the list whose product they verify: the FLC list when there is one, as runastrodriz
+    verifies the CTE-corrected data. Their products are never final (no new cosmic-ray
+    identification), so a second one would serve nothing.
     """
     inputs = ctx.run.inputs
-    if ctx.stage == "final":
+    if ctx.stage in ("default", "final"):
         return [g for g in (inputs["flt"], inputs["flc"]) if g]
     return [inputs["flc"] or inputs["flt"]]
 
@@ -195,27 +201,117 @@ def reusable_product(ctx: StepContext, group: list[str], product: str, parameter
     return {**entry, "stage": chosen}
 
 
+def _astrodrizzle(group: list[str], root: str, runfile: str, parameters: dict) -> str:
+    """Run AstroDrizzle on ``group`` in the current directory.
+
+    Returns
+    -------
+    str
+        Its runfile log (or, without one, what it printed).
+    """
+    from drizzlepac import astrodrizzle
+
+    with captured_output() as out:
+        astrodrizzle.AstroDrizzle(input=list(group), output=root, runfile=runfile, configobj=None, **parameters)
+    log_file = Path(f"{runfile}.log")
+    return log_file.read_text(errors="replace") if log_file.exists() else out.getvalue()
+
+
+def _move_contents(src: Path, dest: Path) -> None:
+    """Move everything in ``src`` into ``dest`` (replacing files, merging directories), then remove ``src``."""
+    for f in sorted(src.iterdir()):
+        if f.is_dir() and (dest / f.name).is_dir():
+            _move_contents(f, dest / f.name)
+        else:
+            os.replace(f, dest / f.name)
+    src.rmdir()
+
+
+def _drizzle_concurrently(d: Path, jobs: list[dict]) -> dict:
+    """Drizzle several exposure lists at once, each in a child process and a directory of its own.
+
+    AstroDrizzle names the intermediate files of an FLT and an FLC list alike (single drizzles,
+    median, blotted images, masks), so each list's files move into ``d/astrodrizzle_<suffix>/``
+    while it runs and back into ``d`` afterwards, in list order: ``d`` then looks as after running
+    the lists one after the other.
+
+    Parameters
+    ----------
+    d : Path
+        The stage directory.
+    jobs : list of dict
+        ``group``, ``product``, ``runfile``, ``root`` and ``parameters`` of each list.
+
+    Returns
+    -------
+    dict
+        ``{product: (seconds, log)}``.
+
+    Raises
+    ------
+    ProcessingError
+        For the first list whose AstroDrizzle failed.
+    """
+    running = []
+    start = time.perf_counter()
+    for job in jobs:
+        sub = d / f"astrodrizzle_{job['product'].removesuffix('.fits').rsplit('_', 1)[-1]}"
+        if sub.exists():
+            shutil.rmtree(sub)
+        sub.mkdir()
+        for n in job["group"]:
+            os.replace(d / n, sub / n)
+        (sub / "job.json").write_text(json.dumps(job))
+        out = open(sub / "job.out", "w")  # noqa: SIM115 - closed after the child ends
+        proc = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.child", str(os.getpid()), "job.json"],
+                                cwd=sub, stdout=out, stderr=subprocess.STDOUT)
+        running.append((job, sub, proc, out))
+    finished = {}
+    while len(finished) < len(running):
+        for job, _, proc, _ in running:
+            if job["product"] not in finished and proc.poll() is not None:
+                finished[job["product"]] = round(time.perf_counter() - start, 3)
+        time.sleep(0.1)
+    results, failure = {}, None
+    for job, sub, proc, out in running:
+        out.close()
+        printed = (sub / "job.out").read_text(errors="replace")
+        (sub / "job.out").unlink()
+        (sub / "job.json").unlink()
+        log_file = sub / f"{job['runfile']}.log"
+        log = log_file.read_text(errors="replace") if log_file.exists() else printed
+        _move_contents(sub, d)
+        if proc.returncode != 0 and failure is None:
+            last = printed.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+            failure = ProcessingError(f"{d / job['product']}: AstroDrizzle failed: {last[0]}", str(d / job["group"][0]))
+        results[job["product"]] = (finished[job["product"]], log)
+    if failure is not None:
+        raise failure
+    return results
+
+
 def run_astrodrizzle(ctx: StepContext, final: bool = False) -> dict:
     """Drizzle this stage's exposure lists: the FLT list into DRZ, the FLC list into DRC.
 
     In the final stage a product the chosen stage already drizzled identically is copied instead
-    (:func:`reusable_product`); its entry says ``reused_from``.
+    (:func:`reusable_product`); its entry says ``reused_from``. Two lists to drizzle run
+    concurrently (:func:`_drizzle_concurrently`), one runs in this process.
 
     Returns
     -------
     dict
         Per product: inputs, parameters, output hash, wall time and the AstroDrizzle log.
     """
-    from drizzlepac import astrodrizzle
-
     d = ctx.stage_dir()
     root = ctx.root
-    products = []
     groups = drizzled_groups(ctx)
+    entries, jobs = {}, []
     for group in groups:
         suffix = "drc" if group[0].endswith("_flc.fits") else "drz"
         product = f"{root}_{suffix}.fits"
         pars = drizzle_parameters(ctx, group, final)
+        entries[product] = {"product": product, "inputs": list(group), "parameters": pars["parameters"],
+                            "parameter_source": pars["source"]}
         reuse = reusable_product(ctx, group, product, pars["parameters"]) if final else None
         if reuse is not None:
             source = ctx.stage_dir(reuse["stage"]) / product
@@ -224,28 +320,52 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> dict:
             digest = hashes(d, [product])[product]
             if digest == reuse["sha256"]:
                 ctx.progress(f"{product}: reusing the {reuse['stage']} stage's product (same inputs and parameters)")
-                products.append({"product": product, "inputs": list(group), "parameters": pars["parameters"],
-                                 "parameter_source": pars["source"], "seconds": t.elapsed, "sha256": digest,
-                                 "reused_from": f"{reuse['stage']}/{product}",
-                                 "log": f"reused {source}: same inputs (sha256) and parameters"})
+                entries[product].update(seconds=t.elapsed, sha256=digest, reused_from=f"{reuse['stage']}/{product}",
+                                        log=f"reused {source}: same inputs (sha256) and parameters")
                 continue
             (d / product).unlink()  # changed since its stage recorded it: drizzle it here instead
-        runfile = f"{root}_{suffix}_astrodrizzle"
-        ctx.progress(f"AstroDrizzle {product} from {len(group)} exposures")
-        with Timer() as t, captured_output() as out, working_directory(d):
-            try:
-                astrodrizzle.AstroDrizzle(input=list(group), output=root, runfile=runfile,
-                                          configobj=None, **pars["parameters"])
-            except Exception as exc:
-                raise ProcessingError(f"{d / product}: AstroDrizzle failed: {exc}", str(d / group[0])) from exc
+        jobs.append({"group": list(group), "product": product, "root": root,
+                     "runfile": f"{root}_{suffix}_astrodrizzle", "parameters": pars["parameters"]})
+    ctx.progress(" and ".join(f"AstroDrizzle {j['product']} from {len(j['group'])} exposures" for j in jobs)
+                 + (" (concurrently)" if len(jobs) > 1 else ""))
+    if len(jobs) > 1:
+        # The lists share the cores (``-n`` or all usable ones): two drizzles each starting a worker
+        # per core would only compete for them, and hold twice the memory.
+        share = max(1, (ctx.config.get("num_cores") or len(os.sched_getaffinity(0))) // len(jobs))
+        for job in jobs:
+            job["parameters"] = entries[job["product"]]["parameters"] = {**job["parameters"], "num_cores": share}
+        done = _drizzle_concurrently(d, jobs)
+    else:
+        done = {}
+        for job in jobs:
+            with Timer() as t, working_directory(d):
+                try:
+                    log = _astrodrizzle(job["group"], job["root"], job["runfile"], job["parameters"])
+                except Exception as exc:
+                    raise ProcessingError(f"{d / job['product']}: AstroDrizzle failed: {exc}",
+                                          str(d / job["group"][0])) from exc
+            done[job["product"]] = (t.elapsed, log)
+    for product, (seconds, log) in done.items():
         if not (d / product).exists():
             raise ProcessingError(f"{d / product}: AstroDrizzle wrote no product", str(d / product))
-        log_file = d / f"{runfile}.log"
-        log_text = log_file.read_text(errors="replace") if log_file.exists() else out.getvalue()
-        products.append({"product": product, "inputs": list(group), "parameters": pars["parameters"],
-                         "parameter_source": pars["source"], "seconds": t.elapsed,
-                         "sha256": hashes(d, [product])[product], "log": log_text})
+        entries[product].update(seconds=seconds, sha256=hashes(d, [product])[product], log=log)
     # The stage directory as this step leaves it (inputs' DQ and sky keywords change, products appear).
-    return {"products": products,
-            "files": hashes(d, [n for g in groups for n in g] + [p["product"] for p in products])}
+    return {"products": list(entries.values()),
+            "files": hashes(d, [n for g in groups for n in g] + list(entries))}
 
+
+def drizzle_job(job_file: str) -> int:
+    """In a child of :func:`_drizzle_concurrently` (see :mod:`astrodriz_sm.child`): run one job here.
+
+    Returns
+    -------
+    int
+        0, or 1 with the failure on one line of standard output.
+    """
+    job = json.loads(Path(job_file).read_text())
+    try:
+        _astrodrizzle(job["group"], job["root"], job["runfile"], job["parameters"])
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
+        print(f"{type(exc).__name__}: {exc}".replace("\n", " "))
+        return 1
+    return 0
