@@ -145,7 +145,8 @@ def run_point(source: Path, asn_name: str, env: dict, point: tuple, reference: d
         return KillResult(point, False, None, False, "the run ended before the kill point")
     problems = []
     where, kind, delay = point
-    last = EventStore(store).events(EventStore(store).latest_run()["run_id"])[-1]
+    log = EventStore(store)
+    last = log.events(log.latest_run()["run_id"])[-1]
     if not delay and (f"{last.stage}/{last.step}", last.kind) != (where, kind):
         problems.append(f"killed after {last.stage}/{last.step} {last.kind}, not at the point")
     resumed = subprocess.run(_cli("resume", "--store", store), env=env, capture_output=True, text=True,

@@ -345,13 +345,16 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> dict:
                     raise ProcessingError(f"{d / job['product']}: AstroDrizzle failed: {exc}",
                                           str(d / job["group"][0])) from exc
             done[job["product"]] = (t.elapsed, log)
-    for product, (seconds, log) in done.items():
+    for product in done:
         if not (d / product).exists():
             raise ProcessingError(f"{d / product}: AstroDrizzle wrote no product", str(d / product))
-        entries[product].update(seconds=seconds, sha256=hashes(d, [product])[product], log=log)
-    # The stage directory as this step leaves it (inputs' DQ and sky keywords change, products appear).
-    return {"products": list(entries.values()),
-            "files": hashes(d, [n for g in groups for n in g] + list(entries))}
+    # The stage directory as this step leaves it (inputs' DQ and sky keywords change, products
+    # appear); reused products were hashed when copied.
+    files = hashes(d, [n for g in groups for n in g] + list(done))
+    files.update({p: e["sha256"] for p, e in entries.items() if p not in done})
+    for product, (seconds, log) in done.items():
+        entries[product].update(seconds=seconds, sha256=files[product], log=log)
+    return {"products": list(entries.values()), "files": files}
 
 
 def drizzle_job(job_file: str) -> int:
