@@ -1,0 +1,212 @@
+"""Exposures, the lists a run drizzles, and the products made from them.
+
+Every file name of a run is made here: calibrated exposures (``_flt``, ``_flc``), RAW files,
+single-drizzle images, products (``_drz``, ``_drc``), AstroDrizzle runfiles, headerlets, stage
+directories and the trailer. Other modules ask; none of them builds a name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FLT, FLC = "flt", "flc"
+CALIBRATED_KINDS = (FLT, FLC)
+# runastrodriz's inputs, by the suffix of their file name.
+INPUT_KINDS = ("asn", "raw", FLT, FLC)
+# The product each calibrated kind drizzles into.
+PRODUCT_SUFFIX = {FLT: "drz", FLC: "drc"}
+
+
+def input_name(root: str, kind: str) -> str:
+    """``<root>_<kind>.fits``: an ASN table, a RAW file or a calibrated exposure."""
+    return f"{root}_{kind}.fits"
+
+
+def split_input_name(name: str) -> tuple[str, str] | None:
+    """``(kind, root)`` of a runastrodriz input file name, or None for any other name."""
+    lower = name.lower()
+    for kind in INPUT_KINDS:
+        suffix = f"_{kind}.fits"
+        if lower.endswith(suffix):
+            return kind, lower[: -len(suffix)]
+    return None
+
+
+def trailer_name(root: str) -> str:
+    """``<root>.tra``."""
+    return f"{root}.tra"
+
+
+def stage_directory_name(root: str, stage: str) -> str:
+    """``<root>_<stage>``: where a stage works on its copies."""
+    return f"{root}_{stage}"
+
+
+def headerlet_name(stem: str) -> str:
+    """``<stem>_hlet.fits``: stwcs's and the astrometry database's headerlet file name."""
+    return f"{stem}_hlet.fits"
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """One calibrated exposure file.
+
+    Attributes
+    ----------
+    rootname : str
+        The exposure's rootname (``ipppssoot``), lower case.
+    kind : {'flt', 'flc'}
+        FLT, or FLC (CTE-corrected).
+    instrument, detector : str
+        ``INSTRUME`` and ``DETECTOR`` of its primary header.
+    exptime : float
+        ``EXPTIME``, seconds.
+    """
+
+    rootname: str
+    kind: str
+    instrument: str = ""
+    detector: str = ""
+    exptime: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in CALIBRATED_KINDS:
+            raise ValueError(f"exposure kind must be one of {CALIBRATED_KINDS}, not {self.kind!r}")
+
+    @classmethod
+    def from_name(cls, name: str, **facts) -> Exposure:
+        """The exposure of a file name ``<rootname>_flt.fits`` or ``<rootname>_flc.fits``."""
+        parsed = split_input_name(name)
+        if parsed is None or parsed[0] not in CALIBRATED_KINDS:
+            raise ValueError(f"{name!r} is not an _flt or _flc file name")
+        return cls(rootname=parsed[1], kind=parsed[0], **facts)
+
+    @property
+    def name(self) -> str:
+        """The file name, free of any directory."""
+        return input_name(self.rootname, self.kind)
+
+    @property
+    def single_sci(self) -> str:
+        """AstroDrizzle's single-drizzle image of this exposure: ``<rootname>_single_sci.fits``.
+
+        AstroDrizzle names it after the rootname only, so an FLT and an FLC list write the same names.
+        """
+        return f"{self.rootname}_single_sci.fits"
+
+    @property
+    def headerlet(self) -> str:
+        """``<rootname>_<kind>_hlet.fits``: the headerlet runastrodriz writes beside the exposure."""
+        return headerlet_name(self.name[: -len(".fits")])
+
+    @property
+    def instdet(self) -> str:
+        """``'ACS/WFC'``, ``'WFC3/IR'`` and so on."""
+        return f"{self.instrument}/{self.detector}"
+
+
+@dataclass(frozen=True)
+class Product:
+    """A drizzled product: the DRZ of the FLT list, or the DRC of the FLC list.
+
+    Attributes
+    ----------
+    root : str
+        The association (or exposure) rootname that names the product.
+    exposures : tuple of Exposure
+        The exposures drizzled into it, all of one kind.
+    """
+
+    root: str
+    exposures: tuple[Exposure, ...]
+
+    @property
+    def kind(self) -> str:
+        """``'flt'`` or ``'flc'``: the kind of the exposures."""
+        return self.exposures[0].kind
+
+    @property
+    def suffix(self) -> str:
+        """``'drz'`` or ``'drc'``."""
+        return PRODUCT_SUFFIX[self.kind]
+
+    @property
+    def name(self) -> str:
+        """``<root>_drz.fits`` or ``<root>_drc.fits``."""
+        return f"{self.root}_{self.suffix}.fits"
+
+    @property
+    def runfile(self) -> str:
+        """AstroDrizzle's runfile (its log is ``<runfile>.log``)."""
+        return f"{self.root}_{self.suffix}_astrodrizzle"
+
+    @property
+    def inputs(self) -> list[str]:
+        """File names of the exposures, in drizzle order."""
+        return [e.name for e in self.exposures]
+
+    @property
+    def singles(self) -> list[str]:
+        """Single-drizzle image names, one per exposure."""
+        return [e.single_sci for e in self.exposures]
+
+
+@dataclass(frozen=True)
+class ExposureSet:
+    """The FLT and FLC lists of a run and what each stage does with them.
+
+    Attributes
+    ----------
+    flt, flc : tuple of Exposure
+        Either may be empty (an FLC-only delivery has no FLT list), not both.
+    """
+
+    flt: tuple[Exposure, ...] = ()
+    flc: tuple[Exposure, ...] = ()
+
+    @property
+    def lists(self) -> tuple[tuple[Exposure, ...], ...]:
+        """The non-empty lists, FLT before FLC: the FLC single-drizzle images are the ones left."""
+        return tuple(g for g in (self.flt, self.flc) if g)
+
+    @property
+    def all(self) -> tuple[Exposure, ...]:
+        """Every calibrated exposure file, FLT before FLC."""
+        return self.flt + self.flc
+
+    @property
+    def names(self) -> list[str]:
+        """File names of :attr:`all`."""
+        return [e.name for e in self.all]
+
+    @property
+    def verified(self) -> tuple[Exposure, ...]:
+        """The list whose product is verified and aligned: the CTE-corrected FLC list when there is one."""
+        return self.flc or self.flt
+
+    @property
+    def unverified(self) -> tuple[Exposure, ...]:
+        """The other list, which takes the verified list's WCS (FLT when FLC exist, else empty)."""
+        return self.flt if self.flc else ()
+
+    @property
+    def has_both(self) -> bool:
+        """True when there are FLT and FLC files, so the FLT files take the FLC WCS."""
+        return bool(self.flt and self.flc)
+
+    def drizzled_in(self, stage: str) -> tuple[tuple[Exposure, ...], ...]:
+        """The lists a stage drizzles.
+
+        The default and final stages drizzle both lists, the default stage with the final
+        parameters so that the final stage can reuse both products when the pipeline-default WCS is
+        chosen. The alignment stages drizzle only the verified list: their products are never final.
+        """
+        return self.lists if stage in ("default", "final") else (self.verified,)
+
+    def products(self, root: str, stage: str) -> list[Product]:
+        """The products a stage writes, FLT (DRZ) before FLC (DRC)."""
+        return [Product(root, group) for group in self.drizzled_in(stage)]
+
+    def verified_product(self, root: str) -> Product:
+        """The product every stage verifies."""
+        return Product(root, self.verified)

@@ -1,0 +1,109 @@
+"""What the init stage learns about a run's input, to and from its event payload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .detectors import DetectorParameters, detector_parameters
+from .exposures import Exposure, ExposureSet, Product, stage_directory_name, trailer_name
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The interpreted input of a run (``init/resolve_inputs``).
+
+    Attributes
+    ----------
+    root : str
+        Rootname of the products and the trailer (the ASN's product row, or the exposure).
+    kind : {'asn', 'raw', 'flt', 'flc'}
+        What the input file was.
+    asn : str or None
+        The ASN table's file name.
+    members : tuple of str
+        Exposure rootnames.
+    exposures : ExposureSet
+    raw : tuple of str
+        RAW file names present.
+    drizcorr, drizcorr_file : str
+        DRIZCORR and the file it was read from.
+    references : dict
+        Reference-file keywords as the header names them (``jref$...``).
+    reference_paths : dict
+        The same, resolved to absolute paths.
+    input_hashes : dict
+        ``{file: sha256}`` of every input file read.
+    notes : tuple of str
+    """
+
+    root: str
+    kind: str
+    exposures: ExposureSet
+    asn: str | None = None
+    members: tuple[str, ...] = ()
+    raw: tuple[str, ...] = ()
+    drizcorr: str | None = None
+    drizcorr_file: str | None = None
+    references: dict = field(default_factory=dict)
+    reference_paths: dict = field(default_factory=dict)
+    input_hashes: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def instrument(self) -> str:
+        """``INSTRUME`` of the exposures (init refuses a mixture)."""
+        return self.exposures.all[0].instrument
+
+    @property
+    def detector(self) -> str:
+        """``DETECTOR`` of the exposures."""
+        return self.exposures.all[0].detector
+
+    @property
+    def detector_parameters(self) -> DetectorParameters:
+        """This detector's row of the parameter table."""
+        return detector_parameters(self.instrument, self.detector)
+
+    @property
+    def trailer(self) -> str:
+        """``<root>.tra``."""
+        return trailer_name(self.root)
+
+    def stage_directory(self, stage: str) -> str:
+        """``<root>_<stage>``."""
+        return stage_directory_name(self.root, stage)
+
+    def products(self, stage: str) -> list[Product]:
+        """The products ``stage`` drizzles (see :meth:`ExposureSet.drizzled_in`)."""
+        return self.exposures.products(self.root, stage)
+
+    @property
+    def verified_product(self) -> Product:
+        """The product each stage verifies."""
+        return self.exposures.verified_product(self.root)
+
+    def to_payload(self) -> dict:
+        """Plain JSON for the ``step.completed`` event of ``init/resolve_inputs``."""
+        ex = self.exposures
+        return {
+            "root": self.root, "kind": self.kind, "asn": self.asn, "members": list(self.members),
+            "flt": [e.name for e in ex.flt], "flc": [e.name for e in ex.flc], "raw": list(self.raw),
+            "drizcorr": self.drizcorr, "drizcorr_file": self.drizcorr_file, "trailer": self.trailer,
+            "instrument": self.instrument, "detector": self.detector,
+            "exptimes": {e.name: e.exptime for e in ex.all},
+            "references": dict(self.references), "reference_paths": dict(self.reference_paths),
+            "input_hashes": dict(self.input_hashes), "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_payload(cls, p: dict) -> Inputs:
+        """Rebuild from :meth:`to_payload`'s form."""
+        def exposures(names):
+            return tuple(Exposure.from_name(n, instrument=p["instrument"], detector=p["detector"],
+                                            exptime=float(p["exptimes"][n])) for n in names)
+
+        return cls(root=p["root"], kind=p["kind"], asn=p.get("asn"), members=tuple(p.get("members", ())),
+                   exposures=ExposureSet(exposures(p["flt"]), exposures(p["flc"])), raw=tuple(p.get("raw", ())),
+                   drizcorr=p.get("drizcorr"), drizcorr_file=p.get("drizcorr_file"),
+                   references=dict(p.get("references", {})), reference_paths=dict(p.get("reference_paths", {})),
+                   input_hashes=dict(p.get("input_hashes", {})), notes=tuple(p.get("notes", ())))

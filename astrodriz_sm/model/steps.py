@@ -1,0 +1,142 @@
+"""The steps of each stage, in one table, and what a step's handler gives back.
+
+Every property of a step lives in its :class:`StepSpec` row: the runner, the state machine, the
+resume check, ``explain`` and the trailer read it from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+STAGES = ("init", "default", "apriori", "aposteriori", "final")
+ENDS = ("done", "skipped", "failed")
+STATES = STAGES + ENDS
+# The stages whose WCS the products can carry, in the order they run.
+WCS_STAGES = ("default", "apriori", "aposteriori")
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step of the pipeline.
+
+    Attributes
+    ----------
+    stage, step : str
+    handler : str
+        ``module.function`` in :mod:`astrodriz_sm.handlers`.
+    reads_stage_directory : bool
+        The step reads the stage directory's copies, so a resume must check them first.
+    files_in : {'stage', 'input', None}
+        Where the files its ``files`` entry lists live: the stage directory or the input directory.
+    may_stop : bool
+        Its result may stop the stage early (:class:`StageStop`).
+    after_stop : bool
+        It still runs when an earlier step stopped the stage (the stage's conclusion).
+    yields_wcsname : bool
+        Its result names the WCS the stage gave the exposures (``wcsname``).
+    applies : callable, optional
+        ``applies(inputs, config) -> bool``; without it the step always runs.
+    """
+
+    stage: str
+    step: str
+    handler: str
+    reads_stage_directory: bool = False
+    files_in: str | None = None
+    may_stop: bool = False
+    after_stop: bool = False
+    yields_wcsname: bool = False
+    applies: Callable | None = field(default=None, compare=False)
+
+
+def _stage_work(stage: str, step: str, handler: str, **kw) -> StepSpec:
+    """A step that works on the stage directory's copies."""
+    return StepSpec(stage, step, handler, reads_stage_directory=True, files_in="stage", **kw)
+
+
+def _alignment_stage(stage: str, fit: StepSpec) -> tuple[StepSpec, ...]:
+    """An alignment stage: probe its service, copy the best kept exposures, ``fit``, drizzle, verify, conclude."""
+    return (StepSpec(stage, "probe_service", "alignment.probe_service", may_stop=True),
+            _stage_work(stage, "stage_inputs", "alignment.stage_inputs"),
+            fit,
+            _stage_work(stage, "astrodrizzle", "drizzle.run_astrodrizzle"),
+            StepSpec(stage, "verify_alignment", "verify.verify_alignment", reads_stage_directory=True),
+            StepSpec(stage, "conclude", "alignment.conclude", after_stop=True))
+
+
+STEPS = (
+    StepSpec("init", "resolve_inputs", "init.resolve_inputs"),
+    _stage_work("default", "stage_inputs", "drizzle.stage_inputs"),
+    _stage_work("default", "updatewcs", "drizzle.updatewcs", yields_wcsname=True),
+    _stage_work("default", "astrodrizzle", "drizzle.run_astrodrizzle"),
+    StepSpec("default", "verify_alignment", "verify.verify_alignment", reads_stage_directory=True),
+    *_alignment_stage("apriori", _stage_work("apriori", "updatewcs", "alignment.apriori_updatewcs", may_stop=True,
+                                             yields_wcsname=True)),
+    *_alignment_stage("aposteriori", _stage_work("aposteriori", "align", "alignment.align", may_stop=True,
+                                                 yields_wcsname=True)),
+    StepSpec("final", "choose_wcs", "final.choose_wcs"),
+    _stage_work("final", "stage_inputs", "final.stage_inputs"),
+    # Only meaningful when both FLT and FLC exist.
+    _stage_work("final", "copy_flc_wcs", "final.copy_flc_wcs",
+                applies=lambda inputs, config: inputs.exposures.has_both),
+    _stage_work("final", "astrodrizzle", "final.astrodrizzle"),
+    # -b: runastrodriz's basic mode writes no headerlets.
+    _stage_work("final", "write_headerlets", "final.write_headerlets",
+                applies=lambda inputs, config: not config.get("basic")),
+    StepSpec("final", "promote", "final.promote", reads_stage_directory=True, files_in="input"),
+    StepSpec("final", "cleanup", "final.cleanup"),
+)
+_BY_KEY = {(s.stage, s.step): s for s in STEPS}
+
+
+def stage_steps(stage: str) -> tuple[StepSpec, ...]:
+    """The rows of ``stage``, in order (empty for an end state)."""
+    return tuple(s for s in STEPS if s.stage == stage)
+
+
+def step_spec(stage: str, step: str) -> StepSpec:
+    """The row of one step.
+
+    Raises
+    ------
+    KeyError
+        For a step that is not in the table.
+    """
+    return _BY_KEY[(stage, step)]
+
+
+def wcsname_step(stage: str) -> str:
+    """The step of a WCS stage whose result names the WCS the stage gave the exposures."""
+    return next(s.step for s in stage_steps(stage) if s.yields_wcsname)
+
+
+def last_step(stage: str) -> str:
+    """The step whose completion concludes a stage."""
+    return stage_steps(stage)[-1].step
+
+
+@dataclass(frozen=True)
+class StageStop:
+    """A handler's word that its stage cannot go on; the stage's conclusion records the reason."""
+
+    reason: str
+
+
+@dataclass
+class StepResult:
+    """What a handler gives back; the runner records all of it with ``step.completed``, in one transaction.
+
+    Attributes
+    ----------
+    payload : dict
+        The ``step.completed`` payload: output files with their hashes, metrics, library logs.
+    facts : list of (str, dict)
+        ``(event kind, payload)`` of what the step learned: verifications, candidates, decisions.
+    stop : StageStop, optional
+        Only for steps that may stop their stage (:attr:`StepSpec.may_stop`).
+    """
+
+    payload: dict = field(default_factory=dict)
+    facts: list = field(default_factory=list)
+    stop: StageStop | None = None

@@ -1,0 +1,111 @@
+"""The model: exposures, products, inputs, the detector table and the step table."""
+
+from __future__ import annotations
+
+import pytest
+
+from astrodriz_sm.handlers import HANDLERS
+from astrodriz_sm.model import (
+    DETECTORS,
+    STEPS,
+    Exposure,
+    ExposureSet,
+    Inputs,
+    Product,
+    detector_parameters,
+    last_step,
+    split_input_name,
+    stage_steps,
+    wcsname_step,
+)
+
+ROOT = "ie6d07030"
+MEMBERS = ("ie6d07ujq", "ie6d07uqq")
+
+
+def _set(kinds=("flt", "flc")):
+    lists = {k: tuple(Exposure(m, k, "WFC3", "UVIS", 350.0) for m in MEMBERS) if k in kinds else ()
+             for k in ("flt", "flc")}
+    return ExposureSet(lists["flt"], lists["flc"])
+
+
+def test_exposure_names_follow_the_archive():
+    e = Exposure.from_name("ie6d07ujq_flc.fits", instrument="WFC3", detector="UVIS", exptime=350.0)
+    assert (e.rootname, e.kind, e.name) == ("ie6d07ujq", "flc", "ie6d07ujq_flc.fits")
+    assert e.single_sci == "ie6d07ujq_single_sci.fits"
+    assert e.headerlet == "ie6d07ujq_flc_hlet.fits"
+    assert e.instdet == "WFC3/UVIS"
+    with pytest.raises(ValueError, match="is not an _flt or _flc file name"):
+        Exposure.from_name("ie6d07ujq_raw.fits")
+    with pytest.raises(ValueError, match="exposure kind must be one of"):
+        Exposure("ie6d07ujq", "c0m")
+
+
+@pytest.mark.parametrize("name,expected", [("ie6d07030_ASN.fits", ("asn", "ie6d07030")),
+                                           ("j8bt06nyq_raw.fits", ("raw", "j8bt06nyq")),
+                                           ("j8bt06nyq_flc.fits", ("flc", "j8bt06nyq")),
+                                           ("j8bt06nyq_drz.fits", None), ("notes.txt", None)])
+def test_split_input_name(name, expected):
+    assert split_input_name(name) == expected
+
+
+def test_flt_and_flc_lists_verify_and_align_the_flc_list():
+    ex = _set()
+    assert ex.verified == ex.flc and ex.unverified == ex.flt and ex.has_both
+    assert ex.names == [f"{m}_flt.fits" for m in MEMBERS] + [f"{m}_flc.fits" for m in MEMBERS]
+    assert [p.name for p in ex.products(ROOT, "default")] == [f"{ROOT}_drz.fits", f"{ROOT}_drc.fits"]
+    assert [p.name for p in ex.products(ROOT, "final")] == [f"{ROOT}_drz.fits", f"{ROOT}_drc.fits"]
+    assert [p.name for p in ex.products(ROOT, "apriori")] == [f"{ROOT}_drc.fits"]
+    assert ex.verified_product(ROOT).name == f"{ROOT}_drc.fits"
+
+
+@pytest.mark.parametrize("kind,suffix", [("flc", "drc"), ("flt", "drz")])
+def test_a_single_list_is_drizzled_verified_and_named_by_its_kind(kind, suffix):
+    ex = _set((kind,))
+    assert not ex.has_both and ex.unverified == ()
+    for stage in ("default", "apriori", "aposteriori", "final"):
+        assert [p.name for p in ex.products(ROOT, stage)] == [f"{ROOT}_{suffix}.fits"]
+    assert ex.verified_product(ROOT).name == f"{ROOT}_{suffix}.fits"
+
+
+def test_product_names():
+    p = Product(ROOT, _set().flc)
+    assert (p.kind, p.suffix, p.name, p.runfile) == ("flc", "drc", f"{ROOT}_drc.fits", f"{ROOT}_drc_astrodrizzle")
+    assert p.inputs == [f"{m}_flc.fits" for m in MEMBERS]
+    assert p.singles == [f"{m}_single_sci.fits" for m in MEMBERS]
+
+
+def test_inputs_round_trip_through_their_payload():
+    inputs = Inputs(root=ROOT, kind="asn", asn=f"{ROOT}_asn.fits", members=MEMBERS, exposures=_set(),
+                    raw=tuple(f"{m}_raw.fits" for m in MEMBERS), drizcorr="PERFORM",
+                    drizcorr_file=f"{MEMBERS[0]}_raw.fits", references={"IDCTAB": "iref$2731450pi_idc.fits"},
+                    reference_paths={"IDCTAB": "/crds/2731450pi_idc.fits"}, input_hashes={"x": "0" * 64},
+                    notes=("a note",))
+    payload = inputs.to_payload()
+    assert payload["flc"] == [f"{m}_flc.fits" for m in MEMBERS] and payload["trailer"] == f"{ROOT}.tra"
+    assert payload["exptimes"] == {n: 350.0 for n in inputs.exposures.names}
+    assert Inputs.from_payload(payload) == inputs
+    assert inputs.stage_directory("apriori") == f"{ROOT}_apriori"
+    assert inputs.detector_parameters == DETECTORS[("WFC3", "UVIS")]
+
+
+def test_detector_table():
+    ir = detector_parameters("WFC3", "IR")
+    assert (ir.focus_sigma, ir.good_bits, ir.reference_variable, ir.instdet) == (2.0, 512, "iref", "WFC3/IR")
+    assert detector_parameters("ACS", "SBC").good_bits == 0
+    assert {p.reference_variable for (inst, _), p in DETECTORS.items() if inst == "ACS"} == {"jref"}
+    with pytest.raises(KeyError):
+        detector_parameters("WFPC2", "PC")
+
+
+def test_step_table():
+    assert [s.step for s in stage_steps("aposteriori")] == [
+        "probe_service", "stage_inputs", "align", "astrodrizzle", "verify_alignment", "conclude"]
+    assert set(HANDLERS) == {(s.stage, s.step) for s in STEPS}
+    assert {(s.stage, s.step) for s in STEPS if s.may_stop} == {
+        ("apriori", "probe_service"), ("apriori", "updatewcs"), ("aposteriori", "probe_service"),
+        ("aposteriori", "align")}
+    assert [wcsname_step(s) for s in ("default", "apriori", "aposteriori")] == ["updatewcs", "updatewcs", "align"]
+    assert [last_step(s) for s in ("default", "apriori", "final")] == ["verify_alignment", "conclude", "cleanup"]
+    assert {s.step for s in STEPS if s.files_in == "input"} == {"promote"}
+    assert stage_steps("done") == ()
