@@ -1,3 +1,12 @@
-"""astrodriz-sm: HST runastrodriz as an event-sourced state machine."""
+"""astrodriz-sm: HST runastrodriz as an event-sourced state machine.
 
-__version__ = "0.1.0"
+The Python API (:mod:`astrodriz_sm.api`): :func:`process`, :func:`resume`, :func:`replay`, :func:`explain`.
+"""
+
+from importlib import metadata
+
+__version__ = metadata.version("astrodriz-sm")
+
+from .api import RunResult, explain, process, replay, resume, status
+
+__all__ = ["RunResult", "__version__", "explain", "process", "replay", "resume", "status"]

@@ -1,11 +1,12 @@
 """Crash harness: kill a run with SIGKILL at chosen points, resume it, compare with an uninterrupted run.
 
-A child process runs ``astrodriz-sm start``; it stops itself right after appending a given event (a
-step starting or completing, a candidate fit), and the harness kills it with SIGKILL, at once or a
-given delay after letting it continue. It then runs
+A child process runs the pipeline (:func:`astrodriz_sm.process`) with the runner's observer hook set
+to stop the process (SIGSTOP) at a given point: right after an event is appended (a step starting or
+completing) or at a progress point inside a step (a candidate fit found). The harness kills it with
+SIGKILL there, at once or a given delay after letting it continue. It then runs
 ``astrodriz-sm resume`` and checks that the products' data arrays and WCS keywords equal those of
-an uninterrupted run, that the log's hash chain verifies, and that no stage directory or partial
-file is left behind.
+an uninterrupted run, that the log's hash chain verifies, that ``explain`` lists each candidate fit
+once, and that no stage directory or partial file is left behind.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .runner import PAUSE_VARIABLE
+from .statemachine import EVENT_KINDS, fold
 from .store.eventstore import EventStore
 
-# (stage/step, event kind that triggers, delay in seconds): step boundaries and the middle of the
-# long steps (updatewcs, AstroDrizzle, source detection, fitting).
+# (stage/step, observer point, delay in seconds): step boundaries and the middle of the long steps
+# (updatewcs, AstroDrizzle, source detection, fitting). A point is an event kind, or a progress point
+# a handler names ('fitted': a fit was made, and is not yet recorded).
 KILL_POINTS = (
     ("init/resolve_inputs", "step.completed", 0.0),
     ("default/updatewcs", "step.started", 0.15),
@@ -40,7 +42,7 @@ KILL_POINTS = (
     ("apriori/astrodrizzle", "step.started", 1.0),
     ("apriori/conclude", "step.completed", 0.0),
     ("aposteriori/align", "step.started", 0.4),
-    ("aposteriori/align", "candidate", 0.0),
+    ("aposteriori/align", "fitted", 0.0),
     ("aposteriori/astrodrizzle", "step.started", 1.0),
     ("final/astrodrizzle", "step.started", 1.0),
     ("final/promote", "step.started", 0.0),
@@ -97,12 +99,34 @@ def _leftovers(directory: Path, root: str) -> list[str]:
                   if (p.is_dir() and p.name.startswith(f"{root}_")) or p.name.endswith(".partial"))
 
 
-def start_and_kill(asn: Path, env: dict, point: tuple, timeout: float = 600.0) -> bool:
-    """Run ``astrodriz-sm start`` on ``asn`` and SIGKILL it at ``point``.
+def pause_at(target: str):
+    """An observer for :func:`astrodriz_sm.process` that stops this process (SIGSTOP) at ``target``.
 
-    The child is started with ``PAUSE_VARIABLE`` naming the event, so it stops itself right after
-    that event however loaded the machine is (polling the log from outside can miss a short step);
-    it then runs ``delay`` more seconds and is killed.
+    ``target`` is ``'<stage>/<step> <point>'``; the process stops the first time the point is reached.
+    """
+    pending = [target]
+
+    def observe(stage: str, step: str, point: str) -> None:
+        if pending and f"{stage}/{step} {point}" == pending[0]:
+            pending.clear()
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    return observe
+
+
+def child(target: str, input_path: str) -> int:
+    """The child process: run the pipeline on ``input_path``, stopping itself at ``target``."""
+    from . import process
+
+    return process(input_path, console=False, observer=pause_at(target)).exit_code
+
+
+def start_and_kill(asn: Path, env: dict, point: tuple, timeout: float = 600.0) -> bool:
+    """Run the pipeline on ``asn`` in a child process and SIGKILL it at ``point``.
+
+    The child stops itself at the point (see :func:`pause_at`), however loaded the machine is
+    (polling the log from outside can miss a short step); it then runs ``delay`` more seconds and
+    is killed.
 
     Returns
     -------
@@ -110,8 +134,8 @@ def start_and_kill(asn: Path, env: dict, point: tuple, timeout: float = 600.0) -
         False when the run ended before the kill point.
     """
     where, kind, delay = point
-    proc = subprocess.Popen(_cli("start", asn), env={**env, PAUSE_VARIABLE: f"{where} {kind}"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.crashtest", "child", f"{where} {kind}", str(asn)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pid, status = os.waitpid(proc.pid, os.WUNTRACED | os.WNOHANG)
@@ -147,7 +171,9 @@ def run_point(source: Path, asn_name: str, env: dict, point: tuple, reference: d
     where, kind, delay = point
     log = EventStore(store)
     last = log.events(log.latest_run()["run_id"])[-1]
-    if not delay and (f"{last.stage}/{last.step}", last.kind) != (where, kind):
+    # A progress point lies inside its step: the last event is then the step's start.
+    expected = kind if kind in EVENT_KINDS else "step.started"
+    if not delay and (f"{last.stage}/{last.step}", last.kind) != (where, expected):
         problems.append(f"killed after {last.stage}/{last.step} {last.kind}, not at the point")
     resumed = subprocess.run(_cli("resume", "--store", store), env=env, capture_output=True, text=True,
                              timeout=timeout, check=False)
@@ -161,9 +187,12 @@ def run_point(source: Path, asn_name: str, env: dict, point: tuple, reference: d
         problems.append(f"left behind: {leftovers}")
     if diff := compare(reference, product_signature(d)):
         problems.append(diff)
-    events = EventStore(store).events(EventStore(store).latest_run()["run_id"])
+    events = log.events(log.latest_run()["run_id"])
     if not any(e.kind == "run.resumed" for e in events):
         problems.append("no run.resumed event")
+    catalogs = [c["catalog"] for c in fold(events).candidates.get("aposteriori", [])]
+    if len(catalogs) != len(set(catalogs)):
+        problems.append(f"candidate fits listed more than once: {catalogs}")
     shutil.rmtree(d, ignore_errors=True)
     return KillResult(point, True, 0, not problems, "; ".join(problems))
 
@@ -212,6 +241,10 @@ def main(argv=None) -> int:
     """Simulate the demo association, serve its astrometry, and run the crash harness on it."""
     from .services import ServiceStore, start_server
     from .sim import SimConfig, simulate_association
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["child"]:
+        return child(*argv[1:3])
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)

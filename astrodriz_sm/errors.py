@@ -79,3 +79,9 @@ class RunStateError(AstrodrizError):
     """The requested run cannot be started or resumed."""
 
     exit_code = ExitCode.RUN_STATE
+
+
+class UsageError(AstrodrizError):
+    """An option or argument has a value the command cannot take."""
+
+    exit_code = ExitCode.USAGE

@@ -1,7 +1,12 @@
-"""Structured logs: one JSON object per line to a file, short progress lines on the console."""
+"""Structured logs: one JSON object per line to a file, short progress lines on the console.
+
+Each command or API call makes its own logger (:func:`run_log`); nothing is configured globally, so a
+run leaves no logging state behind in the caller's process.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -10,15 +15,20 @@ import structlog
 _CONSOLE_SKIP = {"event", "timestamp", "level", "run_id", "stage", "step"}
 
 
-def configure_logging(json_path: str | None = None, console: bool = True) -> None:
-    """Set up structlog for a command.
+@contextlib.contextmanager
+def run_log(json_path: str | None = None, console: bool = True):
+    """A structlog logger for one command.
 
     Parameters
     ----------
     json_path : str, optional
-        File that receives one JSON object per log record (appended).
+        File that receives one JSON object per log record (appended; closed on exit).
     console : bool
         Print a one-line summary of each record to standard error.
+
+    Yields
+    ------
+    structlog BoundLogger
     """
     # Kept open for the life of the command: every record is appended and flushed by line.
     json_file = open(json_path, "a", buffering=1) if json_path else None  # noqa: SIM115
@@ -36,10 +46,13 @@ def configure_logging(json_path: str | None = None, console: bool = True) -> Non
         ts = str(event_dict.get("timestamp", ""))[11:19]
         return f"{ts} {f'[{where}] ' if where else ''}{event_dict['event']}{' ' + extras if extras else ''}"
 
-    structlog.configure(
-        processors=[structlog.processors.add_log_level,
-                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(sys.stderr),
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
                     tee_json, console_line],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
+        wrapper_class=structlog.BoundLogger)
+    try:
+        yield logger
+    finally:
+        if json_file is not None:
+            json_file.close()

@@ -1,15 +1,20 @@
 """The runner: fold the log, ask the state machine what is next, run it, record it.
 
-Handlers reach the store only through here. A step is done when its ``step.completed`` event
-is in the log, so a run interrupted anywhere resumes by simply running this loop again.
+Handlers reach the store only through here: a handler returns a :class:`StepResult`, and the runner
+appends what it learned together with ``step.completed`` in one transaction. A step is done when its
+``step.completed`` event is in the log, so a run interrupted anywhere resumes by running this loop again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import logging
 import os
-import signal
+import sys
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -18,9 +23,9 @@ import structlog
 from . import __version__
 from .config import RunConfig
 from .errors import AstrodrizError, ExitCode, ProcessingError, RunStateError
-from .handlers import HANDLERS, StepContext
-from .handlers.common import Timer, sha256
-from .statemachine import STAGES, fold, next_action, plan, stage_files
+from .handlers.common import StepContext, Timer, sha256
+from .model import STAGES, step_spec, trailer_name
+from .statemachine import STOP_STAGE, fold, next_action, plan, stage_files
 from .statemachine.state import (
     RUN_ENDED,
     RUN_RESUMED,
@@ -32,16 +37,18 @@ from .statemachine.state import (
     TRANSITION,
 )
 from .store.eventstore import EventStore, StoreError
-from .store.trailer import render_trailer
+from .views.trailer import render_trailer
 
+# The version recorded with every run and in every step's fingerprint.
+VERSION = __version__
 LIBRARIES = ("drizzlepac", "stwcs", "tweakwcs", "photutils", "astropy", "numpy", "scipy", "transitions",
              "sqlite-utils", "structlog")
+# Module globals the libraries set from the environment at import time; restored after every step.
+LIBRARY_GLOBALS = (("drizzlepac.haputils.astrometric_utils", "SERVICELOCATION"),)
 
 _END_CODES = {"done": ExitCode.OK, "skipped": ExitCode.SKIPPED}
 
-# "<stage>/<step> <event kind>": after appending the first such event the process stops itself
-# (SIGSTOP), so the crash harness can kill it at exactly that point instead of racing a poll.
-PAUSE_VARIABLE = "ASTRODRIZ_SM_PAUSE_AT"
+Observer = Callable[[str, str, str], None]
 
 
 def library_versions() -> dict:
@@ -55,21 +62,18 @@ def library_versions() -> dict:
     return out
 
 
-# Steps that do not read their stage directory: a resume that has only these left needs no check.
-_NO_DIRECTORY_STEPS = {"probe_service", "choose_wcs", "conclude", "cleanup"}
-
-
 def fingerprint(run) -> dict:
-    """What a step's result depends on besides its input files: libraries, reference files, options.
+    """What a step's result depends on besides its input files: software, reference files, options.
 
     Recorded with every ``step.started``; a resume compares it with the present one.
     """
     refs = {}
-    for key, path in sorted(run.inputs.get("reference_paths", {}).items()):
+    paths = run.inputs.reference_paths if run.inputs else {}
+    for key, path in sorted(paths.items()):
         refs[key] = {"name": Path(path).name, "sha256": sha256(path) if Path(path).exists() else None}
     options = {k: run.config.get(k) for k in ("force", "inmemory", "basic", "num_cores", "apply_apriori",
                                                "compute_aposteriori")}
-    return {"libraries": library_versions(), "references": refs, "options": options}
+    return {"astrodriz_sm": VERSION, "libraries": library_versions(), "references": refs, "options": options}
 
 
 def start_run(store: EventStore, config: RunConfig, root: str) -> str:
@@ -82,9 +86,40 @@ def start_run(store: EventStore, config: RunConfig, root: str) -> str:
     """
     run_id = store.create_run(config.input, root)
     store.append(run_id, "init", "", RUN_STARTED,
-                 {"config": {**config.as_dict(), "root": root}, "version": __version__,
+                 {"config": {**config.as_dict(), "root": root}, "version": VERSION,
                   "libraries": library_versions()})
     return run_id
+
+
+@contextlib.contextmanager
+def isolated(environ: Mapping, overrides: Mapping):
+    """Run a step in ``environ`` updated with ``overrides``; leave the process as it was.
+
+    The environment, the working directory, the root logger's handlers and level, and the library
+    globals of :data:`LIBRARY_GLOBALS` are restored afterwards, whatever the step did.
+    """
+    saved_env = dict(os.environ)
+    cwd = os.getcwd()
+    root = logging.getLogger()
+    saved_root = (root.handlers[:], root.level)
+    saved_globals = []
+    for module, name in LIBRARY_GLOBALS:
+        # Imported under the caller's environment, so that the value kept is the caller's.
+        mod = sys.modules.get(module) or importlib.import_module(module)
+        saved_globals.append((mod, name, getattr(mod, name)))
+    os.environ.clear()
+    os.environ.update(environ)
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(cwd)
+        root.handlers, _ = saved_root
+        root.setLevel(saved_root[1])
+        for mod, name, value in saved_globals:
+            setattr(mod, name, value)
 
 
 class Runner:
@@ -96,18 +131,32 @@ class Runner:
     run_id : str
     log : structlog logger, optional
         Bound logger for the JSON log and console progress.
+    environ : mapping, optional
+        The environment the steps run in, before the run's recorded variables are applied
+        (default: this process's environment when the runner is made).
+    handlers : mapping, optional
+        ``(stage, step) -> handler``; default :data:`astrodriz_sm.handlers.HANDLERS`.
+    observer : callable, optional
+        The runner's one hook: ``observer(stage, step, point)`` is called after every event is
+        appended (``point`` is the event kind) and at every progress point a handler names (such as
+        ``'fitted'`` after each a posteriori fit). Progress displays and the crash harness use it.
     """
 
-    def __init__(self, store: EventStore, run_id: str, log=None):
+    def __init__(self, store: EventStore, run_id: str, log=None, *, environ: Mapping | None = None,
+                 handlers: Mapping | None = None, observer: Observer | None = None):
+        if handlers is None:
+            from .handlers import HANDLERS as handlers
         self.store = store
         self.run_id = run_id
         self.run_row = store.get_run(run_id)
         self.log = (log or structlog.get_logger()).bind(run_id=run_id)
+        self.environ = dict(os.environ if environ is None else environ)
+        self.handlers = handlers
+        self.observer = observer
         self._events = None
         self._started = time.perf_counter()
         # Time spent on the log itself (appends, reads, folds, trailer), reported in run.ended.
         self.log_seconds = 0.0
-        self._pause_at = os.environ.get(PAUSE_VARIABLE)
 
     # -- recording -------------------------------------------------------------------------------
     def events(self) -> list:
@@ -126,23 +175,30 @@ class Runner:
         self.log_seconds += time.perf_counter() - t
         return run
 
-    def append(self, stage: str, step: str, kind: str, payload: dict):
-        """Append an event and refresh the trailer."""
+    def record(self, entries: list[tuple]) -> list:
+        """Append ``(stage, step, kind, payload)`` entries in one transaction and refresh the trailer."""
         events = self.events()
         t = time.perf_counter()
-        ev = self.store.append(self.run_id, stage, step, kind, payload)
-        events.append(ev)
+        new = self.store.append_many(self.run_id, entries)
+        events.extend(new)
         self.write_trailer()
         self.log_seconds += time.perf_counter() - t
-        if self._pause_at == f"{stage}/{step} {kind}":
-            self._pause_at = None
-            os.kill(os.getpid(), signal.SIGSTOP)
-        return ev
+        for ev in new:
+            self._observe(ev.stage, ev.step, ev.kind)
+        return new
+
+    def append(self, stage: str, step: str, kind: str, payload: dict):
+        """Append one event (see :meth:`record`)."""
+        return self.record([(stage, step, kind, payload)])[0]
+
+    def _observe(self, stage: str, step: str, point: str) -> None:
+        if self.observer is not None:
+            self.observer(stage, step, point)
 
     def write_trailer(self) -> Path | None:
         """Render the trailer from the log into ``<input dir>/<root>.tra`` (atomically)."""
         events = self.events()
-        path = Path(self.run_row["input"]).parent / f"{self.run_row['root']}.tra"
+        path = Path(self.run_row["input"]).parent / trailer_name(self.run_row["root"])
         if not path.parent.exists():
             return None
         tmp = path.with_name(f".{path.name}.partial")
@@ -161,22 +217,19 @@ class Runner:
         -------
         ExitCode
         """
-        self._lease()
-        try:
+        with self._lease():
             run = self.state()
             after = ("interrupted step " + "/".join(min(run.in_progress))
                      if run.in_progress else f"interruption in state {run.state}")
             self.append(run.state or "init", "", RUN_RESUMED, {"after": after, "pid": os.getpid()})
             self._recheck_stage(self.state())
             return self._loop()
-        finally:
-            self.store.release_lease(self.run_id)
 
     def _recheck_stage(self, run) -> None:
         """Invalidate the current stage's completed steps when its files or fingerprint changed.
 
         Steps work on the stage's files in place, so a step is only trusted if the directory
-        still holds exactly what the last completed step left and the libraries, reference files
+        still holds exactly what the last completed step left and the software, reference files
         and options are those it ran with; otherwise the stage starts again from fresh copies.
         """
         stage = run.state
@@ -184,7 +237,7 @@ class Runner:
             return
         steps = [s for s in plan(run, stage) if run.is_completed(stage, s)]
         remaining = [s for s in plan(run, stage) if not run.is_completed(stage, s)]
-        if not steps or set(remaining) <= _NO_DIRECTORY_STEPS:
+        if not steps or not any(step_spec(stage, s).reads_stage_directory for s in remaining):
             return
         reason = None
         now = fingerprint(run)
@@ -205,14 +258,19 @@ class Runner:
         if reason is None:
             return
         self.log.info("stage restarts", stage=stage, reason=reason)
-        for step in steps:
-            self.append(stage, step, STEP_INVALIDATED, {"reason": reason})
+        self.record([(stage, step, STEP_INVALIDATED, {"reason": reason}) for step in steps])
 
-    def _lease(self) -> None:
+    @contextlib.contextmanager
+    def _lease(self):
+        """Hold the run's lease (one writer at a time) for the duration."""
         try:
             self.store.acquire_lease(self.run_id)
         except StoreError as exc:
             raise RunStateError(str(exc)) from exc
+        try:
+            yield
+        finally:
+            self.store.release_lease(self.run_id)
 
     def run(self) -> ExitCode:
         """Run a new run until the log says it has ended.
@@ -221,11 +279,8 @@ class Runner:
         -------
         ExitCode
         """
-        self._lease()
-        try:
+        with self._lease():
             return self._loop()
-        finally:
-            self.store.release_lease(self.run_id)
 
     def _loop(self) -> ExitCode:
         while True:
@@ -243,51 +298,53 @@ class Runner:
 
     def _context(self, run, stage: str, step: str) -> StepContext:
         input_dir = Path(run.config["input"]).parent
-        root = run.inputs.get("root") or run.config["root"]
-        work_dir = Path(run.config["newpath"]) / root if run.config.get("newpath") else input_dir
+        work_dir = Path(run.config["newpath"]) / run.root if run.config.get("newpath") else input_dir
 
-        def emit(kind: str, payload: dict) -> None:
-            self.log.info(kind, stage=stage, step=step, **{k: v for k, v in payload.items()
-                                                          if k in ("verdict", "check", "chosen_stage")})
-            self.append(stage, step, kind, payload)
-
-        def progress(message: str) -> None:
+        def progress(message: str, point: str | None = None) -> None:
             self.log.info("progress", stage=stage, step=step, message=message)
+            if point is not None:
+                self._observe(stage, step, point)
 
         return StepContext(run=run, stage=stage, step=step, input_dir=input_dir, work_dir=work_dir,
-                           emit=emit, progress=progress)
+                           progress=progress)
+
+    def _failed(self, stage: str, step: str, payload: dict) -> None:
+        self.log.error("step failed", stage=stage, step=step, error=payload["message"])
+        self.append(stage, step, STEP_FAILED, payload)
 
     def _step(self, run, stage: str, step: str) -> None:
-        handler = HANDLERS[(stage, step)]
+        handler = self.handlers[(stage, step)]
         self.append(stage, step, STEP_STARTED, {"fingerprint": fingerprint(run)})
         self.log.info("step started", stage=stage, step=step)
-        # Handlers see the environment recorded with the run, also on resume in another shell.
-        os.environ.update(run.environment)
         ctx = self._context(run, stage, step)
         try:
-            with Timer() as t:
+            # Handlers see the environment recorded with the run, also on resume in another shell.
+            with Timer() as t, isolated(self.environ, run.environment):
                 if ctx.work_dir != ctx.input_dir:
                     ctx.work_dir.mkdir(parents=True, exist_ok=True)
-                payload = handler(ctx)
+                result = handler(ctx)
+            if result.stop is not None and not step_spec(stage, step).may_stop:
+                raise RuntimeError(f"handler of {stage}/{step} stopped its stage, which this step may not do")
         except AstrodrizError as exc:
-            self.log.error("step failed", stage=stage, step=step, error=str(exc))
-            self.append(stage, step, STEP_FAILED, exc.as_payload())
-            return
+            return self._failed(stage, step, exc.as_payload())
         except OSError as exc:
             # The file system said no (no space, permission denied): name the file, keep it one line.
             where = exc.filename or f"{stage}/{step}"
-            error = ProcessingError(f"{where}: {exc.strerror or exc}", exc.filename)
-            self.log.error("step failed", stage=stage, step=step, error=str(error))
-            self.append(stage, step, STEP_FAILED, error.as_payload())
-            return
+            return self._failed(stage, step, ProcessingError(f"{where}: {exc.strerror or exc}",
+                                                             exc.filename).as_payload())
         except Exception as exc:  # noqa: BLE001 - a defect or unforeseen library failure: keep the traceback
-            self.log.error("step failed", stage=stage, step=step, error=repr(exc))
-            self.append(stage, step, STEP_FAILED, {
+            return self._failed(stage, step, {
                 "error": type(exc).__name__, "message": f"{stage}/{step}: unexpected error: {exc}",
                 "path": None, "exit_code": int(ExitCode.INTERNAL), "traceback": traceback.format_exc()})
-            return
+        payload = dict(result.payload)
         payload.setdefault("seconds", t.elapsed)
-        self.append(stage, step, STEP_COMPLETED, payload)
+        if result.stop is not None:
+            payload[STOP_STAGE] = result.stop.reason
+        for kind, fact in result.facts:
+            self.log.info(kind, stage=stage, step=step, **{k: v for k, v in fact.items()
+                                                           if k in ("verdict", "check", "chosen_stage")})
+        self.record([(stage, step, kind, fact) for kind, fact in result.facts]
+                    + [(stage, step, STEP_COMPLETED, payload)])
         self.log.info("step completed", stage=stage, step=step, seconds=payload["seconds"])
 
     def _end(self, run) -> None:

@@ -405,17 +405,14 @@ def pipeline_command(pipeline: str, asn: Path) -> list[str]:
     return [sys.executable, "-m", "astrodriz_sm.cli.main", "-q", "start", str(asn)]
 
 
-def one_run(pipeline: str, index: int, sim, workroot: Path, service_env: dict, product_suffix: str,
+def one_run(pipeline: str, index: int, sim, workroot: Path, service_env: dict, product_name: str,
             timeout: float | None) -> RunRecord:
     d = workroot / f"{'A' if pipeline == 'runastrodriz' else 'B'}{index}-{pipeline}"
     copy_association(sim.outdir, d)
     asn = d / sim.asn.name
     res = run_child(pipeline_command(pipeline, asn), d, child_environment(service_env, d), d,
                     f"_bench_{pipeline}", timeout)
-    product = d / f"{sim.root}_{product_suffix}.fits"
-    if not product.exists():
-        found = sorted(d.glob(f"*_{product_suffix}.fits"))
-        product = found[0] if found else product
+    product = d / product_name
     if res.timed_out:
         status = f"killed after {timeout:g} s"
     elif res.exit_code != 0:
@@ -607,13 +604,18 @@ def main(argv=None) -> int:
     print(flush=True)
 
     pipelines = [args.only] if args.only else list(PIPELINES)
-    suffix = "drz" if args.flt_only else "drc"
+    from astrodriz_sm.model import Exposure, ExposureSet
+
+    # The verified product: the DRC, or the DRZ of an FLT-only association.
+    exposures = ExposureSet(tuple(Exposure.from_name(p.name) for p in sim.flt),
+                            tuple(Exposure.from_name(p.name) for p in sim.flc))
+    product_name = exposures.verified_product(sim.root).name
     records = []
     try:
         for i in range(1, args.repeat + 1):
             for pipeline in pipelines:
                 print(f"run {i}/{args.repeat} {pipeline} ...", end=" ", flush=True)
-                rec = one_run(pipeline, i, sim, workroot, service_env, suffix, args.timeout or None)
+                rec = one_run(pipeline, i, sim, workroot, service_env, product_name, args.timeout or None)
                 records.append(rec)
                 print(f"{rec.wall_s:.1f} s, peak RSS {rec.peak_tree_rss_gb:.2f} GB, "
                       f"error {_fmt(rec.error_rms_mas, '.1f')} mas, {rec.status}", flush=True)

@@ -396,6 +396,7 @@ def test_one_of_two_concurrent_drizzles_failing_names_its_product_and_keeps_ever
 
     from astrodriz_sm.errors import ProcessingError
     from astrodriz_sm.handlers.drizzle import PIPELINE_PARS, _drizzle_concurrently
+    from astrodriz_sm.model import Exposure, ExposureSet
 
     _, d = simulated("concurrent", n_exposures=2)
     monkeypatch.setenv("jref", f"{d}/")
@@ -403,9 +404,9 @@ def test_one_of_two_concurrent_drizzles_failing_names_its_product_and_keeps_ever
     flt, flc = (sorted(p.name for p in d.glob(f"*_{kind}.fits")) for kind in ("flt", "flc"))
     updatewcs(flt + flc, use_db=False, checkfiles=False)
     pars = {**PIPELINE_PARS, "num_cores": 1}
-    jobs = [{"group": flt, "product": "x_drz.fits", "root": "x", "runfile": "x_drz_astrodrizzle", "parameters": pars},
-            {"group": flc, "product": "x_drc.fits", "root": "x", "runfile": "x_drc_astrodrizzle",
-             "parameters": {**pars, "final_kernel": "no-such-kernel"}}]
+    exposures = ExposureSet(*(tuple(Exposure.from_name(n) for n in names) for names in (flt, flc)))
+    drz, drc = exposures.products("x", "default")
+    jobs = [(drz, pars), (drc, {**pars, "final_kernel": "no-such-kernel"})]
     with pytest.raises(ProcessingError) as failure:
         _drizzle_concurrently(d, jobs)
     assert str(failure.value) == f"{d}/x_drc.fits: AstroDrizzle failed: Exception: Unknown kernel type 'no-such-kernel'"

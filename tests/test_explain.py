@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from astrodriz_sm.cli.explain import explain, render_explain
-from astrodriz_sm.statemachine import choose_wcs, fold
+from astrodriz_sm.model import Exposure, ExposureSet, Inputs
+from astrodriz_sm.statemachine import choose_final_wcs, fold
 from astrodriz_sm.store.eventstore import EventStore
+from astrodriz_sm.views.explain import explain, render_explain
 
 from .conftest import run_cli
 
@@ -75,6 +76,14 @@ class _Log:
         return fold(self.store.events(self.run_id))
 
 
+def _inputs():
+    """The init payload of an FLT-only ACS/WFC association of FILES."""
+    exposures = ExposureSet(tuple(Exposure.from_name(f, instrument="ACS", detector="WFC", exptime=400.0)
+                                  for f in FILES))
+    return Inputs(root=ROOT, kind="asn", exposures=exposures, drizcorr="PERFORM",
+                  drizcorr_file="jsm001a1q_raw.fits").to_payload()
+
+
 def _guard(name, result, reason):
     return {"guard": name, "result": result, "reason": reason}
 
@@ -88,10 +97,7 @@ def _verify(log, stage, checks):
 def hand_made_run(tmp_path):
     """A priori discarded on its focus; a posteriori kept with three catalog fits, GAIADR2 the best."""
     log = _Log(EventStore(tmp_path / "astrodriz_sm.db"))
-    log.step("init", "resolve_inputs", {"inputs": {"root": ROOT, "drizcorr": "PERFORM",
-                                                   "drizcorr_file": "jsm001a1q_raw.fits", "flt": FILES,
-                                                   "flc": [], "instrument": "ACS", "detector": "WFC"},
-                                        "environment_update": {}})
+    log.step("init", "resolve_inputs", {"inputs": _inputs(), "environment_update": {}})
     log.transition("init", "default", [_guard("drizcorr_perform", True, "DRIZCORR=PERFORM in jsm001a1q_raw.fits")])
     log.step("default", "updatewcs", {"wcsname": DEFAULT, "wcsnames": {f: [DEFAULT, DEFAULT] for f in FILES}})
     _verify(log, "default", [_focus("pass")])
@@ -126,7 +132,7 @@ def hand_made_run(tmp_path):
              emits=[("decision", {"decision": "aposteriori_stage", "kept": True, "reason": KEPT,
                                   "directory_removed": False, "wcsname": chosen})])
     log.transition("aposteriori", "final")
-    wcs = choose_wcs(log.run())
+    wcs = choose_final_wcs(log.run())
     log.step("final", "choose_wcs", {"chosen_stage": wcs["chosen_stage"], "chosen_wcsname": wcs["chosen_wcsname"]},
              emits=[("decision", wcs)])
     log.transition("final", "done")
@@ -200,7 +206,7 @@ def test_explain_names_every_candidate_the_chosen_fit_and_every_reason(hand_made
 
 def test_explain_of_an_unfinished_run_says_what_has_not_happened(tmp_path):
     log = _Log(EventStore(tmp_path / "astrodriz_sm.db"), apply_apriori=False)
-    log.step("init", "resolve_inputs", {"inputs": {"root": ROOT, "drizcorr": "PERFORM", "flt": FILES, "flc": []}})
+    log.step("init", "resolve_inputs", {"inputs": _inputs()})
     log.transition("init", "default", [_guard("drizcorr_perform", True, "DRIZCORR=PERFORM")])
     log.step("default", "updatewcs", {"wcsname": DEFAULT, "wcsnames": {f: [DEFAULT] for f in FILES}})
     log.store.append(log.run_id, "default", "astrodrizzle", "step.started", {})

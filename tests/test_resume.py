@@ -128,3 +128,23 @@ def test_changed_reference_file_changes_the_fingerprint(simulated):
         "fingerprint of default/stage_inputs changed (references)"}
     assert run.output("default", "astrodrizzle")  # redone and completed
     assert run.ended["status"] == "done"
+
+
+def test_a_kill_after_the_first_candidate_fit_lists_each_candidate_once(simulated, service):
+    """A fit found but not yet recorded when the process dies: the resumed align step records each fit once."""
+    src, d = simulated("kill-candidate", products="flt", pointing_error=0.6)
+    handle = service(src)
+    env = _env(d, **handle.environment)
+    _start_and_kill(d, env, ("aposteriori/align", "fitted", 0.0))
+    _, run = _run(d)
+    assert run.in_progress == {("aposteriori", "align")} and run.candidates == {}
+    assert run_cli("resume", cwd=d, env=env).returncode == 0
+    proc = run_cli("explain", "--json", cwd=d, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    doc = json.loads(proc.stdout)
+    assert [f["catalog"] for f in doc["aposteriori_fits"]] == ["GAIAeDR3", "GAIADR2", "GAIADR1"]
+    for cands in doc["exposures"].values():
+        assert [c["catalog"] for c in cands if c["stage"] == "aposteriori"] == ["GAIAeDR3", "GAIADR2", "GAIADR1"]
+    assert doc["chosen"]["catalog"] == "GAIAeDR3"

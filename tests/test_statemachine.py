@@ -1,44 +1,55 @@
-"""The pure state machine: fold, next step, guarded transitions, WCS choice; config switches."""
+"""The state machine, driven by the real runner with stub handlers; config switches."""
 
 from __future__ import annotations
 
 import pytest
 
-from astrodriz_sm.config import parse_switch, switches_from_environment
-from astrodriz_sm.errors import ConfigError
-from astrodriz_sm.statemachine import choose_wcs, fold, next_action
+from astrodriz_sm.config import RunConfig, parse_switch, switches_from_environment
+from astrodriz_sm.errors import ConfigError, ProcessingError
+from astrodriz_sm.model import STEPS, Exposure, ExposureSet, Inputs, StageStop, StepResult
+from astrodriz_sm.runner import Runner, start_run
+from astrodriz_sm.statemachine import choose_final_wcs, fold, next_action
 from astrodriz_sm.store.eventstore import EventStore
+
+ROOT = "jsm001010"
 
 
 def _inputs(drizcorr="PERFORM", flc=True):
-    return {"inputs": {"root": "jsm001010", "drizcorr": drizcorr, "drizcorr_file": "jsm001a1q_raw.fits",
-                       "flt": ["a_flt.fits", "b_flt.fits"], "flc": ["a_flc.fits", "b_flc.fits"] if flc else []}}
+    def exposures(kind):
+        return tuple(Exposure(r, kind, "ACS", "WFC", 400.0) for r in ("jsm001a1q", "jsm001a2q"))
+
+    inputs = Inputs(root=ROOT, kind="asn", exposures=ExposureSet(exposures("flt"), exposures("flc") if flc else ()),
+                    drizcorr=drizcorr, drizcorr_file="jsm001a1q_raw.fits")
+    return StepResult({"inputs": inputs.to_payload()})
 
 
-def _drive(store, run_id, results, limit=60):
-    """Run the machine with canned step results instead of handlers; return the kinds seen."""
+def _drive(store, run_id, results):
+    """Run the real runner with stub handlers; return what it recorded, one entry per step or transition.
+
+    ``results`` maps ``(stage, step)`` to the stub's StepResult, or to ``"fail"`` for a failing step.
+    """
     trail = []
-    for _ in range(limit):
-        run = fold(store.events(run_id))
-        act = next_action(run)
-        if act.kind == "none":
-            return trail
-        if act.kind == "step":
-            store.append(run_id, act.stage, act.step, "step.started", {})
-            payload = results.get((act.stage, act.step), {})
-            if payload == "fail":
-                store.append(run_id, act.stage, act.step, "step.failed",
-                             {"message": "boom", "exit_code": 5})
-            else:
-                store.append(run_id, act.stage, act.step, "step.completed", payload)
-            trail.append(f"{act.stage}/{act.step}")
-        elif act.kind == "transition":
-            store.append(run_id, act.stage, "", "transition", act.transition)
-            trail.append(f"{act.transition['from']}->{act.transition['to']}")
-        else:
-            store.append(run_id, act.stage, "", "run.ended", {"status": act.stage, "exit_code": 0})
-            trail.append(f"end:{act.stage}")
-    raise AssertionError("machine did not end")
+
+    def handler(stage, step):
+        def run(ctx):
+            result = results.get((stage, step), StepResult())
+            if result == "fail":
+                raise ProcessingError(f"{stage}/{step}: boom")
+            return result
+        return run
+
+    def observe(stage, step, point):
+        if point in ("step.completed", "step.failed"):
+            trail.append(f"{stage}/{step}")
+        elif point == "transition":
+            t = store.events(run_id)[-1].payload
+            trail.append(f"{t['from']}->{t['to']}")
+        elif point == "run.ended":
+            trail.append(f"end:{stage}")
+
+    handlers = {(s.stage, s.step): handler(s.stage, s.step) for s in STEPS}
+    Runner(store, run_id, handlers=handlers, observer=observe).run()
+    return trail
 
 
 @pytest.fixture
@@ -47,13 +58,8 @@ def store(tmp_path):
 
 
 def _start(store, **config):
-    run_id = store.create_run("/x/jsm001010_asn.fits", "jsm001010")
-    cfg = {"input": "/x/jsm001010_asn.fits", "root": "jsm001010", "force": False, "basic": False,
-           "apply_apriori": True,
-           "compute_aposteriori": True, "environment": {}}
-    cfg.update(config)
-    store.append(run_id, "init", "", "run.started", {"config": cfg})
-    return run_id
+    cfg = RunConfig(input=f"/x/{ROOT}_asn.fits", run_dir="/x", **config)
+    return start_run(store, cfg, ROOT)
 
 
 APRIORI = ["apriori/probe_service", "apriori/stage_inputs", "apriori/updatewcs", "apriori/astrodrizzle",
@@ -71,16 +77,45 @@ def test_full_sequence_with_flt_and_flc(store):
         "default->apriori", *APRIORI, "apriori->aposteriori", *APOSTERIORI, "aposteriori->final",
         "final/choose_wcs", "final/stage_inputs", "final/copy_flc_wcs", "final/astrodrizzle",
         "final/write_headerlets", "final/promote", "final/cleanup", "final->done", "end:done"]
+    assert fold(store.events(run_id)).ended["exit_code"] == 0
 
 
 def test_stop_stage_cuts_a_stage_to_its_conclusion(store):
     run_id = _start(store)
-    stop = {"stop_stage": "ASTROMETRY_SERVICE_URL unreachable (connection refused): stage skipped"}
-    trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs(), ("apriori", "probe_service"): stop,
-                                   ("aposteriori", "align"): {"stop_stage": "not enough sources"}})
+    stop = StageStop("ASTROMETRY_SERVICE_URL unreachable (connection refused): stage skipped")
+    trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs(),
+                                   ("apriori", "probe_service"): StepResult(stop=stop),
+                                   ("aposteriori", "align"): StepResult(stop=StageStop("not enough sources"))})
     assert trail[trail.index("default->apriori") + 1:trail.index("aposteriori->final")] == [
         "apriori/probe_service", "apriori/conclude", "apriori->aposteriori",
         "aposteriori/probe_service", "aposteriori/stage_inputs", "aposteriori/align", "aposteriori/conclude"]
+    run = fold(store.events(run_id))
+    assert run.output("apriori", "probe_service")["stop_stage"] == stop.reason
+
+
+def test_a_step_that_may_not_stop_its_stage_fails_the_run_when_it_tries(store):
+    run_id = _start(store)
+    trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs(),
+                                   ("default", "astrodrizzle"): StepResult(stop=StageStop("no"))})
+    assert trail[-3:] == ["default/astrodrizzle", "default->failed", "end:failed"]
+    run = fold(store.events(run_id))
+    assert run.failure["message"] == ("default/astrodrizzle: unexpected error: handler of default/astrodrizzle "
+                                      "stopped its stage, which this step may not do")
+
+
+def test_facts_are_recorded_with_their_step_and_only_then(store):
+    run_id = _start(store)
+    focus = {"check": "focus", "verdict": "pass", "product": f"{ROOT}_drc.fits"}
+    _drive(store, run_id, {("init", "resolve_inputs"): _inputs(),
+                           ("default", "verify_alignment"): StepResult({"verdicts": {"focus": "pass"}},
+                                                                       facts=[("verification", focus)])})
+    events = store.events(run_id)
+    i = next(i for i, e in enumerate(events) if e.kind == "verification")
+    assert [(e.stage, e.step, e.kind) for e in events[i - 1:i + 2]] == [
+        ("default", "verify_alignment", "step.started"), ("default", "verify_alignment", "verification"),
+        ("default", "verify_alignment", "step.completed")]
+    assert events[i].utc == events[i + 1].utc  # one transaction
+    assert fold(events).verifications == {"default": [focus]}
 
 
 def test_flt_only_basic_mode_has_no_wcs_copy_nor_headerlets(store):
@@ -94,9 +129,10 @@ def test_drizcorr_omit_skips_and_force_processes(store):
     run_id = _start(store)
     trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs("OMIT")})
     assert trail == ["init/resolve_inputs", "init->skipped", "end:skipped"]
-    guard = fold(store.events(run_id)).transitions[0]["guards"][0]
-    assert guard == {"guard": "drizcorr_perform", "result": False,
-                     "reason": "DRIZCORR=OMIT in jsm001a1q_raw.fits"}
+    run = fold(store.events(run_id))
+    assert run.transitions[0]["guards"][0] == {"guard": "drizcorr_perform", "result": False,
+                                               "reason": "DRIZCORR=OMIT in jsm001a1q_raw.fits"}
+    assert run.ended["exit_code"] == 4
 
     forced = _start(store, force=True)
     trail = _drive(store, forced, {("init", "resolve_inputs"): _inputs("OMIT")})
@@ -117,12 +153,14 @@ def test_failed_step_ends_failed_and_stops(store):
                                    ("default", "astrodrizzle"): "fail"})
     assert trail[-3:] == ["default/astrodrizzle", "default->failed", "end:failed"]
     assert "default/verify_alignment" not in trail
+    assert fold(store.events(run_id)).ended == {**fold(store.events(run_id)).ended, "status": "failed",
+                                                "exit_code": 5, "reason": "default/astrodrizzle: boom"}
 
 
 def test_fold_resume_redoes_only_unfinished_step(store):
     run_id = _start(store)
     store.append(run_id, "init", "resolve_inputs", "step.started", {})
-    store.append(run_id, "init", "resolve_inputs", "step.completed", _inputs())
+    store.append(run_id, "init", "resolve_inputs", "step.completed", _inputs().payload)
     store.append(run_id, "init", "", "transition", {"from": "init", "to": "default", "trigger": "advance",
                                                     "guards": []})
     store.append(run_id, "default", "stage_inputs", "step.started", {})  # the process died here
@@ -133,16 +171,30 @@ def test_fold_resume_redoes_only_unfinished_step(store):
     assert fold(store.events(run_id)).in_progress == set()
 
 
+def test_facts_of_an_attempt_that_did_not_complete_are_not_in_the_fold(store):
+    run_id = _start(store)
+    candidate = {"catalog": "GAIAeDR3", "valid": True, "rms_mas": 3.4, "matches": 101, "fit_quality": 1}
+    store.append(run_id, "aposteriori", "align", "step.started", {})
+    store.append(run_id, "aposteriori", "align", "candidate", candidate)  # a log written while the step ran
+    store.append(run_id, "aposteriori", "", "run.resumed", {})
+    store.append(run_id, "aposteriori", "align", "step.started", {})
+    store.append_many(run_id, [("aposteriori", "align", "candidate", candidate),
+                               ("aposteriori", "align", "step.completed", {})])
+    assert fold(store.events(run_id)).candidates == {"aposteriori": [candidate]}
+    store.append(run_id, "aposteriori", "align", "step.invalidated", {"reason": "file changed"})
+    assert fold(store.events(run_id)).candidates == {}
+
+
 def test_choose_wcs_prefers_kept_aposteriori_and_says_why_others_lost(store):
     run_id = _start(store)
     _drive(store, run_id, {
         ("init", "resolve_inputs"): _inputs(),
-        ("default", "updatewcs"): {"wcsname": "IDC_sm00001aj"},
-        ("apriori", "updatewcs"): {"wcsname": "IDC_sm00001aj-GSC240"},
-        ("apriori", "conclude"): {"kept": False, "reason": "verification failed: focus fail"},
-        ("aposteriori", "align"): {"wcsname": "IDC_sm00001aj-FIT_REL_GAIAeDR3"},
-        ("aposteriori", "conclude"): {"kept": True, "reason": "alignment verified"}})
-    decision = choose_wcs(fold(store.events(run_id)))
+        ("default", "updatewcs"): StepResult({"wcsname": "IDC_sm00001aj"}),
+        ("apriori", "updatewcs"): StepResult({"wcsname": "IDC_sm00001aj-GSC240"}),
+        ("apriori", "conclude"): StepResult({"kept": False, "reason": "verification failed: focus fail"}),
+        ("aposteriori", "align"): StepResult({"wcsname": "IDC_sm00001aj-FIT_REL_GAIAeDR3"}),
+        ("aposteriori", "conclude"): StepResult({"kept": True, "reason": "alignment verified"})})
+    decision = choose_final_wcs(fold(store.events(run_id)))
     assert decision["chosen_stage"] == "aposteriori"
     assert decision["chosen_wcsname"] == "IDC_sm00001aj-FIT_REL_GAIAeDR3"
     assert [(c["stage"], c["wcsname"], c.get("kept")) for c in decision["candidates"]] == [
@@ -154,10 +206,11 @@ def test_choose_wcs_prefers_kept_aposteriori_and_says_why_others_lost(store):
 
 def test_choose_wcs_falls_back_to_default_when_stages_were_switched_off(store):
     run_id = _start(store, apply_apriori=False, compute_aposteriori=False)
+    focus = ("verification", {"check": "focus", "verdict": "fail"})
     _drive(store, run_id, {("init", "resolve_inputs"): _inputs(),
-                           ("default", "updatewcs"): {"wcsname": "IDC_sm00001aj"}})
-    store.append(run_id, "default", "verify_alignment", "verification", {"check": "focus", "verdict": "fail"})
-    decision = choose_wcs(fold(store.events(run_id)))
+                           ("default", "updatewcs"): StepResult({"wcsname": "IDC_sm00001aj"}),
+                           ("default", "verify_alignment"): StepResult(facts=[focus])})
+    decision = choose_final_wcs(fold(store.events(run_id)))
     assert decision["chosen_stage"] == "default" and decision["chosen_wcsname"] == "IDC_sm00001aj"
     assert [(c["stage"], c["verdict"], c.get("reason")) for c in decision["candidates"]] == [
         ("aposteriori", "not run", "ASTROMETRY_COMPUTE_APOSTERIORI is off"),

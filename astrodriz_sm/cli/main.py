@@ -1,107 +1,41 @@
-"""The ``astrodriz-sm`` command."""
+"""The ``astrodriz-sm`` command: parse, call the API (:mod:`astrodriz_sm.api`), print."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
-import structlog
-
-from ..config import RunConfig, recorded_environment, switches_from_environment
-from ..errors import EXIT_CODE_MEANINGS, AstrodrizError, ExitCode, InputError, RunStateError
-from ..logs import configure_logging
-from ..statemachine import fold
-from ..store.eventstore import EventStore, StoreError
-from ..store.trailer import render_trailer
-
-STORE_NAME = "astrodriz_sm.db"
+from .. import api
+from ..api import STORE_NAME
+from ..errors import EXIT_CODE_MEANINGS, AstrodrizError, ExitCode, InputError
+from ..store.eventstore import StoreError
 
 
-def _store_for(args, input_path: Path | None = None) -> EventStore:
-    """The event store: ``--store``, else ``astrodriz_sm.db`` in the input's (or current) directory."""
-    if args.store:
-        path = Path(args.store)
-    else:
-        path = (input_path.parent if input_path else Path.cwd()) / STORE_NAME
-    try:
-        return EventStore(path)
-    except StoreError as exc:
-        raise RunStateError(str(exc), str(path)) from exc
-
-
-def _run_id(store: EventStore, run: str | None) -> str:
-    if run:
-        try:
-            store.get_run(run)
-        except StoreError as exc:
-            raise RunStateError(str(exc)) from exc
-        return run
-    latest = store.latest_run()
-    if latest is None:
-        raise RunStateError(f"{store.path}: no runs in this store")
-    return latest["run_id"]
-
-
-def _report_end(store: EventStore, run_id: str, code: int) -> int:
+def _report_end(result: api.RunResult) -> int:
     """Say how the run ended: a failure's one-line error is the last line on standard error."""
-    run = fold(store.events(run_id))
-    if run.ended and run.ended["status"] == "failed":
-        print(f"astrodriz-sm: error: {run.ended['reason']}", file=sys.stderr)
-    elif run.ended and run.ended["status"] == "skipped":
-        print(f"astrodriz-sm: skipped: {run.ended['reason']}", file=sys.stderr)
-    return code
+    if result.status == "failed":
+        print(f"astrodriz-sm: error: {result.reason}", file=sys.stderr)
+    elif result.status == "skipped":
+        print(f"astrodriz-sm: skipped: {result.reason}", file=sys.stderr)
+    return result.exit_code
 
 
 def cmd_start(args) -> int:
-    from ..handlers.init import input_kind
-    from ..runner import Runner, start_run
-
-    input_path = Path(args.input).resolve()
-    if not input_path.parent.is_dir():
-        raise InputError(f"{input_path}: directory does not exist", str(input_path))
-    _, root = input_kind(input_path)
-    apply_apriori, compute, notes = switches_from_environment()
-    config = RunConfig(
-        input=str(input_path),
-        run_dir=str(Path(args.newpath).resolve() / root if args.newpath else input_path.parent),
-        newpath=str(Path(args.newpath).resolve()) if args.newpath else None,
-        force=args.force, inmemory=args.inmemory, basic=args.basic, num_cores=args.num_cores,
-        debug=args.debug, apply_apriori=apply_apriori, compute_aposteriori=compute,
-        environment=recorded_environment(), notes=tuple(notes))
-    store = _store_for(args, input_path)
-    previous = store.latest_run(str(input_path))
-    if previous is not None:
-        state = fold(store.events(previous["run_id"]))
-        if not state.is_ended:
-            if getattr(args, "resume", False):
-                return _report_end(store, previous["run_id"], int(Runner(store, previous["run_id"]).resume()))
-            where = "/".join(min(state.in_progress)) if state.in_progress else state.state
-            raise RunStateError(f"{input_path}: run {previous['run_id']} on this input is unfinished "
-                                f"(at {where}); continue it with --resume or 'astrodriz-sm resume "
-                                f"{previous['run_id']}'")
-    run_id = start_run(store, config, root)
-    log = structlog.get_logger().bind(run_id=run_id)
-    log.info("run started", stage="init", input=str(input_path), store=str(store.path))
-    return _report_end(store, run_id, int(Runner(store, run_id, log=log).run()))
+    return _report_end(api.process(
+        args.input, args.newpath, force=args.force, inmemory=args.inmemory, basic=args.basic,
+        num_cores=args.num_cores, debug=args.debug, store=args.store, log_json=args.log_json,
+        console=not args.quiet, resume_unfinished=args.resume))
 
 
 def cmd_resume(args) -> int:
-    from ..runner import Runner
-
-    store = _store_for(args)
-    run_id = _run_id(store, args.run)
-    run = fold(store.events(run_id))
-    if run.is_ended:
-        raise RunStateError(f"run {run_id} already ended {run.ended['status']}; nothing to resume")
-    return _report_end(store, run_id, int(Runner(store, run_id).resume()))
+    return _report_end(api.resume(args.run, store=args.store, log_json=args.log_json, console=not args.quiet))
 
 
 def cmd_replay(args) -> int:
-    store = _store_for(args)
-    run_id = _run_id(store, args.run)
-    text = render_trailer(store.get_run(run_id), store.events(run_id))
+    text = api.replay(args.run, store=args.store)
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -110,19 +44,14 @@ def cmd_replay(args) -> int:
 
 
 def cmd_status(args) -> int:
-    store = _store_for(args)
-    run_ids = [args.run] if args.run else [r["run_id"] for r in store.runs()]
-    if args.run:
-        _run_id(store, args.run)
-    for rid in run_ids:
-        run = fold(store.events(rid))
+    for row, run in api.status(args.run, store=args.store):
         if run.is_ended:
             status = f"{run.ended['status']} (exit {run.ended['exit_code']})"
         elif run.in_progress:
             status = "running or interrupted in " + ", ".join(f"{a}/{b}" for a, b in sorted(run.in_progress))
         else:
             status = f"unfinished in state {run.state}"
-        print(f"{rid}  {status}  events={run.last_seq}  input={run.config.get('input')}")
+        print(f"{row['run_id']}  {status}  events={run.last_seq}  input={run.config.get('input')}")
         for stage, verdicts in run.verifications.items():
             for v in verdicts:
                 print(f"    {stage}: {v['check']} {v['verdict']}")
@@ -130,8 +59,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_verify_log(args) -> int:
-    store = _store_for(args)
-    run_ids = [_run_id(store, args.run)] if args.run else [r["run_id"] for r in store.runs()]
+    store = api.open_store(args.store)
+    run_ids = [api.find_run(store, args.run)] if args.run else [r["run_id"] for r in store.runs()]
     bad = 0
     for rid in run_ids:
         res = store.verify(rid)
@@ -141,6 +70,14 @@ def cmd_verify_log(args) -> int:
             bad += 1
             print(f"{rid}: BROKEN at seq {res.first_bad_seq}: {res.reason}")
     return int(ExitCode.LOG_CORRUPT) if bad else 0
+
+
+def cmd_explain(args) -> int:
+    from ..views.explain import render_explain
+
+    doc = api.explain(args.run, store=args.store)
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n" if args.json else render_explain(doc))
+    return 0
 
 
 def cmd_simulate(args) -> int:
@@ -168,29 +105,26 @@ def cmd_demo(args) -> int:
     ServiceStore(service_db).load_directory(sim.service_dir)
     service = start_server(service_db)
     print(f"local astrometry service on {service.url}", file=sys.stderr)
-    os.environ.update(service.environment)
-    os.environ.setdefault("jref", str(sim.outdir) + "/")
+    # The demo's own reference files and service, whatever jref and the URLs are in this shell.
+    environ = {**os.environ, **service.environment, "jref": f"{sim.outdir}/"}
     try:
-        ns = argparse.Namespace(input=str(sim.asn), newpath=None, force=False, inmemory=False, basic=False,
-                                num_cores=None, debug=False, store=None, resume=False)
-        code = cmd_start(ns)
+        result = api.process(sim.asn, environ=environ, log_json=args.log_json, console=not args.quiet)
     finally:
         service.stop()
-    store = EventStore(sim.outdir / STORE_NAME)
-    run_id = store.latest_run()["run_id"]
-    run = fold(store.events(run_id))
-    print(f"\nrun {run_id}: {run.ended['status'] if run.ended else 'unfinished'} (exit {code})")
-    for p in run.ended.get("products", []) if run.ended else []:
-        print(f"product  {sim.outdir / p}")
-    print(f"trailer  {sim.outdir / (run.inputs.get('root', sim.root) + '.tra')}")
-    print(f"store    {store.path}")
+    _report_end(result)
+    run = api.status(result.run_id, store=result.store)[0][1]
+    print(f"\nrun {result.run_id}: {result.status} (exit {result.exit_code})")
+    for p in result.products:
+        print(f"product  {p}")
+    print(f"trailer  {result.trailer}")
+    print(f"store    {result.store}")
     for stage, verdicts in run.verifications.items():
         for v in verdicts:
             numbers = (f"product {v['product_focus']:.1f} (z={v['product_z']:+.2f}), singles "
                        f"{', '.join(f'{x:.1f}' for x in v['single_focus'])}, accepted z "
                        f"[{v['z_min']:+.2f}, {v['z_max']:+.2f}]") if "product_focus" in v else ""
             print(f"{stage} {v['check']}: {v['verdict']} {numbers}".rstrip())
-    decision = next((d for d in run.decisions if d.get("decision") == "wcs"), None)
+    decision = run.decision("wcs")
     if decision:
         print(f"chosen WCS: {decision['chosen_wcsname']} ({decision['chosen_stage']} stage)")
     if run.ended and run.ended["status"] == "done":
@@ -200,13 +134,12 @@ def cmd_demo(args) -> int:
 
         from ..sim import measure_product_astrometry, observation_epoch
 
-        product = run.ended["products"][-1]
-        acc = measure_product_astrometry(sim.outdir / product, sim.truth_catalog,
-                                         observation_epoch(sim.truth_json))
-        scale = proj_plane_pixel_scales(WCS(fits.getheader(sim.outdir / product, ("SCI", 1))))[0] * 3.6e6
-        print(f"accuracy of {product} against the truth: {acc.rms:.3f} px RMS "
+        product = result.products[-1]
+        acc = measure_product_astrometry(product, sim.truth_catalog, observation_epoch(sim.truth_json))
+        scale = proj_plane_pixel_scales(WCS(fits.getheader(product, ("SCI", 1))))[0] * 3.6e6
+        print(f"accuracy of {product.name} against the truth: {acc.rms:.3f} px RMS "
               f"({acc.rms * scale:.1f} mas at {scale:.0f} mas/px) over {acc.n_stars} stars")
-    return code
+    return result.exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,9 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", nargs="?")
     s.set_defaults(func=cmd_verify_log)
 
-    from .explain import add_explain_arguments
-
-    add_explain_arguments(sub.add_parser("explain", help="candidate WCSs of every exposure and why one was chosen"))
+    s = with_store(sub.add_parser("explain", help="candidate WCSs of every exposure and why one was chosen"))
+    s.add_argument("run", nargs="?", help="run id (default: the latest run)")
+    s.add_argument("--json", action="store_true", help="print one JSON document instead of the report")
+    s.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("simulate", help="write a simulated HST association with a known truth")
     s.add_argument("outdir")
@@ -300,7 +234,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point of ``astrodriz-sm``."""
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_json, console=not args.quiet)
     try:
         return int(args.func(args))
     except AstrodrizError as exc:

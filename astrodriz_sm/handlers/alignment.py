@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..statemachine import STOP_STAGE, best_verified_stage, stage_files
+from ..model import StageStop, StepResult
+from ..statemachine import best_verified_stage, choose_fit, conclude_stage, stage_files
+from ..statemachine.rules import VALID_FIT_QUALITY
 from ..statemachine.state import CANDIDATE, DECISION
 from .common import StepContext, Timer, captured_output, hashes, working_directory
-from .drizzle import calibrated_files, copy_into_stage
+from .drizzle import copy_into_stage
 
 # The libraries' own defaults, used when the variables are unset (runastrodriz does the same).
 DEFAULT_URLS = {
@@ -33,9 +35,6 @@ REQUIRED_SERVICE = {"apriori": "ASTROMETRY_SERVICE_URL", "aposteriori": "ASTROME
 # The reference catalogs tried, newest first, as the runastrodriz description lists them: GAIA with
 # proper motions, then GAIA DR1 without (better for fields of distant galaxies).
 APOSTERIORI_CATALOGS = ("GAIAeDR3", "GAIADR2", "GAIADR1")
-# Fits with drizzlepac fit quality 1-3 are valid (4: suspect, 5: failed).
-VALID_FIT_QUALITY = (1, 2, 3)
-FIT_RULE = ("among the valid fits (drizzlepac fit quality 1-3), the lowest RMS; more matches break ties")
 
 
 def service_url(ctx: StepContext, variable: str) -> str:
@@ -43,14 +42,14 @@ def service_url(ctx: StepContext, variable: str) -> str:
     return ctx.run.environment.get(variable) or DEFAULT_URLS[variable]
 
 
-def probe_service(ctx: StepContext) -> dict:
+def probe_service(ctx: StepContext) -> StepResult:
     """One short check per service before a stage relies on it.
 
     Returns
     -------
-    dict
-        Per service: URL, reachable, reason. ``stop_stage`` when the service the stage needs does
-        not answer, so the stage is skipped instead of waiting on retries.
+    StepResult
+        Per service: URL, reachable, reason. A stop when the service the stage needs does not
+        answer, so the stage is skipped instead of waiting on retries.
     """
     from ..services import probe
 
@@ -64,12 +63,13 @@ def probe_service(ctx: StepContext) -> dict:
     payload = {"services": results,
                "environment_update": {v: r["url"] for v, r in results.items()}}
     needed = results[REQUIRED_SERVICE[ctx.stage]]
+    stop = None
     if not needed["reachable"]:
-        payload[STOP_STAGE] = f"{REQUIRED_SERVICE[ctx.stage]} unreachable ({needed['reason']}): stage skipped"
-    return payload
+        stop = StageStop(f"{REQUIRED_SERVICE[ctx.stage]} unreachable ({needed['reason']}): stage skipped")
+    return StepResult(payload, stop=stop)
 
 
-def stage_inputs(ctx: StepContext) -> dict:
+def stage_inputs(ctx: StepContext) -> StepResult:
     """Copy the exposures of the best verified stage so far into this stage's directory."""
     from drizzlepac import resetbits
 
@@ -80,12 +80,13 @@ def stage_inputs(ctx: StepContext) -> dict:
         # Misaligned default products flag star cores as cosmic rays: clear those flags before the
         # sources are measured again (runastrodriz's find_crs path).
         d = ctx.stage_dir()
+        names = ctx.inputs.exposures.names
         with captured_output():
-            for name in calibrated_files(ctx):
+            for name in names:
                 resetbits.reset_dq_bits(str(d / name), "4096,8192")
         payload["dq_bits_reset"] = "4096,8192"
-        payload["files"] = hashes(d, calibrated_files(ctx))
-    return payload
+        payload["files"] = hashes(d, names)
+    return StepResult(payload)
 
 
 def _wcs_summary(path: Path) -> dict:
@@ -97,7 +98,7 @@ def _wcs_summary(path: Path) -> dict:
     return {"wcsnames": primary, "headerlets": attached}
 
 
-def apriori_updatewcs(ctx: StepContext) -> dict:
+def apriori_updatewcs(ctx: StepContext) -> StepResult:
     """``updatewcs(use_db=True)``: fetch the database's solutions and apply the best one.
 
     Only solutions computed with the exposure's current IDCTAB are applied (stwcs's default);
@@ -109,7 +110,7 @@ def apriori_updatewcs(ctx: StepContext) -> dict:
 
     d = ctx.stage_dir()
     default_name = ctx.run.output("default", "updatewcs").get("wcsname")
-    groups = [g for g in (ctx.run.inputs["flt"], ctx.run.inputs["flc"]) if g]
+    groups = [[e.name for e in g] for g in ctx.inputs.exposures.lists]
     ctx.progress("updatewcs(use_db=True) against " + service_url(ctx, "ASTROMETRY_SERVICE_URL"))
     with Timer() as t, captured_output() as out, working_directory(d):
         for group in groups:
@@ -122,12 +123,13 @@ def apriori_updatewcs(ctx: StepContext) -> dict:
     names = sorted({w for s in summary.values() for w in s["wcsnames"]})
     payload = {"wcsname": names[0] if len(names) == 1 else names, "exposures": summary,
                "files": hashes(d, [n for g in groups for n in g]), "seconds": t.elapsed, "log": out.getvalue()}
+    stop = None
     if names == [default_name]:
-        payload[STOP_STAGE] = (f"no a priori solution for IDCTAB {default_name}: "
-                               "the exposures keep the pipeline-default WCS")
+        stop = StageStop(f"no a priori solution for IDCTAB {default_name}: "
+                         "the exposures keep the pipeline-default WCS")
     elif len(names) != 1:
-        payload[STOP_STAGE] = f"exposures got different a priori WCSs {names}: not a consistent solution"
-    return payload
+        stop = StageStop(f"exposures got different a priori WCSs {names}: not a consistent solution")
+    return StepResult(payload, stop=stop)
 
 
 def _fit_candidate(catalog: str, method: str, imglist, quality: int, rms: float, n_matches: int,
@@ -144,24 +146,29 @@ def _fit_candidate(catalog: str, method: str, imglist, quality: int, rms: float,
             "valid": int(quality) in VALID_FIT_QUALITY, "exposures": per_image}
 
 
-def align(ctx: StepContext) -> dict:
+def align(ctx: StepContext) -> StepResult:
     """A posteriori fit of the exposures to each reference catalog; the best fit goes into the headers.
+
+    Each fit is a ``candidate`` fact and the choice among them (:func:`statemachine.choose_fit`) a
+    ``decision`` fact.
 
     Returns
     -------
-    dict
-        The chosen catalog and WCSNAME, or ``stop_stage`` with the reason no fit was usable.
+    StepResult
+        The chosen catalog and WCSNAME, or a stop with the reason no fit was usable.
     """
     from drizzlepac import align as dp_align
     from drizzlepac.haputils import align_utils
     from drizzlepac.haputils import astrometric_utils as amutils
 
     d = ctx.stage_dir()
-    inputs = ctx.run.inputs
-    files = list(inputs["flc"] or inputs["flt"])
-    # The catalog service URL is read by drizzlepac at import time; set it for this run explicitly.
+    inputs = ctx.inputs
+    fitted = inputs.exposures.verified
+    files = [e.name for e in fitted]
+    # drizzlepac reads the catalog service URL at import time; set it for this step (the runner
+    # restores the library's value afterwards).
     amutils.SERVICELOCATION = service_url(ctx, "ASTROMETRIC_CATALOG_URL")
-    apars = dp_align.get_default_pars(inputs["instrument"], inputs["detector"])
+    apars = dp_align.get_default_pars(inputs.instrument, inputs.detector)
     quality_pars = apars["determine_fit_quality"]
     quality_pars["min_xmatches"] = quality_pars["MIN_FIT_MATCHES"]
     catalogs = list(APOSTERIORI_CATALOGS)
@@ -170,7 +177,7 @@ def align(ctx: StepContext) -> dict:
             # Verified default products mean trustworthy cosmic-ray flags: mask them too (runastrodriz).
             "sat_flags": 256 + 2048 + (4096 + 8192 if ctx.run.verdict("default") else 0)}
     pars.update(apars)
-    stop = None
+    stop, facts, decision = None, [], None
     with Timer() as t, captured_output() as out, working_directory(d):
         table = align_utils.AlignmentTable(files, **pars)
         try:
@@ -198,12 +205,11 @@ def align(ctx: StepContext) -> dict:
                         reference = dp_align.generate_astrometric_catalog(table.process_list, catalog=catalog,
                                                                           output=False)
                     except Exception as exc:  # noqa: BLE001 - a catalog the service lacks is one bad candidate
+                        reference, reason = None, f"reference catalog unavailable: {exc}"
+                    if reference is None:
                         cand = {"catalog": catalog, "method": method, "fit_quality": 5, "valid": False,
-                                "reason": f"reference catalog unavailable: {exc}"}
-                        candidates.append(cand)
-                        ctx.emit(CANDIDATE, cand)
-                        continue
-                    if len(reference) < quality_pars["MIN_CATALOG_THRESHOLD"]:
+                                "reason": reason}
+                    elif len(reference) < quality_pars["MIN_CATALOG_THRESHOLD"]:
                         cand = {"catalog": catalog, "method": method, "fit_quality": 5, "valid": False,
                                 "reference_sources": len(reference),
                                 "reason": f"only {len(reference)} reference sources "
@@ -218,63 +224,44 @@ def align(ctx: StepContext) -> dict:
                         cand = _fit_candidate(catalog, method, table.imglist, quality, rms, n_matches,
                                               len(reference))
                     candidates.append(cand)
-                    ctx.emit(CANDIDATE, cand)
-                valid = [c for c in candidates if c["valid"]]
-                if not valid:
-                    stop = "no valid fit to any reference catalog: " + "; ".join(
-                        f"{c['catalog']} quality {c['fit_quality']}" for c in candidates)
+                    facts.append((CANDIDATE, cand))
+                    ctx.progress(f"candidate {catalog}: fit quality {cand['fit_quality']}"
+                                 + (f", rms {cand['rms_mas']:.2f} mas" if "rms_mas" in cand else ""), point="fitted")
+                decision = choose_fit(candidates, method)
+                facts.append((DECISION, decision))
+                if decision["chosen_catalog"] is None:
+                    stop = decision["reason"]
             if stop is None:
-                best = min(valid, key=lambda c: (c["rms_mas"], -c["matches"]))
-                ctx.emit(DECISION, {"decision": "aposteriori_fit", "chosen_catalog": best["catalog"],
-                                    "chosen_method": method, "rule": FIT_RULE,
-                                    "candidates": [{k: c.get(k) for k in ("catalog", "fit_quality", "rms_mas",
-                                                                          "matches", "valid")}
-                                                   for c in candidates]})
-                table.select_fit(best["catalog"], method)
-                hlet_names = {f: f.replace(".fits", "_hlet.fits") for f in files}
-                table.apply_fit(headerlet_filenames=hlet_names)
+                table.select_fit(decision["chosen_catalog"], method)
+                table.apply_fit(headerlet_filenames={e.name: e.headerlet for e in fitted})
         finally:
             table.close()
     payload = {"excluded": excluded, "sources_found": found, "catalogs": catalogs, "method": method,
                "seconds": t.elapsed, "log": out.getvalue()}
     if stop is not None:
-        payload[STOP_STAGE] = stop
-        return payload
+        return StepResult(payload, facts=facts, stop=StageStop(stop))
     # Exposures of the other kind (FLT when FLC were fitted) take the same WCS.
-    other = inputs["flt"] if inputs["flc"] else []
-    if other:
+    if inputs.exposures.unverified:
         from .final import copy_wcs
 
-        copy_wcs(d, files, other)
-    summary = {n: _wcs_summary(d / n) for n in calibrated_files(ctx)}
+        copy_wcs(d, files, [e.name for e in inputs.exposures.unverified])
+    names_all = inputs.exposures.names
+    summary = {n: _wcs_summary(d / n) for n in names_all}
     names = sorted({w for s in summary.values() for w in s["wcsnames"]})
+    best = next(c for c in candidates if c["catalog"] == decision["chosen_catalog"])
     payload.update(wcsname=names[0] if len(names) == 1 else names, chosen_catalog=best["catalog"],
                    rms_mas=best["rms_mas"], matches=best["matches"], exposures=summary,
-                   files=hashes(d, calibrated_files(ctx)))
-    return payload
+                   files=hashes(d, names_all))
+    return StepResult(payload, facts=facts)
 
 
-def conclude(ctx: StepContext) -> dict:
-    """Keep the stage's WCS or discard its directory, with the reason, as a decision event."""
-    stop = next((ctx.run.output(ctx.stage, s).get(STOP_STAGE) for s in ("probe_service", "updatewcs", "align")
-                 if ctx.run.output(ctx.stage, s).get(STOP_STAGE)), None)
-    verdict = ctx.run.verdict(ctx.stage)
-    if stop:
-        kept, reason = False, stop
-    elif verdict:
-        kept, reason = True, "alignment verified (focus and similarity)"
-    else:
-        failed = [f"{v['check']} {v['verdict']}" for v in ctx.run.verifications.get(ctx.stage, [])
-                  if v["verdict"] != "pass"]
-        kept, reason = False, "verification failed: " + ", ".join(failed)
+def conclude(ctx: StepContext) -> StepResult:
+    """Keep the stage's WCS or discard its directory, as :func:`statemachine.conclude_stage` decides."""
+    decision = conclude_stage(ctx.run, ctx.stage)
     d = ctx.stage_dir()
     discarded = False
-    if not kept and d.exists() and not ctx.config.get("debug"):
+    if not decision["kept"] and d.exists() and not ctx.config.get("debug"):
         shutil.rmtree(d)
         discarded = True
-    decision = {"decision": f"{ctx.stage}_stage", "kept": kept, "reason": reason,
-                "directory_removed": discarded,
-                "wcsname": ctx.run.output(ctx.stage, "align" if ctx.stage == "aposteriori" else "updatewcs")
-                .get("wcsname")}
-    ctx.emit(DECISION, decision)
-    return {"kept": kept, "reason": reason}
+    return StepResult({"kept": decision["kept"], "reason": decision["reason"], "directory_removed": discarded},
+                      facts=[(DECISION, decision)])

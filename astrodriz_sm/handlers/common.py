@@ -18,6 +18,7 @@ from pathlib import Path
 from astropy.io import fits
 
 from ..errors import InputError
+from ..model import Inputs, stage_directory_name
 from ..statemachine import RunState
 
 
@@ -34,10 +35,9 @@ class StepContext:
         Directory of the input file; changed only by the final ``promote`` step.
     work_dir : Path
         Where stage directories live: ``input_dir``, or ``<NEWPATH>/<root>``.
-    emit : callable
-        ``emit(kind, payload)`` appends an event (verification, decision, note) to the log now.
     progress : callable
-        ``progress(message)`` tells the user what a long step is doing.
+        ``progress(message, point=None)`` tells the user what a long step is doing; ``point`` names
+        the moment for the runner's observer (for example ``'fitted'`` after each fit).
     """
 
     run: RunState
@@ -45,8 +45,7 @@ class StepContext:
     step: str
     input_dir: Path
     work_dir: Path
-    emit: Callable[[str, dict], None]
-    progress: Callable[[str], None] = field(default=lambda message: None)
+    progress: Callable[..., None] = field(default=lambda message, point=None: None)
 
     @property
     def config(self) -> dict:
@@ -54,13 +53,18 @@ class StepContext:
         return self.run.config
 
     @property
+    def inputs(self) -> Inputs:
+        """What the init stage recorded."""
+        return self.run.inputs
+
+    @property
     def root(self) -> str:
         """Association (or exposure) rootname."""
-        return self.run.inputs.get("root") or self.run.config["root"]
+        return self.run.root
 
     def stage_dir(self, stage: str | None = None) -> Path:
         """``<work_dir>/<root>_<stage>``."""
-        return self.work_dir / f"{self.root}_{stage or self.stage}"
+        return self.work_dir / stage_directory_name(self.root, stage or self.stage)
 
 
 def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

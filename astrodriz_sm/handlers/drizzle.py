@@ -18,18 +18,12 @@ import numpy as np
 from astropy.io import fits
 
 from ..errors import ProcessingError
+from ..model import Product, StepResult
 from .common import StepContext, Timer, captured_output, copy_file, hashes, working_directory
 
 # Parameters runastrodriz imposes on every pipeline AstroDrizzle call (PIPELINE_PARS), plus the
 # cosmic-ray settings of the default stage.
 PIPELINE_PARS = {"stepsize": 10, "preserve": False, "build": True}
-# DQ bits treated as good when drizzling without cosmic-ray identification (runastrodriz focus_pars).
-GOOD_BITS = {"WFC3/IR": 512, "WFC3/UVIS": 1360, "ACS/WFC": 1360, "ACS/SBC": 0, "ACS/HRC": 1360}
-
-
-def calibrated_files(ctx: StepContext) -> list[str]:
-    """FLT then FLC names: FLT first, so that the FLC single-drizzle products are the ones left."""
-    return ctx.run.inputs["flt"] + ctx.run.inputs["flc"]
 
 
 def copy_into_stage(ctx: StepContext, source_dir: Path, expected: dict | None = None) -> dict:
@@ -53,7 +47,7 @@ def copy_into_stage(ctx: StepContext, source_dir: Path, expected: dict | None = 
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    names = calibrated_files(ctx)
+    names = ctx.inputs.exposures.names
     for n in names:
         copy_file(source_dir / n, dest / n)
     copied = hashes(dest, names)
@@ -64,9 +58,9 @@ def copy_into_stage(ctx: StepContext, source_dir: Path, expected: dict | None = 
     return {"directory": dest.name, "source": str(source_dir), "files": copied}
 
 
-def stage_inputs(ctx: StepContext) -> dict:
+def stage_inputs(ctx: StepContext) -> StepResult:
     """Copy the exposures from the run directory into ``<root>_default/``."""
-    return copy_into_stage(ctx, ctx.input_dir, ctx.run.inputs.get("input_hashes"))
+    return StepResult(copy_into_stage(ctx, ctx.input_dir, ctx.inputs.input_hashes))
 
 
 def _wcsnames(path: Path) -> list[str]:
@@ -74,12 +68,12 @@ def _wcsnames(path: Path) -> list[str]:
         return [str(h.header.get("WCSNAME", "")) for h in hdul if h.name == "SCI"]
 
 
-def updatewcs(ctx: StepContext) -> dict:
+def updatewcs(ctx: StepContext) -> StepResult:
     """Apply the distortion model: ``updatewcs(use_db=False)`` to the pipeline-default WCS.
 
     Returns
     -------
-    dict
+    StepResult
         The WCSNAME every exposure got (``IDC_<idctab root>``), output hashes and the library log.
 
     Raises
@@ -90,9 +84,9 @@ def updatewcs(ctx: StepContext) -> dict:
     from stwcs.updatewcs import updatewcs as stwcs_updatewcs
 
     d = ctx.stage_dir()
-    idctab = ctx.run.inputs["references"].get("IDCTAB", "")
+    idctab = ctx.inputs.references.get("IDCTAB", "")
     expected = "IDC_" + Path(idctab.split("$")[-1]).name.split("_idc")[0] if idctab else None
-    groups = [g for g in (ctx.run.inputs["flt"], ctx.run.inputs["flc"]) if g]
+    groups = [[e.name for e in g] for g in ctx.inputs.exposures.lists]
     ctx.progress(f"updatewcs(use_db=False) on {sum(map(len, groups))} exposures")
     with Timer() as t, captured_output() as out, working_directory(d):
         for group in groups:
@@ -104,11 +98,12 @@ def updatewcs(ctx: StepContext) -> dict:
     found = sorted({w for ws in names.values() for w in ws})
     if expected and found != [expected]:
         raise ProcessingError(f"{d}: updatewcs gave WCSNAME {found}, expected {expected}", str(d))
-    return {"wcsname": found[0] if len(found) == 1 else found, "wcsnames": names,
-            "files": hashes(d, [n for g in groups for n in g]), "seconds": t.elapsed, "log": out.getvalue()}
+    return StepResult({"wcsname": found[0] if len(found) == 1 else found, "wcsnames": names,
+                       "files": hashes(d, [n for g in groups for n in g]), "seconds": t.elapsed,
+                       "log": out.getvalue()})
 
 
-def drizzle_parameters(ctx: StepContext, files: list[str], final: bool) -> dict:
+def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
     """AstroDrizzle parameters as runastrodriz sets them.
 
     MDRIZTAB (when the header names one) gives the per-filter defaults; without it AstroDrizzle's
@@ -117,12 +112,12 @@ def drizzle_parameters(ctx: StepContext, files: list[str], final: bool) -> dict:
     """
     from drizzlepac import mdzhandler
 
-    mdriztab = ctx.run.inputs.get("reference_paths", {}).get("MDRIZTAB")
+    mdriztab = ctx.inputs.reference_paths.get("MDRIZTAB")
     d = ctx.stage_dir()
     if mdriztab:
         with captured_output(), working_directory(d):
-            pars = mdzhandler.getMdriztabParameters(files)
-        source = f"MDRIZTAB {ctx.run.inputs['references']['MDRIZTAB']}"
+            pars = mdzhandler.getMdriztabParameters(product.inputs)
+        source = f"MDRIZTAB {ctx.inputs.references['MDRIZTAB']}"
     else:
         pars, source = {}, "AstroDrizzle defaults (no MDRIZTAB in the header)"
     pars = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in pars.items()}
@@ -143,10 +138,9 @@ def drizzle_parameters(ctx: StepContext, files: list[str], final: bool) -> dict:
             # The default products verified, so their cosmic-ray flags hold: keep them (resetbits 0)
             # and drizzle without a new identification, as runastrodriz's reset_mdriztab_nocr.
             pars.update(resetbits=0, static=False, driz_separate=True, median=False, blot=False,
-                        driz_cr=False, driz_sep_bits=GOOD_BITS.get(
-                            f"{ctx.run.inputs['instrument']}/{ctx.run.inputs['detector']}", 0))
+                        driz_cr=False, driz_sep_bits=ctx.inputs.detector_parameters.good_bits)
             source += "; no new cosmic-ray identification (default stage verified)"
-    exptimes = np.array([ctx.run.inputs["exptimes"][f] for f in files])
+    exptimes = np.array([e.exptime for e in product.exposures])
     if exptimes.max() / exptimes.min() > 2:
         pars.update(combine_type="median", combine_nhigh=0)
     return {"parameters": pars, "source": source}
@@ -156,23 +150,7 @@ def drizzle_parameters(ctx: StepContext, files: list[str], final: bool) -> dict:
 OPERATIONAL_PARS = ("clean", "in_memory", "num_cores")
 
 
-def drizzled_groups(ctx: StepContext) -> list[list[str]]:
-    """The exposure lists this stage drizzles, FLT before FLC.
-
-    The default and final stages drizzle both lists, the default stage with the final parameters so
-    that the final stage can reuse both products when the pipeline-default WCS is chosen (see
-    :func:`reusable_product`); two lists are drizzled concurrently. The alignment stages drizzle
-    only the list whose product they verify: the FLC list when there is one, as runastrodriz
-    verifies the CTE-corrected data. Their products are never final (no new cosmic-ray
-    identification), so a second one would serve nothing.
-    """
-    inputs = ctx.run.inputs
-    if ctx.stage in ("default", "final"):
-        return [g for g in (inputs["flt"], inputs["flc"]) if g]
-    return [inputs["flc"] or inputs["flt"]]
-
-
-def reusable_product(ctx: StepContext, group: list[str], product: str, parameters: dict) -> dict | None:
+def reusable_product(ctx: StepContext, product: Product, parameters: dict) -> dict | None:
     """The chosen stage's product, when drizzling again here would write the same product.
 
     That holds when the chosen stage drizzled the same product with the same parameters (apart from
@@ -188,14 +166,14 @@ def reusable_product(ctx: StepContext, group: list[str], product: str, parameter
     """
     chosen = ctx.run.output("final", "choose_wcs").get("chosen_stage")
     done = ctx.run.output(chosen, "astrodrizzle") if chosen else {}
-    entry = next((p for p in done.get("products", []) if p["product"] == product and not p.get("reused_from")),
+    entry = next((p for p in done.get("products", []) if p["product"] == product.name and not p.get("reused_from")),
                  None)
-    if entry is None or entry["inputs"] != list(group) or not (ctx.stage_dir(chosen) / product).exists():
+    if entry is None or entry["inputs"] != product.inputs or not (ctx.stage_dir(chosen) / product.name).exists():
         return None
     effective = (lambda pars: {k: v for k, v in pars.items() if k not in OPERATIONAL_PARS})
     if effective(entry["parameters"]) != effective(parameters):
         return None
-    now = hashes(ctx.stage_dir(), list(group))
+    now = hashes(ctx.stage_dir(), product.inputs)
     if any(done["files"].get(n) != digest for n, digest in now.items()):
         return None
     return {**entry, "stage": chosen}
@@ -227,7 +205,7 @@ def _move_contents(src: Path, dest: Path) -> None:
     src.rmdir()
 
 
-def _drizzle_concurrently(d: Path, jobs: list[dict]) -> dict:
+def _drizzle_concurrently(d: Path, jobs: list[tuple[Product, dict]]) -> dict:
     """Drizzle several exposure lists at once, each in a child process and a directory of its own.
 
     AstroDrizzle names the intermediate files of an FLT and an FLC list alike (single drizzles,
@@ -239,8 +217,8 @@ def _drizzle_concurrently(d: Path, jobs: list[dict]) -> dict:
     ----------
     d : Path
         The stage directory.
-    jobs : list of dict
-        ``group``, ``product``, ``runfile``, ``root`` and ``parameters`` of each list.
+    jobs : list of (Product, dict)
+        Each product and its AstroDrizzle parameters.
 
     Returns
     -------
@@ -254,43 +232,45 @@ def _drizzle_concurrently(d: Path, jobs: list[dict]) -> dict:
     """
     running = []
     start = time.perf_counter()
-    for job in jobs:
-        sub = d / f"astrodrizzle_{job['product'].removesuffix('.fits').rsplit('_', 1)[-1]}"
+    for product, parameters in jobs:
+        sub = d / f"astrodrizzle_{product.suffix}"
         if sub.exists():
             shutil.rmtree(sub)
         sub.mkdir()
-        for n in job["group"]:
+        for n in product.inputs:
             os.replace(d / n, sub / n)
+        job = {"group": product.inputs, "root": product.root, "runfile": product.runfile, "parameters": parameters}
         (sub / "job.json").write_text(json.dumps(job))
         out = open(sub / "job.out", "w")  # noqa: SIM115 - closed after the child ends
         proc = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.child", str(os.getpid()), "job.json"],
                                 cwd=sub, stdout=out, stderr=subprocess.STDOUT)
-        running.append((job, sub, proc, out))
+        running.append((product, sub, proc, out))
     finished = {}
     while len(finished) < len(running):
-        for job, _, proc, _ in running:
-            if job["product"] not in finished and proc.poll() is not None:
-                finished[job["product"]] = round(time.perf_counter() - start, 3)
+        for product, _, proc, _ in running:
+            if product.name not in finished and proc.poll() is not None:
+                finished[product.name] = round(time.perf_counter() - start, 3)
         time.sleep(0.1)
     results, failure = {}, None
-    for job, sub, proc, out in running:
+    for product, sub, proc, out in running:
         out.close()
         printed = (sub / "job.out").read_text(errors="replace")
         (sub / "job.out").unlink()
         (sub / "job.json").unlink()
-        log_file = sub / f"{job['runfile']}.log"
+        log_file = sub / f"{product.runfile}.log"
         log = log_file.read_text(errors="replace") if log_file.exists() else printed
         _move_contents(sub, d)
         if proc.returncode != 0 and failure is None:
             last = printed.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-            failure = ProcessingError(f"{d / job['product']}: AstroDrizzle failed: {last[0]}", str(d / job["group"][0]))
-        results[job["product"]] = (finished[job["product"]], log)
+            failure = ProcessingError(f"{d / product.name}: AstroDrizzle failed: {last[0]}",
+                                      str(d / product.inputs[0]))
+        results[product.name] = (finished[product.name], log)
     if failure is not None:
         raise failure
     return results
 
 
-def run_astrodrizzle(ctx: StepContext, final: bool = False) -> dict:
+def run_astrodrizzle(ctx: StepContext, final: bool = False) -> StepResult:
     """Drizzle this stage's exposure lists: the FLT list into DRZ, the FLC list into DRC.
 
     In the final stage a product the chosen stage already drizzled identically is copied instead
@@ -299,62 +279,59 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> dict:
 
     Returns
     -------
-    dict
+    StepResult
         Per product: inputs, parameters, output hash, wall time and the AstroDrizzle log.
     """
     d = ctx.stage_dir()
-    root = ctx.root
-    groups = drizzled_groups(ctx)
+    products = ctx.inputs.products(ctx.stage)
     entries, jobs = {}, []
-    for group in groups:
-        suffix = "drc" if group[0].endswith("_flc.fits") else "drz"
-        product = f"{root}_{suffix}.fits"
-        pars = drizzle_parameters(ctx, group, final)
-        entries[product] = {"product": product, "inputs": list(group), "parameters": pars["parameters"],
-                            "parameter_source": pars["source"]}
-        reuse = reusable_product(ctx, group, product, pars["parameters"]) if final else None
+    for product in products:
+        pars = drizzle_parameters(ctx, product, final)
+        entries[product.name] = {"product": product.name, "inputs": product.inputs,
+                                 "parameters": pars["parameters"], "parameter_source": pars["source"]}
+        reuse = reusable_product(ctx, product, pars["parameters"]) if final else None
         if reuse is not None:
-            source = ctx.stage_dir(reuse["stage"]) / product
+            source = ctx.stage_dir(reuse["stage"]) / product.name
             with Timer() as t:
-                copy_file(source, d / product)
-            digest = hashes(d, [product])[product]
+                copy_file(source, d / product.name)
+            digest = hashes(d, [product.name])[product.name]
             if digest == reuse["sha256"]:
-                ctx.progress(f"{product}: reusing the {reuse['stage']} stage's product (same inputs and parameters)")
-                entries[product].update(seconds=t.elapsed, sha256=digest, reused_from=f"{reuse['stage']}/{product}",
-                                        log=f"reused {source}: same inputs (sha256) and parameters")
+                ctx.progress(f"{product.name}: reusing the {reuse['stage']} stage's product "
+                             "(same inputs and parameters)")
+                entries[product.name].update(seconds=t.elapsed, sha256=digest,
+                                             reused_from=f"{reuse['stage']}/{product.name}",
+                                             log=f"reused {source}: same inputs (sha256) and parameters")
                 continue
-            (d / product).unlink()  # changed since its stage recorded it: drizzle it here instead
-        jobs.append({"group": list(group), "product": product, "root": root,
-                     "runfile": f"{root}_{suffix}_astrodrizzle", "parameters": pars["parameters"]})
-    ctx.progress(" and ".join(f"AstroDrizzle {j['product']} from {len(j['group'])} exposures" for j in jobs)
+            (d / product.name).unlink()  # changed since its stage recorded it: drizzle it here instead
+        jobs.append(product)
+    ctx.progress(" and ".join(f"AstroDrizzle {p.name} from {len(p.exposures)} exposures" for p in jobs)
                  + (" (concurrently)" if len(jobs) > 1 else ""))
     if len(jobs) > 1:
         # The lists share the cores (``-n`` or all usable ones): two drizzles each starting a worker
         # per core would only compete for them, and hold twice the memory.
         share = max(1, (ctx.config.get("num_cores") or len(os.sched_getaffinity(0))) // len(jobs))
-        for job in jobs:
-            job["parameters"] = entries[job["product"]]["parameters"] = {**job["parameters"], "num_cores": share}
-        done = _drizzle_concurrently(d, jobs)
+        for p in jobs:
+            entries[p.name]["parameters"] = {**entries[p.name]["parameters"], "num_cores": share}
+        done = _drizzle_concurrently(d, [(p, entries[p.name]["parameters"]) for p in jobs])
     else:
         done = {}
-        for job in jobs:
+        for p in jobs:
             with Timer() as t, working_directory(d):
                 try:
-                    log = _astrodrizzle(job["group"], job["root"], job["runfile"], job["parameters"])
+                    log = _astrodrizzle(p.inputs, p.root, p.runfile, entries[p.name]["parameters"])
                 except Exception as exc:
-                    raise ProcessingError(f"{d / job['product']}: AstroDrizzle failed: {exc}",
-                                          str(d / job["group"][0])) from exc
-            done[job["product"]] = (t.elapsed, log)
-    for product in done:
-        if not (d / product).exists():
-            raise ProcessingError(f"{d / product}: AstroDrizzle wrote no product", str(d / product))
+                    raise ProcessingError(f"{d / p.name}: AstroDrizzle failed: {exc}", str(d / p.inputs[0])) from exc
+            done[p.name] = (t.elapsed, log)
+    for name in done:
+        if not (d / name).exists():
+            raise ProcessingError(f"{d / name}: AstroDrizzle wrote no product", str(d / name))
     # The stage directory as this step leaves it (inputs' DQ and sky keywords change, products
     # appear); reused products were hashed when copied.
-    files = hashes(d, [n for g in groups for n in g] + list(done))
-    files.update({p: e["sha256"] for p, e in entries.items() if p not in done})
-    for product, (seconds, log) in done.items():
-        entries[product].update(seconds=seconds, sha256=files[product], log=log)
-    return {"products": list(entries.values()), "files": files}
+    files = hashes(d, [n for p in products for n in p.inputs] + list(done))
+    files.update({name: e["sha256"] for name, e in entries.items() if name not in done})
+    for name, (seconds, log) in done.items():
+        entries[name].update(seconds=seconds, sha256=files[name], log=log)
+    return StepResult({"products": list(entries.values()), "files": files})
 
 
 def drizzle_job(job_file: str) -> int:

@@ -8,8 +8,8 @@ import warnings
 
 from astropy.io import fits
 
-from ..statemachine import choose_wcs as choose_wcs_rule
-from ..statemachine import stage_files
+from ..model import STAGES, StepResult
+from ..statemachine import choose_final_wcs, stage_files
 from ..statemachine.state import DECISION
 from .common import StepContext, captured_output, copy_atomic, hashes, sha256
 from .drizzle import copy_into_stage, run_astrodrizzle
@@ -20,17 +20,17 @@ _WCS_KEY = re.compile(r"^(WCSNAME|WCSAXES|CRVAL[12]|CRPIX[12]|CD[12]_[12]|CTYPE[
                       r"[AB]P?_ORDER|[AB]P?_\d_\d|A_DMAX|B_DMAX|OCX1[01]|OCY1[01]|TDDALPHA|TDDBETA)$")
 
 
-def choose_wcs(ctx: StepContext) -> dict:
-    """Record the choice of WCS as one decision event (see :func:`statemachine.choose_wcs`)."""
-    decision = choose_wcs_rule(ctx.run)
-    ctx.emit(DECISION, decision)
-    return {"chosen_stage": decision["chosen_stage"], "chosen_wcsname": decision["chosen_wcsname"]}
+def choose_wcs(ctx: StepContext) -> StepResult:
+    """Record the choice of WCS as one decision (see :func:`statemachine.choose_final_wcs`)."""
+    decision = choose_final_wcs(ctx.run)
+    return StepResult({"chosen_stage": decision["chosen_stage"], "chosen_wcsname": decision["chosen_wcsname"]},
+                      facts=[(DECISION, decision)])
 
 
-def stage_inputs(ctx: StepContext) -> dict:
+def stage_inputs(ctx: StepContext) -> StepResult:
     """Copy the exposures carrying the chosen WCS into ``<root>_final/``."""
     chosen = ctx.run.output("final", "choose_wcs")["chosen_stage"]
-    return copy_into_stage(ctx, ctx.stage_dir(chosen), stage_files(ctx.run, chosen))
+    return StepResult(copy_into_stage(ctx, ctx.stage_dir(chosen), stage_files(ctx.run, chosen)))
 
 
 def copy_wcs(directory, sources: list[str], targets: list[str]) -> dict:
@@ -60,39 +60,40 @@ def copy_wcs(directory, sources: list[str], targets: list[str]) -> dict:
     return copied
 
 
-def copy_flc_wcs(ctx: StepContext) -> dict:
+def copy_flc_wcs(ctx: StepContext) -> StepResult:
     """Copy each FLC's active WCS into its FLT, so both products share the chosen alignment."""
     d = ctx.stage_dir()
-    copied = copy_wcs(d, ctx.run.inputs["flc"], ctx.run.inputs["flt"])
-    return {"copied": copied, "files": hashes(d, ctx.run.inputs["flt"])}
+    exposures = ctx.inputs.exposures
+    flt = [e.name for e in exposures.flt]
+    copied = copy_wcs(d, [e.name for e in exposures.flc], flt)
+    return StepResult({"copied": copied, "files": hashes(d, flt)})
 
 
-def write_headerlets(ctx: StepContext) -> dict:
+def write_headerlets(ctx: StepContext) -> StepResult:
     """Write each exposure's chosen WCS as a headerlet file ``<exposure>_hlet.fits`` (not with ``-b``)."""
     from stwcs.wcsutil import headerlet
 
     d = ctx.stage_dir()
     written = {}
-    exposures = ctx.run.inputs["flc"] or ctx.run.inputs["flt"]
     with captured_output():
-        for name in exposures:
+        for exposure in ctx.inputs.exposures.verified:
+            name = exposure.name
             wcsname = fits.getval(d / name, "WCSNAME", ext=("SCI", 1))
-            out = name.replace(".fits", "_hlet.fits")
             # logging=False must be explicit: stwcs's decorator otherwise opens headerlet.log and, with
             # no handler on its logger, fails on an unset variable.
-            hlet = headerlet.create_headerlet(str(d / name), hdrname=f"{name[:-5]}_{wcsname}",
+            hlet = headerlet.create_headerlet(str(d / name), hdrname=f"{name.removesuffix('.fits')}_{wcsname}",
                                               wcsname=wcsname, logging=False)
-            hlet.writeto(d / out, overwrite=True)
-            written[out] = wcsname
-    return {"headerlets": written, "files": hashes(d, list(written))}
+            hlet.writeto(d / exposure.headerlet, overwrite=True)
+            written[exposure.headerlet] = wcsname
+    return StepResult({"headerlets": written, "files": hashes(d, list(written))})
 
 
-def astrodrizzle(ctx: StepContext) -> dict:
+def astrodrizzle(ctx: StepContext) -> StepResult:
     """The final DRZ (FLT) and DRC (FLC) products, with runastrodriz's final parameters."""
     return run_astrodrizzle(ctx, final=True)
 
 
-def promote(ctx: StepContext) -> dict:
+def promote(ctx: StepContext) -> StepResult:
     """Move the verified results into the run directory.
 
     The only step that writes to the input directory: the updated exposures replace the
@@ -101,21 +102,21 @@ def promote(ctx: StepContext) -> dict:
     d = ctx.stage_dir()
     products = [p["product"] for p in ctx.run.output("final", "astrodrizzle")["products"]]
     headerlets = list(ctx.run.output("final", "write_headerlets").get("headerlets", {}))
-    names = products + ctx.run.inputs["flt"] + ctx.run.inputs["flc"] + headerlets
+    names = products + ctx.inputs.exposures.names + headerlets
     ctx.progress(f"promoting {len(names)} files into {ctx.input_dir}")
     before = {n: sha256(ctx.input_dir / n) for n in names if (ctx.input_dir / n).exists()}
     for n in names:
         copy_atomic(d / n, ctx.input_dir / n)
-    return {"files": hashes(ctx.input_dir, names), "replaced": before, "products": products,
-            "headerlets": headerlets}
+    return StepResult({"files": hashes(ctx.input_dir, names), "replaced": before, "products": products,
+                       "headerlets": headerlets})
 
 
-def cleanup(ctx: StepContext) -> dict:
+def cleanup(ctx: StepContext) -> StepResult:
     """Remove the stage directories (kept with ``--debug``) and a NEWPATH working directory."""
     removed = []
     if ctx.config.get("debug"):
-        return {"removed": removed, "kept": "debug"}
-    for stage in ("default", "apriori", "aposteriori", "final"):
+        return StepResult({"removed": removed, "kept": "debug"})
+    for stage in STAGES[1:]:
         p = ctx.stage_dir(stage)
         if p.exists():
             shutil.rmtree(p)
@@ -123,4 +124,4 @@ def cleanup(ctx: StepContext) -> dict:
     if ctx.config.get("newpath") and ctx.work_dir != ctx.input_dir and ctx.work_dir.exists():
         shutil.rmtree(ctx.work_dir)
         removed.append(str(ctx.work_dir))
-    return {"removed": removed}
+    return StepResult({"removed": removed})

@@ -10,12 +10,19 @@ from pathlib import Path
 from astropy.io import fits
 
 from ..errors import InputError
+from ..model import (
+    DETECTORS,
+    FLC,
+    FLT,
+    Exposure,
+    ExposureSet,
+    Inputs,
+    StepResult,
+    input_name,
+    split_input_name,
+)
 from .common import StepContext, check_fits, primary_header, sha256
 
-# Instruments and detectors the pipeline knows how to verify (runastrodriz's focus_pars).
-SUPPORTED = {("ACS", "WFC"), ("ACS", "HRC"), ("ACS", "SBC"), ("WFC3", "UVIS"), ("WFC3", "IR")}
-# Reference-file environment variables by instrument.
-REF_VARIABLE = {"ACS": "jref", "WFC3": "iref"}
 REFERENCE_KEYWORDS = ("IDCTAB", "NPOLFILE", "D2IMFILE", "MDRIZTAB")
 _ROOTNAME = re.compile(r"^[a-z0-9]{6,12}$")
 
@@ -35,10 +42,9 @@ def input_kind(path: Path) -> tuple[str, str]:
     InputError
         For any other file name.
     """
-    name = path.name.lower()
-    for kind in ("asn", "raw", "flt", "flc"):
-        if name.endswith(f"_{kind}.fits"):
-            return kind, name[: -len(f"_{kind}.fits")]
+    parsed = split_input_name(path.name)
+    if parsed is not None:
+        return parsed
     raise InputError(f"{path}: expected an _asn, _raw, _flt or _flc FITS file", str(path))
 
 
@@ -88,9 +94,9 @@ def _exposure_facts(path: Path) -> dict:
     check_fits(path, need_sci=True)
     hdr = primary_header(path)
     instrument, detector = str(hdr.get("INSTRUME", "")).strip(), str(hdr.get("DETECTOR", "")).strip()
-    if (instrument, detector) not in SUPPORTED:
+    if (instrument, detector) not in DETECTORS:
         raise InputError(f"{path}: unsupported instrument {instrument}/{detector} "
-                         f"(supported: {', '.join('/'.join(s) for s in sorted(SUPPORTED))})", str(path))
+                         f"(supported: {', '.join('/'.join(s) for s in sorted(DETECTORS))})", str(path))
     exptime = hdr.get("EXPTIME")
     if exptime is None or float(exptime) <= 0:
         raise InputError(f"{path}: EXPTIME is {exptime}; nothing to drizzle", str(path))
@@ -99,7 +105,7 @@ def _exposure_facts(path: Path) -> dict:
             "drizcorr": str(hdr.get("DRIZCORR", "")).strip().upper() or None}
 
 
-def _resolve_references(refs: dict, instrument: str, input_dir: Path, environment: dict) -> tuple[dict, dict]:
+def _resolve_references(refs: dict, var: str, input_dir: Path, environment: dict) -> tuple[dict, dict]:
     """Find the reference files named in the headers.
 
     A ``jref$name`` reference needs the variable ``jref``; when it is not set and the file lies
@@ -111,7 +117,6 @@ def _resolve_references(refs: dict, instrument: str, input_dir: Path, environmen
         ``keyword -> absolute path`` (absent for 'N/A').
     environment_update : dict
     """
-    var = REF_VARIABLE.get(instrument, "jref")
     update, resolved = {}, {}
     for key, value in refs.items():
         if value.upper() in ("N/A", "NONE", ""):
@@ -157,17 +162,17 @@ def check_writable(directory: Path) -> None:
                          str(directory)) from exc
 
 
-def resolve_inputs(ctx: StepContext) -> dict:
+def resolve_inputs(ctx: StepContext) -> StepResult:
     """Interpret the input file and list the exposures to process.
 
     Follows runastrodriz's initialization: ASN table or singleton RAW/FLT/FLC, DRIZCORR from
-    the RAW file of the first member, the FLC list preferred over FLT when every member has one,
-    the trailer named ``<root>.tra``.
+    the RAW file of the first member, the FLC list used only when every member has one, the
+    trailer named ``<root>.tra``. An FLC-only delivery has an FLC list and no FLT list.
 
     Returns
     -------
-    dict
-        Payload with ``inputs`` (what later stages use) and ``environment_update``.
+    StepResult
+        Payload with ``inputs`` (:meth:`Inputs.to_payload`) and ``environment_update``.
     """
     input_path = Path(ctx.config["input"])
     input_dir = input_path.parent
@@ -183,31 +188,36 @@ def resolve_inputs(ctx: StepContext) -> dict:
     else:
         members = [root]
 
-    flt, flc, raw, facts = [], [], [], {}
+    found = {FLT: [], FLC: []}
+    raw, facts = [], {}
     for m in members:
-        f = input_dir / f"{m}_flt.fits"
-        c = input_dir / f"{m}_flc.fits"
-        if not f.exists() and not c.exists():
+        paths = {k: input_dir / input_name(m, k) for k in (FLT, FLC)}
+        if not any(p.exists() for p in paths.values()):
             listed = f" listed in {input_path.name}" if asn else ""
-            raise InputError(f"{f}: exposure {m}{listed} is missing (no _flt or _flc file)", str(f))
-        if f.exists():
-            facts[f.name] = _exposure_facts(f)
-            flt.append(f.name)
-        if c.exists():
-            facts[c.name] = _exposure_facts(c)
-            flc.append(c.name)
-        r = input_dir / f"{m}_raw.fits"
-        if r.exists():
-            raw.append(r.name)
-    if flc and len(flc) != len(members):
-        notes.append(f"only {len(flc)} of {len(members)} exposures have an FLC file: FLC files not used")
-        flc = []
-    if not flt:
-        # An FLC-only delivery: treat the FLC files as the calibrated list.
-        flt, flc = flc, []
+            raise InputError(f"{paths[FLT]}: exposure {m}{listed} is missing (no _flt or _flc file)",
+                             str(paths[FLT]))
+        for k, p in paths.items():
+            if p.exists():
+                facts[p.name] = _exposure_facts(p)
+                found[k].append(p.name)
+        if (input_dir / input_name(m, "raw")).exists():
+            raw.append(input_name(m, "raw"))
+    complete = {k: len(found[k]) == len(members) for k in found}
+    if not any(complete.values()):
+        # Neither list is whole: some members have only an FLT file, others only an FLC file.
+        short = next(m for m in members if input_name(m, FLT) not in found[FLT])
+        path = input_dir / input_name(short, FLT)
+        raise InputError(f"{path}: exposure {short} has an FLC file but no FLT file, and other exposures "
+                         "have no FLC file: neither list is complete", str(path))
+    for k in (FLC, FLT):
+        if found[k] and not complete[k]:
+            notes.append(f"only {len(found[k])} of {len(members)} exposures have an {k.upper()} file: "
+                         f"{k.upper()} files not used")
+            found[k] = []
+    used = found[FLT] + found[FLC]
 
     # DRIZCORR comes from the RAW file of the first member; without RAW, from the calibrated file.
-    first_raw = input_dir / f"{members[0]}_raw.fits"
+    first_raw = input_dir / input_name(members[0], "raw")
     if first_raw.exists():
         check_fits(first_raw)
         drizcorr = str(primary_header(first_raw).get("DRIZCORR", "")).strip().upper() or None
@@ -215,25 +225,24 @@ def resolve_inputs(ctx: StepContext) -> dict:
     elif kind == "raw":
         raise InputError(f"{first_raw}: file not found", str(first_raw))
     else:
-        drizcorr_file = flt[0]
-        drizcorr = facts[flt[0]]["drizcorr"]
+        drizcorr_file = used[0]
+        drizcorr = facts[used[0]]["drizcorr"]
         notes.append(f"no RAW file for {members[0]}: DRIZCORR read from {drizcorr_file}")
 
     kinds = {(v["instrument"], v["detector"]) for v in facts.values()}
     if len(kinds) > 1:
         raise InputError(f"{input_path}: exposures mix instruments/detectors {sorted(kinds)}", str(input_path))
     instrument, detector = kinds.pop()
-    first = facts[(flc or flt)[0]]
-    references, env_update = _resolve_references(first["references"], instrument, input_dir, ctx.run.environment)
-    used = flc + flt if flc else flt
-    inputs = {
-        "root": root, "kind": kind, "asn": asn, "members": members,
-        "flt": flt, "flc": flc, "raw": raw,
-        "drizcorr": drizcorr, "drizcorr_file": drizcorr_file,
-        "trailer": f"{root}.tra", "instrument": instrument, "detector": detector,
-        "exptimes": {n: facts[n]["exptime"] for n in used},
-        "references": first["references"], "reference_paths": references,
-        "input_hashes": {n: sha256(input_dir / n) for n in sorted(set(used + raw + ([asn] if asn else [])))},
-        "notes": notes,
-    }
-    return {"inputs": inputs, "environment_update": env_update}
+    exposures = ExposureSet(*(tuple(Exposure.from_name(n, instrument=instrument, detector=detector,
+                                                       exptime=facts[n]["exptime"]) for n in found[k])
+                              for k in (FLT, FLC)))
+    first = facts[exposures.verified[0].name]
+    references, env_update = _resolve_references(first["references"], DETECTORS[(instrument, detector)]
+                                                 .reference_variable, input_dir, ctx.run.environment)
+    inputs = Inputs(
+        root=root, kind=kind, asn=asn, members=tuple(members), exposures=exposures, raw=tuple(raw),
+        drizcorr=drizcorr, drizcorr_file=drizcorr_file, references=first["references"],
+        reference_paths=references,
+        input_hashes={n: sha256(input_dir / n) for n in sorted(set(used + raw + ([asn] if asn else [])))},
+        notes=tuple(notes))
+    return StepResult({"inputs": inputs.to_payload(), "environment_update": env_update})

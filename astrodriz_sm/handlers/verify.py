@@ -11,26 +11,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..model import Product, StepResult
 from ..statemachine.state import VERIFICATION
 from .common import StepContext, captured_output
 from .overlap import max_overlap_diff
 
-# LoG sigma per instrument/detector, as runastrodriz's focus_pars.
-FOCUS_SIGMA = {"WFC3/IR": 2.0, "WFC3/UVIS": 1.5, "ACS/WFC": 1.5, "ACS/SBC": 2.0, "ACS/HRC": 1.5}
 
-
-def focus_check(stage_dir: Path, exposures: list[str], product: str, instdet: str) -> dict:
+def focus_check(stage_dir: Path, product: Product, sigma: float) -> dict:
     """Measure the focus index of a product against its single-drizzle images.
 
     Parameters
     ----------
     stage_dir : Path
-    exposures : list of str
-        Calibrated exposures whose ``<root>_single_sci.fits`` were written by AstroDrizzle.
-    product : str
-        The total drizzled product.
-    instdet : str
-        ``'ACS/WFC'`` etc., for the LoG sigma.
+    product : Product
+        The total drizzled product; AstroDrizzle wrote its exposures' single-drizzle images.
+    sigma : float
+        Sigma of the LoG kernel (the detector's ``focus_sigma``).
 
     Returns
     -------
@@ -39,14 +35,13 @@ def focus_check(stage_dir: Path, exposures: list[str], product: str, instdet: st
     """
     from drizzlepac.haputils import astrometric_utils as amutils
 
-    singles = [str(stage_dir / (e.rsplit("_", 1)[0] + "_single_sci.fits")) for e in exposures]
+    singles = [str(stage_dir / name) for name in product.singles]
     missing = [s for s in singles if not Path(s).exists()]
     if missing:
-        return {"check": "focus", "verdict": "error", "product": product,
+        return {"check": "focus", "verdict": "error", "product": product.name,
                 "reason": f"single-drizzle products missing: {[Path(m).name for m in missing]}"}
-    sigma = FOCUS_SIGMA.get(instdet, 1.5)
     with captured_output():
-        fd = amutils.build_focus_dict(singles, str(stage_dir / product), sigma=sigma)
+        fd = amutils.build_focus_dict(singles, str(stage_dir / product.name), sigma=sigma)
         verified = bool(amutils.evaluate_focus(fd))
     s = fd["stats"]
     mean, std = float(s["mean"]), float(s["std"])
@@ -55,7 +50,7 @@ def focus_check(stage_dir: Path, exposures: list[str], product: str, instdet: st
     hi = mean + 3.0 * std
     z = (lambda v: float(amutils.compute_prob(v, mean, std)) if std > 0 else 0.0)
     return {
-        "check": "focus", "verdict": "pass" if verified else "fail", "product": product,
+        "check": "focus", "verdict": "pass" if verified else "fail", "product": product.name,
         "sigma": sigma, "product_focus": float(fd["prod"][0]), "product_z": z(fd["prod"][0]),
         "single_focus": [float(v) for v in fd["exp"]],
         "single_z": [z(v) for v in fd["exp"]],
@@ -66,7 +61,7 @@ def focus_check(stage_dir: Path, exposures: list[str], product: str, instdet: st
     }
 
 
-def overlap_check(stage_dir: Path, exposures: list[str], product: str, workers: int = 1) -> dict:
+def overlap_check(stage_dir: Path, product: Product, workers: int = 1) -> dict:
     """Similarity of the product to each single-drizzle image in their region of overlap.
 
     drizzlepac's ``max_overlap_diff`` (see :mod:`.overlap`, which computes it on ``workers``
@@ -77,15 +72,16 @@ def overlap_check(stage_dir: Path, exposures: list[str], product: str, workers: 
     from drizzlepac.haputils import cell_utils
     from stwcs.wcsutil import HSTWCS
 
-    singles = [str(stage_dir / (e.rsplit("_", 1)[0] + "_single_sci.fits")) for e in exposures]
+    singles = [str(stage_dir / name) for name in product.singles]
+    total = str(stage_dir / product.name)
     with captured_output():
-        footprint = cell_utils.SkyFootprint(HSTWCS(str(stage_dir / product), ext=("SCI", 1)))
+        footprint = cell_utils.SkyFootprint(HSTWCS(total, ext=("SCI", 1)))
         footprint.build(singles)
-        diffs = max_overlap_diff(footprint.total_mask, singles, str(stage_dir / product), workers=workers)
+        diffs = max_overlap_diff(footprint.total_mask, singles, total, workers=workers)
         verified, max_diff = amutils.evaluate_overlap_diffs(diffs)
     per_single = {Path(k).name: {kk: float(vv) for kk, vv in v.items() if isinstance(vv, (int, float))}
                   for k, v in diffs.items()}
-    return {"check": "overlap_similarity", "verdict": "pass" if verified else "fail", "product": product,
+    return {"check": "overlap_similarity", "verdict": "pass" if verified else "fail", "product": product.name,
             "max_distance": float(max_diff), "limit": 1.0, "singles": per_single,
             "rule": "pass when the largest per-exposure distance (min of Hamming and MSE variants) <= 1"}
 
@@ -107,29 +103,26 @@ def similarity_to_default(stage_dir: Path, default_dir: Path, product: str) -> d
             "rule": "pass when the similarity index to the pipeline-default product is at most 1"}
 
 
-def verify_alignment(ctx: StepContext) -> dict:
-    """Verify the stage's drizzled product; each check is a ``verification`` event.
+def verify_alignment(ctx: StepContext) -> StepResult:
+    """Verify the stage's drizzled product; each check is a ``verification`` fact.
 
     The FLC product is checked when there is one (CTE-corrected data), as runastrodriz does.
     The default stage checks the focus; the alignment stages also check the similarity in the
     overlap region and against the default product. A single exposure has no relative alignment
     to verify and is recorded as not applicable.
     """
-    inputs = ctx.run.inputs
-    exposures = inputs["flc"] or inputs["flt"]
-    product = f"{ctx.root}_{'drc' if inputs['flc'] else 'drz'}.fits"
+    product = ctx.inputs.verified_product
     d = ctx.stage_dir()
     results = []
-    if len(exposures) < 2:
-        results.append({"check": "focus", "verdict": "n/a", "product": product,
+    if len(product.exposures) < 2:
+        results.append({"check": "focus", "verdict": "n/a", "product": product.name,
                         "reason": "a single exposure: no relative alignment to verify"})
     else:
-        ctx.progress(f"focus index of {product} against {len(exposures)} single-drizzle images")
-        results.append(focus_check(d, exposures, product, f"{inputs['instrument']}/{inputs['detector']}"))
+        ctx.progress(f"focus index of {product.name} against {len(product.exposures)} single-drizzle images")
+        results.append(focus_check(d, product, ctx.inputs.detector_parameters.focus_sigma))
         if ctx.stage != "default":
-            results.append(overlap_check(d, exposures, product, workers=ctx.config.get("num_cores") or os.cpu_count()))
+            results.append(overlap_check(d, product, workers=ctx.config.get("num_cores") or os.cpu_count()))
     if ctx.stage != "default":
-        results.append(similarity_to_default(d, ctx.stage_dir("default"), product))
-    for r in results:
-        ctx.emit(VERIFICATION, r)
-    return {"verdicts": {r["check"]: r["verdict"] for r in results}}
+        results.append(similarity_to_default(d, ctx.stage_dir("default"), product.name))
+    return StepResult({"verdicts": {r["check"]: r["verdict"] for r in results}},
+                      facts=[(VERIFICATION, r) for r in results])

@@ -42,6 +42,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from ..model import headerlet_name
 from .data import CATALOG_COLUMNS, GSC_OFFSET_COLUMNS, ServiceStore
 
 __all__ = ["Response", "ServiceApp", "ServiceHandle", "probe", "serve_forever", "start_server"]
@@ -294,7 +295,7 @@ class ServiceApp:
             if blob is not None:
                 return Response(200, blob, "application/fits", note=f"headerlet {wcsname}",
                                 headers={"Content-Disposition":
-                                         f'attachment; filename="{rootname.lower()}_hlet.fits"'})
+                                         f'attachment; filename="{headerlet_name(rootname.lower())}"'})
         raise ClientError(404, f"no solution {unquote(wcsraw)!r} for observation {rootname}")
 
     # ---- GSSS ----------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ from astropy.io.fits.verify import VerifyWarning
 from astropy.table import Table
 from astropy.wcs import FITSFixedWarning
 
+from ..model import headerlet_name
 from .config import SimConfig
 from .headers import FIXED_DATE, ChipLayout
 from .render import MAG_RANGE, propagate
@@ -374,7 +375,7 @@ def write_service_data(service_dir: Path, *, config: SimConfig, members: list[st
                                             ("D_ROLL", "deltaROLL", "guide-star roll offset (deg)"),
                                             ("D_SCALE", "deltaSCALE", "guide-star scale ratio")):
                     hlet[0].header[key] = (gsc[field], comment)
-            rel = f"headerlets/{member}_{wcsname}_hlet.fits"
+            rel = f"headerlets/{headerlet_name(f'{member}_{wcsname}')}"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", VerifyWarning)
                 hlet.writeto(service_dir / rel, overwrite=True)

@@ -1,20 +1,18 @@
-"""The pure state machine: states, guarded transitions, fold and WCS preference."""
+"""The pure state machine: states, guarded transitions, fold, and the rules of every decision."""
 
-from .machine import (
-                      STAGE_STEPS,
-                      STOP_STAGE,
-                      TRANSITIONS,
-                      WCS_RULE,
-                      Action,
-                      best_verified_stage,
-                      choose_wcs,
-                      next_action,
-                      plan,
-                      stage_files,
-                      transition,
+from .machine import STOP_STAGE, TRANSITIONS, Action, next_action, plan, stage_files, transition
+from .rules import (
+    FIT_RULE,
+    WCS_RULE,
+    best_verified_stage,
+    choose_final_wcs,
+    choose_fit,
+    conclude_stage,
+    is_kept,
+    stop_reason,
 )
 from .state import ENDS, EVENT_KINDS, STAGES, STATES, RunState, fold
 
-__all__ = ["ENDS", "EVENT_KINDS", "STAGES", "STAGE_STEPS", "STATES", "STOP_STAGE", "TRANSITIONS", "WCS_RULE",
-           "Action", "RunState", "best_verified_stage", "choose_wcs", "fold", "next_action", "plan",
-           "stage_files", "transition"]
+__all__ = ["ENDS", "EVENT_KINDS", "FIT_RULE", "STAGES", "STATES", "STOP_STAGE", "TRANSITIONS", "WCS_RULE",
+           "Action", "RunState", "best_verified_stage", "choose_final_wcs", "choose_fit", "conclude_stage",
+           "fold", "is_kept", "next_action", "plan", "stage_files", "stop_reason", "transition"]

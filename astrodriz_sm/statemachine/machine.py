@@ -10,18 +10,10 @@ from dataclasses import dataclass, field
 
 from transitions import Machine
 
-from .state import ENDS, STAGES, STATES, RunState
+from ..model import ENDS, STAGES, STATES, stage_steps
+from .state import RunState
 
-# Steps of each stage, in order. plan() drops the ones that do not apply to a run.
-STAGE_STEPS = {
-    "init": ("resolve_inputs",),
-    "default": ("stage_inputs", "updatewcs", "astrodrizzle", "verify_alignment"),
-    "apriori": ("probe_service", "stage_inputs", "updatewcs", "astrodrizzle", "verify_alignment", "conclude"),
-    "aposteriori": ("probe_service", "stage_inputs", "align", "astrodrizzle", "verify_alignment", "conclude"),
-    "final": ("choose_wcs", "stage_inputs", "copy_flc_wcs", "astrodrizzle", "write_headerlets", "promote",
-              "cleanup"),
-}
-# A completed step whose payload has this key ends its stage early: only 'conclude' remains.
+# The key of a completed step's payload that stopped its stage early (see StageStop).
 STOP_STAGE = "stop_stage"
 
 # Guarded transitions, tried in order for the trigger 'advance': the first whose guards hold fires.
@@ -56,11 +48,11 @@ class _Guards:
         return result
 
     def drizcorr_perform(self) -> bool:
-        drizcorr = self.run.inputs.get("drizcorr")
+        inputs = self.run.inputs
         if self.run.config.get("force"):
-            return self._record("drizcorr_perform", True, f"DRIZCORR={drizcorr}, forced by -f")
-        ok = drizcorr == "PERFORM"
-        return self._record("drizcorr_perform", ok, f"DRIZCORR={drizcorr} in {self.run.inputs.get('drizcorr_file')}")
+            return self._record("drizcorr_perform", True, f"DRIZCORR={inputs.drizcorr}, forced by -f")
+        ok = inputs.drizcorr == "PERFORM"
+        return self._record("drizcorr_perform", ok, f"DRIZCORR={inputs.drizcorr} in {inputs.drizcorr_file}")
 
     def apriori_possible(self) -> bool:
         if not self.run.config.get("apply_apriori", True):
@@ -90,16 +82,12 @@ def plan(run: RunState, stage: str) -> list[str]:
     -------
     list of str
     """
-    steps = list(STAGE_STEPS.get(stage, ()))
-    if stage == "final":
-        if not (run.inputs.get("flt") and run.inputs.get("flc")):
-            steps.remove("copy_flc_wcs")  # only meaningful when both FLT and FLC exist
-        if run.config.get("basic"):
-            steps.remove("write_headerlets")  # -b: runastrodriz's basic mode
-    for i, step in enumerate(steps):
-        if run.output(stage, step).get(STOP_STAGE):
-            return steps[: i + 1] + (["conclude"] if "conclude" in steps[i + 1:] else [])
-    return steps
+    specs = [spec for spec in stage_steps(stage)
+             if spec.applies is None or run.inputs is None or spec.applies(run.inputs, run.config)]
+    for i, spec in enumerate(specs):
+        if run.output(stage, spec.step).get(STOP_STAGE):
+            return [s.step for s in specs[: i + 1]] + [s.step for s in specs[i + 1:] if s.after_stop]
+    return [s.step for s in specs]
 
 
 @dataclass(frozen=True)
@@ -168,77 +156,13 @@ def next_action(run: RunState) -> Action:
     return Action("transition", stage=run.state, transition=transition(run, "advance"))
 
 
-# Steps whose outputs live in the input directory, not the stage directory.
-_INPUT_DIRECTORY_STEPS = {"resolve_inputs", "promote", "cleanup"}
-
-
 def stage_files(run: RunState, stage: str) -> dict:
     """``{file: sha256}`` a stage directory must hold after the stage's completed steps.
 
     Each step that changes the directory records its files; later steps override earlier ones.
     """
     expected = {}
-    for step in plan(run, stage):
-        if run.is_completed(stage, step) and step not in _INPUT_DIRECTORY_STEPS:
-            expected.update(run.output(stage, step).get("files", {}))
+    for spec in stage_steps(stage):
+        if spec.files_in == "stage" and run.is_completed(stage, spec.step):
+            expected.update(run.output(stage, spec.step).get("files", {}))
     return expected
-
-
-# WCS preference, best first, as drizzlepac's runastrodriz orders WCSNAMEs: a posteriori fits
-# (relative before image, newer GAIA before older), then a priori, then the pipeline default.
-WCS_STAGE_PREFERENCE = ("aposteriori", "apriori", "default")
-WCS_RULE = ("the most refined stage whose alignment was verified and kept: a posteriori, then a priori; "
-            "the pipeline-default WCS otherwise")
-WCSNAME_STEP = {"default": "updatewcs", "apriori": "updatewcs", "aposteriori": "align"}
-
-
-def _never_entered_reason(run: RunState, stage: str) -> str:
-    for tr in run.transitions:
-        for g in tr["guards"]:
-            if g["guard"].startswith(stage) and not g["result"]:
-                return g["reason"]
-    return "stage not run"
-
-
-def choose_wcs(run: RunState) -> dict:
-    """Choose the stage whose WCS the final products use.
-
-    Parameters
-    ----------
-    run : RunState
-
-    Returns
-    -------
-    dict
-        Payload of the ``decision`` event: every candidate with its WCSNAME, verifications and
-        verdict, the chosen stage and WCSNAME, and the rule.
-    """
-    entered = {t["to"] for t in run.transitions}
-    candidates = []
-    for stage in WCS_STAGE_PREFERENCE:
-        if stage not in entered:
-            candidates.append({"stage": stage, "wcsname": None, "verdict": "not run",
-                               "reason": _never_entered_reason(run, stage)})
-            continue
-        checks = run.verifications.get(stage, [])
-        # 'n/a' (a single exposure) is neither a pass nor a fail: say so rather than 'not verified'.
-        fallback = checks[0]["verdict"] if checks else "not verified"
-        candidate = {"stage": stage, "wcsname": run.output(stage, WCSNAME_STEP[stage]).get("wcsname"),
-                     "verdict": {True: "pass", False: "fail"}.get(run.verdict(stage), fallback),
-                     "verifications": checks}
-        if stage != "default":
-            conclusion = run.output(stage, "conclude")
-            candidate.update(kept=bool(conclusion.get("kept")), reason=conclusion.get("reason"))
-        candidates.append(candidate)
-    chosen = next((c for c in candidates if c.get("kept")),
-                  next(c for c in candidates if c["stage"] == "default"))
-    return {"decision": "wcs", "chosen_stage": chosen["stage"], "chosen_wcsname": chosen["wcsname"],
-            "rule": WCS_RULE, "candidates": candidates}
-
-
-def best_verified_stage(run: RunState) -> str:
-    """The stage whose exposures the next stage starts from: the last one kept, else default."""
-    for stage in ("aposteriori", "apriori"):
-        if run.output(stage, "conclude").get("kept"):
-            return stage
-    return "default"

@@ -8,9 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-STAGES = ("init", "default", "apriori", "aposteriori", "final")
-ENDS = ("done", "skipped", "failed")
-STATES = STAGES + ENDS
+from ..model import ENDS, STAGES, STATES, Inputs  # noqa: F401 - re-exported
 
 # Event kinds: the whole vocabulary of the log.
 RUN_STARTED = "run.started"
@@ -27,6 +25,8 @@ CANDIDATE = "candidate"
 NOTE = "note"
 EVENT_KINDS = (RUN_STARTED, RUN_RESUMED, RUN_ENDED, STEP_STARTED, STEP_COMPLETED, STEP_FAILED,
                STEP_INVALIDATED, TRANSITION, VERIFICATION, DECISION, CANDIDATE, NOTE)
+# What a step learned: recorded with its step.completed, in the same transaction.
+FACT_KINDS = (VERIFICATION, DECISION, CANDIDATE, NOTE)
 
 
 @dataclass
@@ -42,22 +42,20 @@ class RunState:
         The run configuration recorded in ``run.started``.
     environment : dict
         Environment variables in force for handlers (recorded, then amended by steps).
-    inputs : dict
-        What the init stage learned: rootname, DRIZCORR, FLT/FLC lists, ...
+    inputs : Inputs or None
+        What the init stage learned (None before it completed).
     completed : dict
-        ``(stage, step) -> payload`` of every ``step.completed`` event.
+        ``(stage, step) -> payload`` of every ``step.completed`` event still valid.
+    facts : dict
+        ``(stage, step) -> [(kind, payload), ...]``: what each completed step learned
+        (verifications, candidates, decisions, notes). Facts of an attempt that did not complete, or
+        of a completed step later invalidated, are not here.
     in_progress : set
         Steps started and neither completed nor failed (a crash, or a running process).
     fingerprints : dict
         ``(stage, step) -> fingerprint`` recorded when the step last started.
     invalidations : list
         ``step.invalidated`` payloads: completed steps that resume found no longer valid.
-    verifications : dict
-        ``stage -> list of verification payloads``.
-    decisions : list
-        Payloads of ``decision`` events, in order.
-    candidates : dict
-        ``stage -> list of candidate payloads`` (each a WCS fit considered, with its numbers).
     transitions : list
         Payloads of ``transition`` events, in order.
     failure : dict or None
@@ -73,19 +71,22 @@ class RunState:
     state: str | None = None
     config: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
-    inputs: dict = field(default_factory=dict)
+    inputs: Inputs | None = None
     completed: dict = field(default_factory=dict)
+    facts: dict = field(default_factory=dict)
     in_progress: set = field(default_factory=set)
     fingerprints: dict = field(default_factory=dict)
     invalidations: list = field(default_factory=list)
-    verifications: dict = field(default_factory=dict)
-    decisions: list = field(default_factory=list)
-    candidates: dict = field(default_factory=dict)
     transitions: list = field(default_factory=list)
     failure: dict | None = None
     ended: dict | None = None
     resumes: int = 0
     last_seq: int = 0
+
+    @property
+    def root(self) -> str:
+        """The rootname of products, trailer and stage directories (the input's until init completed)."""
+        return self.inputs.root if self.inputs else self.config.get("root", "")
 
     @property
     def is_ended(self) -> bool:
@@ -99,6 +100,32 @@ class RunState:
     def output(self, stage: str, step: str) -> dict:
         """Payload of a completed step (empty dict when not completed)."""
         return self.completed.get((stage, step), {})
+
+    def facts_by_stage(self, kind: str) -> dict:
+        """``stage -> [payload, ...]`` of the completed steps' facts of one kind, in the order recorded."""
+        out: dict = {}
+        for (stage, _), facts in self.facts.items():
+            out.setdefault(stage, []).extend(payload for k, payload in facts if k == kind)
+        return {stage: payloads for stage, payloads in out.items() if payloads}
+
+    @property
+    def verifications(self) -> dict:
+        """``stage -> [verification payload, ...]``."""
+        return self.facts_by_stage(VERIFICATION)
+
+    @property
+    def candidates(self) -> dict:
+        """``stage -> [candidate payload, ...]``: each WCS fit considered, with its numbers."""
+        return self.facts_by_stage(CANDIDATE)
+
+    @property
+    def decisions(self) -> list:
+        """Payloads of the completed steps' ``decision`` events, in the order recorded."""
+        return [p for (_, _), facts in self.facts.items() for k, p in facts if k == DECISION]
+
+    def decision(self, kind: str) -> dict:
+        """The decision of a kind (``'wcs'``, ``'aposteriori_fit'``, ``'<stage>_stage'``), or ``{}``."""
+        return next((d for d in reversed(self.decisions) if d.get("decision") == kind), {})
 
     def verdict(self, stage: str) -> bool | None:
         """Overall verdict of a stage's verification: True, False, or None when not verified."""
@@ -122,6 +149,7 @@ def fold(events: Iterable) -> RunState:
     RunState
     """
     s = RunState()
+    pending: dict = {}  # facts recorded for a step whose step.completed has not been read yet
     for ev in events:
         s.run_id = ev.run_id
         s.last_seq = ev.seq
@@ -135,31 +163,34 @@ def fold(events: Iterable) -> RunState:
             s.resumes += 1
             # A step that was running when the process died is redone from scratch.
             s.in_progress.clear()
+            s.environment.update(p.get("environment_update", {}))
         elif ev.kind == STEP_STARTED:
             s.in_progress.add(key)
             s.fingerprints[key] = p.get("fingerprint")
+            pending.pop(key, None)  # facts of an attempt that never completed
         elif ev.kind == STEP_INVALIDATED:
             # A completed step whose outputs or fingerprint no longer hold: it will be redone.
             s.completed.pop(key, None)
+            s.facts.pop(key, None)
             s.invalidations.append({"stage": ev.stage, "step": ev.step, **p})
+        elif ev.kind in FACT_KINDS:
+            pending.setdefault(key, []).append((ev.kind, p))
         elif ev.kind == STEP_COMPLETED:
             s.in_progress.discard(key)
+            s.completed.pop(key, None)
             s.completed[key] = p
+            s.facts.pop(key, None)
+            s.facts[key] = pending.pop(key, [])
             s.environment.update(p.get("environment_update", {}))
             if ev.stage == "init" and "inputs" in p:
-                s.inputs = p["inputs"]
+                s.inputs = Inputs.from_payload(p["inputs"])
         elif ev.kind == STEP_FAILED:
             s.in_progress.discard(key)
             s.failure = p
+            pending.pop(key, None)
         elif ev.kind == TRANSITION:
             s.transitions.append(p)
             s.state = p["to"]
-        elif ev.kind == VERIFICATION:
-            s.verifications.setdefault(ev.stage, []).append(p)
-        elif ev.kind == DECISION:
-            s.decisions.append(p)
-        elif ev.kind == CANDIDATE:
-            s.candidates.setdefault(ev.stage, []).append(p)
         elif ev.kind == RUN_ENDED:
             s.ended = p
     return s

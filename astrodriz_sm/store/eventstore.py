@@ -23,7 +23,7 @@ import secrets
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -593,16 +593,40 @@ class EventStore:
         TypeError
             If `payload` is not a mapping or holds values that are not JSON-serialisable.
         """
-        if payload is None:
-            payload = {}
-        if not isinstance(payload, Mapping):
-            raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
-        step = "" if step is None else step
+        return self.append_many(run_id, [(stage, step, kind, payload)], utc)[0]
+
+    def append_many(self, run_id: str, entries: Sequence[tuple], utc: str | None = None) -> list[Event]:
+        """Append several events to a run's log in one transaction: all of them, or none.
+
+        Parameters
+        ----------
+        run_id : str
+            An existing run.
+        entries : sequence of (stage, step, kind, payload)
+            As the arguments of :meth:`append`, in log order.
+        utc : str, optional
+            Timestamp of every event; default the current time.
+
+        Returns
+        -------
+        list of Event
+
+        Raises
+        ------
+        StoreError, TypeError
+            As :meth:`append`.
+        """
         utc = utc_now() if utc is None else utc
-        plain = to_jsonable(payload)
-        payload_text = canonical_json(plain)
-        # Hash the decoded form so that it matches what verify() recomputes from storage.
-        decoded = json.loads(payload_text)
+        prepared = []
+        for stage, step, kind, payload in entries:
+            if payload is None:
+                payload = {}
+            if not isinstance(payload, Mapping):
+                raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
+            payload_text = canonical_json(to_jsonable(payload))
+            # Hash the decoded form so that it matches what verify() recomputes from storage.
+            prepared.append((stage, "" if step is None else step, kind, payload_text, json.loads(payload_text)))
+        out = []
         try:
             with self._write() as db:
                 if not db.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
@@ -610,24 +634,28 @@ class EventStore:
                 last = db.execute(
                     "SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1", [run_id]
                 ).fetchone()
-                seq, prev_hash = (1, GENESIS_HASH) if last is None else (last[0] + 1, last[1])
-                digest = event_hash(run_id, seq, utc, stage, step, kind, decoded, prev_hash)
-                db.table("events").insert(
-                    {
-                        "run_id": run_id,
-                        "seq": seq,
-                        "utc": utc,
-                        "stage": stage,
-                        "step": step,
-                        "kind": kind,
-                        "payload": payload_text,
-                        "prev_hash": prev_hash,
-                        "hash": digest,
-                    }
-                )
+                seq, prev_hash = (0, GENESIS_HASH) if last is None else (last[0], last[1])
+                for stage, step, kind, payload_text, decoded in prepared:
+                    seq += 1
+                    digest = event_hash(run_id, seq, utc, stage, step, kind, decoded, prev_hash)
+                    db.table("events").insert(
+                        {
+                            "run_id": run_id,
+                            "seq": seq,
+                            "utc": utc,
+                            "stage": stage,
+                            "step": step,
+                            "kind": kind,
+                            "payload": payload_text,
+                            "prev_hash": prev_hash,
+                            "hash": digest,
+                        }
+                    )
+                    out.append(Event(run_id, seq, utc, stage, step, kind, decoded, prev_hash, digest))
+                    prev_hash = digest
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot append to run {run_id!r}: {exc}") from exc
-        return Event(run_id, seq, utc, stage, step, kind, decoded, prev_hash, digest)
+        return out
 
     def _rows(self, run_id: str) -> list[tuple]:
         with self._db() as db:

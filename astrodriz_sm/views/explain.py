@@ -1,4 +1,4 @@
-"""``astrodriz-sm explain``: why a run's products carry the WCS they carry.
+"""Why a run's products carry the WCS they carry (``astrodriz-sm explain``).
 
 Everything here is read from the run's events, folded into a :class:`RunState`: the candidate WCSs of
 every exposure (pipeline default, a priori, one per a posteriori catalog fit) with their numbers and
@@ -9,23 +9,17 @@ can be explained after its working files are gone.
 
 from __future__ import annotations
 
-import json
 import math
-import sys
-from pathlib import Path
 
-from ..errors import RunStateError
-from ..statemachine.state import RunState, fold
+from ..model import WCS_STAGES, last_step
+from ..statemachine import stop_reason
+from ..statemachine.state import RunState
 
-# The stages that can supply the products' WCS, in the order they run.
-WCS_STAGES = ("default", "apriori", "aposteriori")
 # The verification checks reported for each candidate, in this order.
 CHECKS = ("focus", "overlap_similarity", "similarity_to_default")
 # The guard whose failure keeps a stage from being entered.
 STAGE_GUARDS = {"default": "drizcorr_perform", "apriori": "apriori_possible",
                 "aposteriori": "aposteriori_possible"}
-# The steps whose ``stop_stage`` cuts a stage short (the stage is then skipped, not discarded).
-STOP_STEPS = ("probe_service", "updatewcs", "align")
 SOURCES = {"default": "pipeline default", "apriori": "astrometry database"}
 STAGE_LABELS = {"default": "pipeline-default", "apriori": "a priori", "aposteriori": "a posteriori"}
 
@@ -35,11 +29,6 @@ def _finite(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _last(run: RunState, decision: str) -> dict:
-    """The last ``decision`` event of a kind (a resumed step may have recorded it twice)."""
-    return next((d for d in reversed(run.decisions) if d.get("decision") == decision), {})
 
 
 def _one_name(names):
@@ -56,14 +45,6 @@ def _verdicts(run: RunState, stage: str) -> dict:
     """``check -> verdict`` of a stage's verifications; None for a check that was not made."""
     found = {v.get("check"): v.get("verdict") for v in run.verifications.get(stage, [])}
     return {check: found.get(check) for check in CHECKS}
-
-
-def _fits(run: RunState) -> list[dict]:
-    """The a posteriori fit candidates, one per catalog in the order first tried (the last record wins)."""
-    by_catalog: dict[str, dict] = {}
-    for cand in run.candidates.get("aposteriori", []):
-        by_catalog[cand.get("catalog")] = cand
-    return list(by_catalog.values())
 
 
 def _fit_wcsname(default_name, catalog: str, method: str) -> str:
@@ -101,11 +82,6 @@ def _fit_numbers(fit: dict, exposure: str) -> tuple[str | None, int | None, floa
     return name, matches, (max(rms) if rms else None)
 
 
-def _stop_reason(run: RunState, stage: str) -> str | None:
-    return next((run.output(stage, s)["stop_stage"] for s in STOP_STEPS
-                 if run.output(stage, s).get("stop_stage")), None)
-
-
 def _stage_entry(run: RunState, stage: str, entered: set) -> dict:
     """Outcome and reason of one WCS stage."""
     entry = {"stage": stage, "entered": stage in entered, "outcome": "not run", "reason": None}
@@ -121,8 +97,7 @@ def _stage_entry(run: RunState, stage: str, entered: set) -> dict:
             entry["reason"] = "not reached: the run is unfinished"
         return entry
     failed_here = any(t.get("to") == "failed" and t.get("from") == stage for t in run.transitions)
-    last_step = "verify_alignment" if stage == "default" else "conclude"
-    if not run.is_completed(stage, last_step):
+    if not run.is_completed(stage, last_step(stage)):
         entry["outcome"] = "incomplete"
         if failed_here and run.failure:
             entry["reason"] = f"the run failed in this stage: {run.failure.get('message')}"
@@ -135,11 +110,11 @@ def _stage_entry(run: RunState, stage: str, entered: set) -> dict:
         entry["reason"] = ("pipeline-default WCS (updatewcs without the astrometry database), the fallback "
                            "when no alignment stage is kept; verification: " + (checks or "none"))
         return entry
-    conclusion = run.output(stage, "conclude")
+    conclusion = run.output(stage, last_step(stage))
     if conclusion.get("kept"):
         entry["outcome"] = "kept"
     else:
-        entry["outcome"] = "skipped" if _stop_reason(run, stage) else "discarded"
+        entry["outcome"] = "skipped" if stop_reason(run, stage) else "discarded"
     entry["reason"] = conclusion.get("reason")
     return entry
 
@@ -208,9 +183,9 @@ def explain(run: RunState) -> dict:
     """
     entered = {t.get("to") for t in run.transitions}
     stages = {s: _stage_entry(run, s, entered) for s in WCS_STAGES}
-    wcs = _last(run, "wcs")
-    fit_decision = _last(run, "aposteriori_fit")
-    fits = _fits(run)
+    wcs = run.decision("wcs")
+    fit_decision = run.decision("aposteriori_fit")
+    fits = run.candidates.get("aposteriori", [])
     chosen_catalog = fit_decision.get("chosen_catalog")
     applied_catalog = run.output("aposteriori", "align").get("chosen_catalog")
     chosen = {"stage": wcs.get("chosen_stage"), "wcsname": wcs.get("chosen_wcsname"),
@@ -218,8 +193,7 @@ def explain(run: RunState) -> dict:
 
     default_names = run.output("default", "updatewcs").get("wcsnames", {})
     apriori_names = run.output("apriori", "updatewcs").get("exposures", {})
-    names = sorted(set(default_names) | set(apriori_names)
-                   or {*run.inputs.get("flt", []), *run.inputs.get("flc", [])})
+    names = sorted(set(default_names) | set(apriori_names) or set(run.inputs.exposures.names if run.inputs else ()))
     verdicts = {s: _verdicts(run, s) for s in WCS_STAGES}
 
     exposures = {}
@@ -324,59 +298,3 @@ def render_explain(doc: dict) -> str:
             lines.append(f"fit rule: {doc['fit_rule']}")
     lines += ["", f"rule: {doc['rule'] or 'no WCS decision in the log yet'}"]
     return "\n".join(lines) + "\n"
-
-
-def add_explain_arguments(parser):
-    """Make a sub-parser the ``explain`` command: its arguments and ``func=cmd_explain``.
-
-    The arguments are ``run`` (optional; default the latest run), ``--json`` and ``--store PATH``.
-
-    Parameters
-    ----------
-    parser : argparse.ArgumentParser
-        The sub-parser, e.g. ``subparsers.add_parser("explain")``.
-
-    Returns
-    -------
-    argparse.ArgumentParser
-        The same parser.
-    """
-    parser.add_argument("run", nargs="?", help="run id (default: the latest run)")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead of the report")
-    parser.add_argument("--store", metavar="PATH",
-                        help="event store (default: astrodriz_sm.db in the current directory)")
-    parser.set_defaults(func=cmd_explain)
-    return parser
-
-
-def cmd_explain(args) -> int:
-    """Print why a run's products carry their WCS, from the run's events.
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        ``run`` (None: the latest run), ``json`` and ``store``.
-
-    Returns
-    -------
-    int
-        0.
-
-    Raises
-    ------
-    RunStateError
-        No event store, or no such run in it.
-    """
-    from .main import STORE_NAME, _run_id, _store_for
-
-    path = Path(args.store) if args.store else Path.cwd() / STORE_NAME
-    if not path.is_file():
-        # Explaining reads; it must not leave an empty store behind.
-        raise RunStateError(f"{path}: no event store here (give --store PATH)", str(path))
-    store = _store_for(args)
-    doc = explain(fold(store.events(_run_id(store, args.run))))
-    if args.json:
-        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    else:
-        sys.stdout.write(render_explain(doc))
-    return 0

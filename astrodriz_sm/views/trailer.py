@@ -51,7 +51,8 @@ def _decision(p: dict) -> list[str]:
             out.append(line)
         return out
     if kind == "aposteriori_fit":
-        out = [f"decision aposteriori_fit: chose {p['chosen_catalog']} ({p['chosen_method']} fit)"]
+        out = [f"decision aposteriori_fit: chose {p['chosen_catalog']} ({p['chosen_method']} fit)"
+               if p.get("chosen_catalog") else f"decision aposteriori_fit: no fit chosen - {p.get('reason')}"]
         out.append(f"    rule: {p['rule']}")
         out += [f"    candidate {c['catalog']}: quality {c['fit_quality']}, rms {_fmt(c.get('rms_mas'))} mas, "
                 f"{c.get('matches')} matches, {'valid' if c['valid'] else 'not valid'}" for c in p["candidates"]]

@@ -1,0 +1,254 @@
+"""The Python API: what ``runastrodriz.process`` is to drizzlepac's users.
+
+>>> import astrodriz_sm
+>>> result = astrodriz_sm.process("ie6d07030_asn.fits")      # doctest: +SKIP
+>>> result.status, result.wcsname                            # doctest: +SKIP
+('done', 'IDC_4bb1536oi-FIT_REL_GAIAeDR3')
+
+A call leaves nothing behind in the caller's process: ``os.environ``, the working directory, the
+logging handlers and the libraries' module globals are as they were.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import RunConfig, recorded_environment, switches_from_environment
+from .errors import InputError, RunStateError, UsageError
+from .logs import run_log
+from .model import trailer_name
+from .statemachine import RunState, fold
+from .store.eventstore import EventStore, StoreError
+
+STORE_NAME = "astrodriz_sm.db"
+
+__all__ = ["STORE_NAME", "RunResult", "explain", "process", "replay", "resume", "status"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended.
+
+    Attributes
+    ----------
+    run_id : str
+    status : {'done', 'skipped', 'failed'}
+    exit_code : int
+        The ``astrodriz-sm`` exit code of this outcome (see :class:`astrodriz_sm.errors.ExitCode`).
+    products : tuple of Path
+        The drizzled products (``_drz``, ``_drc``) beside the input.
+    trailer : Path
+        The ``.tra`` file.
+    store : Path
+        The event store holding the run's log.
+    wcsname : str or None
+        WCSNAME of the final products' WCS.
+    reason : str or None
+        Why a run failed or was skipped, in one line.
+    """
+
+    run_id: str
+    status: str
+    exit_code: int
+    products: tuple[Path, ...]
+    trailer: Path
+    store: Path
+    wcsname: str | None
+    reason: str | None
+
+
+def open_store(store: str | os.PathLike | None, directory: Path | None = None, create: bool = False) -> EventStore:
+    """The event store: ``store``, else ``astrodriz_sm.db`` in ``directory`` (default: the current one).
+
+    Raises
+    ------
+    RunStateError
+        When the store does not exist and ``create`` is False, or cannot be opened.
+    """
+    path = Path(store) if store else (directory or Path.cwd()) / STORE_NAME
+    if not create and not path.is_file():
+        raise RunStateError(f"{path}: no event store here (give --store PATH)", str(path))
+    try:
+        return EventStore(path)
+    except StoreError as exc:
+        raise RunStateError(str(exc), str(path)) from exc
+
+
+def find_run(store: EventStore, run: str | None) -> str:
+    """``run`` when the store has it, or the store's latest run when ``run`` is None.
+
+    Raises
+    ------
+    RunStateError
+        No such run, or no run at all.
+    """
+    if run:
+        try:
+            store.get_run(run)
+        except StoreError as exc:
+            raise RunStateError(str(exc)) from exc
+        return run
+    latest = store.latest_run()
+    if latest is None:
+        raise RunStateError(f"{store.path}: no runs in this store")
+    return latest["run_id"]
+
+
+def _result(store: EventStore, run_id: str) -> RunResult:
+    row = store.get_run(run_id)
+    run = fold(store.events(run_id))
+    input_dir = Path(row["input"]).parent
+    ended = run.ended or {}
+    return RunResult(run_id=run_id, status=ended.get("status", "unfinished"), exit_code=ended.get("exit_code", 1),
+                     products=tuple(input_dir / p for p in ended.get("products", [])),
+                     trailer=input_dir / trailer_name(row["root"]), store=Path(store.path),
+                     wcsname=run.decision("wcs").get("chosen_wcsname"), reason=ended.get("reason"))
+
+
+def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, *, force: bool = False,
+            inmemory: bool = False, basic: bool = False, num_cores: int | None = None, debug: bool = False,
+            environ: Mapping[str, str] | None = None, store: str | os.PathLike | None = None,
+            log_json: str | os.PathLike | None = None, console: bool = True, resume_unfinished: bool = False,
+            observer=None) -> RunResult:
+    """Process an association or exposure, as ``runastrodriz.process`` does.
+
+    Parameters
+    ----------
+    input : path
+        ``<root>_asn.fits``, a singleton ``<root>_raw.fits``, or one ``_flt.fits``/``_flc.fits``.
+    newpath : path, optional
+        Process in ``NEWPATH/<root>`` and move the results back.
+    force : bool
+        Process even when DRIZCORR is OMIT (runastrodriz ``-f``).
+    inmemory : bool
+        Final AstroDrizzle keeps its intermediates in memory (``-i``).
+    basic : bool
+        Write no headerlets (``-b``).
+    num_cores : int, optional
+        AstroDrizzle's cores (all usable cores without it).
+    debug : bool
+        Keep the stage directories.
+    environ : mapping, optional
+        The run's whole environment (``jref``, ``iref``, the ``ASTROMETRY_*`` switches, the service
+        URLs), as ``subprocess``'s ``env``; default: the caller's ``os.environ``.
+    store : path, optional
+        The event store; default ``astrodriz_sm.db`` beside the input.
+    log_json : path, optional
+        Append one JSON object per log record to this file.
+    console : bool
+        Print progress lines on standard error.
+    resume_unfinished : bool
+        Continue this input's unfinished run, if there is one, instead of refusing.
+    observer : callable, optional
+        ``observer(stage, step, point)``, the runner's hook (see :class:`astrodriz_sm.runner.Runner`).
+
+    Returns
+    -------
+    RunResult
+        Also for a run that failed or was skipped: its ``status``, ``exit_code`` and ``reason`` say so.
+
+    Raises
+    ------
+    AstrodrizError
+        Before a run starts: bad input file name or directory (:class:`InputError`), a switch that is
+        not on/off (:class:`ConfigError`), bad options (:class:`UsageError`), an unfinished run on
+        this input (:class:`RunStateError`).
+    """
+    from .handlers.init import input_kind
+    from .runner import Runner, start_run
+
+    env = dict(os.environ if environ is None else environ)
+    if num_cores is not None and num_cores < 1:
+        raise UsageError(f"num_cores must be at least 1, not {num_cores}")
+    input_path = Path(input).resolve()
+    if not input_path.parent.is_dir():
+        raise InputError(f"{input_path}: directory does not exist", str(input_path))
+    _, root = input_kind(input_path)
+    apply_apriori, compute, notes = switches_from_environment(env)
+    newpath = Path(newpath).resolve() if newpath else None
+    config = RunConfig(
+        input=str(input_path), run_dir=str(newpath / root if newpath else input_path.parent),
+        newpath=str(newpath) if newpath else None, force=force, inmemory=inmemory, basic=basic,
+        num_cores=num_cores, debug=debug, apply_apriori=apply_apriori, compute_aposteriori=compute,
+        environment=recorded_environment(env), notes=tuple(notes))
+    events = open_store(store, input_path.parent, create=True)
+    with run_log(log_json, console) as log:
+        previous = events.latest_run(str(input_path))
+        state = fold(events.events(previous["run_id"])) if previous is not None else None
+        if state is not None and not state.is_ended:
+            if resume_unfinished:
+                Runner(events, previous["run_id"], log=log, environ=env, observer=observer).resume()
+                return _result(events, previous["run_id"])
+            where = "/".join(min(state.in_progress)) if state.in_progress else state.state
+            raise RunStateError(f"{input_path}: run {previous['run_id']} on this input is unfinished "
+                                f"(at {where}); continue it with --resume or 'astrodriz-sm resume "
+                                f"{previous['run_id']}'")
+        run_id = start_run(events, config, root)
+        log.info("run started", run_id=run_id, stage="init", input=str(input_path), store=str(events.path))
+        Runner(events, run_id, log=log, environ=env, observer=observer).run()
+    return _result(events, run_id)
+
+
+def resume(run: str | None = None, *, store: str | os.PathLike | None = None,
+           environ: Mapping[str, str] | None = None, log_json: str | os.PathLike | None = None,
+           console: bool = True, observer=None) -> RunResult:
+    """Continue an interrupted run.
+
+    Parameters
+    ----------
+    run : str, optional
+        The run id; default the store's latest run.
+    store : path, optional
+        Default ``astrodriz_sm.db`` in the current directory.
+    environ : mapping, optional
+        The environment the remaining steps run in (the run's recorded variables still apply).
+    log_json, console, observer
+        As for :func:`process`.
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    RunStateError
+        No such store or run, the run has ended, or another process holds it.
+    """
+    from .runner import Runner
+
+    events = open_store(store)
+    run_id = find_run(events, run)
+    state = fold(events.events(run_id))
+    if state.is_ended:
+        raise RunStateError(f"run {run_id} already ended {state.ended['status']}; nothing to resume")
+    with run_log(log_json, console) as log:
+        Runner(events, run_id, log=log, environ=dict(os.environ if environ is None else environ),
+               observer=observer).resume()
+    return _result(events, run_id)
+
+
+def replay(run: str | None = None, *, store: str | os.PathLike | None = None) -> str:
+    """The run's trailer, rendered from its events alone (byte-identical to the ``.tra``)."""
+    from .views.trailer import render_trailer
+
+    events = open_store(store)
+    run_id = find_run(events, run)
+    return render_trailer(events.get_run(run_id), events.events(run_id))
+
+
+def explain(run: str | None = None, *, store: str | os.PathLike | None = None) -> dict:
+    """Every candidate WCS of every exposure, the one chosen and the rule (see :func:`views.explain.explain`)."""
+    from .views.explain import explain as explain_run
+
+    events = open_store(store)
+    return explain_run(fold(events.events(find_run(events, run))))
+
+
+def status(run: str | None = None, *, store: str | os.PathLike | None = None) -> list[tuple[dict, RunState]]:
+    """``(run row, folded state)`` of one run, or of every run in the store."""
+    events = open_store(store)
+    ids = [find_run(events, run)] if run else [r["run_id"] for r in events.runs()]
+    return [(events.get_run(rid), fold(events.events(rid))) for rid in ids]

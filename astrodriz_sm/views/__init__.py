@@ -1,0 +1,1 @@
+"""Pure renderings of a run's folded events: the trailer, explain, status."""
