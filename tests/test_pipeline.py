@@ -302,3 +302,23 @@ def test_bad_switch_value_is_a_config_error(simulated):
     assert proc.returncode == 6
     assert proc.stderr.strip() == ("astrodriz-sm: error: ASTROMETRY_APPLY_APRIORI='maybe': "
                                    "expected one of on/yes/true or off/no/false")
+
+
+def test_flc_only_delivery_ends_done_with_a_drc_near_the_truth(simulated, service):
+    """An association delivered as FLC files only: one DRC, verified and aligned, no DRZ."""
+    src, d = simulated("flc-only", products="flc", pointing_error=0.6)
+    assert not list(d.glob("*_flt.fits"))
+    handle = service(src)
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **handle.environment})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, _, events = _events(d)
+    run = fold(events)
+    assert run.inputs.exposures.flt == () and [e.name for e in run.inputs.exposures.flc] == [
+        f"{m}_flc.fits" for m in src.members]
+    assert run.ended["products"] == [f"{ROOT}_drc.fits"] and not (d / f"{ROOT}_drz.fits").exists()
+    assert ("final", "copy_flc_wcs") not in [(e.stage, e.step) for e in events]
+    assert {v["product"] for vs in run.verifications.values() for v in vs} == {f"{ROOT}_drc.fits"}
+    assert run.decision("wcs")["chosen_wcsname"].endswith("-FIT_REL_GAIAeDR3")
+    acc = _accuracy(d, f"{ROOT}_drc.fits")
+    assert acc.n_stars >= 20 and acc.rms < 0.1, (acc.rms, acc.n_stars)
+    assert sorted(p.name for p in d.glob("*_hlet.fits")) == [f"{m}_flc_hlet.fits" for m in src.members]

@@ -31,6 +31,7 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import vstack
 
+from ..model import input_name
 from . import headers as hdr
 from .config import POINTING_ERROR_PA, SimConfig, SimResult
 from .reffiles import ReferenceSet, prepare_reference_files
@@ -274,16 +275,14 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
                 chips.append((sci, data, err, dq))
                 masks.append(crmask)
 
-            flt = outdir / f"{member}_flt.fits"
-            _exposure_hdul(primary(i, "flt", postargs[i]), chips).writeto(flt, overwrite=True)
-            flt_paths.append(flt)
-            flc = outdir / f"{member}_flc.fits"
-            if config.products == "flt+flc":
-                _exposure_hdul(primary(i, "flc", postargs[i]), chips).writeto(flc, overwrite=True)
-                flc_paths.append(flc)
-            elif flc.exists():
-                # A stale FLC from an earlier run would be picked up by the pipeline.
-                flc.unlink()
+            for kind, paths in (("flt", flt_paths), ("flc", flc_paths)):
+                path = outdir / input_name(member, kind)
+                if kind in config.products.split("+"):
+                    _exposure_hdul(primary(i, kind, postargs[i]), chips).writeto(path, overwrite=True)
+                    paths.append(path)
+                elif path.exists():
+                    # A stale file from an earlier simulation would be picked up by the pipeline.
+                    path.unlink()
 
             raw = outdir / f"{member}_raw.fits"
             raw_sci = fits.ImageHDU(header=fits.Header([("EXTNAME", "SCI"), ("EXTVER", 1),
@@ -302,7 +301,8 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
             cr_paths.append(cr_path)
 
             # The delivered header must recover the truth moved by exactly the injected offset.
-            updated.append(updated_copy(flt, outdir, tmp / "updated"))
+            delivered = (flt_paths or flc_paths)[-1]
+            updated.append(updated_copy(delivered, outdir, tmp / "updated"))
             recovered = sci_wcs(updated[-1])
             measured = [chip_center_offset(t, r, lay.naxis1, lay.naxis2)
                         for t, r, lay in zip(truths[i], recovered, layouts)]

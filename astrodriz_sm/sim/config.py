@@ -13,6 +13,10 @@ __all__ = ["SimConfig", "SimResult", "add_simulate_arguments", "config_from_args
 POINTING_ERROR_PA = 45.0
 
 
+# The calibrated files a simulated exposure can have.
+PRODUCT_KINDS = ("flt+flc", "flt", "flc")
+
+
 @dataclass
 class SimConfig:
     """What to simulate.
@@ -34,8 +38,8 @@ class SimConfig:
         along the detector +x axis of the reference chip.
     drizcorr : {'PERFORM', 'OMIT'}
         DRIZCORR written to the RAW, FLT and FLC primary headers.
-    products : {'flt+flc', 'flt'}
-        Which calibrated products to write.
+    products : {'flt+flc', 'flt', 'flc'}
+        Which calibrated products to write (``'flc'``: an FLC-only delivery).
     n_stars : int
         Stars drawn over the field of exposure 0.  The truth catalog also
         holds stars at the same density in a surrounding disk that no
@@ -94,8 +98,8 @@ class SimConfig:
             raise ValueError("n_exposures must be at least 1")
         if self.drizcorr not in ("PERFORM", "OMIT"):
             raise ValueError(f"drizcorr must be PERFORM or OMIT, not {self.drizcorr!r}")
-        if self.products not in ("flt+flc", "flt"):
-            raise ValueError(f"products must be 'flt+flc' or 'flt', not {self.products!r}")
+        if self.products not in PRODUCT_KINDS:
+            raise ValueError(f"products must be one of {', '.join(PRODUCT_KINDS)}, not {self.products!r}")
         if len(self.root) != 9:
             raise ValueError(f"root {self.root!r} must have 9 characters")
         if not self.full_frame and not 16 <= self.subarray_size <= 2048:
@@ -121,7 +125,7 @@ class SimResult:
     members : list of str
         Exposure rootnames.
     flt, flc, raw : list of Path
-        Delivered products per member (``flc`` empty with ``products='flt'``).
+        Delivered products per member (``flt`` empty with ``products='flc'``, ``flc`` with ``'flt'``).
     truth_catalog : Path
         ECSV truth catalog.
     cr_masks : list of Path
@@ -169,7 +173,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                    help="extra header pointing error of exposure 1, along detector x")
     g.add_argument("--drizcorr", choices=["PERFORM", "OMIT"], default=d.drizcorr,
                    help="DRIZCORR switch in the RAW/FLT/FLC headers")
-    g.add_argument("--flt-only", action="store_true", help="write FLT files only, no FLC")
+    g.add_argument("--kinds", choices=PRODUCT_KINDS, default=d.products,
+                   help=f"calibrated files each exposure has (default {d.products})")
+    g.add_argument("--flt-only", action="store_true", help="the same as --kinds flt")
     g.add_argument("--n-stars", type=int, default=d.n_stars, metavar="N",
                    help=f"stars in the truth catalog (default {d.n_stars})")
     g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
@@ -198,7 +204,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         pointing_error=getattr(args, "pointing_error", d.pointing_error),
         guiding_failure=getattr(args, "guiding_failure", d.guiding_failure),
         drizcorr=getattr(args, "drizcorr", d.drizcorr),
-        products="flt" if getattr(args, "flt_only", False) else "flt+flc",
+        products="flt" if getattr(args, "flt_only", False) else getattr(args, "kinds", d.products),
         n_stars=getattr(args, "n_stars", d.n_stars),
         seed=getattr(args, "seed", d.seed),
         refdir=getattr(args, "refdir", d.refdir),
