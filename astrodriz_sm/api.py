@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import RunConfig, recorded_environment, switches_from_environment
-from .errors import InputError, RunStateError, UsageError
+from .errors import InputError, Interrupted, LogCorruptError, RunStateError, UsageError
 from .logs import run_log
 from .model import trailer_name
 from .statemachine import RunState, fold
-from .store.eventstore import EventStore, StoreError
+from .store.eventstore import EventStore, StoreCorrupt, StoreError
 
 STORE_NAME = "astrodriz_sm.db"
 
-__all__ = ["STORE_NAME", "RunResult", "explain", "process", "replay", "resume", "status"]
+__all__ = ["STORE_NAME", "RunResult", "explain", "find_run", "open_store", "process", "replay", "resume", "status"]
 
 
 @dataclass(frozen=True)
@@ -60,19 +60,32 @@ class RunResult:
     reason: str | None
 
 
-def open_store(store: str | os.PathLike | None, directory: Path | None = None, create: bool = False) -> EventStore:
+def open_store(store: str | os.PathLike | None, directory: Path | None = None, *, create: bool = False,
+               read_only: bool = False) -> EventStore:
     """The event store: ``store``, else ``astrodriz_sm.db`` in ``directory`` (default: the current one).
+
+    Parameters
+    ----------
+    create : bool
+        Create the store when it does not exist (only ``start`` does).
+    read_only : bool
+        Open it for reading only, as ``status``, ``replay``, ``explain`` and ``verify-log`` do: it may
+        lie on a read-only file system, and nothing is written to it.
 
     Raises
     ------
     RunStateError
         When the store does not exist and ``create`` is False, or cannot be opened.
+    LogCorruptError
+        When the file is not a SQLite database or is damaged.
     """
     path = Path(store) if store else (directory or Path.cwd()) / STORE_NAME
     if not create and not path.is_file():
         raise RunStateError(f"{path}: no event store here (give --store PATH)", str(path))
     try:
-        return EventStore(path)
+        return EventStore(path, read_only=read_only)
+    except StoreCorrupt as exc:
+        raise LogCorruptError(str(exc), str(path)) from exc
     except StoreError as exc:
         raise RunStateError(str(exc), str(path)) from exc
 
@@ -97,6 +110,17 @@ def find_run(store: EventStore, run: str | None) -> str:
     return latest["run_id"]
 
 
+def _drive(runner, method: str) -> None:
+    """``runner.run()`` or ``runner.resume()``; an interruption becomes one line saying how to go on."""
+    try:
+        getattr(runner, method)()
+    except KeyboardInterrupt:
+        state = fold(runner.store.events(runner.run_id))
+        where = "/".join(min(state.in_progress)) if state.in_progress else state.state
+        raise Interrupted(f"interrupted at {where}; continue with: astrodriz-sm resume {runner.run_id} "
+                          f"--store {runner.store.path}", str(runner.store.path)) from None
+
+
 def _result(store: EventStore, run_id: str) -> RunResult:
     row = store.get_run(run_id)
     run = fold(store.events(run_id))
@@ -112,7 +136,7 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
             inmemory: bool = False, basic: bool = False, num_cores: int | None = None, debug: bool = False,
             environ: Mapping[str, str] | None = None, store: str | os.PathLike | None = None,
             log_json: str | os.PathLike | None = None, console: bool = True, resume_unfinished: bool = False,
-            observer=None) -> RunResult:
+            restart: bool = False, observer=None) -> RunResult:
     """Process an association or exposure, as ``runastrodriz.process`` does.
 
     Parameters
@@ -142,6 +166,8 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
         Print progress lines on standard error.
     resume_unfinished : bool
         Continue this input's unfinished run, if there is one, instead of refusing.
+    restart : bool
+        Abandon this input's unfinished run, if there is one (an event says so), and start anew.
     observer : callable, optional
         ``observer(stage, step, point)``, the runner's hook (see :class:`astrodriz_sm.runner.Runner`).
 
@@ -174,21 +200,28 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
         newpath=str(newpath) if newpath else None, force=force, inmemory=inmemory, basic=basic,
         num_cores=num_cores, debug=debug, apply_apriori=apply_apriori, compute_aposteriori=compute,
         environment=recorded_environment(env), notes=tuple(notes))
-    events = open_store(store, input_path.parent, create=True)
     with run_log(log_json, console) as log:
+        events = open_store(store, input_path.parent, create=True)
+        if (problem := events.integrity_problem()) is not None:
+            raise LogCorruptError(f"{events.path}: damaged event store ({problem}); no run is added to it",
+                                  str(events.path))
         previous = events.latest_run(str(input_path))
         state = fold(events.events(previous["run_id"])) if previous is not None else None
         if state is not None and not state.is_ended:
             if resume_unfinished:
-                Runner(events, previous["run_id"], log=log, environ=env, observer=observer).resume()
+                _drive(Runner(events, previous["run_id"], log=log, environ=env, observer=observer), "resume")
                 return _result(events, previous["run_id"])
+            if restart:
+                Runner(events, previous["run_id"], log=log).abandon(
+                    "abandoned: a new run was started on this input (start --restart)")
+        if state is not None and not state.is_ended and not restart:
             where = "/".join(min(state.in_progress)) if state.in_progress else state.state
             raise RunStateError(f"{input_path}: run {previous['run_id']} on this input is unfinished "
                                 f"(at {where}); continue it with --resume or 'astrodriz-sm resume "
                                 f"{previous['run_id']}'")
         run_id = start_run(events, config, root)
         log.info("run started", run_id=run_id, stage="init", input=str(input_path), store=str(events.path))
-        Runner(events, run_id, log=log, environ=env, observer=observer).run()
+        _drive(Runner(events, run_id, log=log, environ=env, observer=observer), "run")
     return _result(events, run_id)
 
 
@@ -224,9 +257,13 @@ def resume(run: str | None = None, *, store: str | os.PathLike | None = None,
     state = fold(events.events(run_id))
     if state.is_ended:
         raise RunStateError(f"run {run_id} already ended {state.ended['status']}; nothing to resume")
+    check = events.verify(run_id)
+    if not check.ok:
+        raise LogCorruptError(f"{events.path}: run {run_id}: the event log does not verify at seq "
+                              f"{check.first_bad_seq} ({check.reason}); not resumed", str(events.path))
     with run_log(log_json, console) as log:
-        Runner(events, run_id, log=log, environ=dict(os.environ if environ is None else environ),
-               observer=observer).resume()
+        _drive(Runner(events, run_id, log=log, environ=dict(os.environ if environ is None else environ),
+                      observer=observer), "resume")
     return _result(events, run_id)
 
 
@@ -234,7 +271,7 @@ def replay(run: str | None = None, *, store: str | os.PathLike | None = None) ->
     """The run's trailer, rendered from its events alone (byte-identical to the ``.tra``)."""
     from .views.trailer import render_trailer
 
-    events = open_store(store)
+    events = open_store(store, read_only=True)
     run_id = find_run(events, run)
     return render_trailer(events.get_run(run_id), events.events(run_id))
 
@@ -243,12 +280,12 @@ def explain(run: str | None = None, *, store: str | os.PathLike | None = None) -
     """Every candidate WCS of every exposure, the one chosen and the rule (see :func:`views.explain.explain`)."""
     from .views.explain import explain as explain_run
 
-    events = open_store(store)
+    events = open_store(store, read_only=True)
     return explain_run(fold(events.events(find_run(events, run))))
 
 
 def status(run: str | None = None, *, store: str | os.PathLike | None = None) -> list[tuple[dict, RunState]]:
     """``(run row, folded state)`` of one run, or of every run in the store."""
-    events = open_store(store)
+    events = open_store(store, read_only=True)
     ids = [find_run(events, run)] if run else [r["run_id"] for r in events.runs()]
     return [(events.get_run(rid), fold(events.events(rid))) for rid in ids]

@@ -10,14 +10,19 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from .errors import ConfigError
+from .model.switches import ENV_APPLY_APRIORI, ENV_COMPUTE_APOSTERIORI, ENV_STEP_CONTROL
 
-ENV_COMPUTE_APOSTERIORI = "ASTROMETRY_COMPUTE_APOSTERIORI"
-ENV_APPLY_APRIORI = "ASTROMETRY_APPLY_APRIORI"
-ENV_STEP_CONTROL = "ASTROMETRY_STEP_CONTROL"  # deprecated alias of ASTROMETRY_APPLY_APRIORI
 SERVICE_VARIABLES = ("ASTROMETRY_SERVICE_URL", "GSSS_WEBSERVICES_URL", "ASTROMETRIC_CATALOG_URL")
+# Seconds each request to a service may take (connecting, and each read), before its one retry.
+SERVICE_TIMEOUT_VARIABLE = "ASTRODRIZ_SM_SERVICE_TIMEOUT"
+DEFAULT_SERVICE_TIMEOUT = 30.0
+# What a resume takes from its own environment when it differs from the recorded one.
+SERVICE_SETTINGS = (*SERVICE_VARIABLES, SERVICE_TIMEOUT_VARIABLE)
+# Reference-file directories: stwcs joins them to file names as strings, so they end with '/'.
+REFERENCE_VARIABLES = ("jref", "iref", "uref")
 # Variables whose values go into the run-started event (what a reader needs to reproduce a run).
-RECORDED_VARIABLES = (ENV_COMPUTE_APOSTERIORI, ENV_APPLY_APRIORI, ENV_STEP_CONTROL, "jref", "iref",
-                      *SERVICE_VARIABLES)
+RECORDED_VARIABLES = (ENV_COMPUTE_APOSTERIORI, ENV_APPLY_APRIORI, ENV_STEP_CONTROL, *REFERENCE_VARIABLES,
+                      *SERVICE_SETTINGS)
 
 _ON = {"on", "yes", "true"}
 _OFF = {"off", "no", "false"}
@@ -114,6 +119,26 @@ def switches_from_environment(environ: dict | None = None) -> tuple[bool, bool, 
 
 
 def recorded_environment(environ: dict | None = None) -> dict:
-    """The subset of the environment that is recorded with the run."""
+    """The subset of the environment that is recorded with the run.
+
+    Reference-file directories get their trailing ``/`` (``jref=/crds/acs`` works as ``/crds/acs/``).
+
+    Raises
+    ------
+    ConfigError
+        When the service timeout is not a positive number of seconds.
+    """
     env = os.environ if environ is None else environ
-    return {k: env[k] for k in RECORDED_VARIABLES if k in env}
+    out = {k: env[k] for k in RECORDED_VARIABLES if k in env}
+    for k in REFERENCE_VARIABLES:
+        if out.get(k) and not out[k].endswith("/"):
+            out[k] += "/"
+    if SERVICE_TIMEOUT_VARIABLE in out:
+        try:
+            ok = float(out[SERVICE_TIMEOUT_VARIABLE]) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"{SERVICE_TIMEOUT_VARIABLE}={out[SERVICE_TIMEOUT_VARIABLE]!r}: expected a positive "
+                              "number of seconds")
+    return out

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from .model import TRANSIENT_SUFFIXES
 from .statemachine import EVENT_KINDS, fold
 from .store.eventstore import EventStore
 
@@ -46,6 +47,9 @@ KILL_POINTS = (
     ("aposteriori/astrodrizzle", "step.started", 1.0),
     ("final/astrodrizzle", "step.started", 1.0),
     ("final/promote", "step.started", 0.0),
+    ("final/replace", "step.started", 0.0),
+    # One file renamed into place, the others not yet: the resume completes the set.
+    ("final/replace", "replaced", 0.0),
     ("final/cleanup", "step.started", 0.0),
 )
 _WCS_KEYS = ("WCSNAME", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2",
@@ -96,7 +100,7 @@ def compare(reference: dict, other: dict) -> str:
 
 def _leftovers(directory: Path, root: str) -> list[str]:
     return sorted(p.name for p in directory.iterdir()
-                  if (p.is_dir() and p.name.startswith(f"{root}_")) or p.name.endswith(".partial"))
+                  if (p.is_dir() and p.name.startswith(f"{root}_")) or p.name.endswith(TRANSIENT_SUFFIXES))
 
 
 def pause_at(target: str):
@@ -114,11 +118,11 @@ def pause_at(target: str):
     return observe
 
 
-def child(target: str, input_path: str) -> int:
-    """The child process: run the pipeline on ``input_path``, stopping itself at ``target``."""
+def child(target: str, input_path: str, newpath: str | None = None) -> int:
+    """The child process: run the pipeline on ``input_path`` (in ``newpath``), stopping itself at ``target``."""
     from . import process
 
-    return process(input_path, console=False, observer=pause_at(target)).exit_code
+    return process(input_path, newpath, console=False, observer=pause_at(target)).exit_code
 
 
 def start_and_kill(asn: Path, env: dict, point: tuple, timeout: float = 600.0) -> bool:
@@ -244,7 +248,7 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["child"]:
-        return child(*argv[1:3])
+        return child(*argv[1:4])
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)

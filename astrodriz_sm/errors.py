@@ -28,7 +28,9 @@ class ExitCode(enum.IntEnum):
     RUN_STATE = 7
     """The run cannot be started or resumed in its current state (unknown, finished, unfinished)."""
     LOG_CORRUPT = 8
-    """The event log failed verification (hash chain broken)."""
+    """The event log failed verification (hash chain broken) or its file is damaged."""
+    INTERRUPTED = 9
+    """Interrupted (Ctrl-C, SIGTERM): the run can be resumed."""
 
 
 EXIT_CODE_MEANINGS = {code: (code.__doc__ or "").strip() for code in ExitCode}
@@ -85,3 +87,15 @@ class UsageError(AstrodrizError):
     """An option or argument has a value the command cannot take."""
 
     exit_code = ExitCode.USAGE
+
+
+class LogCorruptError(AstrodrizError):
+    """The event store is damaged, or a run's hash chain does not verify."""
+
+    exit_code = ExitCode.LOG_CORRUPT
+
+
+class Interrupted(AstrodrizError):
+    """A run was stopped by Ctrl-C or SIGTERM; its workers are gone and it can be resumed."""
+
+    exit_code = ExitCode.INTERRUPTED

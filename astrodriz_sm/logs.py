@@ -12,6 +12,8 @@ import sys
 
 import structlog
 
+from .errors import UsageError
+
 _CONSOLE_SKIP = {"event", "timestamp", "level", "run_id", "stage", "step"}
 
 
@@ -31,11 +33,23 @@ def run_log(json_path: str | None = None, console: bool = True):
     structlog BoundLogger
     """
     # Kept open for the life of the command: every record is appended and flushed by line.
-    json_file = open(json_path, "a", buffering=1) if json_path else None  # noqa: SIM115
+    try:
+        json_file = open(json_path, "a", buffering=1) if json_path else None  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"{json_path}: cannot write the JSON log ({exc.strerror or exc})", str(json_path)) from exc
+    state = {"file": json_file}
 
     def tee_json(logger, method, event_dict):
-        if json_file is not None:
-            json_file.write(json.dumps(event_dict, default=str, sort_keys=True) + "\n")
+        if state["file"] is not None:
+            try:
+                state["file"].write(json.dumps(event_dict, default=str, sort_keys=True) + "\n")
+            except OSError as exc:
+                # The JSON log is a copy of what the event log holds: losing it must not stop a run.
+                print(f"astrodriz-sm: warning: {json_path}: cannot write the JSON log ({exc.strerror or exc}); "
+                      "it stops here, the event log goes on", file=sys.stderr)
+                with contextlib.suppress(OSError):
+                    state["file"].close()
+                state["file"] = None
         return event_dict
 
     def console_line(logger, method, event_dict):
@@ -54,5 +68,6 @@ def run_log(json_path: str | None = None, console: bool = True):
     try:
         yield logger
     finally:
-        if json_file is not None:
-            json_file.close()
+        if state["file"] is not None:
+            with contextlib.suppress(OSError):
+                state["file"].close()

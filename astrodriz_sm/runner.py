@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -21,10 +22,10 @@ from pathlib import Path
 import structlog
 
 from . import __version__
-from .config import RunConfig
+from .config import SERVICE_SETTINGS, RunConfig
 from .errors import AstrodrizError, ExitCode, ProcessingError, RunStateError
 from .handlers.common import StepContext, Timer, sha256
-from .model import STAGES, step_spec, trailer_name
+from .model import STAGES, last_step, partial_name, stage_directory_name, stage_steps, step_spec, trailer_name
 from .statemachine import STOP_STAGE, fold, next_action, plan, stage_files
 from .statemachine.state import (
     RUN_ENDED,
@@ -47,6 +48,8 @@ LIBRARIES = ("drizzlepac", "stwcs", "tweakwcs", "photutils", "astropy", "numpy",
 LIBRARY_GLOBALS = (("drizzlepac.haputils.astrometric_utils", "SERVICELOCATION"),)
 
 _END_CODES = {"done": ExitCode.OK, "skipped": ExitCode.SKIPPED}
+# The step of an alignment stage that checks its service; redone when a resume changes the service settings.
+PROBE_STEP = "probe_service"
 
 Observer = Callable[[str, str, str], None]
 
@@ -89,6 +92,51 @@ def start_run(store: EventStore, config: RunConfig, root: str) -> str:
                  {"config": {**config.as_dict(), "root": root}, "version": VERSION,
                   "libraries": library_versions()})
     return run_id
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, children first (Linux ``/proc``)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # The command name is in parentheses and may hold spaces: the ppid follows the last ')'.
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        out += children
+        frontier = children
+    return out
+
+
+def stop_descendants(timeout: float = 10.0) -> list[int]:
+    """Kill every process this one started (AstroDrizzle workers, concurrent drizzles) and wait for them.
+
+    Returns
+    -------
+    list of int
+        The pids that were killed.
+    """
+    pids = _descendants(os.getpid())
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reap our own children
+            try:
+                state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                break
+            if state in ("Z", "X"):
+                break
+            time.sleep(0.02)
+    return pids
 
 
 @contextlib.contextmanager
@@ -201,7 +249,7 @@ class Runner:
         path = Path(self.run_row["input"]).parent / trailer_name(self.run_row["root"])
         if not path.parent.exists():
             return None
-        tmp = path.with_name(f".{path.name}.partial")
+        tmp = path.with_name(partial_name(path.name))
         try:
             tmp.write_text(render_trailer(self.run_row, events))
             os.replace(tmp, path)
@@ -221,9 +269,33 @@ class Runner:
             run = self.state()
             after = ("interrupted step " + "/".join(min(run.in_progress))
                      if run.in_progress else f"interruption in state {run.state}")
-            self.append(run.state or "init", "", RUN_RESUMED, {"after": after, "pid": os.getpid()})
+            payload = {"after": after, "pid": os.getpid()}
+            # Service URLs and timeouts are taken from this resume's environment: the ones recorded
+            # may be what made the run hang.
+            changed = {k: self.environ[k] for k in SERVICE_SETTINGS
+                       if k in self.environ and self.environ[k] != run.environment.get(k)}
+            if changed:
+                payload["environment_update"] = changed
+            self.append(run.state or "init", "", RUN_RESUMED, payload)
+            if changed:
+                self._reprobe(self.state(), changed)
             self._recheck_stage(self.state())
             return self._loop()
+
+    def _reprobe(self, run, changed: dict) -> None:
+        """Redo the service probe of the current stage, unless the stage has concluded."""
+        stage = run.state
+        probes = [s.step for s in stage_steps(stage) if s.step == PROBE_STEP and run.is_completed(stage, s.step)]
+        if probes and stage in STAGES and not run.is_completed(stage, last_step(stage)):
+            self.append(stage, probes[0], STEP_INVALIDATED,
+                        {"reason": f"service settings changed on resume ({', '.join(sorted(changed))})"})
+
+    def abandon(self, reason: str) -> None:
+        """End an unfinished run without finishing it (``start --restart``); the event says why."""
+        with self._lease():
+            run = self.state()
+            self.append(run.state or "init", "", RUN_ENDED, {"status": "abandoned", "exit_code": int(ExitCode.RUN_STATE),
+                                                             "reason": reason, "products": []})
 
     def _recheck_stage(self, run) -> None:
         """Invalidate the current stage's completed steps when its files or fingerprint changed.
@@ -262,13 +334,20 @@ class Runner:
 
     @contextlib.contextmanager
     def _lease(self):
-        """Hold the run's lease (one writer at a time) for the duration."""
+        """Hold the run's lease (one writer at a time) for the duration.
+
+        On Ctrl-C or SIGTERM (``KeyboardInterrupt``) the processes the step started are stopped before
+        the lease is given up, so that a resume never meets a worker still writing.
+        """
         try:
             self.store.acquire_lease(self.run_id)
         except StoreError as exc:
             raise RunStateError(str(exc)) from exc
         try:
             yield
+        except KeyboardInterrupt:
+            stop_descendants()
+            raise
         finally:
             self.store.release_lease(self.run_id)
 
@@ -357,10 +436,17 @@ class Runner:
             reason = None
             if status == "skipped":
                 reason = next(g["reason"] for g in run.transitions[-1]["guards"] if g["guard"] == "drizcorr_perform")
-        products = run.output("final", "promote").get("products", [])
+        products = run.output("final", "replace").get("products", [])
         seconds = time.perf_counter() - self._started
-        self.append(status, "", RUN_ENDED, {"status": status, "exit_code": int(code), "reason": reason,
-                                            "products": products, "process_seconds": round(seconds, 3),
-                                            "log_seconds": round(self.log_seconds, 3),
-                                            "log_share": round(self.log_seconds / seconds, 5)})
+        payload = {"status": status, "exit_code": int(code), "reason": reason, "products": products,
+                   "process_seconds": round(seconds, 3), "log_seconds": round(self.log_seconds, 3),
+                   "log_share": round(self.log_seconds / seconds, 5)}
+        if status == "failed":
+            # What a failed run leaves for a look (and what the next start replaces).
+            work = self._context(run, status, "").work_dir
+            kept = [work / stage_directory_name(run.root, s) for s in STAGES[1:]]
+            if work != Path(run.config["input"]).parent:
+                kept.append(work)
+            payload["kept_directories"] = [str(p) for p in kept if p.is_dir()]
+        self.append(status, "", RUN_ENDED, payload)
         self.log.info("run ended", stage=status, status=status, exit_code=int(code))

@@ -7,14 +7,11 @@ cause, an exit code from the README's table, a ``step.failed`` event naming the 
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import shutil
 import sqlite3
 import stat
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -198,15 +195,20 @@ def test_unsupported_instrument(simulated):
     _assert_unchanged(d, before)
 
 
-def test_zero_exptime(simulated):
+def test_a_zero_exptime_member_is_left_out_and_the_others_drizzled(simulated):
+    """As runastrodriz: AstroDrizzle drops EXPTIME=0 files; the event names the one left out."""
     src, d = _small(simulated)
     victim = d / f"{src.members[1]}_flt.fits"
     fits.setval(victim, "EXPTIME", value=0.0, ext=0)
-    before = sha256_tree(d)
     proc = _start(d)
-    _assert_refused(proc, code=ExitCode.INPUT, path=victim, cause="EXPTIME is 0.0; nothing to drizzle",
-                    store=d / STORE)
-    _assert_unchanged(d, before)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = _latest_events(d / STORE)
+    notes = [e.payload["message"] for e in events if e.kind == "note"]
+    assert notes == [f"excluded from processing: {src.members[1]} (EXPTIME=0)"]
+    inputs = next(e.payload["inputs"] for e in events if e.kind == "step.completed" and e.step == "resolve_inputs")
+    assert (inputs["members"], inputs["flt"]) == ([src.members[0]], [f"{src.members[0]}_flt.fits"])
+    assert (d / f"{ROOT}_drz.fits").is_file()
+    assert "excluded from processing" in (d / f"{ROOT}.tra").read_text()
 
 
 @pytest.mark.parametrize("rows", [[], [(ROOT.upper(), "PROD-DTH")]], ids=["no-rows", "product-only"])
@@ -227,67 +229,49 @@ def test_empty_association(simulated, rows):
 def read_only_copy(simulated):
     """A copy of the association in a directory the CLI cannot write to.
 
-    Root writes to any directory whatever its mode, so as root the CLI runs as ``nobody``
-    (``setpriv``), in a directory outside pytest's private temporary tree.
+    Root writes to any directory whatever its mode, so as root the directory is a read-only bind
+    mount of itself; otherwise its modes forbid writing.
 
     Yields
     ------
     dict
-        ``dir`` (read-only data), ``store_dir`` (writable by the CLI's user), ``prefix`` (the
-        command prefix that drops privileges, empty when not root) and ``env``.
+        ``dir`` (read-only data), ``store_dir`` (writable), ``cause`` (what the file system says when
+        written to) and ``env``.
     """
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root and setpriv is not available to drop privileges")
-        try:
-            user, group = pwd.getpwnam("nobody"), grp.getgrnam("nogroup")
-        except KeyError as exc:
-            pytest.skip(f"running as root and there is no unprivileged user to switch to: {exc}")
-        prefix = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-        owner = (user.pw_uid, group.gr_gid)
-    else:
-        prefix, owner = [], None
     _, copy = _small(simulated)
     base = Path(tempfile.mkdtemp(prefix="astrodriz-ro-"))
+    d = base / "data"
+    shutil.copytree(copy, d)
+    (base / "store").mkdir()
+    mounted = False
     try:
-        base.chmod(0o755)
-        d = base / "data"
-        shutil.copytree(copy, d)
-        home, store_dir = base / "home", base / "store"
-        for p in (home, store_dir):
-            p.mkdir()
-            if owner:
-                os.chown(p, *owner)
-        for p in [d, *d.rglob("*")]:
-            p.chmod(0o555 if p.is_dir() else 0o444)
-        probe = subprocess.run([*prefix, "sh", "-c", f"touch {d}/probe"], capture_output=True, check=False)
-        assert probe.returncode != 0 and not (d / "probe").exists(), "the data directory is still writable"
-        yield {"dir": d, "store_dir": store_dir, "prefix": prefix,
-               "env": {**_env(d), "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"}}
+        if os.geteuid() == 0:
+            for cmd in (["mount", "--bind", d, d], ["mount", "-o", "remount,bind,ro", d]):
+                subprocess.run(cmd, check=True, capture_output=True)
+                mounted = True
+            cause = "Read-only file system"
+        else:
+            for p in [d, *d.rglob("*")]:
+                p.chmod(0o555 if p.is_dir() else 0o444)
+            cause = "Permission denied"
+        with pytest.raises(OSError):
+            (d / "probe").touch()
+        yield {"dir": d, "store_dir": base / "store", "cause": cause, "env": _env(d)}
     finally:
+        if mounted:
+            subprocess.run(["umount", d], check=True)
         for p in [base, *base.rglob("*")]:
             if not p.is_symlink():
                 p.chmod(p.stat().st_mode | stat.S_IWUSR)
         shutil.rmtree(base)
 
 
-def _run_as(prefix, *args, env) -> subprocess.CompletedProcess:
-    """``run_cli`` with a command prefix (the one that drops privileges)."""
-    full_env = {k: v for k, v in os.environ.items() if k != "jref" and not k.startswith("ASTROM")
-                and k != "GSSS_WEBSERVICES_URL"}
-    full_env.update(env)
-    return subprocess.run([*prefix, sys.executable, "-m", "astrodriz_sm.cli.main", *map(str, args)],
-                          capture_output=True, text=True, env=full_env, cwd="/", timeout=300, check=False)
-
-
 def test_read_only_input_directory_with_store_elsewhere(read_only_copy):
     d, store = read_only_copy["dir"], read_only_copy["store_dir"] / STORE
     before = sha256_tree(d)
-    proc = _run_as(read_only_copy["prefix"], "start", "--store", store, d / f"{ROOT}_asn.fits",
-                   env=read_only_copy["env"])
-    _assert_refused(proc, code=ExitCode.INPUT, path=d, cause="input directory is not writable (Permission denied)",
-                    store=store)
+    proc = run_cli("start", "--store", store, d / f"{ROOT}_asn.fits", env=read_only_copy["env"], cwd="/")
+    _assert_refused(proc, code=ExitCode.INPUT, path=d,
+                    cause=f"input directory is not writable ({read_only_copy['cause']})", store=store)
     assert sha256_tree(d) == before
 
 
@@ -295,7 +279,7 @@ def test_read_only_input_directory_with_the_default_store(read_only_copy):
     """The store cannot be created beside the input: one line naming it, no run, nothing changed."""
     d = read_only_copy["dir"]
     before = sha256_tree(d)
-    proc = _run_as(read_only_copy["prefix"], "start", d / f"{ROOT}_asn.fits", env=read_only_copy["env"])
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env=read_only_copy["env"], cwd="/")
     assert proc.returncode == ExitCode.RUN_STATE, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (

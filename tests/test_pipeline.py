@@ -22,7 +22,7 @@ EXPECTED_STEPS = [
     ("default", "stage_inputs"), ("default", "updatewcs"), ("default", "astrodrizzle"),
     ("default", "verify_alignment"),
     ("final", "choose_wcs"), ("final", "stage_inputs"), ("final", "copy_flc_wcs"), ("final", "astrodrizzle"),
-    ("final", "write_headerlets"), ("final", "promote"), ("final", "cleanup"),
+    ("final", "write_headerlets"), ("final", "promote"), ("final", "replace"), ("final", "cleanup"),
 ]
 ALIGNMENT_STEPS = [
     ("apriori", "probe_service"), ("apriori", "stage_inputs"), ("apriori", "updatewcs"),
@@ -76,9 +76,9 @@ def test_demo_completes_with_products_trailer_and_store(demo):
     assert 0 < run.ended["log_seconds"] < run.ended["process_seconds"]
     print("event log share", run.ended["log_share"])
     # The promoted products are the ones whose hashes the log recorded.
-    promoted = run.output("final", "promote")["files"]
+    promoted = run.output("final", "replace")["files"]
     assert promoted[f"{ROOT}_drc.fits"] == sha256_tree(data)[f"{ROOT}_drc.fits"]
-    assert sorted(run.output("final", "promote")["headerlets"]) == [
+    assert sorted(run.output("final", "replace")["headerlets"]) == [
         f"{m}_flc_hlet.fits" for m in ("jsm001a1q", "jsm001a2q", "jsm001a3q")]
 
 

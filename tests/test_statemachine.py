@@ -76,7 +76,7 @@ def test_full_sequence_with_flt_and_flc(store):
         "default/stage_inputs", "default/updatewcs", "default/astrodrizzle", "default/verify_alignment",
         "default->apriori", *APRIORI, "apriori->aposteriori", *APOSTERIORI, "aposteriori->final",
         "final/choose_wcs", "final/stage_inputs", "final/copy_flc_wcs", "final/astrodrizzle",
-        "final/write_headerlets", "final/promote", "final/cleanup", "final->done", "end:done"]
+        "final/write_headerlets", "final/promote", "final/replace", "final/cleanup", "final->done", "end:done"]
     assert fold(store.events(run_id)).ended["exit_code"] == 0
 
 

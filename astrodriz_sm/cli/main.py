@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from .. import api
 from ..api import STORE_NAME
-from ..errors import EXIT_CODE_MEANINGS, AstrodrizError, ExitCode, InputError
-from ..store.eventstore import StoreError
+from ..errors import EXIT_CODE_MEANINGS, AstrodrizError, ExitCode, InputError, Interrupted
+from ..store.eventstore import StoreCorrupt, StoreError
 
 
 def _report_end(result: api.RunResult) -> int:
@@ -27,7 +28,7 @@ def cmd_start(args) -> int:
     return _report_end(api.process(
         args.input, args.newpath, force=args.force, inmemory=args.inmemory, basic=args.basic,
         num_cores=args.num_cores, debug=args.debug, store=args.store, log_json=args.log_json,
-        console=not args.quiet, resume_unfinished=args.resume))
+        console=not args.quiet, resume_unfinished=args.resume, restart=args.restart))
 
 
 def cmd_resume(args) -> int:
@@ -59,7 +60,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_verify_log(args) -> int:
-    store = api.open_store(args.store)
+    store = api.open_store(args.store, read_only=True)
     run_ids = [api.find_run(store, args.run)] if args.run else [r["run_id"] for r in store.runs()]
     bad = 0
     for rid in run_ids:
@@ -142,6 +143,16 @@ def cmd_demo(args) -> int:
     return result.exit_code
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     codes = "\n".join(f"  {int(c)}  {c.name.lower():12s} {EXIT_CODE_MEANINGS[c]}" for c in ExitCode)
     p = argparse.ArgumentParser(prog="astrodriz-sm", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -181,9 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-f", "--force", action="store_true", help="process even when DRIZCORR is OMIT")
     s.add_argument("-i", "--inmemory", action="store_true", help="final AstroDrizzle keeps intermediates in memory")
     s.add_argument("-b", "--basic", action="store_true", help="basic mode: write no headerlets")
-    s.add_argument("-n", "--num-cores", type=int, metavar="N", help="cores for AstroDrizzle")
+    s.add_argument("-n", "--num-cores", type=_at_least_one, metavar="N", help="cores for AstroDrizzle")
     s.add_argument("--debug", action="store_true", help="keep the stage directories")
     s.add_argument("--resume", action="store_true", help="continue this input's unfinished run, if any")
+    s.add_argument("--restart", action="store_true",
+                   help="abandon this input's unfinished run, if any, and start a new one")
     s.set_defaults(func=cmd_start)
 
     s = with_store(sub.add_parser("resume", help="continue an interrupted run"))
@@ -231,14 +244,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sigterm(signum, frame):
+    # SIGTERM ends a run as Ctrl-C does: workers stopped, one line saying how to resume.
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     """Entry point of ``astrodriz-sm``."""
     args = build_parser().parse_args(argv)
+    if args.func in (cmd_start, cmd_resume, cmd_demo):
+        signal.signal(signal.SIGTERM, _sigterm)
     try:
         return int(args.func(args))
+    except Interrupted as exc:
+        print(f"astrodriz-sm: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("astrodriz-sm: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        # The reader went away (``status | head -1``): nothing more to say, and no traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return int(ExitCode.OK)
     except AstrodrizError as exc:
         print(f"astrodriz-sm: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
+    except StoreCorrupt as exc:
+        print(f"astrodriz-sm: error: {exc}", file=sys.stderr)
+        return int(ExitCode.LOG_CORRUPT)
     except StoreError as exc:
         print(f"astrodriz-sm: error: {exc}", file=sys.stderr)
         return int(ExitCode.RUN_STATE)

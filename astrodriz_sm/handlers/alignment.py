@@ -19,6 +19,7 @@ from ..statemachine.rules import VALID_FIT_QUALITY
 from ..statemachine.state import CANDIDATE, DECISION
 from .common import StepContext, Timer, captured_output, hashes, working_directory
 from .drizzle import copy_into_stage
+from .network import bounded_requests, service_timeout
 
 # The libraries' own defaults, used when the variables are unset (runastrodriz does the same).
 DEFAULT_URLS = {
@@ -35,6 +36,8 @@ REQUIRED_SERVICE = {"apriori": "ASTROMETRY_SERVICE_URL", "aposteriori": "ASTROME
 # The reference catalogs tried, newest first, as the runastrodriz description lists them: GAIA with
 # proper motions, then GAIA DR1 without (better for fields of distant galaxies).
 APOSTERIORI_CATALOGS = ("GAIAeDR3", "GAIADR2", "GAIADR1")
+# RMS values (mas) from this size on are drizzlepac's mark of a failed fit, not a measurement.
+FAILED_FIT_RMS = 1e8
 
 
 def service_url(ctx: StepContext, variable: str) -> str:
@@ -112,13 +115,25 @@ def apriori_updatewcs(ctx: StepContext) -> StepResult:
     default_name = ctx.run.output("default", "updatewcs").get("wcsname")
     groups = [[e.name for e in g] for g in ctx.inputs.exposures.lists]
     ctx.progress("updatewcs(use_db=True) against " + service_url(ctx, "ASTROMETRY_SERVICE_URL"))
-    with Timer() as t, captured_output() as out, working_directory(d):
+    services = {ctx.run.environment.get(v) or DEFAULT_URLS[v]: what for v, what in (
+        ("ASTROMETRY_SERVICE_URL", "the astrometry database"), ("GSSS_WEBSERVICES_URL", "the guide-star service"))}
+    with Timer() as t, captured_output() as out, working_directory(d), \
+            bounded_requests(service_timeout(ctx.run.environment)) as requests_log:
+        failures = requests_log.failures
         for group in groups:
             try:
                 stwcs_updatewcs(list(group), use_db=True, checkfiles=False)
             except Exception as exc:
+                if failures:
+                    break  # the service did not answer: said below, as the reason the stage stops
                 raise ProcessingError(f"{d / group[0]}: updatewcs(use_db=True) failed: {exc}",
                                       str(d / group[0])) from exc
+    if failures:
+        first = failures[0]
+        what = next((w for url, w in services.items() if first.url.startswith(url)), "a service")
+        return StepResult({"seconds": t.elapsed, "log": out.getvalue(),
+                           "requests_failed": [f.__dict__ for f in failures]},
+                          stop=StageStop(f"{first.describe(what)}: stage skipped"))
     summary = {n: _wcs_summary(d / n) for g in groups for n in g}
     names = sorted({w for s in summary.values() for w in s["wcsnames"]})
     payload = {"wcsname": names[0] if len(names) == 1 else names, "exposures": summary,
@@ -141,9 +156,44 @@ def _fit_candidate(catalog: str, method: str, imglist, quality: int, rms: float,
             "status": str(info.get("status")), "nmatches": int(info.get("nmatches", 0) or 0),
             "fit_rms_mas": float(info.get("FIT_RMS", np.nan) or np.nan),
         }
-    return {"catalog": catalog, "method": method, "fit_quality": int(quality), "rms_mas": float(rms),
+    # drizzlepac reports a fit that failed with a sentinel RMS (1e9 mas): that is no RMS at all.
+    rms = float(rms) if np.isfinite(rms) and float(rms) < FAILED_FIT_RMS else None
+    cand = {"catalog": catalog, "method": method, "fit_quality": int(quality), "rms_mas": rms,
             "matches": int(n_matches), "reference_sources": int(ref_count),
-            "valid": int(quality) in VALID_FIT_QUALITY, "exposures": per_image}
+            "valid": int(quality) in VALID_FIT_QUALITY and rms is not None, "exposures": per_image}
+    if rms is None:
+        cand["reason"] = "the fit failed (drizzlepac reported no RMS)"
+    return cand
+
+
+def _fit_to(table, catalog: str, method: str, apars: dict, last: bool) -> dict:
+    """The candidate of one reference catalog: its fit, or why there is none.
+
+    A fit that raises (tweakwcs's ``MatchSourceConfusionError``, too few matches...) is an invalid
+    candidate with the exception's text, never a failed run.
+
+    Raises
+    ------
+    Exception
+        When the reference catalog could not be had (the caller makes that the candidate's reason).
+    """
+    from drizzlepac import align as dp_align
+
+    minimum = apars["determine_fit_quality"]["MIN_CATALOG_THRESHOLD"]
+    reference = dp_align.generate_astrometric_catalog(table.process_list, catalog=catalog, output=False)
+    invalid = {"catalog": catalog, "method": method, "fit_quality": 5, "valid": False, "rms_mas": None,
+               "matches": None, "reference_sources": len(reference)}
+    if len(reference) < minimum:
+        return {**invalid, "reason": f"only {len(reference)} reference sources (< {minimum})"}
+    table.reset_group_id(len(reference))
+    try:
+        table.imglist = table.perform_fit(method, catalog, reference)
+        rms, n_matches, quality, filtered, _ = dp_align.determine_fit_quality(
+            table.imglist, table.filtered_table, not last, apars, print_fit_parameters=False)
+    except Exception as exc:  # noqa: BLE001 - any failure of the fit makes this candidate invalid
+        return {**invalid, "reason": f"fit failed: {type(exc).__name__}: {exc}".replace("\n", " ")}
+    table.filtered_table = filtered
+    return _fit_candidate(catalog, method, table.imglist, quality, rms, n_matches, len(reference))
 
 
 def align(ctx: StepContext) -> StepResult:
@@ -178,7 +228,8 @@ def align(ctx: StepContext) -> StepResult:
             "sat_flags": 256 + 2048 + (4096 + 8192 if ctx.run.verdict("default") else 0)}
     pars.update(apars)
     stop, facts, decision = None, [], None
-    with Timer() as t, captured_output() as out, working_directory(d):
+    with Timer() as t, captured_output() as out, working_directory(d), \
+            bounded_requests(service_timeout(ctx.run.environment)) as requests_log:
         table = align_utils.AlignmentTable(files, **pars)
         try:
             if table.process_list is None:
@@ -202,42 +253,37 @@ def align(ctx: StepContext) -> StepResult:
                 for i, catalog in enumerate(catalogs):
                     ctx.progress(f"reference catalog {catalog} and {method} fit")
                     try:
-                        reference = dp_align.generate_astrometric_catalog(table.process_list, catalog=catalog,
-                                                                          output=False)
+                        cand = _fit_to(table, catalog, method, apars, last=i == len(catalogs) - 1)
                     except Exception as exc:  # noqa: BLE001 - a catalog the service lacks is one bad candidate
-                        reference, reason = None, f"reference catalog unavailable: {exc}"
-                    if reference is None:
                         cand = {"catalog": catalog, "method": method, "fit_quality": 5, "valid": False,
-                                "reason": reason}
-                    elif len(reference) < quality_pars["MIN_CATALOG_THRESHOLD"]:
-                        cand = {"catalog": catalog, "method": method, "fit_quality": 5, "valid": False,
-                                "reference_sources": len(reference),
-                                "reason": f"only {len(reference)} reference sources "
-                                          f"(< {quality_pars['MIN_CATALOG_THRESHOLD']})"}
-                    else:
-                        table.reset_group_id(len(reference))
-                        table.imglist = table.perform_fit(method, catalog, reference)
-                        rms, n_matches, quality, filtered, _ = dp_align.determine_fit_quality(
-                            table.imglist, table.filtered_table, i < len(catalogs) - 1, apars,
-                            print_fit_parameters=False)
-                        table.filtered_table = filtered
-                        cand = _fit_candidate(catalog, method, table.imglist, quality, rms, n_matches,
-                                              len(reference))
+                                "rms_mas": None, "matches": None, "reason": f"reference catalog unavailable: {exc}"}
+                    if requests_log.failures:
+                        # The service itself did not answer: the other catalogs are on it too.
+                        stop = f"{requests_log.failures[0].describe(f'the {catalog} catalog')}: stage skipped"
+                        break
+                    if cand.get("reference_sources") == 0:
+                        reply = requests_log.last_reply(amutils.SERVICELOCATION)
+                        if reply is not None and (reply.length == 0 or "html" in reply.content_type.lower()):
+                            cand["reason"] = (f"the {catalog} catalog service at {amutils.SERVICELOCATION} "
+                                              f"answered with no catalog ({reply.describe()})")
                     candidates.append(cand)
                     facts.append((CANDIDATE, cand))
                     ctx.progress(f"candidate {catalog}: fit quality {cand['fit_quality']}"
-                                 + (f", rms {cand['rms_mas']:.2f} mas" if "rms_mas" in cand else ""), point="fitted")
-                decision = choose_fit(candidates, method)
-                facts.append((DECISION, decision))
-                if decision["chosen_catalog"] is None:
-                    stop = decision["reason"]
+                                 + (f", rms {cand['rms_mas']:.2f} mas" if cand.get("rms_mas") is not None else ""),
+                                 point="fitted")
+                if stop is None:
+                    decision = choose_fit(candidates, method)
+                    facts.append((DECISION, decision))
+                    if decision["chosen_catalog"] is None:
+                        stop = decision["reason"]
             if stop is None:
                 table.select_fit(decision["chosen_catalog"], method)
                 table.apply_fit(headerlet_filenames={e.name: e.headerlet for e in fitted})
         finally:
             table.close()
     payload = {"excluded": excluded, "sources_found": found, "catalogs": catalogs, "method": method,
-               "seconds": t.elapsed, "log": out.getvalue()}
+               "seconds": t.elapsed, "log": out.getvalue(),
+               "requests_failed": [f.__dict__ for f in requests_log.failures]}
     if stop is not None:
         return StepResult(payload, facts=facts, stop=StageStop(stop))
     # Exposures of the other kind (FLT when FLC were fitted) take the same WCS.

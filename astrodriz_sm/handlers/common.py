@@ -152,13 +152,6 @@ def copy_file(src: Path, dest: Path) -> None:
         raise OSError(exc.errno, exc.strerror, str(dest)) from exc
 
 
-def copy_atomic(src: Path, dest: Path) -> None:
-    """Copy so that ``dest`` is either the old file or the complete new one, never half-written."""
-    tmp = dest.with_name(f".{dest.name}.partial")
-    copy_file(src, tmp)
-    os.replace(tmp, dest)
-
-
 @contextlib.contextmanager
 def working_directory(path: Path):
     """Run a library that writes to the current directory inside ``path``."""

@@ -141,7 +141,7 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
                         driz_cr=False, driz_sep_bits=ctx.inputs.detector_parameters.good_bits)
             source += "; no new cosmic-ray identification (default stage verified)"
     exptimes = np.array([e.exptime for e in product.exposures])
-    if exptimes.max() / exptimes.min() > 2:
+    if exptimes.min() > 0 and exptimes.max() / exptimes.min() > 2:
         pars.update(combine_type="median", combine_nhigh=0)
     return {"parameters": pars, "source": source}
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import warnings
 
 from astropy.io import fits
 
-from ..model import STAGES, StepResult
+from ..errors import ProcessingError
+from ..model import STAGES, StepResult, original_name, promoted_name
 from ..statemachine import choose_final_wcs, stage_files
 from ..statemachine.state import DECISION
-from .common import StepContext, captured_output, copy_atomic, hashes, sha256
+from .common import StepContext, captured_output, copy_file, hashes, sha256
 from .drizzle import copy_into_stage, run_astrodrizzle
 
 # Keywords that make up the active WCS of a SCI header (linear WCS, SIP, distortion bookkeeping).
@@ -93,22 +96,89 @@ def astrodrizzle(ctx: StepContext) -> StepResult:
     return run_astrodrizzle(ctx, final=True)
 
 
-def promote(ctx: StepContext) -> StepResult:
-    """Move the verified results into the run directory.
+# Room kept free beyond the promoted files themselves: file-system blocks and the trailer.
+PROMOTE_MARGIN = 1 << 20
 
-    The only step that writes to the input directory: the updated exposures replace the
-    originals and the products appear, each file atomically (copy, then rename).
-    """
-    d = ctx.stage_dir()
+
+def _promoted_files(ctx: StepContext) -> list[str]:
+    """What the final stage hands back: products, updated exposures, headerlets."""
     products = [p["product"] for p in ctx.run.output("final", "astrodrizzle")["products"]]
     headerlets = list(ctx.run.output("final", "write_headerlets").get("headerlets", {}))
-    names = products + ctx.inputs.exposures.names + headerlets
-    ctx.progress(f"promoting {len(names)} files into {ctx.input_dir}")
-    before = {n: sha256(ctx.input_dir / n) for n in names if (ctx.input_dir / n).exists()}
-    for n in names:
-        copy_atomic(d / n, ctx.input_dir / n)
-    return StepResult({"files": hashes(ctx.input_dir, names), "replaced": before, "products": products,
-                       "headerlets": headerlets})
+    return products + ctx.inputs.exposures.names + headerlets
+
+
+def promote(ctx: StepContext) -> StepResult:
+    """Write every result beside its target in the input directory, not yet replacing anything.
+
+    The whole set must fit on the input's file system at once: checked before anything is written,
+    and a failure part-way removes what was written, so the inputs stay as they were.
+
+    Raises
+    ------
+    ProcessingError
+        When the set does not fit.
+    """
+    d = ctx.stage_dir()
+    names = _promoted_files(ctx)
+    needed = sum((d / n).stat().st_size for n in names)
+    free = shutil.disk_usage(ctx.input_dir).free
+    if needed + PROMOTE_MARGIN > free:
+        raise ProcessingError(f"{ctx.input_dir}: no room to promote {len(names)} files ({needed / 1e6:.1f} MB "
+                              f"needed, {free / 1e6:.1f} MB free); nothing was replaced", str(ctx.input_dir))
+    ctx.progress(f"promoting {len(names)} files ({needed / 1e6:.1f} MB) into {ctx.input_dir}")
+    written = []
+    try:
+        for n in names:
+            written.append(ctx.input_dir / promoted_name(n))
+            copy_file(d / n, written[-1])
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+    originals = {n: sha256(ctx.input_dir / n) for n in names if (ctx.input_dir / n).exists()}
+    return StepResult({"files": hashes(ctx.input_dir, [promoted_name(n) for n in names]), "targets": names,
+                       "originals": originals})
+
+
+def replace(ctx: StepContext) -> StepResult:
+    """Rename every promoted file over its target; the originals are kept until the set is in place.
+
+    Redone after a crash, it completes what an interrupted attempt began (a file already renamed has
+    no promoted copy left). An error part-way puts every original back.
+    """
+    promoted = ctx.run.output("final", "promote")
+    targets = promoted["targets"]
+    folder = ctx.input_dir
+    done = []
+    try:
+        for n in targets:
+            new, target, original = folder / promoted_name(n), folder / n, folder / original_name(n)
+            if not new.exists():
+                continue  # renamed by an attempt that was interrupted
+            if target.exists() and not original.exists():
+                os.link(target, original)
+            os.replace(new, target)
+            done.append(n)
+            ctx.progress(f"replaced {n}", point="replaced")
+    except OSError:
+        for n in reversed(done):
+            original, target = folder / original_name(n), folder / n
+            with contextlib.suppress(OSError):
+                if original.exists():
+                    os.replace(original, target)
+                else:
+                    target.unlink()  # a new file: there was no original
+        for n in targets:
+            with contextlib.suppress(OSError):
+                (folder / promoted_name(n)).unlink()
+        raise
+    for n in targets:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / original_name(n)).unlink()
+    products = [p["product"] for p in ctx.run.output("final", "astrodrizzle")["products"]]
+    return StepResult({"files": hashes(folder, targets), "replaced": promoted["originals"], "products": products,
+                       "headerlets": list(ctx.run.output("final", "write_headerlets").get("headerlets", {}))})
 
 
 def cleanup(ctx: StepContext) -> StepResult:

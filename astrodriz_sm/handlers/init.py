@@ -7,6 +7,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 from astropy.io import fits
 
 from ..errors import InputError
@@ -21,6 +22,7 @@ from ..model import (
     input_name,
     split_input_name,
 )
+from ..statemachine.state import NOTE
 from .common import StepContext, check_fits, primary_header, sha256
 
 REFERENCE_KEYWORDS = ("IDCTAB", "NPOLFILE", "D2IMFILE", "MDRIZTAB")
@@ -81,6 +83,8 @@ def read_association(path: Path) -> tuple[list[str], str]:
             # Refuse before anything is read or written: a name like '../x' would escape the run directory.
             raise InputError(f"{path}: member name {name!r} is not an HST rootname", str(path))
         if memtype.startswith("EXP") and present:
+            if name.lower() in members:
+                raise InputError(f"{path}: member {name.lower()} is listed more than once", str(path))
             members.append(name.lower())
         elif memtype.startswith("PROD") and product is None:
             product = name.lower()
@@ -98,11 +102,25 @@ def _exposure_facts(path: Path) -> dict:
         raise InputError(f"{path}: unsupported instrument {instrument}/{detector} "
                          f"(supported: {', '.join('/'.join(s) for s in sorted(DETECTORS))})", str(path))
     exptime = hdr.get("EXPTIME")
-    if exptime is None or float(exptime) <= 0:
-        raise InputError(f"{path}: EXPTIME is {exptime}; nothing to drizzle", str(path))
+    if exptime is None:
+        raise InputError(f"{path}: no EXPTIME in the primary header", str(path))
+    ngoodpix = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with fits.open(path, memmap=True) as hdul:
+            for h in hdul:
+                if h.name == "SCI":
+                    ngoodpix.append(h.header.get("NGOODPIX"))
+                    if h.data is not None and np.isnan(h.data).all():
+                        raise InputError(f"{path}: SCI,{h.ver} is all NaN; nothing to drizzle", str(path))
+    empty = None
+    if float(exptime) <= 0:
+        empty = f"EXPTIME={float(exptime):g}"
+    elif ngoodpix and all(n is not None and int(n) == 0 for n in ngoodpix):
+        empty = "NGOODPIX=0"
     refs = {k: str(hdr[k]).strip() for k in REFERENCE_KEYWORDS if k in hdr}
     return {"instrument": instrument, "detector": detector, "exptime": float(exptime), "references": refs,
-            "drizcorr": str(hdr.get("DRIZCORR", "")).strip().upper() or None}
+            "drizcorr": str(hdr.get("DRIZCORR", "")).strip().upper() or None, "empty": empty}
 
 
 def _resolve_references(refs: dict, var: str, input_dir: Path, environment: dict) -> tuple[dict, dict]:
@@ -214,6 +232,18 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
             notes.append(f"only {len(found[k])} of {len(members)} exposures have an {k.upper()} file: "
                          f"{k.upper()} files not used")
             found[k] = []
+    # Exposures with no exposure time or no good pixel are left out, as runastrodriz leaves them out of
+    # the MDRIZTAB choice and AstroDrizzle drops them; when all are such, all are used and not aligned.
+    empty = {}
+    for name in found[FLT] + found[FLC]:
+        if facts[name]["empty"]:
+            empty.setdefault(split_input_name(name)[1], facts[name]["empty"])
+    no_alignment, excluded = None, []
+    if empty and len(empty) == len(members):
+        no_alignment = "every exposure has EXPTIME=0 or NGOODPIX=0: all are drizzled, none is aligned"
+    elif empty:
+        excluded = [f"{m} ({why})" for m, why in empty.items()]
+        found = {k: [n for n in names if split_input_name(n)[1] not in empty] for k, names in found.items()}
     used = found[FLT] + found[FLC]
 
     # DRIZCORR comes from the RAW file of the first member; without RAW, from the calibrated file.
@@ -240,9 +270,13 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
     references, env_update = _resolve_references(first["references"], DETECTORS[(instrument, detector)]
                                                  .reference_variable, input_dir, ctx.run.environment)
     inputs = Inputs(
-        root=root, kind=kind, asn=asn, members=tuple(members), exposures=exposures, raw=tuple(raw),
+        root=root, kind=kind, asn=asn, members=tuple(m for m in members if not excluded or m not in empty),
+        exposures=exposures, raw=tuple(raw),
         drizcorr=drizcorr, drizcorr_file=drizcorr_file, references=first["references"],
         reference_paths=references,
         input_hashes={n: sha256(input_dir / n) for n in sorted(set(used + raw + ([asn] if asn else [])))},
-        notes=tuple(notes))
-    return StepResult({"inputs": inputs.to_payload(), "environment_update": env_update})
+        notes=tuple(notes), no_alignment=no_alignment)
+    said = ([f"excluded from processing: {', '.join(excluded)}"] if excluded else []) + (
+        [no_alignment] if no_alignment else [])
+    return StepResult({"inputs": inputs.to_payload(), "environment_update": env_update},
+                      facts=[(NOTE, {"message": m}) for m in said])

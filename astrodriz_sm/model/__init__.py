@@ -9,11 +9,15 @@ from .exposures import (
     FLC,
     FLT,
     INPUT_KINDS,
+    TRANSIENT_SUFFIXES,
     Exposure,
     ExposureSet,
     Product,
     headerlet_name,
     input_name,
+    original_name,
+    partial_name,
+    promoted_name,
     split_input_name,
     stage_directory_name,
     trailer_name,
@@ -35,7 +39,7 @@ from .steps import (
 )
 
 __all__ = ["CALIBRATED_KINDS", "DETECTORS", "ENDS", "FLC", "FLT", "INPUT_KINDS", "STAGES", "STATES", "STEPS",
-           "WCS_STAGES", "DetectorParameters", "Exposure", "ExposureSet", "Inputs", "Product", "StageStop",
-           "StepResult", "StepSpec", "detector_parameters", "headerlet_name", "input_name", "last_step",
+           "TRANSIENT_SUFFIXES", "WCS_STAGES", "DetectorParameters", "Exposure", "ExposureSet", "Inputs", "Product", "StageStop",
+           "StepResult", "StepSpec", "detector_parameters", "headerlet_name", "input_name", "last_step", "original_name", "partial_name", "promoted_name",
            "split_input_name", "stage_directory_name", "stage_steps", "step_spec", "trailer_name",
            "wcsname_step"]

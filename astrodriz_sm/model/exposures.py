@@ -42,6 +42,26 @@ def stage_directory_name(root: str, stage: str) -> str:
     return f"{root}_{stage}"
 
 
+# Suffixes of the hidden files that exist only while a file is being written or replaced.
+PARTIAL_SUFFIX, PROMOTED_SUFFIX, ORIGINAL_SUFFIX = ".partial", ".promoted", ".original"
+TRANSIENT_SUFFIXES = (PARTIAL_SUFFIX, PROMOTED_SUFFIX, ORIGINAL_SUFFIX)
+
+
+def partial_name(name: str) -> str:
+    """``.<name>.partial``: a file being written, renamed over ``name`` once complete."""
+    return f".{name}{PARTIAL_SUFFIX}"
+
+
+def promoted_name(name: str) -> str:
+    """``.<name>.promoted``: a new file written beside its target until the whole set is in place."""
+    return f".{name}{PROMOTED_SUFFIX}"
+
+
+def original_name(name: str) -> str:
+    """``.<name>.original``: an input kept (hard-linked) while its replacement is put in place."""
+    return f".{name}{ORIGINAL_SUFFIX}"
+
+
 def headerlet_name(stem: str) -> str:
     """``<stem>_hlet.fits``: stwcs's and the astrometry database's headerlet file name."""
     return f"{stem}_hlet.fits"

@@ -34,6 +34,8 @@ class Inputs:
     input_hashes : dict
         ``{file: sha256}`` of every input file read.
     notes : tuple of str
+    no_alignment : str or None
+        Why the exposures cannot be aligned at all (every one has EXPTIME=0 or NGOODPIX=0).
     """
 
     root: str
@@ -48,6 +50,7 @@ class Inputs:
     reference_paths: dict = field(default_factory=dict)
     input_hashes: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    no_alignment: str | None = None
 
     @property
     def instrument(self) -> str:
@@ -92,7 +95,7 @@ class Inputs:
             "instrument": self.instrument, "detector": self.detector,
             "exptimes": {e.name: e.exptime for e in ex.all},
             "references": dict(self.references), "reference_paths": dict(self.reference_paths),
-            "input_hashes": dict(self.input_hashes), "notes": list(self.notes),
+            "input_hashes": dict(self.input_hashes), "notes": list(self.notes), "no_alignment": self.no_alignment,
         }
 
     @classmethod
@@ -106,4 +109,5 @@ class Inputs:
                    exposures=ExposureSet(exposures(p["flt"]), exposures(p["flc"])), raw=tuple(p.get("raw", ())),
                    drizcorr=p.get("drizcorr"), drizcorr_file=p.get("drizcorr_file"),
                    references=dict(p.get("references", {})), reference_paths=dict(p.get("reference_paths", {})),
-                   input_hashes=dict(p.get("input_hashes", {})), notes=tuple(p.get("notes", ())))
+                   input_hashes=dict(p.get("input_hashes", {})), notes=tuple(p.get("notes", ())),
+                   no_alignment=p.get("no_alignment"))

@@ -84,7 +84,10 @@ STEPS = (
     # -b: runastrodriz's basic mode writes no headerlets.
     _stage_work("final", "write_headerlets", "final.write_headerlets",
                 applies=lambda inputs, config: not config.get("basic")),
+    # Every new file is written beside its target first (promote), then all are renamed into place
+    # (replace), so the input directory never holds half of a result.
     StepSpec("final", "promote", "final.promote", reads_stage_directory=True, files_in="input"),
+    StepSpec("final", "replace", "final.replace", files_in="input"),
     StepSpec("final", "cleanup", "final.cleanup"),
 )
 _BY_KEY = {(s.stage, s.step): s for s in STEPS}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
 from .data import ServiceDataError, ServiceStore
 
 __all__ = ["add_serve_arguments", "add_serve_load_arguments", "cmd_serve", "cmd_serve_load"]
@@ -17,9 +18,11 @@ DEFAULT_HOST = "127.0.0.1"
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``serve``: ``--db``, ``--port``, ``--host``."""
+    """Options of ``serve``: ``--db``, ``--create``, ``--port``, ``--host``."""
     parser.add_argument("--db", default=DEFAULT_DB, metavar="PATH",
                         help=f"service database (default {DEFAULT_DB}; fill it with serve-load)")
+    parser.add_argument("--create", action="store_true",
+                        help="serve an empty database when --db does not exist (otherwise an error)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",
                         help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument("--host", default=DEFAULT_HOST, metavar="ADDRESS",
@@ -47,6 +50,9 @@ def cmd_serve(args) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     logger.propagate = False
+    if not Path(args.db).is_file() and not getattr(args, "create", False):
+        raise UsageError(f"{args.db}: no such service database (load one with serve-load, or give --create "
+                         "to serve an empty one)", str(args.db))
     try:
         with ServiceStore(args.db) as store:
             print(f"serving {args.db}: {_describe(store.summary())}", file=sys.stderr)

@@ -175,7 +175,10 @@ def _render_chip(rng: np.random.Generator, truth, layout: hdr.ChipLayout, ra: np
     # Cheap linear pre-selection: the iterative inverse is only needed near the chip.
     xl, yl = truth.wcs_world2pix(ra, dec, 0)
     near = (xl > -60) & (xl < layout.naxis1 + 60) & (yl > -60) & (yl < layout.naxis2 + 60)
-    x, y = truth.all_world2pix(ra[near], dec[near], 0, tolerance=1e-7, maxiter=50)
+    if near.any():
+        x, y = truth.all_world2pix(ra[near], dec[near], 0, tolerance=1e-7, maxiter=50)
+    else:  # an empty field (stwcs's iterative inverse cannot take no points)
+        x = y = np.empty(0)
     signal = render_stars((layout.naxis2, layout.naxis1), x, y, flux[near])
     data = add_noise(rng, signal)
     crmask = add_cosmic_rays(rng, data, int(rng.poisson(n_cr_mean)))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from transitions import Machine
 
 from ..model import ENDS, STAGES, STATES, stage_steps
+from ..model.switches import ENV_APPLY_APRIORI, ENV_COMPUTE_APOSTERIORI
 from .state import RunState
 
 # The key of a completed step's payload that stopped its stage early (see StageStop).
@@ -54,15 +55,17 @@ class _Guards:
         ok = inputs.drizcorr == "PERFORM"
         return self._record("drizcorr_perform", ok, f"DRIZCORR={inputs.drizcorr} in {inputs.drizcorr_file}")
 
+    def _alignment_possible(self, guard: str, switch: str, variable: str) -> bool:
+        if self.run.inputs.no_alignment:
+            return self._record(guard, False, self.run.inputs.no_alignment)
+        on = bool(self.run.config.get(switch, True))
+        return self._record(guard, on, f"{variable} is {'on' if on else 'off'}")
+
     def apriori_possible(self) -> bool:
-        if not self.run.config.get("apply_apriori", True):
-            return self._record("apriori_possible", False, "ASTROMETRY_APPLY_APRIORI is off")
-        return self._record("apriori_possible", True, "ASTROMETRY_APPLY_APRIORI is on")
+        return self._alignment_possible("apriori_possible", "apply_apriori", ENV_APPLY_APRIORI)
 
     def aposteriori_possible(self) -> bool:
-        if not self.run.config.get("compute_aposteriori", True):
-            return self._record("aposteriori_possible", False, "ASTROMETRY_COMPUTE_APOSTERIORI is off")
-        return self._record("aposteriori_possible", True, "ASTROMETRY_COMPUTE_APOSTERIORI is on")
+        return self._alignment_possible("aposteriori_possible", "compute_aposteriori", ENV_COMPUTE_APOSTERIORI)
 
 
 def _machine(model: _Guards) -> Machine:

@@ -65,6 +65,10 @@ class StoreError(Exception):
     """Raised when the event store cannot be opened, read or written as requested."""
 
 
+class StoreCorrupt(StoreError):
+    """The store's file is not a SQLite database, or its pages are damaged."""
+
+
 @dataclass(frozen=True)
 class Event:
     """One immutable entry of a run's event log.
@@ -274,6 +278,8 @@ class EventStore:
     ----------
     path : str or os.PathLike
         Database file. It is created, with the schema, if it does not exist.
+    read_only : bool
+        Open an existing store for reading only (also on a read-only file system); never create one.
 
     Attributes
     ----------
@@ -288,15 +294,21 @@ class EventStore:
         schema version. The message starts with the path.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, read_only: bool = False) -> None:
         self.path = pathlib.Path(path)
+        self.read_only = read_only
         self._closed = False
         self._conn = None
         self._conn_pid = None
         self._lock = threading.RLock()
+        if read_only and not self.path.is_file():
+            raise StoreError(f"{self.path}: no event store here")
         try:
             with self._db() as db:
-                self._ensure_schema(db)
+                if read_only:
+                    self._check_version(db)
+                else:
+                    self._ensure_schema(db)
         except sqlite3.Error as exc:
             self.close()
             raise StoreError(f"{self.path}: cannot open event store: {exc}") from exc
@@ -340,13 +352,27 @@ class EventStore:
                 # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE),
                 # never implicitly by the sqlite3 module as a deferred read that later
                 # fails to upgrade to a write lock without waiting.
-                conn = sqlite3.connect(os.fspath(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                       check_same_thread=False)
-                # In WAL mode NORMAL keeps every committed event through a process crash and never
-                # corrupts the file; only an OS crash could drop the last commits.
-                conn.execute("PRAGMA synchronous=NORMAL")
+                if self.read_only:
+                    # On a read-only file system nothing can be writing: read it as it is, without the
+                    # WAL index that a reader would otherwise have to create.
+                    writable = os.access(self.path.parent, os.W_OK) and os.access(self.path, os.W_OK)
+                    uri = f"{self.path.resolve().as_uri()}?mode=ro" + ("" if writable else "&immutable=1")
+                    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                           check_same_thread=False)
+                else:
+                    conn = sqlite3.connect(os.fspath(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                           check_same_thread=False)
+                    # In WAL mode NORMAL keeps every committed event through a process crash and never
+                    # corrupts the file; only an OS crash could drop the last commits.
+                    conn.execute("PRAGMA synchronous=NORMAL")
                 self._conn, self._conn_pid = conn, os.getpid()
-            yield sqlite_utils.Database(self._conn, recursive_triggers=False, execute_plugins=False)
+            try:
+                yield sqlite_utils.Database(self._conn, recursive_triggers=False, execute_plugins=False)
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise
+                # Not a database, or a damaged one: no retry will help, and it must not look like a bug.
+                raise StoreCorrupt(f"{self.path}: damaged event store ({exc})") from exc
 
     @staticmethod
     @contextlib.contextmanager
@@ -419,6 +445,15 @@ class EventStore:
             raise StoreError(
                 f"{self.path}: schema version {version} is older than this software ({SCHEMA_VERSION})"
             )
+
+    def integrity_problem(self) -> str | None:
+        """SQLite's ``quick_check`` of the whole file: None when it is sound, else its first finding."""
+        with self._db() as db:
+            rows = [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]
+        if rows == ["ok"]:
+            return None
+        findings = [ln.strip() for row in rows for ln in row.splitlines() if ln.strip() and not ln.startswith("***")]
+        return "; ".join(findings[:3]) + (f" and {len(findings) - 3} more" if len(findings) > 3 else "")
 
     # -- one writer per run -------------------------------------------------------
     def acquire_lease(self, run_id: str) -> None:

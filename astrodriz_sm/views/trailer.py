@@ -64,7 +64,7 @@ def _decision(p: dict) -> list[str]:
 
 
 def _candidate(p: dict) -> list[str]:
-    if "rms_mas" not in p:
+    if p.get("rms_mas") is None:
         return [f"candidate fit {p['catalog']} ({p['method']}): not valid - {p.get('reason')}"]
     out = [(f"candidate fit {p['catalog']} ({p['method']}): quality {p['fit_quality']}, "
             f"rms {p['rms_mas']:.2f} mas, {p['matches']} matches of {p['reference_sources']} reference sources, "
@@ -123,6 +123,7 @@ def _run_ended(p: dict) -> list[str]:
     if p.get("reason"):
         out.append(f"    reason: {p['reason']}")
     out += [f"    product {x}" for x in p.get("products", [])]
+    out += [f"    kept for inspection: {x}" for x in p.get("kept_directories", [])]
     if "process_seconds" in p:
         out.append(f"    {p['process_seconds']:.1f} s in this process, of which {p['log_seconds']:.2f} s "
                    f"({100 * p['log_share']:.2f} %) on the event log and trailer")

@@ -1,0 +1,521 @@
+"""What operators meet: hung services, full disks, damaged stores, odd associations, signals.
+
+Each fault is the real thing: a socket server that accepts and never answers, a tmpfs that fills
+at the promote step, a damaged SQLite file, a real SIGTERM. Each test checks the exit code, the
+one-line message, the input files' sha256, and that the next start or resume ends done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+from astropy.io import fits
+
+from astrodriz_sm.crashtest import start_and_kill
+from astrodriz_sm.errors import ExitCode
+from astrodriz_sm.services import service_environment
+from astrodriz_sm.statemachine import fold
+from astrodriz_sm.store.eventstore import EventStore
+
+from .conftest import NO_ALIGNMENT, run_cli, sha256_tree
+
+ROOT = "jsm001010"
+STORE = "astrodriz_sm.db"
+DEADLINE = 2.0
+
+
+def _run(d: Path, store: Path | None = None):
+    store = EventStore(store or d / STORE)
+    return fold(store.events(store.latest_run()["run_id"]))
+
+
+def _inputs_of(d: Path) -> dict:
+    return {n: h for n, h in sha256_tree(d).items() if n.endswith(".fits") and "/" not in n}
+
+
+def _last_line(proc) -> str:
+    return proc.stderr.strip().splitlines()[-1]
+
+
+# -- a service that answers its probe and then nothing ------------------------------------------
+class HangingProxy:
+    """A real HTTP server in front of the local service: forwards what ``forward(path)`` accepts,
+    holds every other request open without answering (for at most ``hold`` seconds).
+    """
+
+    def __init__(self, upstream: str, forward, hold: float = 120.0):
+        self.release = threading.Event()
+        self.held = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if forward(self.path):
+                    r = requests.get(upstream.rstrip("/") + self.path, timeout=30)
+                    self.send_response(r.status_code)
+                    self.send_header("Content-Type", r.headers.get("Content-Type", "text/plain"))
+                    self.send_header("Content-Length", str(len(r.content)))
+                    self.end_headers()
+                    self.wfile.write(r.content)
+                else:
+                    proxy.held.append(self.path)
+                    proxy.release.wait(hold)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def environment(self) -> dict:
+        return service_environment(self.url)
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _is_probe(path: str) -> bool:
+    return path.endswith("/availability") or "RA=0&DEC=0&SR=0.0001" in path
+
+
+@pytest.fixture
+def proxy():
+    made = []
+
+    def make(upstream, forward):
+        made.append(HangingProxy(upstream, forward))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def test_a_catalog_service_that_hangs_after_its_probe_skips_the_stage_in_bounded_time(simulated, service, proxy):
+    src, d = simulated("hang-catalog", products="flt", pointing_error=0.6)
+    real = service(src)
+    hung = proxy(real.url, lambda path: _is_probe(path) or "CatalogSearch" not in path)
+    before = _inputs_of(d)
+    t = time.monotonic()
+    proc = run_cli("start", d / f"{ROOT}_asn.fits",
+                   env={"jref": f"{d}/", **hung.environment, "ASTRODRIZ_SM_SERVICE_TIMEOUT": str(DEADLINE)})
+    wall = time.monotonic() - t
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = _run(d)
+    url = hung.environment["ASTROMETRIC_CATALOG_URL"]
+    assert run.output("aposteriori", "align")["stop_stage"].startswith(
+        f"the GAIAeDR3 catalog at {url}/vo/CatalogSearch.aspx?")
+    assert run.output("aposteriori", "align")["stop_stage"].endswith(
+        f"did not answer within {DEADLINE:g} s (2 attempts): stage skipped")
+    assert run.decision("wcs")["chosen_stage"] == "apriori"
+    assert len(hung.held) == 2  # the request and its one retry; the other catalogs were not asked
+    # The whole run, with its other stages: within deadline x attempts + 30 s.
+    assert wall < DEADLINE * 2 + 30, wall
+    assert set(_inputs_of(d)) >= set(before)
+
+
+def test_an_astrometry_database_that_hangs_after_its_probe_skips_the_apriori_stage(simulated, service, proxy):
+    src, d = simulated("hang-db", products="flt", pointing_error=0.6)
+    real = service(src)
+    hung = proxy(real.url, lambda path: _is_probe(path) or "observation/read" not in path)
+    t = time.monotonic()
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={
+        "jref": f"{d}/", **hung.environment, "ASTRODRIZ_SM_SERVICE_TIMEOUT": str(DEADLINE),
+        "ASTROMETRY_COMPUTE_APOSTERIORI": "off"})
+    wall = time.monotonic() - t
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = _run(d)
+    reason = run.output("apriori", "updatewcs")["stop_stage"]
+    db = hung.environment["ASTROMETRY_SERVICE_URL"]
+    assert reason.startswith(f"the astrometry database at {db}observation/read/")
+    assert reason.endswith(f"did not answer within {DEADLINE:g} s (2 attempts): stage skipped")
+    assert run.decision("wcs")["chosen_stage"] == "default"
+    assert wall < DEADLINE * 2 + 30, wall
+
+
+def test_resume_after_a_hang_takes_the_current_service_urls_and_probes_again(simulated, service, proxy):
+    src, d = simulated("hang-resume", products="flt", pointing_error=0.6)
+    real = service(src)
+    hung = proxy(real.url, lambda path: _is_probe(path) or "CatalogSearch" not in path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASTROM")}
+    env.update(jref=f"{d}/", **hung.environment, ASTRODRIZ_SM_SERVICE_TIMEOUT="600")
+    run = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.cli.main", "-q", "start", d / f"{ROOT}_asn.fits"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not hung.held and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.1)
+    assert hung.held, "the run never asked the hanging catalog service"
+    time.sleep(1.0)
+    assert run.poll() is None  # still waiting on the catalog: an operator kills it
+    run.kill()
+    run.wait()
+    proc = run_cli("resume", cwd=d, env={"jref": f"{d}/", **real.environment})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = _run(d)
+    assert run.decision("wcs")["chosen_wcsname"].endswith("-FIT_REL_GAIAeDR3")
+    events = EventStore(d / STORE).events(run.run_id)
+    resumed = next(e for e in events if e.kind == "run.resumed")
+    assert resumed.payload["environment_update"] == real.environment
+    [redo] = [e for e in events if e.kind == "step.invalidated"]
+    assert (redo.stage, redo.step) == ("aposteriori", "probe_service")
+    assert redo.payload["reason"].startswith("service settings changed on resume (ASTROMETRIC_CATALOG_URL")
+    assert run.output("aposteriori", "probe_service")["services"]["ASTROMETRIC_CATALOG_URL"]["url"] == \
+        real.environment["ASTROMETRIC_CATALOG_URL"]
+
+
+def test_start_restart_abandons_an_unfinished_run_and_starts_anew(simulated):
+    _, d = simulated("restart", products="flt", n_exposures=2)
+    env = {**os.environ, "jref": f"{d}/", **NO_ALIGNMENT}
+    assert start_and_kill(d / f"{ROOT}_asn.fits", env, ("default/astrodrizzle", "step.started", 0.5))
+    old = _run(d).run_id
+    proc = run_cli("start", "--restart", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = EventStore(d / STORE)
+    abandoned = fold(store.events(old))
+    assert abandoned.ended == {"status": "abandoned", "exit_code": 7, "products": [],
+                               "reason": "abandoned: a new run was started on this input (start --restart)"}
+    assert _run(d).run_id != old and _run(d).ended["status"] == "done"
+
+
+# -- promote: all or nothing ---------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 40 MB tmpfs (root only, as in CI)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", mount], check=True)
+    yield mount
+    subprocess.run(["umount", mount], check=True)
+
+
+def test_a_disk_that_fills_at_promote_replaces_nothing(simulated, small_disk, tmp_path):
+    _, src = simulated("disk-full", products="flt", n_exposures=2)
+    d = small_disk / "data"
+    d.mkdir()
+    for f in src.iterdir():
+        if f.is_file():
+            (d / f.name).write_bytes(f.read_bytes())
+    before = _inputs_of(d)
+    newpath = tmp_path / "work"
+    env = {**os.environ, "jref": f"{d}/", **NO_ALIGNMENT}
+    child = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.crashtest", "child", "final/promote step.started",
+                              str(d / f"{ROOT}_asn.fits"), str(newpath)], env=env)
+    _, status = os.waitpid(child.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status)
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:  # leave 200 kB: less than the products and exposures need
+        f.write(b"\0" * (free - 200_000))
+    child.send_signal(signal.SIGCONT)
+    assert child.wait(timeout=300) == ExitCode.PROCESSING
+    run = _run(d)
+    assert run.ended["status"] == "failed"
+    assert run.ended["reason"].startswith(f"{d}: no room to promote 5 files (")
+    assert run.ended["reason"].endswith("MB free); nothing was replaced")
+    assert _inputs_of(d) == before
+    assert not [p.name for p in d.iterdir() if p.name.startswith(".")]
+    trailer = (d / f"{ROOT}.tra").read_text()
+    assert f"kept for inspection: {newpath / ROOT / f'{ROOT}_final'}" in trailer
+    filler.unlink()
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", f"{newpath}", env={"jref": f"{d}/", **NO_ALIGNMENT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (d / f"{ROOT}_drz.fits").is_file()
+
+
+# -- a failed fit is an invalid candidate ------------------------------------------------------
+def test_a_fit_that_raises_is_an_invalid_candidate_not_a_failed_run(simulated, service):
+    """A singleton FLT: tweakwcs raises MatchSourceConfusionError on one catalog's fit."""
+    src, d = simulated("singleton", products="flt", pointing_error=0.6)
+    handle = service(src)
+    member = src.members[0]
+    proc = run_cli("start", d / f"{member}_flt.fits", env={"jref": f"{d}/", **handle.environment})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = _run(d)
+    cands = run.candidates["aposteriori"]
+    failed = [c for c in cands if c.get("reason", "").startswith("fit failed: MatchSourceConfusionError: ")]
+    assert failed and all(c["rms_mas"] is None and not c["valid"] and c["fit_quality"] == 5 for c in failed)
+    valid = [c for c in cands if c["valid"]]
+    chosen = run.decision("aposteriori_fit")["chosen_catalog"]
+    assert chosen == min(valid, key=lambda c: c["rms_mas"])["catalog"]
+    assert run.decision("wcs")["chosen_wcsname"].endswith(f"-FIT_IMG_{chosen}") or \
+        run.decision("wcs")["chosen_wcsname"].endswith(f"-FIT_REL_{chosen}")
+    doc = json.loads(run_cli("explain", "--json", cwd=d).stdout)
+    assert [f["rms_mas"] for f in doc["aposteriori_fits"] if not f["valid"]] == [None] * len(failed)
+    assert "1000000000" not in run_cli("explain", cwd=d).stdout
+
+
+def test_a_catalog_service_answering_html_is_named_in_each_candidate(simulated, service):
+    src, d = simulated("html", products="flt", pointing_error=0.6)
+    real = service(src)
+
+    class Html(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<html><body>maintenance</body></html>"
+            if _is_probe(self.path):
+                r = requests.get(real.url.rstrip("/") + self.path, timeout=30)
+                body = r.content
+            self.send_response(200)
+            self.send_header("Content-Type", "text/csv" if _is_probe(self.path) else "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/gsss"
+        proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **real.environment,
+                                                            "ASTROMETRIC_CATALOG_URL": url})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reasons = [c["reason"] for c in _run(d).candidates["aposteriori"]]
+    assert reasons and all(r.startswith(f"the {c} catalog service at {url} answered with no catalog (HTTP 200, "
+                                        "text/html, ") for r, c in zip(reasons, ("GAIAeDR3", "GAIADR2", "GAIADR1")))
+
+
+# -- inputs as runastrodriz treats them ------------------------------------------------------------
+def test_every_member_with_zero_exptime_drizzles_all_and_aligns_none(simulated):
+    src, d = simulated("all-zero", products="flt", n_exposures=2)
+    for m in src.members:
+        fits.setval(d / f"{m}_flt.fits", "EXPTIME", value=0.0, ext=0)
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = _run(d)
+    why = "every exposure has EXPTIME=0 or NGOODPIX=0: all are drizzled, none is aligned"
+    assert [g["reason"] for g in run.transitions[1]["guards"]] == [why, why]
+    assert len(run.inputs.exposures.flt) == 2 and (d / f"{ROOT}_drz.fits").is_file()
+
+
+def _refused(proc, code, message):
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert _last_line(proc) == f"astrodriz-sm: error: {message}"
+
+
+def test_a_member_listed_twice_is_an_input_error(simulated):
+    src, d = simulated("twice", products="flt", n_exposures=2)
+    asn = d / f"{ROOT}_asn.fits"
+    with fits.open(asn, mode="update") as hdul:
+        hdul[1].data["MEMNAME"][1] = hdul[1].data["MEMNAME"][0]
+    before = _inputs_of(d)
+    proc = run_cli("start", asn, env={"jref": f"{d}/", **NO_ALIGNMENT})
+    _refused(proc, ExitCode.INPUT, f"{asn}: member {src.members[0]} is listed more than once")
+    assert _inputs_of(d) == before
+
+
+def test_an_all_nan_exposure_is_named(simulated):
+    import numpy as np
+
+    src, d = simulated("nan", products="flt", n_exposures=2)
+    victim = d / f"{src.members[1]}_flt.fits"
+    with fits.open(victim, mode="update") as hdul:
+        hdul["SCI", 1].data[:] = np.nan
+    before = _inputs_of(d)
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
+    _refused(proc, ExitCode.INPUT, f"{victim}: SCI,1 is all NaN; nothing to drizzle")
+    assert _inputs_of(d) == before
+
+
+def test_jref_without_its_trailing_slash(simulated):
+    _, d = simulated("slash", products="flt", n_exposures=2)
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": str(d), **NO_ALIGNMENT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _run(d).config["environment"]["jref"] == f"{d}/"
+
+
+def test_demo_uses_its_own_reference_files_whatever_jref_says(tmp_path):
+    proc = run_cli("-q", "demo", "--workdir", tmp_path / "demo", env={"jref": "/nonexistent/crds/acs/"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "chosen WCS: IDC_sm00001aj-FIT_REL_GAIAeDR3 (aposteriori stage)" in proc.stdout
+
+
+# -- the store -------------------------------------------------------------------------------------
+@pytest.fixture
+def finished(simulated):
+    """A directory with one finished run (alignment off) and its store."""
+    _, d = simulated("store", products="flt", n_exposures=2)
+    assert run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT}).returncode == 0
+    return d
+
+
+def test_a_store_with_random_bytes_in_the_middle(finished):
+    store = finished / STORE
+    EventStore(store).close()
+    size = store.stat().st_size
+    with open(store, "r+b") as f:
+        f.seek(size // 2)
+        f.write(os.urandom(4096))
+    damaged = store.read_bytes()
+    for command in ("status", "verify-log", "replay", "explain", "resume"):
+        proc = run_cli(command, "--store", store, cwd=finished)
+        assert proc.returncode == ExitCode.LOG_CORRUPT, (command, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+        assert _last_line(proc).startswith(f"astrodriz-sm: error: {store}: damaged event store ("), command
+    proc = run_cli("start", finished / f"{ROOT}_asn.fits", env={"jref": f"{finished}/", **NO_ALIGNMENT})
+    assert proc.returncode == ExitCode.LOG_CORRUPT
+    assert _last_line(proc).startswith(f"astrodriz-sm: error: {store}: damaged event store")
+    assert store.read_bytes() == damaged
+    # A new store beside it: the next start works.
+    proc = run_cli("start", "--store", finished / "fresh.db", finished / f"{ROOT}_asn.fits",
+                   env={"jref": f"{finished}/", **NO_ALIGNMENT})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_truncated_store_is_log_corrupt(finished, tmp_path):
+    short = tmp_path / "short.db"
+    short.write_bytes((finished / STORE).read_bytes()[:10000])
+    proc = run_cli("verify-log", "--store", short)
+    assert proc.returncode == ExitCode.LOG_CORRUPT
+    assert _last_line(proc).startswith(f"astrodriz-sm: error: {short}: damaged event store (")
+
+
+def test_a_store_on_a_read_only_file_system_can_be_read(finished):
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    expected = run_cli("replay", cwd=finished).stdout
+    subprocess.run(["mount", "--bind", finished, finished], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", finished], check=True)
+        for command in ("status", "verify-log", "explain"):
+            proc = run_cli(command, cwd=finished)
+            assert proc.returncode == 0, (command, proc.stderr[-2000:])
+        proc = run_cli("replay", cwd=finished)
+        assert proc.returncode == 0 and proc.stdout == expected
+    finally:
+        subprocess.run(["umount", finished], check=True)
+
+
+def test_read_commands_never_create_a_store(tmp_path):
+    for command in ("status", "verify-log", "replay", "explain"):
+        proc = run_cli(command, cwd=tmp_path)
+        assert proc.returncode == ExitCode.RUN_STATE
+        assert _last_line(proc) == f"astrodriz-sm: error: {tmp_path / STORE}: no event store here (give --store PATH)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_refuses_a_log_whose_chain_does_not_verify(simulated):
+    _, d = simulated("chain", products="flt", n_exposures=2)
+    env = {**os.environ, "jref": f"{d}/", **NO_ALIGNMENT}
+    assert start_and_kill(d / f"{ROOT}_asn.fits", env, ("default/astrodrizzle", "step.started", 0.5))
+    run_id = _run(d).run_id
+    con = sqlite3.connect(d / STORE)
+    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        con.execute(f"DROP TRIGGER {name}")
+    con.execute("UPDATE events SET payload = replace(payload, '\"force\":false', '\"force\":true') WHERE seq = 1")
+    con.commit()
+    con.close()
+    proc = run_cli("resume", cwd=d, env={"jref": f"{d}/", **NO_ALIGNMENT})
+    assert proc.returncode == ExitCode.LOG_CORRUPT
+    assert _last_line(proc).startswith(f"astrodriz-sm: error: {d / STORE}: run {run_id}: the event log does not "
+                                       "verify at seq 1 (")
+    assert _last_line(proc).endswith("); not resumed")
+
+
+# -- the command line ------------------------------------------------------------------------------
+def test_log_json_that_cannot_be_opened_is_a_usage_error(simulated, tmp_path):
+    _, d = simulated("logjson", products="flt", n_exposures=2)
+    target = tmp_path / "missing" / "log.json"
+    proc = run_cli("--log-json", target, "start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
+    assert proc.returncode == ExitCode.USAGE
+    assert _last_line(proc) == f"astrodriz-sm: error: {target}: cannot write the JSON log (No such file or directory)"
+    assert not (d / STORE).exists()
+
+
+def test_a_json_log_that_fails_mid_run_is_a_warning(simulated):
+    _, d = simulated("devfull", products="flt", n_exposures=2)
+    proc = run_cli("--log-json", "/dev/full", "start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warnings = [ln for ln in proc.stderr.splitlines() if "warning" in ln]
+    assert warnings == [("astrodriz-sm: warning: /dev/full: cannot write the JSON log (No space left on device); "
+                        "it stops here, the event log goes on")]
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_num_cores_must_be_at_least_one(value, tmp_path):
+    proc = run_cli("start", "-n", value, tmp_path / f"{ROOT}_asn.fits")
+    assert proc.returncode == ExitCode.USAGE
+    assert _last_line(proc).endswith(f"argument -n/--num-cores: must be a whole number of at least 1, not '{value}'")
+
+
+def test_serve_a_missing_database_is_an_error_unless_asked_to_create_it(tmp_path):
+    proc = run_cli("serve", "--db", tmp_path / "typo.db", "--port", "0", timeout=30)
+    assert proc.returncode == ExitCode.USAGE
+    assert _last_line(proc) == (f"astrodriz-sm: error: {tmp_path / 'typo.db'}: no such service database (load one "
+                                "with serve-load, or give --create to serve an empty one)")
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_status_into_a_closed_pipe_prints_no_traceback(finished):
+    proc = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.cli.main", "status"], cwd=finished,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as `head -1` does once it has its line
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err
+
+
+def _session_members(sid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+                out.append(int(entry.name))
+    return out
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_an_interrupted_run_stops_its_workers_and_says_how_to_resume(simulated, how):
+    _, d = simulated("signal", n_exposures=2)  # FLT and FLC: two concurrent drizzles in child processes
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASTROM")}
+    env.update(jref=f"{d}/", **NO_ALIGNMENT)
+    proc = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.cli.main", "-q", "start", "-n", "2",
+                             d / f"{ROOT}_asn.fits"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        latest = EventStore(d / STORE).latest_run() if (d / STORE).exists() else None
+        if latest and any(e.step == "astrodrizzle" for e in EventStore(d / STORE).events(latest["run_id"])):
+            break
+        time.sleep(0.1)
+    time.sleep(1.5)
+    assert len(_session_members(proc.pid)) > 1  # the drizzles are running
+    if how == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.INTERRUPTED, err[-2000:]
+    assert "Traceback" not in err
+    run = _run(d)
+    assert err.strip().splitlines()[-1] == (
+        f"astrodriz-sm: interrupted at default/astrodrizzle; continue with: astrodriz-sm resume {run.run_id} "
+        f"--store {d / STORE}")
+    assert _session_members(proc.pid) == []
+    resumed = run_cli("resume", run.run_id, "--store", d / STORE, env={"jref": f"{d}/", **NO_ALIGNMENT})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
