@@ -47,6 +47,8 @@ KILL_POINTS = (
     ("aposteriori/astrodrizzle", "step.started", 1.0),
     ("final/astrodrizzle", "step.started", 1.0),
     ("final/promote", "step.started", 0.0),
+    # One new file written beside its target, the others not yet.
+    ("final/promote", "promoted", 0.0),
     ("final/replace", "step.started", 0.0),
     # One file renamed into place, the others not yet: the resume completes the set.
     ("final/replace", "replaced", 0.0),

@@ -206,8 +206,12 @@ def small_disk(tmp_path):
     subprocess.run(["umount", mount], check=True)
 
 
-def test_a_disk_that_fills_at_promote_replaces_nothing(simulated, small_disk, tmp_path):
-    _, src = simulated("disk-full", products="flt", n_exposures=2)
+@pytest.mark.parametrize("point", ["final/promote step.started", "final/promote promoted"],
+                         ids=["before-promote", "inside-promote"])
+def test_a_disk_that_fills_at_promote_replaces_nothing(simulated, small_disk, tmp_path, point):
+    """Full before promote: its space check refuses. Full after its first file: the copy fails, and
+    what was written is removed. Either way no input is replaced."""
+    sim, src = simulated("disk-full", products="flt", n_exposures=2)
     d = small_disk / "data"
     d.mkdir()
     for f in src.iterdir():
@@ -216,7 +220,7 @@ def test_a_disk_that_fills_at_promote_replaces_nothing(simulated, small_disk, tm
     before = _inputs_of(d)
     newpath = tmp_path / "work"
     env = {**os.environ, "jref": f"{d}/", **NO_ALIGNMENT}
-    child = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.crashtest", "child", "final/promote step.started",
+    child = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.crashtest", "child", point,
                               str(d / f"{ROOT}_asn.fits"), str(newpath)], env=env)
     _, status = os.waitpid(child.pid, os.WUNTRACED)
     assert os.WIFSTOPPED(status)
@@ -228,8 +232,12 @@ def test_a_disk_that_fills_at_promote_replaces_nothing(simulated, small_disk, tm
     assert child.wait(timeout=300) == ExitCode.PROCESSING
     run = _run(d)
     assert run.ended["status"] == "failed"
-    assert run.ended["reason"].startswith(f"{d}: no room to promote 5 files (")
-    assert run.ended["reason"].endswith("MB free); nothing was replaced")
+    if point.endswith("step.started"):
+        assert run.ended["reason"].startswith(f"{d}: no room to promote 5 files (")
+        assert run.ended["reason"].endswith("MB free); nothing was replaced")
+    else:
+        # The product was written; the first exposure found no room.
+        assert run.ended["reason"] == f"{d / f'.{sim.members[0]}_flt.fits.promoted'}: No space left on device"
     assert _inputs_of(d) == before
     assert not [p.name for p in d.iterdir() if p.name.startswith(".")]
     trailer = (d / f"{ROOT}.tra").read_text()
@@ -324,6 +332,9 @@ def test_a_member_listed_twice_is_an_input_error(simulated):
     proc = run_cli("start", asn, env={"jref": f"{d}/", **NO_ALIGNMENT})
     _refused(proc, ExitCode.INPUT, f"{asn}: member {src.members[0]} is listed more than once")
     assert _inputs_of(d) == before
+    with fits.open(asn, mode="update") as hdul:
+        hdul[1].data["MEMNAME"][1] = src.members[1].upper()
+    assert run_cli("start", asn, env={"jref": f"{d}/", **NO_ALIGNMENT}).returncode == 0
 
 
 def test_an_all_nan_exposure_is_named(simulated):
@@ -337,6 +348,13 @@ def test_an_all_nan_exposure_is_named(simulated):
     proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
     _refused(proc, ExitCode.INPUT, f"{victim}: SCI,1 is all NaN; nothing to drizzle")
     assert _inputs_of(d) == before
+
+
+def test_simulate_an_empty_field(tmp_path):
+    proc = run_cli("simulate", tmp_path / "empty", "--n-stars", "0", "--n-exposures", "2", "--no-service")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with fits.open(tmp_path / "empty" / f"{ROOT[:6]}a1q_flt.fits") as hdul:
+        assert hdul["SCI", 1].data.max() < 1000  # sky and noise, no star
 
 
 def test_jref_without_its_trailing_slash(simulated):
@@ -489,33 +507,34 @@ def _session_members(sid: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
-def test_an_interrupted_run_stops_its_workers_and_says_how_to_resume(simulated, how):
-    _, d = simulated("signal", n_exposures=2)  # FLT and FLC: two concurrent drizzles in child processes
+@pytest.mark.parametrize("how,products", [("SIGTERM", "flt"), ("Ctrl-C", "flt+flc")],
+                         ids=["sigterm-in-process-drizzle", "ctrl-c-concurrent-drizzles"])
+def test_an_interrupted_run_stops_its_workers_and_says_how_to_resume(simulated, how, products):
+    """FLT only: AstroDrizzle runs in the process and forks its own workers; FLT and FLC: two
+    concurrent drizzles in child processes. Either way no process of the run outlives it."""
+    _, d = simulated(f"signal-{products}", products=products, n_exposures=2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASTROM")}
     env.update(jref=f"{d}/", **NO_ALIGNMENT)
     proc = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.cli.main", "-q", "start", "-n", "2",
                              d / f"{ROOT}_asn.fits"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        latest = EventStore(d / STORE).latest_run() if (d / STORE).exists() else None
-        if latest and any(e.step == "astrodrizzle" for e in EventStore(d / STORE).events(latest["run_id"])):
-            break
-        time.sleep(0.1)
-    time.sleep(1.5)
-    assert len(_session_members(proc.pid)) > 1  # the drizzles are running
+    # Wait for the drizzle's workers: the run's session then holds more than the command itself.
+    while len(_session_members(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert len(_session_members(proc.pid)) > 1, "no worker process was seen"
     if how == "SIGTERM":
         proc.send_signal(signal.SIGTERM)
     else:
         os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.INTERRUPTED, err[-2000:]
-    assert "Traceback" not in err
     run = _run(d)
+    assert run.in_progress == {("default", "astrodrizzle")}
     assert err.strip().splitlines()[-1] == (
         f"astrodriz-sm: interrupted at default/astrodrizzle; continue with: astrodriz-sm resume {run.run_id} "
         f"--store {d / STORE}")
+    assert "Traceback" not in err
     assert _session_members(proc.pid) == []
     resumed = run_cli("resume", run.run_id, "--store", d / STORE, env={"jref": f"{d}/", **NO_ALIGNMENT})
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -131,6 +131,7 @@ def promote(ctx: StepContext) -> StepResult:
         for n in names:
             written.append(ctx.input_dir / promoted_name(n))
             copy_file(d / n, written[-1])
+            ctx.progress(f"wrote {written[-1].name}", point="promoted")
     except BaseException:
         for path in written:
             with contextlib.suppress(OSError):
