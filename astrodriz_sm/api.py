@@ -115,9 +115,14 @@ def _drive(runner, method: str) -> None:
     try:
         getattr(runner, method)()
     except KeyboardInterrupt:
-        state = fold(runner.store.events(runner.run_id))
-        where = "/".join(min(state.in_progress)) if state.in_progress else state.state
-        raise Interrupted(f"interrupted at {where}; continue with: astrodriz-sm resume {runner.run_id} "
+        events = runner.store.events(runner.run_id)
+        state = fold(events)
+        if state.in_progress:
+            where = "at " + "/".join(min(state.in_progress))
+        else:  # stopped at an event boundary: name the last step recorded
+            last = next((e for e in reversed(events) if e.step), events[-1])
+            where = f"after {last.stage}/{last.step}" if last.step else f"in {state.state}"
+        raise Interrupted(f"interrupted {where}; continue with: astrodriz-sm resume {runner.run_id} "
                           f"--store {runner.store.path}", str(runner.store.path)) from None
 
 

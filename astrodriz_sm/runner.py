@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -94,6 +95,20 @@ def start_run(store: EventStore, config: RunConfig, root: str) -> str:
     return run_id
 
 
+_stop_requested = threading.Event()
+
+
+def request_stop(signum=None, frame=None) -> None:
+    """Signal handler for Ctrl-C and SIGTERM: stop the run (as ``KeyboardInterrupt``).
+
+    The exception raised here can be lost when the signal lands where Python ignores exceptions
+    (inside ``os.fork``'s callbacks, as AstroDrizzle forks its workers); the request is therefore
+    also kept, and the runner raises it again at its next event.
+    """
+    _stop_requested.set()
+    raise KeyboardInterrupt
+
+
 def _descendants(pid: int) -> list[int]:
     """Every process below ``pid``, children first (Linux ``/proc``)."""
     parents = {}
@@ -143,11 +158,14 @@ def stop_descendants(timeout: float = 10.0) -> list[int]:
 def isolated(environ: Mapping, overrides: Mapping):
     """Run a step in ``environ`` updated with ``overrides``; leave the process as it was.
 
-    The environment, the working directory, the root logger's handlers and level, and the library
-    globals of :data:`LIBRARY_GLOBALS` are restored afterwards, whatever the step did.
+    The environment, the working directory, the root logger's handlers and level, ``sys.excepthook``,
+    ``sys.stdout`` and ``sys.stderr``, and the library globals of :data:`LIBRARY_GLOBALS` are restored
+    afterwards, whatever the step did.
     """
     saved_env = dict(os.environ)
     cwd = os.getcwd()
+    # stsci.tools' global logging replaces (and at its teardown deletes) these.
+    saved_sys = {name: getattr(sys, name) for name in ("excepthook", "stdout", "stderr")}
     root = logging.getLogger()
     saved_root = (root.handlers[:], root.level)
     saved_globals = []
@@ -166,6 +184,8 @@ def isolated(environ: Mapping, overrides: Mapping):
         os.chdir(cwd)
         root.handlers, _ = saved_root
         root.setLevel(saved_root[1])
+        for name, value in saved_sys.items():
+            setattr(sys, name, value)
         for mod, name, value in saved_globals:
             setattr(mod, name, value)
 
@@ -233,6 +253,8 @@ class Runner:
         self.log_seconds += time.perf_counter() - t
         for ev in new:
             self._observe(ev.stage, ev.step, ev.kind)
+        if _stop_requested.is_set():
+            raise KeyboardInterrupt
         return new
 
     def append(self, stage: str, step: str, kind: str, payload: dict):
@@ -347,6 +369,7 @@ class Runner:
             yield
         except KeyboardInterrupt:
             stop_descendants()
+            _stop_requested.clear()
             raise
         finally:
             self.store.release_lease(self.run_id)

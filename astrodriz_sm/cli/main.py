@@ -244,16 +244,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sigterm(signum, frame):
-    # SIGTERM ends a run as Ctrl-C does: workers stopped, one line saying how to resume.
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
     """Entry point of ``astrodriz-sm``."""
     args = build_parser().parse_args(argv)
     if args.func in (cmd_start, cmd_resume, cmd_demo):
-        signal.signal(signal.SIGTERM, _sigterm)
+        from ..runner import request_stop
+
+        # SIGTERM ends a run as Ctrl-C does: workers stopped, one line saying how to resume.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, request_stop)
+        default_hook = sys.unraisablehook
+
+        def unraisable(info):
+            # A stop that Python could not raise where the signal landed (in os.fork's callbacks) is
+            # kept by the runner and raised at its next event: no need to print it.
+            if not issubclass(info.exc_type, KeyboardInterrupt):
+                default_hook(info)
+
+        sys.unraisablehook = unraisable
     try:
         return int(args.func(args))
     except Interrupted as exc:

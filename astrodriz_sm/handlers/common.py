@@ -191,7 +191,9 @@ def captured_output(loggers=("stwcs", "drizzlepac", "stsci", "tweakwcs", "astrop
         lg.handlers = [logging.NullHandler()]
         lg.propagate = True
     try:
-        with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+        # stderr too: AstroDrizzle's logging teardown hands an exception in flight to sys.excepthook,
+        # which would print its traceback on the console; the runner reports the exception itself.
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield buf
     finally:
