@@ -49,6 +49,12 @@ class AstrodrizError(Exception):
 
     exit_code = ExitCode.INTERNAL
 
+    def __init_subclass__(cls, exit_code: ExitCode | None = None, **kwargs):
+        # Each kind of error names its exit code in its class statement: one table, no repetition.
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
+
     def __init__(self, message: str, path: str | None = None):
         super().__init__(message)
         self.path = path
@@ -59,43 +65,29 @@ class AstrodrizError(Exception):
                 "exit_code": int(self.exit_code)}
 
 
-class InputError(AstrodrizError):
+class InputError(AstrodrizError, exit_code=ExitCode.INPUT):
     """An input file is missing, unreadable or malformed."""
 
-    exit_code = ExitCode.INPUT
 
-
-class ConfigError(AstrodrizError):
+class ConfigError(AstrodrizError, exit_code=ExitCode.CONFIG):
     """The configuration (environment variables, options) is invalid."""
 
-    exit_code = ExitCode.CONFIG
 
-
-class ProcessingError(AstrodrizError):
+class ProcessingError(AstrodrizError, exit_code=ExitCode.PROCESSING):
     """A processing library (stwcs, drizzlepac) failed on valid-looking input."""
 
-    exit_code = ExitCode.PROCESSING
 
-
-class RunStateError(AstrodrizError):
+class RunStateError(AstrodrizError, exit_code=ExitCode.RUN_STATE):
     """The requested run cannot be started or resumed."""
 
-    exit_code = ExitCode.RUN_STATE
 
-
-class UsageError(AstrodrizError):
+class UsageError(AstrodrizError, exit_code=ExitCode.USAGE):
     """An option or argument has a value the command cannot take."""
 
-    exit_code = ExitCode.USAGE
 
-
-class LogCorruptError(AstrodrizError):
+class LogCorruptError(AstrodrizError, exit_code=ExitCode.LOG_CORRUPT):
     """The event store is damaged, or a run's hash chain does not verify."""
 
-    exit_code = ExitCode.LOG_CORRUPT
 
-
-class Interrupted(AstrodrizError):
+class Interrupted(AstrodrizError, exit_code=ExitCode.INTERRUPTED):
     """A run was stopped by Ctrl-C or SIGTERM; its workers are gone and it can be resumed."""
-
-    exit_code = ExitCode.INTERRUPTED

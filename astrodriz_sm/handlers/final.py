@@ -73,7 +73,7 @@ def copy_flc_wcs(ctx: StepContext) -> StepResult:
 
 
 def write_headerlets(ctx: StepContext) -> StepResult:
-    """Write each exposure's chosen WCS as a headerlet file ``<exposure>_hlet.fits`` (not with ``-b``)."""
+    """Write each exposure's chosen WCS as a headerlet file (``Exposure.headerlet``; not with ``-b``)."""
     from stwcs.wcsutil import headerlet
 
     d = ctx.stage_dir()

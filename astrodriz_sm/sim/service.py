@@ -12,7 +12,7 @@ a posteriori stages of the pipeline can run against a local stand-in:
     pmdec_error`` (mas/yr), ``epoch`` (decimal year) and ``objID``
     (``objID - GAIA_OBJID_BASE`` is the row of the star in the truth catalog).
     GAIADR1 has no proper-motion columns.
-``headerlets/<rootname>_<wcsname>_hlet.fits``
+``headerlets/`` (one headerlet file per solution, named by ``model.headerlet_name``)
     Two a priori solutions per exposure (FLT and FLC share the rootname and
     the WCS), made with ``stwcs.wcsutil.headerlet.create_headerlet`` from the
     exposure after ``updatewcs(use_db=False)`` with its reference point moved:
