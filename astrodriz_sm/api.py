@@ -139,6 +139,7 @@ def _result(store: EventStore, run_id: str) -> RunResult:
 
 def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, *, force: bool = False,
             inmemory: bool = False, basic: bool = False, num_cores: int | None = None, debug: bool = False,
+            align_to_gaia: bool = True, manifest: bool = False,
             environ: Mapping[str, str] | None = None, store: str | os.PathLike | None = None,
             log_json: str | os.PathLike | None = None, console: bool = True, resume_unfinished: bool = False,
             restart: bool = False, observer=None) -> RunResult:
@@ -159,7 +160,11 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
     num_cores : int, optional
         AstroDrizzle's cores (all usable cores without it).
     debug : bool
-        Keep the stage directories.
+        Keep the stage directories and write each verified product's focus JSON (``-d``).
+    align_to_gaia : bool
+        False: no a posteriori alignment, unless ``ASTROMETRY_COMPUTE_APOSTERIORI`` says on (``-g``).
+    manifest : bool
+        Write ``<root>_manifest.txt``, the files the run handed back (``-m``).
     environ : mapping, optional
         The run's whole environment (``jref``, ``iref``, the ``ASTROMETRY_*`` switches, the service
         URLs), as ``subprocess``'s ``env``; default: the caller's ``os.environ``.
@@ -198,12 +203,13 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
     if not input_path.parent.is_dir():
         raise InputError(f"{input_path}: directory does not exist", str(input_path))
     _, root = input_kind(input_path)
-    apply_apriori, compute, notes = switches_from_environment(env)
+    apply_apriori, compute, notes = switches_from_environment(env, align_to_gaia)
     newpath = Path(newpath).resolve() if newpath else None
     config = RunConfig(
         input=str(input_path), run_dir=str(newpath / root if newpath else input_path.parent),
         newpath=str(newpath) if newpath else None, force=force, inmemory=inmemory, basic=basic,
-        num_cores=num_cores, debug=debug, apply_apriori=apply_apriori, compute_aposteriori=compute,
+        num_cores=num_cores, debug=debug, align_to_gaia=align_to_gaia, manifest=manifest,
+        apply_apriori=apply_apriori, compute_aposteriori=compute,
         environment=recorded_environment(env), notes=tuple(notes))
     with run_log(log_json, console) as log:
         events = open_store(store, input_path.parent, create=True)

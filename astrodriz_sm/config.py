@@ -71,6 +71,8 @@ class RunConfig:
     basic: bool = False
     num_cores: int | None = None
     debug: bool = False
+    align_to_gaia: bool = True
+    manifest: bool = False
     apply_apriori: bool = True
     compute_aposteriori: bool = True
     environment: dict = field(default_factory=dict)
@@ -90,13 +92,15 @@ class RunConfig:
         return cls(**d)
 
 
-def switches_from_environment(environ: dict | None = None) -> tuple[bool, bool, list[str]]:
+def switches_from_environment(environ: dict | None = None, align_to_gaia: bool = True) -> tuple[bool, bool, list[str]]:
     """Read the a priori / a posteriori switches.
 
     Parameters
     ----------
     environ : dict, optional
         Defaults to ``os.environ``.
+    align_to_gaia : bool
+        False for runastrodriz's ``-g``: the a posteriori default, which the variable overrides.
 
     Returns
     -------
@@ -106,7 +110,9 @@ def switches_from_environment(environ: dict | None = None) -> tuple[bool, bool, 
     """
     env = os.environ if environ is None else environ
     notes = []
-    compute = parse_switch(ENV_COMPUTE_APOSTERIORI, env.get(ENV_COMPUTE_APOSTERIORI))
+    compute = parse_switch(ENV_COMPUTE_APOSTERIORI, env.get(ENV_COMPUTE_APOSTERIORI), default=align_to_gaia)
+    if not align_to_gaia and env.get(ENV_COMPUTE_APOSTERIORI) is not None:
+        notes.append(f"-g overridden: {ENV_COMPUTE_APOSTERIORI}={env[ENV_COMPUTE_APOSTERIORI]}")
     apriori_value = env.get(ENV_APPLY_APRIORI)
     if apriori_value is None and env.get(ENV_STEP_CONTROL) is not None:
         notes.append(f"{ENV_STEP_CONTROL} is deprecated; use {ENV_APPLY_APRIORI}")

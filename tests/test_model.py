@@ -107,5 +107,5 @@ def test_step_table():
         ("aposteriori", "align")}
     assert [wcsname_step(s) for s in ("default", "apriori", "aposteriori")] == ["updatewcs", "updatewcs", "align"]
     assert [last_step(s) for s in ("default", "apriori", "final")] == ["verify_alignment", "conclude", "cleanup"]
-    assert {s.step for s in STEPS if s.files_in == "input"} == {"promote", "replace"}
+    assert {s.step for s in STEPS if s.files_in == "input"} == {"promote", "replace", "write_manifest"}
     assert stage_steps("done") == ()

@@ -27,7 +27,8 @@ def _report_end(result: api.RunResult) -> int:
 def cmd_start(args) -> int:
     return _report_end(api.process(
         args.input, args.newpath, force=args.force, inmemory=args.inmemory, basic=args.basic,
-        num_cores=args.num_cores, debug=args.debug, store=args.store, log_json=args.log_json,
+        num_cores=args.num_cores, debug=args.debug, align_to_gaia=not args.no_gaia, manifest=args.manifest,
+        store=args.store, log_json=args.log_json,
         console=not args.quiet, resume_unfinished=args.resume, restart=args.restart))
 
 
@@ -193,7 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-i", "--inmemory", action="store_true", help="final AstroDrizzle keeps intermediates in memory")
     s.add_argument("-b", "--basic", action="store_true", help="basic mode: write no headerlets")
     s.add_argument("-n", "--num-cores", type=_at_least_one, metavar="N", help="cores for AstroDrizzle")
-    s.add_argument("--debug", action="store_true", help="keep the stage directories")
+    s.add_argument("-d", "--debug", action="store_true",
+                   help="keep the stage directories and write each verified product's focus JSON")
+    s.add_argument("-g", "--no-gaia", action="store_true",
+                   help="no a posteriori alignment to GAIA (ASTROMETRY_COMPUTE_APOSTERIORI overrides it)")
+    s.add_argument("-m", "--manifest", action="store_true",
+                   help="write <root>_manifest.txt: the products, exposures, headerlets and trailer handed back")
     s.add_argument("--resume", action="store_true", help="continue this input's unfinished run, if any")
     s.add_argument("--restart", action="store_true",
                    help="abandon this input's unfinished run, if any, and start a new one")

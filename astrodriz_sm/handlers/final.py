@@ -11,7 +11,7 @@ import warnings
 from astropy.io import fits
 
 from ..errors import ProcessingError
-from ..model import STAGES, StepResult, original_name, promoted_name
+from ..model import STAGES, StepResult, manifest_name, original_name, partial_name, promoted_name
 from ..statemachine import choose_final_wcs, stage_files
 from ..statemachine.state import DECISION
 from .common import StepContext, captured_output, copy_file, hashes, sha256
@@ -180,6 +180,17 @@ def replace(ctx: StepContext) -> StepResult:
     products = [p["product"] for p in ctx.run.output("final", "astrodrizzle")["products"]]
     return StepResult({"files": hashes(folder, targets), "replaced": promoted["originals"], "products": products,
                        "headerlets": list(ctx.run.output("final", "write_headerlets").get("headerlets", {}))})
+
+
+def write_manifest(ctx: StepContext) -> StepResult:
+    """``<root>_manifest.txt`` (``-m``): products, exposures, headerlets and the trailer, one per line."""
+    replaced = ctx.run.output("final", "replace")
+    names = replaced["products"] + ctx.inputs.exposures.names + replaced["headerlets"] + [ctx.inputs.trailer]
+    path = ctx.input_dir / manifest_name(ctx.root)
+    partial = path.with_name(partial_name(path.name))
+    partial.write_text("".join(f"{n}\n" for n in names))
+    os.replace(partial, path)
+    return StepResult({"manifest": path.name, "listed": names, "files": hashes(ctx.input_dir, [path.name])})
 
 
 def cleanup(ctx: StepContext) -> StepResult:

@@ -8,16 +8,17 @@ distribution of good values; the total product passes when its z-score lies with
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from ..model import Product, StepResult
+from ..model import Product, StepResult, focus_json_name
 from ..statemachine.state import VERIFICATION
 from .common import StepContext, captured_output
 from .overlap import max_overlap_diff
 
 
-def focus_check(stage_dir: Path, product: Product, sigma: float) -> dict:
+def focus_check(stage_dir: Path, product: Product, sigma: float, json_path: Path | None = None) -> dict:
     """Measure the focus index of a product against its single-drizzle images.
 
     Parameters
@@ -27,6 +28,8 @@ def focus_check(stage_dir: Path, product: Product, sigma: float) -> dict:
         The total drizzled product; AstroDrizzle wrote its exposures' single-drizzle images.
     sigma : float
         Sigma of the LoG kernel (the detector's ``focus_sigma``).
+    json_path : Path, optional
+        Also write drizzlepac's focus dictionary there, as runastrodriz ``-d`` does.
 
     Returns
     -------
@@ -42,6 +45,8 @@ def focus_check(stage_dir: Path, product: Product, sigma: float) -> dict:
                 "reason": f"single-drizzle products missing: {[Path(m).name for m in missing]}"}
     with captured_output():
         fd = amutils.build_focus_dict(singles, str(stage_dir / product.name), sigma=sigma)
+    if json_path is not None:
+        json_path.write_text(json.dumps([fd], default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
         verified = bool(amutils.evaluate_focus(fd))
     s = fd["stats"]
     mean, std = float(s["mean"]), float(s["std"])
@@ -119,7 +124,8 @@ def verify_alignment(ctx: StepContext) -> StepResult:
                         "reason": "a single exposure: no relative alignment to verify"})
     else:
         ctx.progress(f"focus index of {product.name} against {len(product.exposures)} single-drizzle images")
-        results.append(focus_check(d, product, ctx.inputs.detector_parameters.focus_sigma))
+        results.append(focus_check(d, product, ctx.inputs.detector_parameters.focus_sigma,
+                                   d / focus_json_name(product.name, ctx.stage) if ctx.config.get("debug") else None))
         if ctx.stage != "default":
             results.append(overlap_check(d, product, workers=ctx.config.get("num_cores") or os.cpu_count()))
     if ctx.stage != "default":

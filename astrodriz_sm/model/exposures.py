@@ -37,6 +37,16 @@ def trailer_name(root: str) -> str:
     return f"{root}.tra"
 
 
+def manifest_name(root: str) -> str:
+    """``<root>_manifest.txt``: runastrodriz's ``-m`` list of the files handed back."""
+    return f"{root}_manifest.txt"
+
+
+def focus_json_name(product: str, stage: str) -> str:
+    """``<product stem>_<stage>_focus.json``: runastrodriz's ``-d`` record of a product's focus."""
+    return f"{product.removesuffix('.fits')}_{stage}_focus.json"
+
+
 def stage_directory_name(root: str, stage: str) -> str:
     """``<root>_<stage>``: where a stage works on its copies."""
     return f"{root}_{stage}"

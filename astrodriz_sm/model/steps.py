@@ -88,6 +88,9 @@ STEPS = (
     # (replace), so the input directory never holds half of a result.
     StepSpec("final", "promote", "final.promote", reads_stage_directory=True, files_in="input"),
     StepSpec("final", "replace", "final.replace", files_in="input"),
+    # -m: the list of the files handed back.
+    StepSpec("final", "write_manifest", "final.write_manifest", files_in="input",
+             applies=lambda inputs, config: bool(config.get("manifest"))),
     StepSpec("final", "cleanup", "final.cleanup"),
 )
 _BY_KEY = {(s.stage, s.step): s for s in STEPS}

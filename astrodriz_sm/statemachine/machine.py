@@ -59,6 +59,9 @@ class _Guards:
         if self.run.inputs.no_alignment:
             return self._record(guard, False, self.run.inputs.no_alignment)
         on = bool(self.run.config.get(switch, True))
+        if (not on and switch == "compute_aposteriori" and not self.run.config.get("align_to_gaia", True)
+                and variable not in self.run.config.get("environment", {})):
+            return self._record(guard, False, "-g: no alignment to GAIA")
         return self._record(guard, on, f"{variable} is {'on' if on else 'off'}")
 
     def apriori_possible(self) -> bool:

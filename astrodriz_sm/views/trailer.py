@@ -109,8 +109,8 @@ def _run_started(p: dict) -> list[str]:
     cfg = p["config"]
     out = [f"run started: input {cfg['input']}", f"    astrodriz-sm {p.get('version')}; libraries "
            + ", ".join(f"{k} {v}" for k, v in sorted(p.get("libraries", {}).items()))]
-    for k in ("run_dir", "newpath", "force", "inmemory", "basic", "num_cores", "debug",
-              "apply_apriori", "compute_aposteriori"):
+    for k in ("run_dir", "newpath", "force", "inmemory", "basic", "num_cores", "debug", "align_to_gaia",
+              "manifest", "apply_apriori", "compute_aposteriori"):
         out.append(f"    {k}: {_fmt(cfg.get(k))}")
     for k, v in sorted(cfg.get("environment", {}).items()):
         out.append(f"    environment {k}={v}")
