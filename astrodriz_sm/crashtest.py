@@ -30,9 +30,11 @@ from .model import TRANSIENT_SUFFIXES
 from .statemachine import EVENT_KINDS, fold
 from .store.eventstore import EventStore
 
-# (stage/step, observer point, delay in seconds): step boundaries and the middle of the long steps
-# (updatewcs, AstroDrizzle, source detection, fitting). A point is an event kind, or a progress point
-# a handler names ('fitted': a fit was made, and is not yet recorded).
+# (stage/step, observer point, delay in seconds[, condition]): step boundaries and the middle of the
+# long steps (updatewcs, AstroDrizzle, source detection, fitting, promoting). A point is an event
+# kind, or a progress point a handler names ('fitted': a fit was made, and is not yet recorded).
+# With the condition "disk full" the run works on a tmpfs (root only) that is filled just before
+# the kill, and emptied again before the resume.
 KILL_POINTS = (
     ("init/resolve_inputs", "step.completed", 0.0),
     ("default/updatewcs", "step.started", 0.15),
@@ -47,8 +49,9 @@ KILL_POINTS = (
     ("aposteriori/astrodrizzle", "step.started", 1.0),
     ("final/astrodrizzle", "step.started", 1.0),
     ("final/promote", "step.started", 0.0),
-    # One new file written beside its target, the others not yet.
+    # One new file written beside its target, the others not yet; and the same with the disk full.
     ("final/promote", "promoted", 0.0),
+    ("final/promote", "promoted", 0.0, "disk full"),
     ("final/replace", "step.started", 0.0),
     # One file renamed into place, the others not yet: the resume completes the set.
     ("final/replace", "replaced", 0.0),
@@ -127,19 +130,22 @@ def child(target: str, input_path: str, newpath: str | None = None) -> int:
     return process(input_path, newpath, console=False, observer=pause_at(target)).exit_code
 
 
-def start_and_kill(asn: Path, env: dict, point: tuple, timeout: float = 600.0) -> bool:
+DISK_FULL = "disk full"
+
+
+def start_and_kill(asn: Path, env: dict, point: tuple, timeout: float = 600.0, on_stop=None) -> bool:
     """Run the pipeline on ``asn`` in a child process and SIGKILL it at ``point``.
 
     The child stops itself at the point (see :func:`pause_at`), however loaded the machine is
     (polling the log from outside can miss a short step); it then runs ``delay`` more seconds and
-    is killed.
+    is killed. ``on_stop()``, when given, runs while the child is stopped.
 
     Returns
     -------
     bool
         False when the run ended before the kill point.
     """
-    where, kind, delay = point
+    where, kind, delay = point[:3]
     proc = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.crashtest", "child", f"{where} {kind}", str(asn)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
@@ -148,6 +154,8 @@ def start_and_kill(asn: Path, env: dict, point: tuple, timeout: float = 600.0) -
         if pid == 0:
             time.sleep(0.02)
         elif os.WIFSTOPPED(status):
+            if on_stop is not None:
+                on_stop()
             if delay:
                 proc.send_signal(signal.SIGCONT)
                 time.sleep(delay)
@@ -164,17 +172,43 @@ def start_and_kill(asn: Path, env: dict, point: tuple, timeout: float = 600.0) -
     return False
 
 
+def _fill(directory: Path, leave: int = 100_000) -> Path:
+    """Fill the file system of ``directory`` but for ``leave`` bytes; return the filler file."""
+    filler = directory / "filler"
+    st = os.statvfs(directory)
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
 def run_point(source: Path, asn_name: str, env: dict, point: tuple, reference: dict, workroot: Path,
               timeout: float = 600.0) -> KillResult:
     """Copy the association, run it, kill it at ``point``, resume, compare."""
-    d = Path(tempfile.mkdtemp(prefix="kill-", dir=workroot))
-    shutil.copytree(source, d, dirs_exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="kill-", dir=workroot))
+    disk_full = point[3:] == (DISK_FULL,)
+    if disk_full:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", base], check=True)
+    try:
+        return _run_point(base, source, asn_name, env, point, reference, timeout, disk_full)
+    finally:
+        if disk_full:
+            subprocess.run(["umount", base], check=True)
+
+
+def _run_point(base: Path, source: Path, asn_name: str, env: dict, point: tuple, reference: dict,
+               timeout: float, disk_full: bool) -> KillResult:
+    d = base / "data"
+    shutil.copytree(source, d)
     root = asn_name.removesuffix("_asn.fits")
     store = d / "astrodriz_sm.db"
-    if not start_and_kill(d / asn_name, env, point, timeout):
+    fillers = []
+    on_stop = (lambda: fillers.append(_fill(base))) if disk_full else None
+    if not start_and_kill(d / asn_name, env, point, timeout, on_stop=on_stop):
         return KillResult(point, False, None, False, "the run ended before the kill point")
+    for filler in fillers:
+        filler.unlink()
     problems = []
-    where, kind, delay = point
+    where, kind, delay = point[:3]
     log = EventStore(store)
     last = log.events(log.latest_run()["run_id"])[-1]
     # A progress point lies inside its step: the last event is then the step's start.
@@ -231,11 +265,16 @@ def harness(source: Path, asn_name: str, env: dict, points=KILL_POINTS, workers:
         subprocess.run(_cli("start", ref_dir / asn_name), env=env, check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         reference = product_signature(ref_dir)
+        if os.geteuid() != 0:  # mounting a tmpfs needs root
+            for p in (p for p in points if p[3:] == (DISK_FULL,)):
+                print(f"{p[0]:28s} {p[1]:15s} +{p[2]:.2f}s  not run: {DISK_FULL} needs root", file=out)
+            points = [p for p in points if p[3:] != (DISK_FULL,)]
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(lambda p: run_point(source, asn_name, env, p, reference, workroot), points))
         for r in results:
             status = "identical" if r.identical else ("NOT KILLED" if not r.killed else "DIFFERENT")
-            print(f"{r.point[0]:28s} {r.point[1]:15s} +{r.point[2]:.2f}s  {status}  {r.detail}", file=out)
+            condition = f" ({r.point[3]})" if r.point[3:] else ""
+            print(f"{r.point[0]:28s} {r.point[1]:15s} +{r.point[2]:.2f}s{condition}  {status}  {r.detail}", file=out)
         killed = [r for r in results if r.killed]
         print(f"{sum(r.identical for r in killed)}/{len(killed)} kill points resumed identical", file=out)
         return results

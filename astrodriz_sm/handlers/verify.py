@@ -45,9 +45,9 @@ def focus_check(stage_dir: Path, product: Product, sigma: float, json_path: Path
                 "reason": f"single-drizzle products missing: {[Path(m).name for m in missing]}"}
     with captured_output():
         fd = amutils.build_focus_dict(singles, str(stage_dir / product.name), sigma=sigma)
+        verified = bool(amutils.evaluate_focus(fd))
     if json_path is not None:
         json_path.write_text(json.dumps([fd], default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
-        verified = bool(amutils.evaluate_focus(fd))
     s = fd["stats"]
     mean, std = float(s["mean"]), float(s["std"])
     # The same bounds evaluate_focus uses, recorded so the verdict can be audited from the log.
