@@ -673,19 +673,8 @@ class EventStore:
                 for stage, step, kind, payload_text, decoded in prepared:
                     seq += 1
                     digest = event_hash(run_id, seq, utc, stage, step, kind, decoded, prev_hash)
-                    db.table("events").insert(
-                        {
-                            "run_id": run_id,
-                            "seq": seq,
-                            "utc": utc,
-                            "stage": stage,
-                            "step": step,
-                            "kind": kind,
-                            "payload": payload_text,
-                            "prev_hash": prev_hash,
-                            "hash": digest,
-                        }
-                    )
+                    row = (run_id, seq, utc, stage, step, kind, payload_text, prev_hash, digest)
+                    db.table("events").insert(dict(zip(_EVENT_COLUMNS, row)))
                     out.append(Event(run_id, seq, utc, stage, step, kind, decoded, prev_hash, digest))
                     prev_hash = digest
         except sqlite3.Error as exc:
