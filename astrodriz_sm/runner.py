@@ -276,7 +276,11 @@ class Runner:
             tmp.write_text(render_trailer(self.run_row, events))
             os.replace(tmp, path)
         except OSError:
-            return None  # the trailer is a rendering: the log has everything, so a failed write must not stop a run
+            # The trailer is a rendering: the log has everything, so a failed write (a full disk)
+            # must not stop a run, nor leave half a file behind.
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return None
         return path
 
     # -- running ---------------------------------------------------------------------------------
