@@ -115,7 +115,7 @@ def apriori_updatewcs(ctx: StepContext) -> StepResult:
     default_name = ctx.run.output("default", "updatewcs").get("wcsname")
     groups = [[e.name for e in g] for g in ctx.inputs.exposures.lists]
     ctx.progress("updatewcs(use_db=True) against " + service_url(ctx, "ASTROMETRY_SERVICE_URL"))
-    services = {ctx.run.environment.get(v) or DEFAULT_URLS[v]: what for v, what in (
+    services = {service_url(ctx, v): what for v, what in (
         ("ASTROMETRY_SERVICE_URL", "the astrometry database"), ("GSSS_WEBSERVICES_URL", "the guide-star service"))}
     with Timer() as t, captured_output() as out, working_directory(d), \
             bounded_requests(service_timeout(ctx.run.environment)) as requests_log:
