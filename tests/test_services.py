@@ -28,6 +28,7 @@ from astrodriz_sm.services import (
     ServiceApp,
     ServiceDataError,
     ServiceStore,
+    answer_columns,
     probe,
     start_server,
 )
@@ -346,6 +347,47 @@ def test_empty_answer_parses_to_an_empty_table(service, monkeypatch):
     monkeypatch.setattr(amutils, "SERVICELOCATION", service.environment["ASTROMETRIC_CATALOG_URL"])
     table = amutils.get_catalog(120.0, 30.0, sr=0.01, catalog="GAIAeDR3", epoch=2020.0)
     assert len(table) == 0 and table.colnames == list(CATALOG_COLUMNS)
+
+
+def test_gsc242_and_2mass_answer_the_columns_drizzlepac_reads(tmp_path, monkeypatch):
+    from astropy.time import Time
+    from drizzlepac.haputils import astrometric_utils as amutils
+
+    _write_catalog(tmp_path / "gsc.ecsv")
+    ids = sorted(STARS)
+    Table({"ra": [STARS[i][0] for i in ids], "dec": [STARS[i][1] for i in ids], "mag": [12.0 + i for i in ids],
+           "epoch": [2000.0] * len(ids), "objID": [100 + i for i in ids]}).write(tmp_path / "tmass.ecsv")
+    db = tmp_path / "s.db"
+    with ServiceStore(db) as store:
+        store.load_catalog("GAIAeDR3", tmp_path / "gsc.ecsv")
+        store.load_catalog("GSC242", tmp_path / "gsc.ecsv")
+        store.load_catalog("2mass", tmp_path / "tmass.ecsv")
+    with start_server(db) as handle:
+        monkeypatch.setattr(amutils, "SERVICELOCATION", handle.environment["ASTROMETRIC_CATALOG_URL"])
+        gaia = amutils.get_catalog(*CENTER, sr=0.01, catalog="GAIAeDR3", epoch=2026.25)
+        gsc = amutils.get_catalog(*CENTER, sr=0.01, catalog="GSC242", epoch=2026.25)
+        tmass = amutils.get_catalog(*CENTER, sr=0.01, catalog="2MASS", epoch=2026.25)
+
+    # GSC242: GAIA's values (proper motions applied) under GSC names.
+    assert gsc.colnames == ["ra", "raErr", "dec", "decErr", "rapm", "rapmErr", "decpm", "decpmErr", "mag",
+                            "objID", "epoch"]
+    assert [a for a, _ in answer_columns("gsc242")] == gsc.colnames
+    for answer, field in answer_columns("GSC242"):
+        assert [str(v) for v in gsc[answer]] == [str(v) for v in gaia[field]], answer
+    # 2MASS (loaded as '2mass'): no errors or proper motions, objid, and the epoch as a Julian date.
+    assert tmass.colnames == ["ra", "dec", "mag", "objid", "jdate"]
+    assert list(tmass["objid"]) == [101, 102, 103, 104, 106]
+    assert [(r["ra"], r["dec"]) for r in tmass] == [STARS[i][:2] for i in (1, 2, 3, 4, 6)]
+    assert np.all(tmass["jdate"] == Time(2000.0, format="decimalyear").jd) and tmass["jdate"][0] == 2451544.5
+
+    # drizzlepac's renaming finds every column it looks for.
+    amutils.convert_astrometric_table(gsc, "GSC242")
+    amutils.convert_astrometric_table(tmass, "2MASS")
+    assert gsc.meta["converted"] and tmass.meta["converted"]
+    assert list(gsc["RA_error"]) == [pytest.approx(0.1 * i) for i in (1, 2, 3, 4, 6)]
+    assert set(gsc["epoch"]) == {2026.25, CAT_EPOCH}  # star 6 has no proper motion
+    assert np.allclose(tmass["epoch"], 2000.0, atol=1e-9) and np.isnan(tmass["RA_error"]).all()
+    assert list(tmass["objID"]) == [101, 102, 103, 104, 106]
 
 
 # ---- errors --------------------------------------------------------------------------------------

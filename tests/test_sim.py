@@ -37,7 +37,7 @@ from astrodriz_sm.sim import (
     simulate_association,
     updated_wcs,
 )
-from astrodriz_sm.sim.service import GAIA_OBJID_BASE
+from astrodriz_sm.sim.service import GAIA_OBJID_BASE, GSC242, TWOMASS, catalog_model
 from astrodriz_sm.sim.wcs import chip_center_offset, updated_copy
 
 REFDATA = Path(__file__).resolve().parents[1].parent / "shared" / "refdata"
@@ -114,15 +114,16 @@ def test_same_config_gives_identical_files(sim_default, tmp_path):
     other = simulate_association(tmp_path / "other", SimConfig(seed=2))
 
     reference = _hashes(sim_default)
-    # asn, 3 x (raw, flt, flc), idctab, mdriztab, 3 masks, catalog, json; service: 3 catalogs,
+    # asn, 3 x (raw, flt, flc), idctab, mdriztab, 3 masks, catalog, json; service: 5 catalogs,
     # 3 x 2 headerlets, astrometrydb.ecsv, gsc_offsets.ecsv
-    assert len(reference) == 28
+    assert len(reference) == 30
     assert _hashes(again.outdir) == reference
     other_hashes = _hashes(other.outdir)
     assert other_hashes.keys() == reference.keys()
     for name in ["jsm001a1q_flt.fits", "jsm001a2q_flc.fits", "truth/jsm001010_truth.ecsv",
                  "truth/jsm001a3q_crmask.fits", "service/catalogs/GAIAeDR3.ecsv",
-                 "service/catalogs/GAIADR1.ecsv"]:
+                 "service/catalogs/GAIADR1.ecsv", "service/catalogs/GSC242.ecsv",
+                 "service/catalogs/2MASS.ecsv"]:
         assert other_hashes[name] != reference[name], name
 
 
@@ -271,9 +272,9 @@ def _residual(truth, path: Path) -> tuple[float, float]:
         return chip_center_offset(truth, HSTWCS(hdul, ext=("SCI", 1)), 512, 512)
 
 
-def _sky_errors(catalog: Table, truth: Table, epoch: float):
+def _sky_errors(catalog: Table, truth: Table, epoch: float, objid_base: int = GAIA_OBJID_BASE):
     """Catalog minus truth positions at ``epoch`` (east, north mas) and their predicted sigmas."""
-    rows = np.asarray(catalog["objID"], dtype=np.int64) - GAIA_OBJID_BASE
+    rows = np.asarray(catalog["objID"], dtype=np.int64) - objid_base
     truth_ra, truth_dec = propagate(truth[rows], epoch)
     if "pmra" in catalog.colnames:
         ra, dec = propagate(catalog, epoch)
@@ -331,6 +332,174 @@ def test_reference_catalogs_match_the_truth_within_their_errors(sim_default, tru
         assert 0.85 < np.sqrt(np.mean(chi ** 2)) < 1.15
         assert np.mean(np.abs(chi) < 3.0) > 0.99 and np.abs(chi).max() < 5.0
         assert rms < 3.0 * np.sqrt(np.mean(sigma ** 2))
+
+
+def test_gsc242_and_2mass_catalogs_have_their_depth_epoch_and_accuracy(sim_default):
+    service = sim_default / "service" / "catalogs"
+    truth = Table.read(sim_default / "truth" / "jsm001010_truth.ecsv", format="ascii.ecsv")
+    edr3 = Table.read(service / "GAIAeDR3.ecsv", format="ascii.ecsv")
+    gsc = Table.read(service / "GSC242.ecsv", format="ascii.ecsv")
+    tmass = Table.read(service / "2MASS.ecsv", format="ascii.ecsv")
+    summary = json.loads((sim_default / "truth" / "jsm001010_truth.json").read_text())["service"]["catalogs"]
+
+    assert gsc.colnames == edr3.colnames
+    assert tmass.colnames == ["ra", "dec", "mag", "ra_error", "dec_error", "epoch", "objID"]
+    assert (set(gsc["epoch"]), set(tmass["epoch"])) == ({2015.5}, {2000.0})
+    truth_mag = np.asarray(truth["mag"], dtype=float)
+    for table, model in ((gsc, GSC242), (tmass, TWOMASS)):
+        rows = np.asarray(table["objID"], dtype=np.int64) - model.objid_base
+        # Every truth star down to the catalog's depth, none fainter, in truth order.
+        assert list(rows) == list(np.flatnonzero(truth_mag <= model.mag_limit))
+        assert np.allclose(table["mag"], truth_mag[rows] - model.mag_offset, atol=1e-4)
+        assert summary[model.name] == {
+            "file": f"catalogs/{model.name}.ecsv", "epoch": model.epoch, "n_sources": len(table),
+            "proper_motions": model.pm_error is not None, "mag_limit_st": model.mag_limit,
+            "default_mag_limit_st": model.mag_limit, "mag_offset": model.mag_offset,
+            "objid_base": model.objid_base, "position_error_mas": list(model.position_error),
+            "pm_error_mas_per_yr": None if model.pm_error is None else list(model.pm_error)}
+        lo, hi = model.position_error
+        quoted = np.concatenate([table["ra_error"], table["dec_error"]])
+        assert 0.85 * lo <= quoted.min() and quoted.max() <= 1.15 * hi and lo <= np.median(quoted) <= hi
+        # Positions at the catalog epoch: the truth there plus errors of the quoted size.
+        diff, sigma = _sky_errors(table, truth, model.epoch, model.objid_base)
+        chi = diff / sigma
+        sep = np.hypot(*diff.reshape(2, -1))
+        print(f"\n{model.name}: {len(table)} of {len(truth)} truth stars, quoted error median "
+              f"{np.median(quoted):.1f} mas, separation from the truth at {model.epoch}: median "
+              f"{np.median(sep):.1f} mas, chi RMS {np.sqrt(np.mean(chi ** 2)):.3f}, max |chi| {np.abs(chi).max():.2f}")
+        assert 0.8 < np.sqrt(np.mean(chi ** 2)) < 1.2
+        assert np.mean(np.abs(chi) < 3.0) > 0.98 and np.abs(chi).max() < 5.0
+    # GSC242's proper motions: the truth plus errors of the quoted size.
+    rows = np.asarray(gsc["objID"], dtype=np.int64) - GSC242.objid_base
+    pm_chi = np.concatenate([(np.asarray(gsc[c]) - np.asarray(truth[c])[rows]) / np.asarray(gsc[f"{c}_error"])
+                             for c in ("pmra", "pmdec")])
+    assert 0.8 < np.sqrt(np.mean(pm_chi ** 2)) < 1.2
+    lo, hi = GSC242.pm_error
+    assert 0.85 * lo <= min(gsc["pmra_error"].min(), gsc["pmdec_error"].min())
+    assert max(gsc["pmra_error"].max(), gsc["pmdec_error"].max()) <= 1.15 * hi
+    # Shallower than GAIA (65 % of the stars): GSC242 about 36 %, 2MASS about 6 %.
+    assert 0.28 < len(gsc) / len(truth) < 0.48 and 0.03 < len(tmass) / len(truth) < 0.11
+    assert 0 < len(tmass) < len(gsc) < len(edr3)
+
+
+def _serve_catalogs(service_dir: Path, db: Path):
+    from astrodriz_sm.services import ServiceStore, start_server
+
+    ServiceStore(db).load_directory(service_dir)
+    return start_server(db)
+
+
+def test_drizzlepac_gets_gsc242_and_2mass_from_the_local_service(sim_default, tmp_path, monkeypatch):
+    from drizzlepac import align as dp_align
+    from drizzlepac.haputils import astrometric_utils as amutils
+
+    truth = Table.read(sim_default / "truth" / "jsm001010_truth.ecsv", format="ascii.ecsv")
+    files = [str(p) for p in sorted(sim_default.glob("*_flc.fits"))]
+    date_obs = Time(fits.getval(files[0], "DATE-OBS")).decimalyear
+    counts, medians = {}, {}
+    with _serve_catalogs(sim_default / "service", tmp_path / "service.db") as handle:
+        monkeypatch.setattr(amutils, "SERVICELOCATION", handle.environment["ASTROMETRIC_CATALOG_URL"])
+        for name in ("GAIAeDR3", "GSC242", "2MASS"):
+            model = catalog_model(name)
+            # As the pipeline asks: positions at DATE-OBS, standard columns.
+            counts[name] = len(dp_align.generate_astrometric_catalog(files, catalog=name, output=False))
+            # At the catalog epoch, against the truth there: the catalog's own errors.
+            ref = dp_align.generate_astrometric_catalog(files, catalog=name, output=False, user_epoch=None,
+                                                        full_catalog=True)
+            rows = np.asarray(ref["objID"], dtype=np.int64) - model.objid_base
+            ra, dec = propagate(truth[rows], model.epoch)
+            sep = np.hypot((np.asarray(ref["RA"]) - ra) * np.cos(np.deg2rad(dec)),
+                           np.asarray(ref["DEC"]) - dec) * 3.6e6
+            medians[name] = float(np.median(sep))
+            # drizzlepac read each catalog's own columns: the epoch (2MASS: from jdate) and the errors.
+            assert np.allclose(np.asarray(ref["epoch"], dtype=float), model.epoch, atol=1e-6), name
+            errors = np.asarray(ref["RA_error"], dtype=float)
+            if name == "2MASS":  # no error or proper-motion columns: drizzlepac fills them with NaN
+                assert np.isnan(errors).all() and np.isnan(np.asarray(ref["pmra"], dtype=float)).all()
+            else:
+                assert np.all(errors >= 0.85 * model.position_error[0])
+        gsc_now = dp_align.generate_astrometric_catalog(files, catalog="GSC242", output=False, full_catalog=True)
+    print(f"\nsources in the field: {counts}; median separation from the truth at the catalog epoch "
+          f"(mas): { {k: round(v, 2) for k, v in medians.items()} }")
+    assert 0 < counts["2MASS"] < counts["GSC242"] < counts["GAIAeDR3"]
+    assert medians["GAIAeDR3"] < 1.0
+    assert GSC242.position_error[0] <= medians["GSC242"] <= GSC242.position_error[1]
+    assert TWOMASS.position_error[0] <= medians["2MASS"] <= TWOMASS.position_error[1]
+    # Asked at DATE-OBS, the service moved the GSC242 positions by their proper motions.
+    assert np.allclose(np.asarray(gsc_now["epoch"], dtype=float), round(date_obs, 3), atol=1e-9)
+
+
+def test_a_bright_catalog_limit_empties_gaia_and_leaves_the_other_catalogs(sim_default, tmp_path, monkeypatch):
+    from drizzlepac import align as dp_align
+    from drizzlepac.haputils import astrometric_utils as amutils
+
+    sparse = simulate_association(tmp_path / "sparse", SimConfig(catalog_limits={"GAIAeDR3": 10.0}))
+    deep = simulate_association(tmp_path / "deep", SimConfig(catalog_limits=(("2mass", 23.0),)))
+    catalogs = json.loads(sparse.truth_json.read_text())["service"]["catalogs"]
+    assert (catalogs["GAIAeDR3"]["n_sources"], catalogs["GAIAeDR3"]["mag_limit_st"]) == (0, 10.0)
+    default, sparse_hashes, deep_hashes = _hashes(sim_default), _hashes(sparse.outdir), _hashes(deep.outdir)
+    for name in ("GAIADR2", "GAIADR1", "GSC242", "2MASS"):
+        assert sparse_hashes[f"service/catalogs/{name}.ecsv"] == default[f"service/catalogs/{name}.ecsv"], name
+    for name in ("GAIAeDR3", "GAIADR2", "GAIADR1", "GSC242"):
+        assert deep_hashes[f"service/catalogs/{name}.ecsv"] == default[f"service/catalogs/{name}.ecsv"], name
+    # A fainter limit keeps the default 2MASS stars as they were and adds fainter ones.
+    tmass = Table.read(sim_default / "service" / "catalogs" / "2MASS.ecsv", format="ascii.ecsv")
+    deeper = Table.read(deep.service_dir / "catalogs" / "2MASS.ecsv", format="ascii.ecsv")
+    kept = deeper[np.isin(deeper["objID"], tmass["objID"])]
+    assert len(deeper) > 2 * len(tmass) and all(np.array_equal(kept[c], tmass[c]) for c in tmass.colnames)
+    assert np.all(np.diff(np.asarray(deeper["objID"])) > 0)
+
+    files = [str(p) for p in sorted(sparse.flc)]
+    with _serve_catalogs(sparse.service_dir, tmp_path / "service.db") as handle:
+        monkeypatch.setattr(amutils, "SERVICELOCATION", handle.environment["ASTROMETRIC_CATALOG_URL"])
+        counts = {name: len(dp_align.generate_astrometric_catalog(files, catalog=name, output=False))
+                  for name in ("GAIAeDR3", "GSC242", "2MASS")}
+    print(f"\nGAIAeDR3 limited to ST 10: sources in the field {counts}")
+    assert counts["GAIAeDR3"] == 0 and counts["GSC242"] > counts["2MASS"] > 0
+
+
+def test_catalog_limit_and_zero_exptime_options(capsys):
+    parser = argparse.ArgumentParser(prog="simulate")
+    add_simulate_arguments(parser)
+    config = config_from_args(parser.parse_args(["--catalog-limit", "gaiaedr3=10", "--catalog-limit", "2MASS=12.5",
+                                                 "--zero-exptime-members", "1"]))
+    assert (config.catalog_limits, config.zero_exptime_members) == ({"GAIAeDR3": 10.0, "2MASS": 12.5}, 1)
+    assert config_from_args(parser.parse_args([])).catalog_limits == {}
+    for bad, message in (("GSC999=1", "unknown catalog 'GSC999' (known: GAIAeDR3, GAIADR2, GAIADR1, GSC242, 2MASS)"),
+                         ("GSC242", "'GSC242' is not NAME=MAG"),
+                         ("GSC242=faint", "GSC242 limit 'faint' is not a magnitude")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--catalog-limit", bad])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f"simulate: error: argument --catalog-limit: {message}"
+    with pytest.raises(ValueError, match=r"^catalog_limits: unknown catalog 'PS1' \(known: GAIAeDR3, "):
+        SimConfig(catalog_limits={"PS1": 20.0})
+    with pytest.raises(ValueError, match=r"^catalog_limits: 2MASS limit nan is not finite$"):
+        SimConfig(catalog_limits={"2MASS": float("nan")})
+    with pytest.raises(ValueError, match=r"zero_exptime_members must lie in 0\.\.2"):
+        SimConfig(n_exposures=2, zero_exptime_members=3)
+
+
+def test_zero_exptime_members_are_empty_frames_and_leave_the_others_alone(tmp_path):
+    plain = simulate_association(tmp_path / "plain", SimConfig(service=False))
+    result = simulate_association(tmp_path / "zero", SimConfig(service=False, zero_exptime_members=1))
+    last = result.members[-1]
+    plain_hashes, hashes = _hashes(plain.outdir), _hashes(result.outdir)
+    assert {k for k in hashes if hashes[k] != plain_hashes[k]} == {
+        f"{last}_raw.fits", f"{last}_flt.fits", f"{last}_flc.fits", f"truth/{last}_crmask.fits",
+        "truth/jsm001010_truth.json"}
+    for kind in ("raw", "flt", "flc"):
+        header = fits.getheader(result.outdir / f"{last}_{kind}.fits")
+        start = fits.getval(plain.outdir / f"{last}_{kind}.fits", "EXPSTART")
+        assert (header["EXPTIME"], header["TEXPTIME"], header["EXPSTART"], header["EXPEND"]) == (0.0, 0.0, start, start)
+    with fits.open(result.outdir / f"{last}_flt.fits") as hdul:
+        assert not hdul["SCI", 1].data.any() and np.all(hdul["ERR", 1].data == 4.0)
+        assert not hdul["DQ", 1].data.any() and hdul["SCI", 1].header["NGOODPIX"] == 512 * 512
+    assert not fits.getdata(result.outdir / "truth" / f"{last}_crmask.fits", ("CRMASK", 1)).any()
+    truth = json.loads(result.truth_json.read_text())
+    assert [e["n_cosmic_ray_pixels"] for e in truth["exposures"]][-1] == [0]
+    assert truth["config"]["zero_exptime_members"] == 1
+    assert fits.getval(result.flt[0], "EXPTIME") == 400.0
 
 
 def test_gsc240_headerlet_applied_as_primary_leaves_the_recorded_residual(sim_apriori, true_wcs, tmp_path,

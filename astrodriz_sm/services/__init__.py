@@ -5,7 +5,7 @@ Load data with :class:`ServiceStore` (or ``astrodriz-sm serve-load``), serve it 
 handle's ``environment``. :func:`probe` checks quickly whether a service answers.
 """
 
-from .data import CATALOG_COLUMNS, GSC_OFFSET_COLUMNS, ServiceDataError, ServiceStore
+from .data import CATALOG_COLUMNS, GSC_OFFSET_COLUMNS, ServiceDataError, ServiceStore, answer_columns
 from .server import ServiceApp, ServiceHandle, probe, serve_forever, service_environment, start_server
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "ServiceDataError",
     "ServiceHandle",
     "ServiceStore",
+    "answer_columns",
     "probe",
     "serve_forever",
     "service_environment",

@@ -42,11 +42,24 @@ __all__ = [
     "HEADERLET_KEYWORDS",
     "ServiceDataError",
     "ServiceStore",
+    "answer_columns",
 ]
 
-# Order and names of the CSV columns the catalog service answers (drizzlepac reads them by name).
+# Order and names of the CSV columns the catalog service answers for GAIA and for any catalog not
+# in _ANSWER_COLUMNS (drizzlepac reads them by name).
 CATALOG_COLUMNS = ("ra", "ra_error", "dec", "dec_error", "pmra", "pmra_error", "pmdec", "pmdec_error",
                    "mag", "objID", "epoch")
+# (answer column, catalog_sources column) of the catalogs that the STScI service answers with other
+# names: drizzlepac's SUPPORTED_CATALOGS renames these and fails on a missing one. "jdate" is the
+# epoch as a Julian date.
+_GSC_ANSWER = (("ra", "ra"), ("raErr", "ra_error"), ("dec", "dec"), ("decErr", "dec_error"),
+               ("rapm", "pmra"), ("rapmErr", "pmra_error"), ("decpm", "pmdec"), ("decpmErr", "pmdec_error"),
+               ("mag", "mag"), ("objID", "objID"), ("epoch", "epoch"))
+_ANSWER_COLUMNS = {
+    "GSC241": _GSC_ANSWER,
+    "GSC242": _GSC_ANSWER,
+    "2MASS": (("ra", "ra"), ("dec", "dec"), ("mag", "mag"), ("objid", "objID"), ("jdate", "jdate")),
+}
 GSC_OFFSET_COLUMNS = ("deltaRA", "deltaDEC", "deltaROLL", "deltaSCALE", "dGSinputRA", "dGSinputDEC",
                       "dGSoutputRA", "dGSoutputDEC", "outputCatalog")
 # Primary-header keywords stwcs reads from every headerlet it downloads (Headerlet.init_attrs);
@@ -77,6 +90,26 @@ class _Solution:
     best: bool
     headerlet: bytes
     path: str
+
+
+def answer_columns(catalog: str) -> tuple[tuple[str, str], ...]:
+    """The CSV columns the catalog service answers for a catalog, as drizzlepac expects them.
+
+    Parameters
+    ----------
+    catalog : str
+        Catalog name, any case.
+
+    Returns
+    -------
+    tuple of (str, str)
+        ``(answer column, source field)`` in answer order: a ``catalog_sources`` column, or
+        ``jdate`` for the epoch as a Julian date. GSC241/GSC242 answer ``raErr, decErr, rapm,
+        rapmErr, decpm, decpmErr`` for the errors and proper motions, 2MASS ``ra, dec, mag, objid,
+        jdate``; every other catalog :data:`CATALOG_COLUMNS`.
+    """
+    default = tuple((c, c) for c in CATALOG_COLUMNS)
+    return _ANSWER_COLUMNS.get(str(catalog).strip().upper(), default)
 
 
 def normalize_rootname(rootname: str, source: str = "rootname") -> str:

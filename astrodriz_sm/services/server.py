@@ -14,7 +14,8 @@ One HTTP server, one base URL, three services:
 ``<base>gsss``  (``ASTROMETRIC_CATALOG_URL``, read by ``drizzlepac.haputils.astrometric_utils``)
     ``GET /vo/CatalogSearch.aspx?RA=&DEC=&SR=`` or ``?STCS=polygon ra1 dec1 ...`` with
     ``FORMAT=CSV&CAT=<name>[&MINDET=n][&EPOCH=year]`` -> a description line, then CSV with
-    ``\\r\\n`` line ends.
+    ``\\r\\n`` line ends, in the columns the STScI service answers for that catalog
+    (:func:`~astrodriz_sm.services.data.answer_columns`: GSC242 and 2MASS differ from GAIA).
 
 Client errors get a 4xx status and a one-line text body (catalog errors start with ``Error``, the
 prefix drizzlepac looks for) and one warning in the log; an exception in a handler gets a 500 and
@@ -43,7 +44,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from ..model import headerlet_name
-from .data import CATALOG_COLUMNS, GSC_OFFSET_COLUMNS, ServiceStore
+from .data import GSC_OFFSET_COLUMNS, ServiceStore, answer_columns
 
 __all__ = ["Response", "ServiceApp", "ServiceHandle", "probe", "serve_forever", "start_server"]
 
@@ -393,9 +394,15 @@ class ServiceApp:
         out.write(f"{len(rows)} sources from {name} within {where}"
                   f"{'' if epoch is None else f' at epoch {epoch:g}'}\r\n")
         writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(CATALOG_COLUMNS)
+        columns = answer_columns(name)
+        writer.writerow([answer for answer, _ in columns])
+        if rows and any(source == "jdate" for _, source in columns):
+            from astropy.time import Time
+
+            jdates = Time([r["epoch"] for r in rows], format="decimalyear", scale="utc").jd
+            rows = [{**r, "jdate": float(jd)} for r, jd in zip(rows, jdates)]
         for r in rows:
-            writer.writerow(["" if r[c] is None else r[c] for c in CATALOG_COLUMNS])
+            writer.writerow(["" if r[source] is None else r[source] for _, source in columns])
         return Response(200, out.getvalue().encode(), "text/csv; charset=utf-8",
                         note=f"{len(rows)} sources from {name}")
 

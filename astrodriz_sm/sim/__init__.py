@@ -5,7 +5,7 @@
 (star catalog, cosmic-ray masks, injected header offsets), so that every
 pipeline stage can be checked against numbers that are known exactly.  It also
 writes the data a local astrometry service needs to answer for the exposures
-(GAIA-like catalogs, a priori headerlets, guide-star offsets; see
+(reference catalogs, a priori headerlets, guide-star offsets; see
 `astrodriz_sm.sim.service`).
 """
 

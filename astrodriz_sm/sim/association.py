@@ -190,6 +190,17 @@ def _render_chip(rng: np.random.Generator, truth, layout: hdr.ChipLayout, ra: np
     return data, err, dq, crmask
 
 
+def _zero_exposure_chip(layout: hdr.ChipLayout):
+    """SCI, ERR, DQ and cosmic-ray mask of a chip whose shutter never opened.
+
+    Nothing reached the detector and the bias is removed, so SCI is zero;
+    ERR is what the noise model gives for no signal, the read noise.
+    """
+    shape = (layout.naxis2, layout.naxis1)
+    return (np.zeros(shape), np.full(shape, float(hdr.READNOISE)), np.zeros(shape, dtype=np.int16),
+            np.zeros(shape, dtype=np.uint8))
+
+
 def simulate_association(outdir: str | Path, config: SimConfig | None = None) -> SimResult:
     """Write a simulated ACS/WFC association and its truth to ``outdir``.
 
@@ -222,12 +233,16 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
     members = hdr.member_names(config.root, config.n_exposures)
     root = config.root.lower()
     seeds = np.random.SeedSequence(config.seed).spawn(config.n_exposures + 1)
+    # The last zero_exptime_members exposures start on schedule but never open the shutter.
+    exptimes = [0.0 if i >= config.n_exposures - config.zero_exptime_members else config.exptime
+                for i in range(config.n_exposures)]
     timings = [hdr.exposure_timing(config.date_obs, config.exptime, i) for i in range(config.n_exposures)]
+    timings = [t if exptime else dataclasses.replace(t, expend=t.expstart) for t, exptime in zip(timings, exptimes)]
 
     def primary(i: int, suffix: str, postarg=(0.0, 0.0)) -> fits.Header:
         return hdr.primary_header(member=members[i], asn_id=root, suffix=suffix, layouts=layouts,
                                   timing=timings[i], refs=refs, pa_v3=config.pa_v3,
-                                  ra_targ=config.ra, dec_targ=config.dec, exptime=config.exptime,
+                                  ra_targ=config.ra, dec_targ=config.dec, exptime=exptimes[i],
                                   drizcorr=config.drizcorr, postarg=postarg)
 
     with tempfile.TemporaryDirectory(prefix="sim_truth_") as tmp:
@@ -269,8 +284,11 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
             ra, dec = propagate(catalog, timings[i].decimal_year)
             chips, masks = [], []
             for lay, truth in zip(layouts, truths[i]):
-                data, err, dq, crmask = _render_chip(rng, truth, lay, ra, dec, flux,
-                                                     n_cr_mean * lay.naxis1 * lay.naxis2)
+                if exptimes[i]:
+                    data, err, dq, crmask = _render_chip(rng, truth, lay, ra, dec, flux,
+                                                         n_cr_mean * lay.naxis1 * lay.naxis2)
+                else:
+                    data, err, dq, crmask = _zero_exposure_chip(lay)
                 crval = offset_radec(*truth.wcs.crval, *injected[i])
                 sci = hdr.sci_header(layout=lay, member=member, crval=crval, crpix=tuple(truth.wcs.crpix),
                                      cd=truth.wcs.cd, ngoodpix=int((dq == 0).sum()),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,9 +62,10 @@ class SimConfig:
     date_obs : str
         Date of the visit (after the catalog epoch 2016.0, so proper motions matter).
     service : bool
-        Also write ``<outdir>/service/``: GAIA-like reference catalogs, a priori
-        headerlets with their astrometry-database index, and guide-star offsets
-        (see `astrodriz_sm.sim.service`).
+        Also write ``<outdir>/service/``: reference catalogs (GAIAeDR3, GAIADR2,
+        GAIADR1, GSC242, 2MASS), a priori headerlets with their
+        astrometry-database index, and guide-star offsets (see
+        `astrodriz_sm.sim.service`).
     apriori_residual : float
         Fraction of the common pointing error that the GSC240 a priori solution
         leaves (0: it removes the error completely, 1: it removes nothing).
@@ -71,6 +73,17 @@ class SimConfig:
         Label the database solutions as computed with another IDCTAB, so that
         updatewcs ignores them and derives the a priori WCS from the guide-star
         offsets instead.
+    catalog_limits : dict of str to float
+        Catalog name (any case) -> ST magnitude of its faintest star, instead of
+        the catalog's default depth (`astrodriz_sm.sim.service.CatalogModel.mag_limit`);
+        a limit brighter than every star (e.g. 10) leaves the catalog without a
+        source, so that the a posteriori fit has to fall back on the next one.
+        (name, limit) pairs are accepted too; the names are checked and stored
+        as the service spells them.
+    zero_exptime_members : int
+        The last N exposures have EXPTIME = 0, as exposures whose shutter never
+        opened: TEXPTIME 0, EXPEND = EXPSTART, SCI all zero (no sky, stars or
+        cosmic rays), ERR the read noise, DQ 0.
     """
 
     n_exposures: int = 3
@@ -92,6 +105,8 @@ class SimConfig:
     service: bool = True
     apriori_residual: float = 0.25
     apriori_idctab_mismatch: bool = False
+    catalog_limits: dict[str, float] = field(default_factory=dict)
+    zero_exptime_members: int = 0
 
     def __post_init__(self) -> None:
         if self.n_exposures < 1:
@@ -108,6 +123,39 @@ class SimConfig:
             self.refdir = str(self.refdir)
         if not math.isfinite(self.apriori_residual):
             raise ValueError("apriori_residual must be a finite number")
+        self.catalog_limits = _checked_limits(self.catalog_limits)
+        if not 0 <= self.zero_exptime_members <= self.n_exposures:
+            raise ValueError(f"zero_exptime_members must lie in 0..{self.n_exposures} (n_exposures)")
+
+
+def _checked_limit(name, mag) -> tuple[str, float]:
+    """One ``catalog_limits`` entry as (the service's spelling of the name, finite float)."""
+    from .service import catalog_model
+
+    try:
+        model = catalog_model(name)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    try:
+        value = float(mag)
+    except (TypeError, ValueError):
+        raise ValueError(f"{model.name} limit {mag!r} is not a magnitude") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{model.name} limit {mag!r} is not finite")
+    return model.name, value
+
+
+def _checked_limits(limits) -> dict[str, float]:
+    """``catalog_limits`` from a mapping or (name, limit) pairs, checked."""
+    pairs = limits.items() if isinstance(limits, Mapping) else limits
+    checked = {}
+    for name, mag in pairs:
+        try:
+            key, value = _checked_limit(name, mag)
+        except ValueError as exc:
+            raise ValueError(f"catalog_limits: {exc}") from None
+        checked[key] = value
+    return checked
 
 
 @dataclass
@@ -192,6 +240,26 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--apriori-idctab-mismatch", action="store_true",
                    help="label the a priori solutions with another IDCTAB, so that updatewcs "
                         "derives them from the guide-star offsets")
+    from .service import REFERENCE_CATALOGS
+
+    g.add_argument("--catalog-limit", action="append", type=_catalog_limit, default=[],
+                   metavar="NAME=MAG", dest="catalog_limits",
+                   help="ST magnitude limit of one reference catalog instead of its default depth; "
+                        "repeatable; a bright limit such as 10 empties the catalog (catalogs: "
+                        + ", ".join(f"{m.name} {m.mag_limit:g}" for m in REFERENCE_CATALOGS) + ")")
+    g.add_argument("--zero-exptime-members", type=int, default=d.zero_exptime_members, metavar="N",
+                   help="the last N exposures have EXPTIME=0 and an all-zero SCI array")
+
+
+def _catalog_limit(text: str) -> tuple[str, float]:
+    """Parse ``NAME=MAG`` of ``--catalog-limit`` (argparse turns the error into one usage line)."""
+    name, sep, mag = text.partition("=")
+    if not sep or not name.strip() or not mag.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=MAG")
+    try:
+        return _checked_limit(name, mag.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -213,4 +281,6 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         service=not getattr(args, "no_service", False),
         apriori_residual=getattr(args, "apriori_residual", d.apriori_residual),
         apriori_idctab_mismatch=getattr(args, "apriori_idctab_mismatch", d.apriori_idctab_mismatch),
+        catalog_limits=dict(getattr(args, "catalog_limits", None) or {}),
+        zero_exptime_members=getattr(args, "zero_exptime_members", d.zero_exptime_members),
     )

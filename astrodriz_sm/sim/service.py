@@ -4,14 +4,36 @@
 services would answer for the simulated exposures, so that the a priori and
 a posteriori stages of the pipeline can run against a local stand-in:
 
-``catalogs/GAIAeDR3.ecsv``, ``catalogs/GAIADR2.ecsv``, ``catalogs/GAIADR1.ecsv``
-    GAIA-like reference catalogs of the stars of the truth catalog brighter
-    than `GAIA_MAG_LIMIT`, over a disk somewhat larger than the footprint.
-    Columns ``ra, dec`` (deg), ``mag``, ``ra_error, dec_error`` (mas),
-    ``pmra, pmdec`` (mas/yr, pmra including cos(dec)), ``pmra_error,
-    pmdec_error`` (mas/yr), ``epoch`` (decimal year) and ``objID``
-    (``objID - GAIA_OBJID_BASE`` is the row of the star in the truth catalog).
-    GAIADR1 has no proper-motion columns.
+``catalogs/<name>.ecsv``, one per catalog of `REFERENCE_CATALOGS`
+    The truth-catalog stars down to the catalog's depth (`CatalogModel.mag_limit`,
+    or the limit given in `SimConfig.catalog_limits`), over a disk somewhat
+    larger than the footprint, at the catalog's epoch: the truth propagated
+    there plus errors drawn at the catalog's accuracy.  Columns ``ra, dec``
+    (deg), ``mag``, ``ra_error, dec_error`` (mas), ``pmra, pmdec`` (mas/yr, pmra
+    including cos(dec)), ``pmra_error, pmdec_error`` (mas/yr), ``epoch``
+    (decimal year) and ``objID`` (``objID - CatalogModel.objid_base`` is the
+    row of the star in the truth catalog); catalogs without proper motions
+    have no ``pm*`` columns.  The local service loads this one layout and
+    answers each catalog with the columns drizzlepac reads for it (GSC242's
+    ``raErr``, ``rapm``..., 2MASS's ``objid`` and ``jdate``; see
+    `astrodriz_sm.services.data.answer_columns`).
+
+    ========  ======  ==============  ============  ==========  ========  ========
+    name      epoch   position (mas)  pm (mas/yr)   depth (ST)  of stars  mag
+    ========  ======  ==============  ============  ==========  ========  ========
+    GAIAeDR3  2016.0  0.1 - 0.5       0.05 - 0.3    25.3        65 %      ST - 4.3
+    GAIADR2   2015.5  0.25 - 1.25     0.125 - 0.75  25.3        65 %      ST - 4.3
+    GAIADR1   2015.0  1 - 2           none          25.3        65 %      ST - 4.3
+    GSC242    2015.5  20 - 60         1 - 5         24.3        36 %      ST - 4.3
+    2MASS     2000.0  60 - 100        none          21.3        6 %       ST - 5.8
+    ========  ======  ==============  ============  ==========  ========  ========
+
+    Errors are per coordinate, from the brightest star to one at the default
+    depth.  The GAIA releases share the random stream `SERVICE_STREAM` (in this
+    order); GSC242 and 2MASS have streams of their own, so neither depends on
+    the others' depth.  A limit brighter than the default keeps a subset of
+    the default catalog (the other catalogs stay as they are); a fainter one
+    adds stars drawn from the catalog's `DEEPER_STREAM`.
 ``headerlets/`` (one headerlet file per solution, named by ``model.headerlet_name``)
     Two a priori solutions per exposure (FLT and FLC share the rootname and
     the WCS), made with ``stwcs.wcsutil.headerlet.create_headerlet`` from the
@@ -58,7 +80,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
-from astropy.table import Table
+from astropy.table import Table, vstack
 from astropy.wcs import FITSFixedWarning
 
 from ..model import headerlet_name
@@ -68,26 +90,37 @@ from .render import MAG_RANGE, propagate
 from .wcs import chip_center_offset, offset_radec
 
 __all__ = [
+    "DEEPER_STREAM",
     "GAIA_G_OFFSET",
     "GAIA_MAG_LIMIT",
     "GAIA_OBJID_BASE",
     "GAIA_RELEASES",
+    "GSC242",
+    "GSC_OBJID_BASE",
     "GUIDE_STAR_OFFSET",
     "HSC30_RESIDUAL",
     "MISMATCH_IDCROOT",
-    "GaiaRelease",
+    "REFERENCE_CATALOGS",
+    "SERVICE_STREAM",
+    "TWOMASS",
+    "TWOMASS_OBJID_BASE",
+    "CatalogModel",
+    "catalog_model",
     "guide_star_offsets",
     "reference_catalog",
     "write_service_data",
 ]
 
-#: Truth-catalog (ST) magnitude of the faintest star in the reference catalogs:
+#: Truth-catalog (ST) magnitude of the faintest star in the GAIA-like catalogs:
 #: about 65 % of the stars are brighter.
 GAIA_MAG_LIMIT = 25.3
 #: ST magnitude minus catalog magnitude, so that the limit falls at G = 21.
 GAIA_G_OFFSET = 4.3
 #: objID of the first truth-catalog row; Gaia-like 19-digit source identifiers.
 GAIA_OBJID_BASE = 3_800_000_000_000_000_000
+#: objID of the first truth-catalog row in GSC242 and in 2MASS.
+GSC_OBJID_BASE = 24_200_000_000_000
+TWOMASS_OBJID_BASE = 1_000_000_000
 #: Fraction of the common pointing error the HSC30 solution leaves.
 HSC30_RESIDUAL = 0.5
 #: IDCTAB root of the solutions in ``apriori_idctab_mismatch`` mode (the
@@ -104,12 +137,16 @@ RESIDUAL_TOLERANCE = 1.0e-3
 #: Stream of ``SeedSequence(config.seed)`` feeding the catalog errors
 #: (exposures use the first streams).
 SERVICE_STREAM = 1000
+#: Sub-stream of `SERVICE_STREAM` from which each catalog draws the stars that a
+#: limit fainter than its default depth adds (``spawn_key=(SERVICE_STREAM,
+#: DEEPER_STREAM, index in REFERENCE_CATALOGS)``).
+DEEPER_STREAM = 100
 _AUTHOR = "astrodriz_sm.sim"
 
 
 @dataclass(frozen=True)
-class GaiaRelease:
-    """Epoch and error model of a GAIA-like catalog release.
+class CatalogModel:
+    """Depth, epoch and error model of a simulated reference catalog.
 
     Attributes
     ----------
@@ -118,52 +155,72 @@ class GaiaRelease:
     epoch : float
         Decimal year of the positions.
     position_error : (float, float)
-        Per-coordinate position error (mas) of the brightest and of the
-        faintest stars; it grows geometrically with magnitude in between.
+        Per-coordinate position error (mas) of the brightest star the truth
+        catalog can hold and of a star at `mag_limit`; it grows geometrically
+        with magnitude in between (and on, for the stars a fainter limit adds).
     pm_error : (float, float) or None
         Same for the proper motions (mas/yr); None: no proper motions.
+    mag_limit : float
+        Truth-catalog (ST) magnitude of the faintest star: the default depth.
+    mag_offset : float
+        ST magnitude minus the catalog's ``mag``.
+    objid_base : int
+        objID of the first truth-catalog row (``objID - objid_base`` is the row).
+    stream : int or None
+        Own random stream, ``SeedSequence(seed, spawn_key=(SERVICE_STREAM,
+        stream))``; None: the stream `SERVICE_STREAM`, which the GAIA releases
+        share in the order of `GAIA_RELEASES`.
     """
 
     name: str
     epoch: float
     position_error: tuple[float, float]
     pm_error: tuple[float, float] | None
+    mag_limit: float = GAIA_MAG_LIMIT
+    mag_offset: float = GAIA_G_OFFSET
+    objid_base: int = GAIA_OBJID_BASE
+    stream: int | None = None
 
 
 GAIA_RELEASES = (
-    GaiaRelease("GAIAeDR3", 2016.0, (0.1, 0.5), (0.05, 0.3)),
-    GaiaRelease("GAIADR2", 2015.5, (0.25, 1.25), (0.125, 0.75)),
-    GaiaRelease("GAIADR1", 2015.0, (1.0, 2.0), None),
+    CatalogModel("GAIAeDR3", 2016.0, (0.1, 0.5), (0.05, 0.3)),
+    CatalogModel("GAIADR2", 2015.5, (0.25, 1.25), (0.125, 0.75)),
+    CatalogModel("GAIADR1", 2015.0, (1.0, 2.0), None),
 )
+#: GSC 2.4.2: plate astrometry tied to Gaia DR2 (hence its epoch), errors of tens
+#: of mas, a magnitude shallower than GAIA (limit G = 20), UCAC5-like proper motions.
+GSC242 = CatalogModel("GSC242", 2015.5, (20.0, 60.0), (1.0, 5.0), mag_limit=24.3,
+                      objid_base=GSC_OBJID_BASE, stream=1)
+#: 2MASS: observed around 2000.0, errors of 60-100 mas, no proper motions, four
+#: magnitudes shallower than GAIA; ``mag`` is J-like (limit J = 15.5).
+TWOMASS = CatalogModel("2MASS", 2000.0, (60.0, 100.0), None, mag_limit=21.3, mag_offset=5.8,
+                       objid_base=TWOMASS_OBJID_BASE, stream=2)
+#: Every catalog the simulated service serves, in the order the files are written.
+REFERENCE_CATALOGS = (*GAIA_RELEASES, GSC242, TWOMASS)
 
 
-def reference_catalog(truth: Table, release: GaiaRelease, rng: np.random.Generator) -> Table:
-    """GAIA-like catalog of the truth stars brighter than `GAIA_MAG_LIMIT`.
+def catalog_model(name: str) -> CatalogModel:
+    """The model of a reference catalog, by name in any case (drizzlepac writes ``GAIAedr3``).
 
-    Positions are the truth propagated to the release epoch plus Gaussian
-    errors of the listed size; proper motions are the truth plus Gaussian
-    errors.
-
-    Parameters
-    ----------
-    truth : astropy.table.Table
-        Truth catalog (see `astrodriz_sm.sim.render.make_truth_catalog`).
-    release : GaiaRelease
-    rng : numpy.random.Generator
-
-    Returns
-    -------
-    astropy.table.Table
-        Columns ``ra, dec, mag, ra_error, dec_error[, pmra, pmdec, pmra_error,
-        pmdec_error], epoch, objID``, in truth-catalog order.
+    Raises
+    ------
+    KeyError
+        For a name that is not in `REFERENCE_CATALOGS`; the message lists the known ones.
     """
-    rows = np.flatnonzero(np.asarray(truth["mag"], dtype=float) <= GAIA_MAG_LIMIT)
+    for model in REFERENCE_CATALOGS:
+        if model.name.upper() == str(name).strip().upper():
+            return model
+    raise KeyError(f"unknown catalog {name!r} (known: {', '.join(m.name for m in REFERENCE_CATALOGS)})")
+
+
+def _catalog_rows(truth: Table, rows: np.ndarray, model: CatalogModel, rng: np.random.Generator) -> Table:
+    """Catalog entries of the truth stars ``rows``, with errors drawn from ``rng``."""
     stars = truth[rows]
     n = len(stars)
     mag = np.asarray(stars["mag"], dtype=float)
-    # 0 for the brightest star the truth catalog can hold, 1 at the limit.
+    # 0 for the brightest star the truth catalog can hold, 1 at the default depth.
     bright = MAG_RANGE[0]
-    frac = np.clip((mag - bright) / (GAIA_MAG_LIMIT - bright), 0.0, 1.0)
+    frac = np.clip((mag - bright) / (model.mag_limit - bright), 0.0, None)
 
     def errors(bounds: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = bounds
@@ -172,8 +229,8 @@ def reference_catalog(truth: Table, release: GaiaRelease, rng: np.random.Generat
         return (np.round(base * rng.uniform(0.85, 1.15, n), 4),
                 np.round(base * rng.uniform(0.85, 1.15, n), 4))
 
-    ra_err, dec_err = errors(release.position_error)
-    ra_true, dec_true = propagate(stars, release.epoch)
+    ra_err, dec_err = errors(model.position_error)
+    ra_true, dec_true = propagate(stars, model.epoch)
     dec = dec_true + rng.normal(0.0, dec_err) / 3.6e6
     # ra_error is along the great circle (as GAIA's), so divide by cos(dec) for RA.
     ra = (ra_true + rng.normal(0.0, ra_err) / 3.6e6 / np.cos(np.deg2rad(dec_true))) % 360.0
@@ -181,26 +238,76 @@ def reference_catalog(truth: Table, release: GaiaRelease, rng: np.random.Generat
     table = Table()
     table["ra"] = ra
     table["dec"] = dec
-    table["mag"] = np.round(mag - GAIA_G_OFFSET, 4)
+    table["mag"] = np.round(mag - model.mag_offset, 4)
     table["ra_error"] = ra_err
     table["dec_error"] = dec_err
-    if release.pm_error is not None:
-        pmra_err, pmdec_err = errors(release.pm_error)
+    if model.pm_error is not None:
+        pmra_err, pmdec_err = errors(model.pm_error)
         table["pmra"] = np.round(np.asarray(stars["pmra"], dtype=float) + rng.normal(0.0, pmra_err), 4)
         table["pmdec"] = np.round(np.asarray(stars["pmdec"], dtype=float) + rng.normal(0.0, pmdec_err), 4)
         table["pmra_error"] = pmra_err
         table["pmdec_error"] = pmdec_err
-    table["epoch"] = np.full(n, release.epoch)
-    table["objID"] = (GAIA_OBJID_BASE + rows).astype(np.int64)
+    table["epoch"] = np.full(n, model.epoch)
+    table["objID"] = (model.objid_base + rows).astype(np.int64)
     for name, unit in (("ra", "deg"), ("dec", "deg"), ("mag", "mag"), ("ra_error", "mas"),
                        ("dec_error", "mas"), ("pmra", "mas / yr"), ("pmdec", "mas / yr"),
                        ("pmra_error", "mas / yr"), ("pmdec_error", "mas / yr"), ("epoch", "yr")):
         if name in table.colnames:
             table[name].unit = unit
-    table.meta["catalog"] = release.name
-    table.meta["epoch"] = release.epoch
-    table.meta["description"] = (f"Simulated {release.name}-like catalog: truth stars with "
-                                 f"mag <= {GAIA_MAG_LIMIT} (ST), mag column = ST - {GAIA_G_OFFSET}")
+    return table
+
+
+def reference_catalog(truth: Table, model: CatalogModel, rng: np.random.Generator,
+                      mag_limit: float | None = None,
+                      deeper_rng: np.random.Generator | None = None) -> Table:
+    """Simulated reference catalog: the truth stars down to a magnitude limit, with errors.
+
+    Positions are the truth propagated to the catalog epoch plus Gaussian
+    errors of the model's size; proper motions, where the catalog has them,
+    are the truth plus Gaussian errors.
+
+    Parameters
+    ----------
+    truth : astropy.table.Table
+        Truth catalog (see `astrodriz_sm.sim.render.make_truth_catalog`).
+    model : CatalogModel
+    rng : numpy.random.Generator
+        Draws the errors of the stars down to the model's default depth.
+    mag_limit : float, optional
+        ST magnitude of the faintest star, instead of ``model.mag_limit``.  A
+        brighter limit keeps the stars of the default catalog that pass it, so
+        ``rng`` is consumed as for the default depth; a fainter one adds stars
+        whose errors come from ``deeper_rng``.
+    deeper_rng : numpy.random.Generator, optional
+        Needed for a limit fainter than the default depth.
+
+    Returns
+    -------
+    astropy.table.Table
+        Columns ``ra, dec, mag, ra_error, dec_error[, pmra, pmdec, pmra_error,
+        pmdec_error], epoch, objID``, in truth-catalog order.
+
+    Raises
+    ------
+    ValueError
+        For a limit fainter than the default depth without ``deeper_rng``.
+    """
+    limit = model.mag_limit if mag_limit is None else float(mag_limit)
+    mag = np.asarray(truth["mag"], dtype=float)
+    rows = np.flatnonzero(mag <= model.mag_limit)
+    table = _catalog_rows(truth, rows, model, rng)
+    if limit < model.mag_limit:
+        table = table[mag[rows] <= limit]
+    elif limit > model.mag_limit:
+        if deeper_rng is None:
+            raise ValueError(f"{model.name}: a limit fainter than {model.mag_limit} needs deeper_rng")
+        extra = np.flatnonzero((mag > model.mag_limit) & (mag <= limit))
+        table = vstack([table, _catalog_rows(truth, extra, model, deeper_rng)])
+        table = table[np.argsort(np.concatenate([rows, extra]), kind="stable")]
+    table.meta["catalog"] = model.name
+    table.meta["epoch"] = model.epoch
+    table.meta["description"] = (f"Simulated {model.name}-like catalog: truth stars with "
+                                 f"mag <= {limit} (ST), mag column = ST - {model.mag_offset}")
     return table
 
 
@@ -334,16 +441,25 @@ def write_service_data(service_dir: Path, *, config: SimConfig, members: list[st
     service_dir = Path(service_dir)
     (service_dir / "catalogs").mkdir(parents=True, exist_ok=True)
     (service_dir / "headerlets").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(SERVICE_STREAM,)))
+    def stream(*key: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(SERVICE_STREAM, *key)))
 
+    shared = stream()
     catalogs, tables = {}, {}
-    for release in GAIA_RELEASES:
-        table = tables[release.name] = reference_catalog(catalog, release, rng)
-        path = service_dir / "catalogs" / f"{release.name}.ecsv"
+    for k, model in enumerate(REFERENCE_CATALOGS):
+        limit = config.catalog_limits.get(model.name, model.mag_limit)
+        table = tables[model.name] = reference_catalog(
+            catalog, model, shared if model.stream is None else stream(model.stream), limit,
+            deeper_rng=stream(DEEPER_STREAM, k))
+        path = service_dir / "catalogs" / f"{model.name}.ecsv"
         table.write(path, format="ascii.ecsv", overwrite=True)
-        catalogs[release.name] = {"file": path.relative_to(service_dir).as_posix(),
-                                  "epoch": release.epoch, "n_sources": len(table),
-                                  "proper_motions": release.pm_error is not None}
+        catalogs[model.name] = {"file": path.relative_to(service_dir).as_posix(),
+                                "epoch": model.epoch, "n_sources": len(table),
+                                "proper_motions": model.pm_error is not None,
+                                "mag_limit_st": float(limit), "default_mag_limit_st": model.mag_limit,
+                                "mag_offset": model.mag_offset, "objid_base": model.objid_base,
+                                "position_error_mas": list(model.position_error),
+                                "pm_error_mas_per_yr": None if model.pm_error is None else list(model.pm_error)}
 
     # The a priori solutions correct the pointing error common to the visit (the
     # guide stars' catalog error), never the guiding failure of one exposure.
