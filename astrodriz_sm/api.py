@@ -16,7 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import RunConfig, recorded_environment, switches_from_environment
+from .config import (
+    RunConfig,
+    pipeline_switches_from_environment,
+    recorded_environment,
+    switches_from_environment,
+)
 from .errors import InputError, Interrupted, LogCorruptError, RunStateError, UsageError
 from .logs import run_log
 from .model import trailer_name
@@ -139,8 +144,8 @@ def _result(store: EventStore, run_id: str) -> RunResult:
 
 def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, *, force: bool = False,
             inmemory: bool = False, basic: bool = False, num_cores: int | None = None, debug: bool = False,
-            align_to_gaia: bool = True, manifest: bool = False,
-            environ: Mapping[str, str] | None = None, store: str | os.PathLike | None = None,
+            align_to_gaia: bool = True, manifest: bool = False, force_alignment: bool = False,
+            verify_guiding: bool = False, environ: Mapping[str, str] | None = None, store: str | os.PathLike | None = None,
             log_json: str | os.PathLike | None = None, console: bool = True, resume_unfinished: bool = False,
             restart: bool = False, observer=None) -> RunResult:
     """Process an association or exposure, as ``runastrodriz.process`` does.
@@ -165,9 +170,16 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
         False: no a posteriori alignment, unless ``ASTROMETRY_COMPUTE_APOSTERIORI`` says on (``-g``).
     manifest : bool
         Write ``<root>_manifest.txt``, the files the run handed back (``-m``).
+    force_alignment : bool
+        Align even when ``verify_guiding`` found bad guiding (``-a``).
+    verify_guiding : bool
+        Check each exposure's guiding (``analyze.verify_guiding``) first; one with bad guiding is not
+        processed (unless ``force``) and turns all alignment off (unless ``force_alignment``); a run
+        left with no exposure fails with exit code 65 (``-v``).
     environ : mapping, optional
         The run's whole environment (``jref``, ``iref``, the ``ASTROMETRY_*`` switches, the service
-        URLs), as ``subprocess``'s ``env``; default: the caller's ``os.environ``.
+        URLs, ``PIPELINE_RESET_IDCTAB``, ``PIPELINE_QUALITY_TESTING``), as ``subprocess``'s ``env``;
+        default: the caller's ``os.environ``.
     store : path, optional
         The event store; default ``astrodriz_sm.db`` beside the input.
     log_json : path, optional
@@ -204,12 +216,17 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
         raise InputError(f"{input_path}: directory does not exist", str(input_path))
     _, root = input_kind(input_path)
     apply_apriori, compute, notes = switches_from_environment(env, align_to_gaia)
+    reset_idctab, quality_testing = pipeline_switches_from_environment(env)
+    if force_alignment and not verify_guiding:
+        notes.append("-a has no effect without -v: it keeps alignment on when -v finds bad guiding")
     newpath = Path(newpath).resolve() if newpath else None
     config = RunConfig(
         input=str(input_path), run_dir=str(newpath / root if newpath else input_path.parent),
         newpath=str(newpath) if newpath else None, force=force, inmemory=inmemory, basic=basic,
         num_cores=num_cores, debug=debug, align_to_gaia=align_to_gaia, manifest=manifest,
-        apply_apriori=apply_apriori, compute_aposteriori=compute,
+        force_alignment=force_alignment, verify_guiding=verify_guiding,
+        apply_apriori=apply_apriori, compute_aposteriori=compute, reset_idctab=reset_idctab,
+        quality_testing=quality_testing,
         environment=recorded_environment(env), notes=tuple(notes))
     with run_log(log_json, console) as log:
         events = open_store(store, input_path.parent, create=True)

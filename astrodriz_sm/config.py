@@ -10,7 +10,13 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from .errors import ConfigError
-from .model.switches import ENV_APPLY_APRIORI, ENV_COMPUTE_APOSTERIORI, ENV_STEP_CONTROL
+from .model.switches import (
+    ENV_APPLY_APRIORI,
+    ENV_COMPUTE_APOSTERIORI,
+    ENV_QUALITY_TESTING,
+    ENV_RESET_IDCTAB,
+    ENV_STEP_CONTROL,
+)
 
 SERVICE_VARIABLES = ("ASTROMETRY_SERVICE_URL", "GSSS_WEBSERVICES_URL", "ASTROMETRIC_CATALOG_URL")
 # Seconds each request to a service may take (connecting, and each read), before its one retry.
@@ -21,8 +27,8 @@ SERVICE_SETTINGS = (*SERVICE_VARIABLES, SERVICE_TIMEOUT_VARIABLE)
 # Reference-file directories: stwcs joins them to file names as strings, so they end with '/'.
 REFERENCE_VARIABLES = ("jref", "iref", "uref")
 # Variables whose values go into the run-started event (what a reader needs to reproduce a run).
-RECORDED_VARIABLES = (ENV_COMPUTE_APOSTERIORI, ENV_APPLY_APRIORI, ENV_STEP_CONTROL, *REFERENCE_VARIABLES,
-                      *SERVICE_SETTINGS)
+RECORDED_VARIABLES = (ENV_COMPUTE_APOSTERIORI, ENV_APPLY_APRIORI, ENV_STEP_CONTROL, ENV_RESET_IDCTAB,
+                      ENV_QUALITY_TESTING, *REFERENCE_VARIABLES, *SERVICE_SETTINGS)
 
 _ON = {"on", "yes", "true"}
 _OFF = {"off", "no", "false"}
@@ -73,8 +79,12 @@ class RunConfig:
     debug: bool = False
     align_to_gaia: bool = True
     manifest: bool = False
+    force_alignment: bool = False
+    verify_guiding: bool = False
     apply_apriori: bool = True
     compute_aposteriori: bool = True
+    reset_idctab: bool = False
+    quality_testing: bool = False
     environment: dict = field(default_factory=dict)
     notes: tuple = ()
 
@@ -122,6 +132,31 @@ def switches_from_environment(environ: dict | None = None, align_to_gaia: bool =
         if env.get(ENV_STEP_CONTROL) is not None:
             notes.append(f"{ENV_STEP_CONTROL} ignored: {ENV_APPLY_APRIORI} is set")
     return apply_apriori, compute, notes
+
+
+def pipeline_switches_from_environment(environ: dict | None = None) -> tuple[bool, bool]:
+    """Read runastrodriz's two processing switches, both off unless set.
+
+    Parameters
+    ----------
+    environ : dict, optional
+        Defaults to ``os.environ``.
+
+    Returns
+    -------
+    reset_idctab : bool
+        ``PIPELINE_RESET_IDCTAB``: reset IDCTAB in the FLT/FLC files to the RAW file's.
+    quality_testing : bool
+        ``PIPELINE_QUALITY_TESTING``: run drizzlepac's quality analysis on the final exposures.
+
+    Raises
+    ------
+    ConfigError
+        When a value is neither on/yes/true nor off/no/false.
+    """
+    env = os.environ if environ is None else environ
+    return (parse_switch(ENV_RESET_IDCTAB, env.get(ENV_RESET_IDCTAB), default=False),
+            parse_switch(ENV_QUALITY_TESTING, env.get(ENV_QUALITY_TESTING), default=False))
 
 
 def recorded_environment(environ: dict | None = None) -> dict:

@@ -9,31 +9,30 @@ import enum
 
 
 class ExitCode(enum.IntEnum):
-    """Process exit codes of ``astrodriz-sm``."""
+    """Process exit codes of ``astrodriz-sm``; each member's ``meaning`` says when it is used."""
 
-    OK = 0
-    """The run ended ``done`` (or the command succeeded)."""
-    INTERNAL = 1
-    """An unexpected error: a defect; the traceback is in the log."""
-    USAGE = 2
-    """Bad command line."""
-    INPUT = 3
-    """Bad input: a file missing, unreadable, truncated or not what HST delivers."""
-    SKIPPED = 4
-    """The run ended ``skipped``: DRIZCORR is OMIT and ``-f`` was not given."""
-    PROCESSING = 5
-    """A processing step failed (updatewcs, AstroDrizzle, ...); the run ended ``failed``."""
-    CONFIG = 6
-    """Bad configuration: an environment variable with a value that is not on/off."""
-    RUN_STATE = 7
-    """The run cannot be started or resumed in its current state (unknown, finished, unfinished)."""
-    LOG_CORRUPT = 8
-    """The event log failed verification (hash chain broken) or its file is damaged."""
-    INTERRUPTED = 9
-    """Interrupted (Ctrl-C, SIGTERM): the run can be resumed."""
+    def __new__(cls, value: int, meaning: str):
+        # The meaning travels with the member: an attribute docstring would not reach the help text.
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.meaning = meaning
+        return member
+
+    OK = 0, "The run ended ``done`` (or the command succeeded)."
+    INTERNAL = 1, "An unexpected error: a defect; the traceback is in the log."
+    USAGE = 2, "Bad command line."
+    INPUT = 3, "Bad input: a file missing, unreadable, truncated or not what HST delivers."
+    SKIPPED = 4, "The run ended ``skipped``: DRIZCORR is OMIT and ``-f`` was not given."
+    PROCESSING = 5, "A processing step failed (updatewcs, AstroDrizzle, ...); the run ended ``failed``."
+    CONFIG = 6, "Bad configuration: an environment variable with a value that is not on/off."
+    RUN_STATE = 7, "The run cannot be started or resumed in its current state (unknown, finished, unfinished)."
+    LOG_CORRUPT = 8, "The event log failed verification (hash chain broken) or its file is damaged."
+    INTERRUPTED = 9, "Interrupted (Ctrl-C, SIGTERM): the run can be resumed."
+    NO_VIABLE_DATA = 65, ("No exposure left to process (-v removed every one); the run ended ``failed``, "
+                          "with runastrodriz's code for it.")
 
 
-EXIT_CODE_MEANINGS = {code: (code.__doc__ or "").strip() for code in ExitCode}
+EXIT_CODE_MEANINGS = {code: code.meaning for code in ExitCode}
 
 
 class AstrodrizError(Exception):
@@ -91,3 +90,7 @@ class LogCorruptError(AstrodrizError, exit_code=ExitCode.LOG_CORRUPT):
 
 class Interrupted(AstrodrizError, exit_code=ExitCode.INTERRUPTED):
     """A run was stopped by Ctrl-C or SIGTERM; its workers are gone and it can be resumed."""
+
+
+class NoViableDataError(AstrodrizError, exit_code=ExitCode.NO_VIABLE_DATA):
+    """No exposure is left to process, as runastrodriz's ``Ret_code.NO_VIABLE_DATA`` (exit 65)."""

@@ -195,8 +195,8 @@ def test_unsupported_instrument(simulated):
     _assert_unchanged(d, before)
 
 
-def test_a_zero_exptime_member_is_left_out_and_the_others_drizzled(simulated):
-    """As runastrodriz: AstroDrizzle drops EXPTIME=0 files; the event names the one left out."""
+def test_a_zero_exptime_member_is_processed_but_not_drizzled(simulated):
+    """As runastrodriz 3.11: the EXPTIME=0 member gets the WCS updates; AstroDrizzle drops it."""
     src, d = _small(simulated)
     victim = d / f"{src.members[1]}_flt.fits"
     fits.setval(victim, "EXPTIME", value=0.0, ext=0)
@@ -204,11 +204,14 @@ def test_a_zero_exptime_member_is_left_out_and_the_others_drizzled(simulated):
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = _latest_events(d / STORE)
     notes = [e.payload["message"] for e in events if e.kind == "note"]
-    assert notes == [f"excluded from processing: {src.members[1]} (EXPTIME=0)"]
+    said = f"{src.members[1]}: EXPTIME=0: processed, chooses no drizzle parameters, not drizzled"
+    assert notes == [said]
     inputs = next(e.payload["inputs"] for e in events if e.kind == "step.completed" and e.step == "resolve_inputs")
-    assert (inputs["members"], inputs["flt"]) == ([src.members[0]], [f"{src.members[0]}_flt.fits"])
-    assert (d / f"{ROOT}_drz.fits").is_file()
-    assert "excluded from processing" in (d / f"{ROOT}.tra").read_text()
+    assert inputs["members"] == src.members and inputs["empty"] == {victim.name: "EXPTIME=0"}
+    with fits.open(d / f"{ROOT}_drz.fits") as drz:
+        assert drz[0].header["NDRIZIM"] == len(src.members) - 1
+    assert fits.getval(victim, "WCSNAME", ext=("SCI", 1)).startswith("IDC_")
+    assert said in (d / f"{ROOT}.tra").read_text()
 
 
 @pytest.mark.parametrize("rows", [[], [(ROOT.upper(), "PROD-DTH")]], ids=["no-rows", "product-only"])

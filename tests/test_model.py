@@ -34,6 +34,7 @@ def test_exposure_names_follow_the_archive():
     assert (e.rootname, e.kind, e.name) == ("ie6d07ujq", "flc", "ie6d07ujq_flc.fits")
     assert e.single_sci == "ie6d07ujq_single_sci.fits"
     assert e.headerlet == "ie6d07ujq_flc_hlet.fits"
+    assert e.final_headerlet == "ie6d07ujq_flt_hlet.fits"
     assert e.instdet == "WFC3/UVIS"
     with pytest.raises(ValueError, match="is not an _flt or _flc file name"):
         Exposure.from_name("ie6d07ujq_raw.fits")

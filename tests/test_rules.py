@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from astrodriz_sm.statemachine import (
     FIT_RULE,
+    VERIFY_RULE,
     RunState,
+    best_fit,
     best_verified_stage,
     choose_final_wcs,
     choose_fit,
     conclude_stage,
+    fit_search_ends,
+    verify_stage,
 )
 
 PASS = {"check": "focus", "verdict": "pass"}
+FOCUS_FAIL = {"check": "focus", "verdict": "fail"}
+OVERLAP_PASS = {"check": "overlap_similarity", "verdict": "pass"}
+OVERLAP_FAIL = {"check": "overlap_similarity", "verdict": "fail"}
+SIMILAR = {"check": "similarity_to_default", "verdict": "pass"}
+DISSIMILAR = {"check": "similarity_to_default", "verdict": "fail"}
 
 
 def _run(completed=None, facts=None, entered=("default", "apriori", "aposteriori")):
@@ -19,49 +28,95 @@ def _run(completed=None, facts=None, entered=("default", "apriori", "aposteriori
                     transitions=[{"to": s, "guards": []} for s in entered])
 
 
-def _fit(catalog, quality, rms=None, matches=None):
-    return {"catalog": catalog, "fit_quality": quality, "valid": quality in (1, 2, 3), "rms_mas": rms,
-            "matches": matches}
+def _fit(catalog, quality, rms=None, matches=None, method="relative", invalid=()):
+    return {"catalog": catalog, "method": method, "fit_quality": quality, "valid": quality in (1, 2, 3, 4),
+            "rms_mas": rms, "matches": matches,
+            "exposures": {f"{n}[1]": {"valid": n not in invalid} for n in ("a_flc.fits", "b_flc.fits")}}
 
 
-def test_choose_fit_takes_the_lowest_rms_among_valid_fits():
-    decision = choose_fit([_fit("GAIAeDR3", 1, 3.44, 101), _fit("GAIADR2", 2, 3.40, 90),
-                           _fit("GAIADR1", 4, 1.0, 120)], "relative")
-    assert decision["chosen_catalog"] == "GAIADR2" and decision["rule"] == FIT_RULE
-    assert [c["catalog"] for c in decision["candidates"]] == ["GAIAeDR3", "GAIADR2", "GAIADR1"]
+def test_the_first_quality_1_fit_wins_over_a_lower_rms_of_lower_quality():
+    fits = [_fit("GAIAeDR3", 2, 3.0, 120), _fit("GSC242", 1, 14.0, 40), _fit("2MASS", 1, 9.0, 30)]
+    decision = choose_fit(fits, 150)
+    assert (decision["chosen_catalog"], decision["chosen_method"]) == ("GSC242", "relative")
+    assert decision["rule"] == FIT_RULE
+    assert [c["catalog"] for c in decision["candidates"]] == ["GAIAeDR3", "GSC242", "2MASS"]
 
 
-def test_choose_fit_breaks_an_rms_tie_by_matches():
-    decision = choose_fit([_fit("GAIAeDR3", 1, 3.4, 90), _fit("GAIADR2", 1, 3.4, 101)], "relative")
-    assert decision["chosen_catalog"] == "GAIADR2"
+def test_a_fit_of_equal_quality_needs_more_matches_and_a_lower_rms():
+    assert best_fit([_fit("GAIAeDR3", 3, 25.0, 50), _fit("GSC242", 3, 22.0, 60)])["catalog"] == "GSC242"
+    assert best_fit([_fit("GAIAeDR3", 3, 25.0, 50), _fit("GSC242", 3, 22.0, 40)])["catalog"] == "GAIAeDR3"
+    assert best_fit([_fit("GAIAeDR3", 4, 25.0, 50), _fit("GSC242", 3, 40.0, 10)])["catalog"] == "GSC242"
 
 
-def test_choose_fit_without_a_valid_fit_chooses_nothing_and_says_why():
-    decision = choose_fit([_fit("GAIAeDR3", 5), _fit("GAIADR2", 4, 80.0, 6)], "default")
+def test_the_search_ends_after_relative_fits_of_quality_2_to_4_not_after_failures():
+    assert fit_search_ends([_fit("GAIAeDR3", 5), _fit("GSC242", 3, 30.0, 20)], "relative")
+    assert not fit_search_ends([_fit("GAIAeDR3", 5), _fit("GSC242", 5)], "relative")
+    assert not fit_search_ends([_fit("GAIAeDR3", 3, 30.0, 20, method="2dhist")], "2dhist")
+    assert fit_search_ends([_fit("GAIAeDR3", 1, 3.0, 100, method="2dhist")], "2dhist")
+
+
+def test_no_fit_is_applied_without_quality_1_to_4_or_outside_the_rms_window():
+    decision = choose_fit([_fit("GAIAeDR3", 5), _fit("GSC242", 5, method="2dhist")], 150)
     assert decision["chosen_catalog"] is None
-    assert decision["reason"] == "no valid fit to any reference catalog: GAIAeDR3 quality 5; GAIADR2 quality 4"
+    assert decision["reason"] == "no fit of quality 1-4: GAIAeDR3 relative quality 5; GSC242 2dhist quality 5"
+    decision = choose_fit([_fit("2MASS", 4, 160.0, 12)], 150)
+    assert decision["chosen_catalog"] is None
+    assert decision["reason"] == "the best fit, 2MASS relative, has an RMS of 160 mas, outside (0, 150) mas"
+
+
+def test_a_best_fit_that_leaves_an_exposure_unaligned_is_not_applied():
+    decision = choose_fit([_fit("GAIAeDR3", 2, 8.0, 30, invalid=("b_flc.fits",))], 150)
+    assert decision["chosen_catalog"] is None
+    assert decision["reason"] == ("the best fit, GAIAeDR3 relative, could not align b_flc.fits[1] "
+                                  "to the absolute astrometric frame")
+
+
+def test_an_abandoned_search_chooses_nothing_whatever_it_found():
+    decision = choose_fit([_fit("GAIAeDR3", 2, 8.0, 30)], 150, abandoned="only 1 sources in 2MASS")
+    assert (decision["chosen_catalog"], decision["reason"]) == (None, "only 1 sources in 2MASS")
+
+
+def test_the_overlap_difference_decides_the_focus_only_when_few_sources_matched():
+    default = verify_stage("default", [FOCUS_FAIL, OVERLAP_PASS], 3)
+    assert (default["verified"], default["quality"], default["deciding"]) == (True, 0, ["overlap_similarity"])
+    assert default["rule"] == VERIFY_RULE
+    few = verify_stage("aposteriori", [FOCUS_FAIL, OVERLAP_PASS, SIMILAR], 3,
+                       {"sources": 8, "catalog_sources": 40, "fraction": 0.2})
+    assert (few["verified"], few["quality"], few["reason"]) == (False, 6, "verification failed: focus fail")
+    many = verify_stage("aposteriori", [FOCUS_FAIL, OVERLAP_PASS, SIMILAR], 3,
+                        {"sources": 80, "catalog_sources": 200, "fraction": 0.4})
+    assert (many["verified"], many["quality"]) == (True, 0)
+
+
+def test_similarity_to_the_default_adds_to_the_quality_and_never_rejects():
+    v = verify_stage("apriori", [PASS, OVERLAP_PASS, DISSIMILAR], 3)
+    assert (v["verified"], v["quality"]) == (True, 3)
+    single = verify_stage("apriori", [{"check": "focus", "verdict": "n/a"}, SIMILAR], 1)
+    assert (single["verified"], single["quality"], single["reason"]) == (True, 0, "a single exposure: always verified")
+
+
+def _verified(stage, checks, n=3):
+    return [("verification", c) for c in checks] + [("decision", verify_stage(stage, checks, n))]
 
 
 def test_conclude_keeps_a_verified_stage():
     run = _run({("apriori", "updatewcs"): {"wcsname": "IDC_x-GSC240"}},
-               {("apriori", "verify_alignment"): [("verification", PASS),
-                                                  ("verification", {"check": "overlap_similarity",
-                                                                    "verdict": "pass"})]})
-    assert conclude_stage(run, "apriori") == {"decision": "apriori_stage", "kept": True,
-                                              "reason": "alignment verified (focus and similarity)",
+               {("apriori", "verify_alignment"): _verified("apriori", [FOCUS_FAIL, OVERLAP_PASS, SIMILAR])})
+    assert conclude_stage(run, "apriori") == {"decision": "apriori_stage", "kept": True, "quality": 0,
+                                              "reason": "alignment verified: overlap_similarity pass",
                                               "wcsname": "IDC_x-GSC240"}
 
 
 def test_conclude_discards_a_stage_that_failed_a_check():
-    run = _run(facts={("aposteriori", "verify_alignment"): [
-        ("verification", PASS), ("verification", {"check": "overlap_similarity", "verdict": "fail"})]})
+    run = _run(facts={("aposteriori", "verify_alignment"): _verified("aposteriori", [PASS, OVERLAP_FAIL, SIMILAR])})
     decision = conclude_stage(run, "aposteriori")
-    assert (decision["kept"], decision["reason"]) == (False, "verification failed: overlap_similarity fail")
+    assert (decision["kept"], decision["reason"], decision["quality"]) == (
+        False, "verification failed: overlap_similarity fail", 6)
 
 
 def test_conclude_gives_the_stop_reason_first():
     run = _run({("aposteriori", "align"): {"stop_stage": "not enough sources for a fit"}},
-               {("aposteriori", "verify_alignment"): [("verification", PASS)]})
+               {("aposteriori", "verify_alignment"): _verified("aposteriori", [PASS, OVERLAP_PASS])})
     assert conclude_stage(run, "aposteriori")["reason"] == "not enough sources for a fit"
 
 

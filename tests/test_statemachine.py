@@ -75,7 +75,7 @@ def test_full_sequence_with_flt_and_flc(store):
         "init/resolve_inputs", "init->default",
         "default/stage_inputs", "default/updatewcs", "default/astrodrizzle", "default/verify_alignment",
         "default->apriori", *APRIORI, "apriori->aposteriori", *APOSTERIORI, "aposteriori->final",
-        "final/choose_wcs", "final/stage_inputs", "final/copy_flc_wcs", "final/astrodrizzle",
+        "final/choose_wcs", "final/stage_inputs", "final/astrodrizzle", "final/update_headers",
         "final/write_headerlets", "final/promote", "final/replace", "final/cleanup", "final->done", "end:done"]
     assert fold(store.events(run_id)).ended["exit_code"] == 0
 
@@ -118,10 +118,10 @@ def test_facts_are_recorded_with_their_step_and_only_then(store):
     assert fold(events).verifications == {"default": [focus]}
 
 
-def test_flt_only_basic_mode_has_no_wcs_copy_nor_headerlets(store):
+def test_flt_only_basic_mode_has_no_headerlets(store):
     run_id = _start(store, basic=True)
     trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs(flc=False)})
-    assert "final/copy_flc_wcs" not in trail and "final/write_headerlets" not in trail
+    assert "final/write_headerlets" not in trail
     assert "final/astrodrizzle" in trail
 
 

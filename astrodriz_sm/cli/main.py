@@ -28,8 +28,8 @@ def cmd_start(args) -> int:
     return _report_end(api.process(
         args.input, args.newpath, force=args.force, inmemory=args.inmemory, basic=args.basic,
         num_cores=args.num_cores, debug=args.debug, align_to_gaia=not args.no_gaia, manifest=args.manifest,
-        store=args.store, log_json=args.log_json,
-        console=not args.quiet, resume_unfinished=args.resume, restart=args.restart))
+        force_alignment=args.force_alignment, verify_guiding=args.verify_guiding, store=args.store,
+        log_json=args.log_json, console=not args.quiet, resume_unfinished=args.resume, restart=args.restart))
 
 
 def cmd_resume(args) -> int:
@@ -155,7 +155,8 @@ def _at_least_one(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    codes = "\n".join(f"  {int(c)}  {c.name.lower():12s} {EXIT_CODE_MEANINGS[c]}" for c in ExitCode)
+    width = max(len(c.name) for c in ExitCode)
+    codes = "\n".join(f"  {int(c):<2d}  {c.name.lower():{width}s} {EXIT_CODE_MEANINGS[c]}" for c in ExitCode)
     p = argparse.ArgumentParser(prog="astrodriz-sm", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Distortion-corrected, aligned HST drizzled products, "
                                             "as an event-sourced state machine.",
@@ -200,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no a posteriori alignment to GAIA (ASTROMETRY_COMPUTE_APOSTERIORI overrides it)")
     s.add_argument("-m", "--manifest", action="store_true",
                    help="write <root>_manifest.txt: the products, exposures, headerlets and trailer handed back")
+    s.add_argument("-a", "--force-alignment", action="store_true",
+                   help="align even when -v finds bad guiding")
+    # runastrodriz 3.11 declares -v as taking a value (getopt 'v:'), which swallows the next argument;
+    # it is a plain switch here.
+    s.add_argument("-v", "--verify-guiding", action="store_true",
+                   help="check each exposure's guiding; one with bad guiding is not processed (unless -f) "
+                        "and turns alignment off (unless -a)")
     s.add_argument("--resume", action="store_true", help="continue this input's unfinished run, if any")
     s.add_argument("--restart", action="store_true",
                    help="abandon this input's unfinished run, if any, and start a new one")

@@ -1,9 +1,9 @@
 """The a priori and a posteriori stages: service probe, database solutions, fits to GAIA, conclusion.
 
 The fitting itself is drizzlepac's (``align_utils.AlignmentTable``: analyze, source finding,
-tweakwcs relative and absolute fits, ``determine_fit_quality``); what differs from
-``align.perform_align`` is that every catalog is tried, every fit is a ``candidate`` event, and the
-choice among them is one ``decision`` event with its rule.
+tweakwcs relative, 2dhist and default fits, ``determine_fit_quality``), in the order and with the
+stopping rule of ``align.perform_align``; what it adds is that every fit is a ``candidate`` event
+and the choice among them one ``decision`` event with its rule.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..model import StageStop, StepResult
-from ..statemachine import best_verified_stage, choose_fit, conclude_stage, stage_files
-from ..statemachine.rules import VALID_FIT_QUALITY
+from ..statemachine import best_verified_stage, choose_fit, conclude_stage, fit_search_ends, stage_files
+from ..statemachine.rules import FAILED_FIT_RMS, VALID_FIT_QUALITY
 from ..statemachine.state import CANDIDATE, DECISION
 from .common import StepContext, Timer, captured_output, hashes, working_directory
 from .drizzle import copy_into_stage
@@ -33,11 +33,6 @@ PROBE_TIMEOUT = 1.5
 STAGE_SERVICES = {"apriori": ("ASTROMETRY_SERVICE_URL", "GSSS_WEBSERVICES_URL"),
                   "aposteriori": ("ASTROMETRIC_CATALOG_URL",)}
 REQUIRED_SERVICE = {"apriori": "ASTROMETRY_SERVICE_URL", "aposteriori": "ASTROMETRIC_CATALOG_URL"}
-# The reference catalogs tried, newest first, as the runastrodriz description lists them: GAIA with
-# proper motions, then GAIA DR1 without (better for fields of distant galaxies).
-APOSTERIORI_CATALOGS = ("GAIAeDR3", "GAIADR2", "GAIADR1")
-# RMS values (mas) from this size on are drizzlepac's mark of a failed fit, not a measurement.
-FAILED_FIT_RMS = 1e8
 
 
 def service_url(ctx: StepContext, variable: str) -> str:
@@ -101,6 +96,45 @@ def _wcs_summary(path: Path) -> dict:
     return {"wcsnames": primary, "headerlets": attached}
 
 
+# CRVAL this far from RA_TARG/DEC_TARG makes runastrodriz call the database solution suspect (deg).
+TARGET_SEPARATION_WARNING = 0.05
+
+
+def apriori_checks(d: Path, names: list[str]) -> dict:
+    """runastrodriz 3.11's checks after ``updatewcs(use_db=True)``, on the stage copies.
+
+    ``confirm_aposteriori_hdrlets`` drops -FIT headerlets without SIP keywords; a reference pixel
+    more than :data:`TARGET_SEPARATION_WARNING` from the target is warned about;
+    ``verify_gaia_wcsnames`` appends ``-GSC240`` to a WCSNAME without one for data taken after
+    2017-10-01 (their guide stars were already in that frame) and replaces a -FIT primary WCS
+    by the newest a priori one.
+
+    Returns
+    -------
+    dict
+        ``warnings`` (one line each) and ``renamed`` (exposure -> [old, new] primary WCSNAMEs).
+    """
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+    from astropy.io import fits
+    from drizzlepac import runastrodriz
+
+    warnings, before = [], {}
+    for n in names:
+        runastrodriz.confirm_aposteriori_hdrlets(str(d / n))
+        h0, h1 = fits.getheader(d / n, 0), fits.getheader(d / n, 1)
+        sep = SkyCoord(h1["CRVAL1"] * u.deg, h1["CRVAL2"] * u.deg).separation(
+            SkyCoord(h0["RA_TARG"] * u.deg, h0["DEC_TARG"] * u.deg))
+        if sep.deg > TARGET_SEPARATION_WARNING:
+            warnings.append(f"{n}: WCS reference pixel is {sep.deg:.2f} degrees from the target position: "
+                            "the astrometry database solution is suspect")
+        before[n] = _wcs_summary(d / n)["wcsnames"]
+    runastrodriz.verify_gaia_wcsnames([str(d / n) for n in names])
+    after = {n: _wcs_summary(d / n)["wcsnames"] for n in names}
+    return {"warnings": warnings,
+            "renamed": {n: [before[n][0], after[n][0]] for n in names if before[n] != after[n]}}
+
+
 def apriori_updatewcs(ctx: StepContext) -> StepResult:
     """``updatewcs(use_db=True)``: fetch the database's solutions and apply the best one.
 
@@ -134,27 +168,33 @@ def apriori_updatewcs(ctx: StepContext) -> StepResult:
         return StepResult({"seconds": t.elapsed, "log": out.getvalue(),
                            "requests_failed": [f.__dict__ for f in failures]},
                           stop=StageStop(f"{first.describe(what)}: stage skipped"))
+    with captured_output() as checks_out, working_directory(d):
+        checks = apriori_checks(d, [n for g in groups for n in g])
     summary = {n: _wcs_summary(d / n) for g in groups for n in g}
     names = sorted({w for s in summary.values() for w in s["wcsnames"]})
-    payload = {"wcsname": names[0] if len(names) == 1 else names, "exposures": summary,
-               "files": hashes(d, [n for g in groups for n in g]), "seconds": t.elapsed, "log": out.getvalue()}
-    stop = None
+    payload = {"wcsname": names[0] if len(names) == 1 else names, "exposures": summary, **checks,
+               "files": hashes(d, [n for g in groups for n in g]), "seconds": t.elapsed,
+               "log": out.getvalue() + checks_out.getvalue()}
+    # runastrodriz 3.11 drizzles and verifies the stage whatever updatewcs gave: no solution (the
+    # pipeline-default WCS again) or different solutions per exposure are noted, not a stop.
     if names == [default_name]:
-        stop = StageStop(f"no a priori solution for IDCTAB {default_name}: "
-                         "the exposures keep the pipeline-default WCS")
+        payload["note"] = f"no a priori solution for IDCTAB {default_name}: the pipeline-default WCS is verified again"
     elif len(names) != 1:
-        stop = StageStop(f"exposures got different a priori WCSs {names}: not a consistent solution")
-    return StepResult(payload, stop=stop)
+        payload["note"] = f"the exposures got different a priori WCSs {names}"
+    return StepResult(payload)
 
 
 def _fit_candidate(catalog: str, method: str, imglist, quality: int, rms: float, n_matches: int,
-                   ref_count: int) -> dict:
+                   ref_count: int, status: dict) -> dict:
     per_image = {}
     for item in imglist:
         info = item.meta.get("fit_info", {})
+        verdict = status.get(f"{item.meta['name']},{item.meta['chip']}", {})
         per_image[f"{item.meta['name']}[{item.meta['chip']}]"] = {
             "status": str(info.get("status")), "nmatches": int(info.get("nmatches", 0) or 0),
             "fit_rms_mas": float(info.get("FIT_RMS", np.nan) or np.nan),
+            "valid": bool(verdict.get("valid", False)), "compromised": bool(verdict.get("compromised", False)),
+            "reason": str(verdict.get("reason", "")),
         }
     # drizzlepac reports a fit that failed with a sentinel RMS (1e9 mas): that is no RMS at all.
     rms = float(rms) if np.isfinite(rms) and float(rms) < FAILED_FIT_RMS else None
@@ -166,11 +206,23 @@ def _fit_candidate(catalog: str, method: str, imglist, quality: int, rms: float,
     return cand
 
 
-def _fit_to(table, catalog: str, method: str, apars: dict, last: bool) -> dict:
-    """The candidate of one reference catalog: its fit, or why there is none.
+def _reference_catalog(table, catalog: str) -> list:
+    """The reference catalog, fetched once per run of the step, as perform_align keeps it."""
+    from drizzlepac import align as dp_align
 
-    A fit that raises (tweakwcs's ``MatchSourceConfusionError``, too few matches...) is an invalid
-    candidate with the exception's text, never a failed run.
+    if catalog not in table.reference_catalogs:
+        table.reference_catalogs[catalog] = dp_align.generate_astrometric_catalog(
+            table.process_list, catalog=catalog, output=False)
+    return table.reference_catalogs[catalog]
+
+
+def _fit_to(table, catalog: str, method: str, apars: dict, last: bool) -> dict:
+    """The candidate of one reference catalog and fit method: its fit, or why there is none.
+
+    As perform_align does it: ``configure_fit`` first (a fresh WCS list for every fit), group IDs
+    reset, the fit, then ``determine_fit_quality``. A fit that raises (tweakwcs's
+    ``MatchSourceConfusionError``, too few matches...) is an invalid candidate with the
+    exception's text, never a failed run.
 
     Raises
     ------
@@ -180,24 +232,79 @@ def _fit_to(table, catalog: str, method: str, apars: dict, last: bool) -> dict:
     from drizzlepac import align as dp_align
 
     minimum = apars["determine_fit_quality"]["MIN_CATALOG_THRESHOLD"]
-    reference = dp_align.generate_astrometric_catalog(table.process_list, catalog=catalog, output=False)
+    reference = _reference_catalog(table, catalog)
     invalid = {"catalog": catalog, "method": method, "fit_quality": 5, "valid": False, "rms_mas": None,
                "matches": None, "reference_sources": len(reference)}
     if len(reference) < minimum:
-        return {**invalid, "reason": f"only {len(reference)} reference sources (< {minimum})"}
-    table.reset_group_id(len(reference))
+        return {**invalid, "reason": f"only {len(reference)} reference sources (< {minimum})",
+                "too_few_reference_sources": True}
     try:
+        table.configure_fit()
+        table.reset_group_id(len(reference))
         table.imglist = table.perform_fit(method, catalog, reference)
-        rms, n_matches, quality, filtered, _ = dp_align.determine_fit_quality(
+        rms, n_matches, quality, filtered, status = dp_align.determine_fit_quality(
             table.imglist, table.filtered_table, not last, apars, print_fit_parameters=False)
     except Exception as exc:  # noqa: BLE001 - any failure of the fit makes this candidate invalid
         return {**invalid, "reason": f"fit failed: {type(exc).__name__}: {exc}".replace("\n", " ")}
     table.filtered_table = filtered
-    return _fit_candidate(catalog, method, table.imglist, quality, rms, n_matches, len(reference))
+    for item in table.fit_dict[(catalog, method)]:
+        item.meta["fit method"] = method
+        item.meta["fit quality"] = quality
+    return _fit_candidate(catalog, method, table.imglist, quality, rms, n_matches, len(reference), status)
+
+
+def common_wcs(d: Path, files: list[str]) -> dict:
+    """Give every exposure the same primary WCS before fitting, as runastrodriz 3.11 does.
+
+    ``update_wcs_in_list`` makes the preferred WCS common to all exposures primary (its
+    ``wcs_preference`` order), so that zero-point differences between astrometric frames are not
+    imprinted into the fit.
+
+    Returns
+    -------
+    dict
+        Primary WCSNAME per exposure before and after.
+    """
+    from drizzlepac import runastrodriz
+
+    from ..errors import ProcessingError
+
+    before = {n: _wcs_summary(d / n)["wcsnames"] for n in files}
+    if len(files) > 1:
+        try:
+            runastrodriz.update_wcs_in_list([str(d / n) for n in files])
+        except SystemExit as exc:  # its answer to exposures without a common WCS
+            raise ProcessingError(f"{d / files[0]}: the exposures have no WCS solution in common",
+                                  str(d / files[0])) from exc
+    after = {n: _wcs_summary(d / n)["wcsnames"] for n in files}
+    return {"before": before, "after": after, "changed": sorted(n for n in files if before[n] != after[n])}
+
+
+def apply_fit_to_flt(d: Path, fitted, others) -> dict:
+    """Give each FLT the a posteriori fit of its FLC (runastrodriz 3.11 ``_update_wcs_fit_keywords``
+    and ``apply_headerlet``).
+
+    Returns
+    -------
+    dict
+        FLT file -> the headerlet applied.
+    """
+    from drizzlepac import runastrodriz
+
+    by_root = {e.rootname: e for e in fitted}
+    applied = {}
+    for flt in others:
+        flc = by_root[flt.rootname]
+        runastrodriz._update_wcs_fit_keywords(str(d / flt.name), str(d / flc.name))
+        # An FLC drizzlepac did not fit (EXPTIME=0, say) has no headerlet: its FLT keeps its WCS.
+        if (d / flc.headerlet).exists():
+            runastrodriz.apply_headerlet(str(d / flt.name), str(d / flc.headerlet), flcfile=str(d / flc.name))
+            applied[flt.name] = flc.headerlet
+    return applied
 
 
 def align(ctx: StepContext) -> StepResult:
-    """A posteriori fit of the exposures to each reference catalog; the best fit goes into the headers.
+    """A posteriori fit of the exposures to the reference catalogs, as drizzlepac 3.11's perform_align.
 
     Each fit is a ``candidate`` fact and the choice among them (:func:`statemachine.choose_fit`) a
     ``decision`` fact.
@@ -205,7 +312,8 @@ def align(ctx: StepContext) -> StepResult:
     Returns
     -------
     StepResult
-        The chosen catalog and WCSNAME, or a stop with the reason no fit was usable.
+        The chosen catalog and method, the WCSNAME, the matched sources the verification needs, or a
+        stop with the reason no fit was applied.
     """
     from drizzlepac import align as dp_align
     from drizzlepac.haputils import align_utils
@@ -221,15 +329,15 @@ def align(ctx: StepContext) -> StepResult:
     apars = dp_align.get_default_pars(inputs.instrument, inputs.detector)
     quality_pars = apars["determine_fit_quality"]
     quality_pars["min_xmatches"] = quality_pars["MIN_FIT_MATCHES"]
-    catalogs = list(APOSTERIORI_CATALOGS)
-    method = "relative" if len(files) > 1 else "default"
+    catalogs = list(apars["run_align"]["catalog_list"])
     pars = {"MAX_SOURCES_PER_CHIP": apars["general"]["MAX_SOURCES_PER_CHIP"],
             # Verified default products mean trustworthy cosmic-ray flags: mask them too (runastrodriz).
             "sat_flags": 256 + 2048 + (4096 + 8192 if ctx.run.verdict("default") else 0)}
     pars.update(apars)
-    stop, facts, decision = None, [], None
+    stop, facts, decision, methods = None, [], None, []
     with Timer() as t, captured_output() as out, working_directory(d), \
             bounded_requests(service_timeout(ctx.run.environment)) as requests_log:
+        wcs = common_wcs(d, files)
         table = align_utils.AlignmentTable(files, **pars)
         try:
             if table.process_list is None:
@@ -238,6 +346,9 @@ def align(ctx: StepContext) -> StepResult:
                         if r["status"] != 0 or r["imageName"] not in (table.process_list or [])}
             found = {}
             if stop is None:
+                methods = table.get_fit_methods()
+                if len(table.process_list) == 1:
+                    methods.remove("relative")
                 ctx.progress(f"source finding in {len(table.process_list)} exposures")
                 table.find_alignment_sources(output=False)
                 for name, chips in table.extracted_sources.items():
@@ -247,57 +358,72 @@ def align(ctx: StepContext) -> StepResult:
                 if sparse:
                     stop = (f"not enough sources for a fit: {sparse} found, at least {threshold} "
                             "needed per exposure")
-            candidates = []
+            candidates, abandoned = [], None
             if stop is None:
-                table.configure_fit()
-                for i, catalog in enumerate(catalogs):
-                    ctx.progress(f"reference catalog {catalog} and {method} fit")
-                    try:
-                        cand = _fit_to(table, catalog, method, apars, last=i == len(catalogs) - 1)
-                    except Exception as exc:  # noqa: BLE001 - a catalog the service lacks is one bad candidate
-                        cand = {"catalog": catalog, "method": method, "fit_quality": 5, "valid": False,
-                                "rms_mas": None, "matches": None, "reason": f"reference catalog unavailable: {exc}"}
-                    if requests_log.failures:
-                        # The service itself did not answer: the other catalogs are on it too.
-                        stop = f"{requests_log.failures[0].describe(f'the {catalog} catalog')}: stage skipped"
+                for method in methods:
+                    for i, catalog in enumerate(catalogs):
+                        last = i == len(catalogs) - 1
+                        ctx.progress(f"reference catalog {catalog} and {method} fit")
+                        try:
+                            cand = _fit_to(table, catalog, method, apars, last=last)
+                        except Exception as exc:  # noqa: BLE001 - a catalog the service lacks is one bad candidate
+                            cand = {"catalog": catalog, "method": method, "fit_quality": 5, "valid": False,
+                                    "rms_mas": None, "matches": None,
+                                    "reason": f"reference catalog unavailable: {exc}"}
+                        if requests_log.failures:
+                            # The service itself did not answer: the other catalogs are on it too.
+                            stop = f"{requests_log.failures[0].describe(f'the {catalog} catalog')}: stage skipped"
+                            break
+                        if cand.get("reference_sources") == 0:
+                            reply = requests_log.last_reply(amutils.SERVICELOCATION)
+                            if reply is not None and (reply.length == 0 or "html" in reply.content_type.lower()):
+                                cand["reason"] = (f"the {catalog} catalog service at {amutils.SERVICELOCATION} "
+                                                  f"answered with no catalog ({reply.describe()})")
+                        candidates.append(cand)
+                        facts.append((CANDIDATE, cand))
+                        ctx.progress(f"candidate {catalog} {method}: fit quality {cand['fit_quality']}"
+                                     + (f", rms {cand['rms_mas']:.2f} mas" if cand.get("rms_mas") is not None
+                                        else ""), point="fitted")
+                        if cand.pop("too_few_reference_sources", False) and last:
+                            # perform_align gives up here, whatever it found before (align.py 3.11).
+                            abandoned = (f"only {cand['reference_sources']} sources in {catalog}, the last "
+                                         "reference catalog: drizzlepac abandons the alignment")
+                            break
+                        if cand["fit_quality"] == 1:
+                            break
+                    if stop is not None or abandoned or fit_search_ends(candidates, method):
                         break
-                    if cand.get("reference_sources") == 0:
-                        reply = requests_log.last_reply(amutils.SERVICELOCATION)
-                        if reply is not None and (reply.length == 0 or "html" in reply.content_type.lower()):
-                            cand["reason"] = (f"the {catalog} catalog service at {amutils.SERVICELOCATION} "
-                                              f"answered with no catalog ({reply.describe()})")
-                    candidates.append(cand)
-                    facts.append((CANDIDATE, cand))
-                    ctx.progress(f"candidate {catalog}: fit quality {cand['fit_quality']}"
-                                 + (f", rms {cand['rms_mas']:.2f} mas" if cand.get("rms_mas") is not None else ""),
-                                 point="fitted")
                 if stop is None:
-                    decision = choose_fit(candidates, method)
+                    decision = choose_fit(candidates, quality_pars["MAX_FIT_LIMIT"], abandoned)
                     facts.append((DECISION, decision))
                     if decision["chosen_catalog"] is None:
                         stop = decision["reason"]
+            matched = None
             if stop is None:
-                table.select_fit(decision["chosen_catalog"], method)
+                table.select_fit(decision["chosen_catalog"], decision["chosen_method"])
+                first = table.filtered_table[0]
+                matched = {"sources": int(first["matchSources"]), "catalog_sources": int(first["catalogSources"]),
+                           "fraction": float(first["matchSources"]) / max(1, int(first["catalogSources"]))}
                 table.apply_fit(headerlet_filenames={e.name: e.headerlet for e in fitted})
         finally:
             table.close()
-    payload = {"excluded": excluded, "sources_found": found, "catalogs": catalogs, "method": method,
-               "seconds": t.elapsed, "log": out.getvalue(),
+    payload = {"excluded": excluded, "sources_found": found, "catalogs": catalogs, "methods": methods,
+               "common_wcs": wcs, "seconds": t.elapsed, "log": out.getvalue(),
                "requests_failed": [f.__dict__ for f in requests_log.failures]}
     if stop is not None:
         return StepResult(payload, facts=facts, stop=StageStop(stop))
-    # Exposures of the other kind (FLT when FLC were fitted) take the same WCS.
+    # Exposures of the other kind (FLT when FLC were fitted) take the same WCS, as runastrodriz 3.11
+    # gives it: the fit keywords copied, the FLC's headerlet applied as primary, the old WCS archived.
     if inputs.exposures.unverified:
-        from .final import copy_wcs
-
-        copy_wcs(d, files, [e.name for e in inputs.exposures.unverified])
+        apply_fit_to_flt(d, fitted, inputs.exposures.unverified)
     names_all = inputs.exposures.names
     summary = {n: _wcs_summary(d / n) for n in names_all}
     names = sorted({w for s in summary.values() for w in s["wcsnames"]})
-    best = next(c for c in candidates if c["catalog"] == decision["chosen_catalog"])
+    best = next(c for c in candidates if (c["catalog"], c["method"]) ==
+                (decision["chosen_catalog"], decision["chosen_method"]))
     payload.update(wcsname=names[0] if len(names) == 1 else names, chosen_catalog=best["catalog"],
-                   rms_mas=best["rms_mas"], matches=best["matches"], exposures=summary,
-                   files=hashes(d, names_all))
+                   chosen_method=best["method"], rms_mas=best["rms_mas"], matches=best["matches"],
+                   matched=matched, exposures=summary, files=hashes(d, names_all))
     return StepResult(payload, facts=facts)
 
 

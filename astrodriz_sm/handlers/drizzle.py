@@ -19,6 +19,7 @@ from astropy.io import fits
 
 from ..errors import ProcessingError
 from ..model import Product, StepResult
+from ..statemachine.state import NOTE
 from .common import StepContext, Timer, captured_output, copy_file, hashes, working_directory
 
 # Parameters runastrodriz imposes on every pipeline AstroDrizzle call (PIPELINE_PARS), plus the
@@ -59,8 +60,31 @@ def copy_into_stage(ctx: StepContext, source_dir: Path, expected: dict | None = 
 
 
 def stage_inputs(ctx: StepContext) -> StepResult:
-    """Copy the exposures from the run directory into ``<root>_default/``."""
-    return StepResult(copy_into_stage(ctx, ctx.input_dir, ctx.inputs.input_hashes))
+    """Copy the exposures from the run directory into ``<root>_default/``.
+
+    With ``PIPELINE_RESET_IDCTAB`` the copies whose IDCTAB differs from their RAW file's (as init
+    found them) get the RAW file's IDCTAB, so that ``updatewcs`` builds the pipeline-default WCS
+    from it; the inputs themselves change only when the final stage hands the results back.
+
+    Returns
+    -------
+    StepResult
+        The copies and their hashes; ``idctab_reset`` (``{file: {'from', 'to', 'raw'}}``) and a
+        ``note`` per file reset.
+    """
+    staged = copy_into_stage(ctx, ctx.input_dir, ctx.inputs.input_hashes)
+    names = ctx.inputs.exposures.names
+    resets = {n: change for n, change in ctx.inputs.idctab_reset.items() if n in names}
+    if not resets:
+        return StepResult(staged)
+    d = ctx.stage_dir()
+    for name, change in resets.items():
+        with fits.open(d / name, mode="update") as hdul:
+            hdul[0].header["IDCTAB"] = change["to"]
+    staged.update(files=hashes(d, names), idctab_reset=resets)
+    return StepResult(staged, facts=[
+        (NOTE, {"message": f"PIPELINE_RESET_IDCTAB: IDCTAB of {name} reset from {change['from']} to {change['to']} "
+                           f"(that of {change['raw']})"}) for name, change in resets.items()])
 
 
 def _wcsnames(path: Path) -> list[str]:
@@ -70,6 +94,8 @@ def _wcsnames(path: Path) -> list[str]:
 
 def updatewcs(ctx: StepContext) -> StepResult:
     """Apply the distortion model: ``updatewcs(use_db=False)`` to the pipeline-default WCS.
+
+    As runastrodriz 3.11 does, S_REGION is computed first and SKYCELL after.
 
     Returns
     -------
@@ -88,12 +114,20 @@ def updatewcs(ctx: StepContext) -> StepResult:
     expected = "IDC_" + Path(idctab.split("$")[-1]).name.split("_idc")[0] if idctab else None
     groups = [[e.name for e in g] for g in ctx.inputs.exposures.lists]
     ctx.progress(f"updatewcs(use_db=False) on {sum(map(len, groups))} exposures")
+    from drizzlepac.haputils import processing_utils
+
     with Timer() as t, captured_output() as out, working_directory(d):
         for group in groups:
+            # runastrodriz 3.11 writes S_REGION from the header's WCS as delivered, before updatewcs,
+            # and SKYCELL from the pipeline-default WCS after it; later stages leave both alone.
+            for name in group:
+                processing_utils.compute_sregion(name)
             try:
                 stwcs_updatewcs(list(group), use_db=False, checkfiles=False)
             except Exception as exc:
                 raise ProcessingError(f"{d / group[0]}: updatewcs failed: {exc}", str(d / group[0])) from exc
+            for name in group:
+                processing_utils.add_skycell_to_header(name)
     names = {n: _wcsnames(d / n) for g in groups for n in g}
     found = sorted({w for ws in names.values() for w in ws})
     if expected and found != [expected]:
@@ -116,7 +150,7 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
     d = ctx.stage_dir()
     if mdriztab:
         with captured_output(), working_directory(d):
-            pars = mdzhandler.getMdriztabParameters(product.inputs)
+            pars = mdzhandler.getMdriztabParameters(product.mdriztab_inputs)
         source = f"MDRIZTAB {ctx.inputs.references['MDRIZTAB']}"
     else:
         pars, source = {}, "AstroDrizzle defaults (no MDRIZTAB in the header)"
@@ -140,9 +174,14 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
             pars.update(resetbits=0, static=False, driz_separate=True, median=False, blot=False,
                         driz_cr=False, driz_sep_bits=ctx.inputs.detector_parameters.good_bits)
             source += "; no new cosmic-ray identification (default stage verified)"
-    exptimes = np.array([e.exptime for e in product.exposures])
-    if exptimes.min() > 0 and exptimes.max() / exptimes.min() > 2:
-        pars.update(combine_type="median", combine_nhigh=0)
+    if not final:
+        # runastrodriz 3.11 applies this to its verification drizzles only (the default stage's too),
+        # over every exposure: a zero EXPTIME makes the ratio infinite, hence a median. The final
+        # stage then drizzles again rather than reuse the default stage's product.
+        exptimes = np.array([e.exptime for e in product.exposures])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if exptimes.max() / exptimes.min() > 2:
+                pars.update(combine_type="median", combine_nhigh=0)
     return {"parameters": pars, "source": source}
 
 

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
-import warnings
+from pathlib import Path
 
 from astropy.io import fits
 
 from ..errors import ProcessingError
 from ..model import STAGES, StepResult, manifest_name, original_name, partial_name, promoted_name
 from ..statemachine import choose_final_wcs, stage_files
-from ..statemachine.state import DECISION
-from .common import StepContext, captured_output, copy_file, hashes, sha256
+from ..statemachine.state import DECISION, NOTE
+from .common import StepContext, Timer, captured_output, copy_file, hashes, sha256, working_directory
 from .drizzle import copy_into_stage, run_astrodrizzle
-
-# Keywords that make up the active WCS of a SCI header (linear WCS, SIP, distortion bookkeeping).
-_WCS_KEY = re.compile(r"^(WCSNAME|WCSAXES|CRVAL[12]|CRPIX[12]|CD[12]_[12]|CTYPE[12]|CUNIT[12]|ORIENTAT|"
-                      r"RA_APER|DEC_APER|PA_APER|IDCSCALE|IDCTHETA|IDCXREF|IDCYREF|IDCV2REF|IDCV3REF|"
-                      r"[AB]P?_ORDER|[AB]P?_\d_\d|A_DMAX|B_DMAX|OCX1[01]|OCY1[01]|TDDALPHA|TDDBETA)$")
 
 
 def choose_wcs(ctx: StepContext) -> StepResult:
@@ -36,59 +30,64 @@ def stage_inputs(ctx: StepContext) -> StepResult:
     return StepResult(copy_into_stage(ctx, ctx.stage_dir(chosen), stage_files(ctx.run, chosen)))
 
 
-def copy_wcs(directory, sources: list[str], targets: list[str]) -> dict:
-    """Copy each source exposure's active WCS keywords into the matching target exposure.
-
-    Only keywords whose values differ are written, so a target that already carries the WCS stays
-    byte-identical (and the final stage can recognise products it need not drizzle again).
-    """
-    copied = {}
-    for target, source in zip(targets, sources):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with fits.open(directory / source, memmap=False) as src:
-                wanted = {ext.ver: [c for c in ext.header.cards if _WCS_KEY.match(c.keyword)]
-                          for ext in src if ext.name == "SCI"}
-                names = [str(ext.header.get("WCSNAME", "")) for ext in src if ext.name == "SCI"]
-            with fits.open(directory / target, memmap=False) as dst:
-                changes = {ver: [c for c in cards if dst[("SCI", ver)].header.get(c.keyword) != c.value]
-                           for ver, cards in wanted.items()}
-            if any(changes.values()):
-                with fits.open(directory / target, mode="update") as dst:
-                    for ver, cards in changes.items():
-                        for card in cards:
-                            dst[("SCI", ver)].header[card.keyword] = (card.value, card.comment)
-        copied[target] = {"from": source, "wcsnames": names,
-                          "keywords_changed": sum(len(c) for c in changes.values())}
-    return copied
-
-
-def copy_flc_wcs(ctx: StepContext) -> StepResult:
-    """Copy each FLC's active WCS into its FLT, so both products share the chosen alignment."""
-    d = ctx.stage_dir()
-    exposures = ctx.inputs.exposures
-    flt = [e.name for e in exposures.flt]
-    copied = copy_wcs(d, [e.name for e in exposures.flc], flt)
-    return StepResult({"copied": copied, "files": hashes(d, flt)})
-
-
 def write_headerlets(ctx: StepContext) -> StepResult:
-    """Write each exposure's chosen WCS as a headerlet file (``Exposure.headerlet``; not with ``-b``)."""
+    """Write each exposure's final WCS as ``<rootname>_flt_hlet.fits`` (not with ``-b``).
+
+    As runastrodriz 3.11 writes them: one per exposure of the first list (the FLT files, or the
+    FLC files of an FLC-only delivery), AUTHOR=OPUS and DESCRIP the WCSTYPE; a headerlet file
+    already in the input directory is kept, not replaced.
+    """
+    from drizzlepac import updatehdr
     from stwcs.wcsutil import headerlet
 
     d = ctx.stage_dir()
-    written = {}
-    with captured_output():
-        for exposure in ctx.inputs.exposures.verified:
-            name = exposure.name
-            wcsname = fits.getval(d / name, "WCSNAME", ext=("SCI", 1))
+    written, kept = {}, []
+    with captured_output(), working_directory(d):
+        for exposure in ctx.inputs.exposures.lists[0]:
+            name, hname = exposure.name, exposure.final_headerlet
+            if (ctx.input_dir / hname).exists():
+                kept.append(hname)
+                continue
+            wcsname = fits.getval(name, "WCSNAME", ext=("SCI", 1))
             # logging=False must be explicit: stwcs's decorator otherwise opens headerlet.log and, with
             # no handler on its logger, fails on an unset variable.
-            hlet = headerlet.create_headerlet(str(d / name), hdrname=f"{name.removesuffix('.fits')}_{wcsname}",
-                                              wcsname=wcsname, logging=False)
-            hlet.writeto(d / exposure.headerlet, overwrite=True)
-            written[exposure.headerlet] = wcsname
-    return StepResult({"headerlets": written, "files": hashes(d, list(written))})
+            headerlet.write_headerlet(name, f"{name.removesuffix('.fits')}_hlet.fits", output="flt",
+                                      wcskey="PRIMARY", author="OPUS",
+                                      descrip=updatehdr.interpret_wcsname_type(wcsname),
+                                      attach=False, clobber=True, logging=False)
+            written[hname] = wcsname
+    return StepResult({"headerlets": written, "kept_existing": kept, "files": hashes(d, list(written))})
+
+
+def update_headers(ctx: StepContext) -> StepResult:
+    """runastrodriz 3.11's last header updates: WCSTYPE beside every WCSNAME, S_REGION of the products.
+
+    A WCS key without a WCSNAME gets WCSNAME 'OPUS', as 3.11 does.
+    """
+    from drizzlepac import updatehdr
+    from drizzlepac.haputils import processing_utils
+    from stsci.tools import fileutil
+    from stwcs.wcsutil import altwcs
+
+    d = ctx.stage_dir()
+    names = ctx.inputs.exposures.names
+    products = [p.name for p in ctx.inputs.products("final")]
+    with captured_output(), working_directory(d):
+        for product in products:
+            # As 3.11: only a product with data (every exposure empty leaves a header-only file).
+            with fits.open(product) as hdul:
+                has_data = any(h.name == "SCI" and h.data is not None for h in hdul)
+            if has_data:
+                processing_utils.compute_sregion(product)
+        for name in names:
+            with fits.open(name, mode="update") as hdul:
+                for extver in range(1, fileutil.countExtn(hdul) + 1):
+                    header = hdul[("SCI", extver)].header
+                    for key in altwcs.wcskeys(hdul, ("SCI", extver)):
+                        key = key.strip()
+                        wcsname = header.setdefault(f"WCSNAME{key}", "OPUS")
+                        header[f"WCSTYPE{key}"] = updatehdr.interpret_wcsname_type(wcsname)
+    return StepResult({"files": hashes(d, names + products)})
 
 
 def astrodrizzle(ctx: StepContext) -> StepResult:
@@ -96,15 +95,68 @@ def astrodrizzle(ctx: StepContext) -> StepResult:
     return run_astrodrizzle(ctx, final=True)
 
 
+def quality_analysis(ctx: StepContext) -> StepResult:
+    """``PIPELINE_QUALITY_TESTING``: drizzlepac's ``quality_analysis.run_all`` on the final exposures.
+
+    runastrodriz 3.11 runs it on the FLC files (else the FLT files) once they carry the final WCS,
+    with the a posteriori fit's catalogs. Here it runs on the final stage's copies, the bytes about to
+    be handed back, without catalogs: the fit's catalogs live only inside the a posteriori step (and
+    its process, which a resume may not be). ``run_all`` then measures the exposures' relative
+    alignment with its own source lists and writes ``<rootname>_cal_qa_astrometry_resids.json`` per
+    exposure when the WCS is an a posteriori fit; it reports no GAIA residuals. The JSON files it
+    writes are handed back with the products. A failure of this diagnosis does not fail the run.
+
+    Returns
+    -------
+    StepResult
+        ``examined``, ``written`` (the JSON files), their ``files`` hashes, the library's ``summary``
+        line and log, ``error`` when it raised; one ``note`` with the outcome.
+
+    Raises
+    ------
+    ProcessingError
+        When the analysis changed an exposure it examined (the files handed back must be those verified).
+    """
+    from drizzlepac.haputils import quality_analysis as qa
+
+    d = ctx.stage_dir()
+    examined = [e.name for e in ctx.inputs.exposures.verified]
+    before = {p.name for p in d.iterdir()}
+    error = None
+    ctx.progress(f"quality analysis of {len(examined)} exposures")
+    with Timer() as t, captured_output() as out, working_directory(d):
+        try:
+            qa.run_all(Path(ctx.config["input"]).name, examined, catalogs=None)
+        except Exception as exc:  # noqa: BLE001 - a diagnosis that fails is recorded, the products stand
+            error = f"{type(exc).__name__}: {exc}"
+    expected = stage_files(ctx.run, "final")
+    for name, digest in hashes(d, examined).items():
+        if expected.get(name) not in (None, digest):
+            raise ProcessingError(f"{d / name}: changed by the quality analysis", str(d / name))
+    written = sorted(p.name for p in d.iterdir() if p.name not in before and p.suffix == ".json")
+    lines = [ln for ln in out.getvalue().splitlines() if "quality statistics" in ln]
+    summary = lines[-1] if lines else None
+    if error:
+        message = f"quality analysis (PIPELINE_QUALITY_TESTING) failed: {error}"
+    elif written:
+        message = f"quality analysis (PIPELINE_QUALITY_TESTING) wrote {', '.join(written)}"
+    else:
+        message = f"quality analysis (PIPELINE_QUALITY_TESTING) of {', '.join(examined)}: no statistics generated"
+    return StepResult({"examined": examined, "written": written, "files": hashes(d, written), "summary": summary,
+                       "error": error, "seconds": t.elapsed, "log": out.getvalue()},
+                      facts=[(NOTE, {"message": message})])
+
+
 # Room kept free beyond the promoted files themselves: file-system blocks and the trailer.
 PROMOTE_MARGIN = 1 << 20
 
 
 def _promoted_files(ctx: StepContext) -> list[str]:
-    """What the final stage hands back: products, updated exposures, headerlets."""
+    """What the final stage hands back: products, updated exposures, headerlets, quality statistics."""
     products = [p["product"] for p in ctx.run.output("final", "astrodrizzle")["products"]]
     headerlets = list(ctx.run.output("final", "write_headerlets").get("headerlets", {}))
-    return products + ctx.inputs.exposures.names + headerlets
+    quality = ctx.run.output("final", "quality_analysis").get("written", [])
+    return products + ctx.inputs.exposures.names + headerlets + quality
 
 
 def promote(ctx: StepContext) -> StepResult:

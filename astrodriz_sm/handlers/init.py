@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tempfile
 import warnings
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from ..errors import InputError
+from ..errors import InputError, NoViableDataError, ProcessingError
 from ..model import (
     DETECTORS,
     FLC,
@@ -22,8 +23,8 @@ from ..model import (
     input_name,
     split_input_name,
 )
-from ..statemachine.state import NOTE
-from .common import StepContext, check_fits, primary_header, sha256
+from ..statemachine.state import NOTE, VERIFICATION
+from .common import StepContext, captured_output, check_fits, primary_header, sha256
 
 REFERENCE_KEYWORDS = ("IDCTAB", "NPOLFILE", "D2IMFILE", "MDRIZTAB")
 _ROOTNAME = re.compile(r"^[a-z0-9]{6,12}$")
@@ -180,6 +181,50 @@ def check_writable(directory: Path) -> None:
                          str(directory)) from exc
 
 
+def idctab_resets(input_dir: Path, names: list[str], facts: dict) -> tuple[dict, list[str]]:
+    """The exposures whose IDCTAB differs from their RAW file's (``PIPELINE_RESET_IDCTAB``).
+
+    runastrodriz compares each FLT/FLC primary IDCTAB with the RAW file's before processing. Here
+    nothing is changed yet: the default stage resets its copies, so the inputs stay as delivered
+    until the final stage hands results back.
+
+    Parameters
+    ----------
+    input_dir : Path
+    names : list of str
+        The calibrated files to process.
+    facts : dict
+        ``file -> facts`` as :func:`_exposure_facts` read them (``references``).
+
+    Returns
+    -------
+    resets : dict
+        ``{file: {'from': IDCTAB, 'to': the RAW file's IDCTAB, 'raw': RAW file}}``.
+    notes : list of str
+        Exposures that have no RAW file or whose RAW file names no IDCTAB: kept as they are.
+
+    Raises
+    ------
+    InputError
+        A RAW file that is not a readable FITS file.
+    """
+    resets, notes = {}, []
+    for name in names:
+        raw = input_dir / input_name(split_input_name(name)[1], "raw")
+        if not raw.exists():
+            notes.append(f"PIPELINE_RESET_IDCTAB: no RAW file for {name}: its IDCTAB is kept")
+            continue
+        check_fits(raw)
+        wanted = str(primary_header(raw).get("IDCTAB", "")).strip()
+        if not wanted:
+            notes.append(f"PIPELINE_RESET_IDCTAB: {raw.name} names no IDCTAB: that of {name} is kept")
+            continue
+        current = facts[name]["references"].get("IDCTAB")
+        if current != wanted:
+            resets[name] = {"from": current, "to": wanted, "raw": raw.name}
+    return resets, notes
+
+
 def resolve_inputs(ctx: StepContext) -> StepResult:
     """Interpret the input file and list the exposures to process.
 
@@ -232,18 +277,11 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
             notes.append(f"only {len(found[k])} of {len(members)} exposures have an {k.upper()} file: "
                          f"{k.upper()} files not used")
             found[k] = []
-    # Exposures with no exposure time or no good pixel are left out, as runastrodriz leaves them out of
-    # the MDRIZTAB choice and AstroDrizzle drops them; when all are such, all are used and not aligned.
-    empty = {}
-    for name in found[FLT] + found[FLC]:
-        if facts[name]["empty"]:
-            empty.setdefault(split_input_name(name)[1], facts[name]["empty"])
-    no_alignment, excluded = None, []
-    if empty and len(empty) == len(members):
-        no_alignment = "every exposure has EXPTIME=0 or NGOODPIX=0: all are drizzled, none is aligned"
-    elif empty:
-        excluded = [f"{m} ({why})" for m, why in empty.items()]
-        found = {k: [n for n in names if split_input_name(n)[1] not in empty] for k, names in found.items()}
+    # Exposures with no exposure time or no good pixel stay in the lists, as runastrodriz keeps them: they
+    # get the WCS updates, choose no MDRIZTAB row (Product.mdriztab_inputs), and AstroDrizzle drops
+    # those with EXPTIME=0 itself. When every one is empty, none is aligned to GAIA (a guard says so).
+    empty = {m: next(facts[n]["empty"] for n in (input_name(m, FLT), input_name(m, FLC)) if n in facts)
+             for m in members if any(facts.get(n, {}).get("empty") for n in (input_name(m, FLT), input_name(m, FLC)))}
     used = found[FLT] + found[FLC]
 
     # DRIZCORR comes from the RAW file of the first member; without RAW, from the calibrated file.
@@ -264,19 +302,105 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
         raise InputError(f"{input_path}: exposures mix instruments/detectors {sorted(kinds)}", str(input_path))
     instrument, detector = kinds.pop()
     exposures = ExposureSet(*(tuple(Exposure.from_name(n, instrument=instrument, detector=detector,
-                                                       exptime=facts[n]["exptime"]) for n in found[k])
+                                                       exptime=facts[n]["exptime"], empty=facts[n]["empty"])
+                                    for n in found[k])
                               for k in (FLT, FLC)))
     first = facts[exposures.verified[0].name]
-    references, env_update = _resolve_references(first["references"], DETECTORS[(instrument, detector)]
+    header_references = first["references"]
+    resets = {}
+    if ctx.config.get("reset_idctab"):
+        resets, reset_notes = idctab_resets(input_dir, exposures.names, facts)
+        notes += reset_notes
+        if exposures.verified[0].name in resets:
+            # The stages work with the RAW file's IDCTAB: resolve that one, and expect its WCSNAME.
+            header_references = {**header_references, "IDCTAB": resets[exposures.verified[0].name]["to"]}
+    references, env_update = _resolve_references(header_references, DETECTORS[(instrument, detector)]
                                                  .reference_variable, input_dir, ctx.run.environment)
     inputs = Inputs(
-        root=root, kind=kind, asn=asn, members=tuple(m for m in members if not excluded or m not in empty),
+        root=root, kind=kind, asn=asn, members=tuple(members),
         exposures=exposures, raw=tuple(raw),
-        drizcorr=drizcorr, drizcorr_file=drizcorr_file, references=first["references"],
+        drizcorr=drizcorr, drizcorr_file=drizcorr_file, references=header_references,
         reference_paths=references,
         input_hashes={n: sha256(input_dir / n) for n in sorted(set(used + raw + ([asn] if asn else [])))},
-        notes=tuple(notes), no_alignment=no_alignment)
-    said = ([f"excluded from processing: {', '.join(excluded)}"] if excluded else []) + (
-        [no_alignment] if no_alignment else [])
+        notes=tuple(notes), idctab_reset=resets)
+    said = [f"{m}: {why}: processed, chooses no drizzle parameters" + (", not drizzled" if why.startswith("EXPTIME")
+                                                                       else "") for m, why in empty.items()]
     return StepResult({"inputs": inputs.to_payload(), "environment_update": env_update},
                       facts=[(NOTE, {"message": m}) for m in said])
+
+
+def _guiding_message(text: str, path: Path) -> str | None:
+    """drizzlepac's own line on the guiding of ``path`` (``... GUIDING detected as: BAD.``), without its directory."""
+    lines = [ln.split(": ", 1)[-1] for ln in text.splitlines() if "GUIDING" in ln]
+    return lines[-1].replace(str(path), path.name) if lines else None
+
+
+def verify_guiding(ctx: StepContext) -> StepResult:
+    """``-v``: drizzlepac's ``analyze.verify_guiding`` on each exposure, as runastrodriz 3.11 applies it.
+
+    The FLC file is examined when there is one (CTE tails are no trailed stars), else the FLT file;
+    only the inputs are read. An exposure with bad guiding is removed from processing, its FLT and
+    FLC alike, unless ``-f``; any bad guiding turns all alignment off, unless ``-a``: then no WCS of
+    these exposures can be trusted.
+
+    Returns
+    -------
+    StepResult
+        ``inputs`` (the exposures left, replacing those of ``resolve_inputs``), ``guiding`` per
+        file examined, ``removed``; a ``verification`` fact per file examined and a ``note`` per
+        consequence.
+
+    Raises
+    ------
+    NoViableDataError
+        When every exposure had bad guiding and ``-f`` was not given: nothing is left to process
+        (runastrodriz exits 65).
+    """
+    from drizzlepac.haputils import analyze
+
+    inputs = ctx.inputs
+    force, force_alignment = bool(ctx.config.get("force")), bool(ctx.config.get("force_alignment"))
+    facts, guiding, bad, log = [], {}, [], []
+    ctx.progress(f"verifying the guiding of {len(inputs.exposures.verified)} exposures")
+    for exposure in inputs.exposures.verified:
+        path = ctx.input_dir / exposure.name
+        with captured_output() as out:
+            try:
+                is_bad = bool(analyze.verify_guiding(str(path)))
+            except Exception as exc:
+                raise ProcessingError(f"{path}: verify_guiding failed: {exc}", str(path)) from exc
+        log.append(out.getvalue())
+        guiding[exposure.name] = "bad" if is_bad else "good"
+        action = None
+        if is_bad:
+            bad.append(exposure)
+            action = "kept: -f" if force else "removed from processing with its FLT and FLC files"
+        facts.append((VERIFICATION, {"check": "guiding", "file": exposure.name, "guiding": guiding[exposure.name],
+                                     "verdict": "fail" if is_bad else "pass",
+                                     "reason": _guiding_message(out.getvalue(), path), "action": action}))
+    if not bad:
+        return StepResult({"inputs": inputs.to_payload(), "guiding": guiding, "removed": [], "log": "".join(log)},
+                          facts=facts)
+    bad_names = ", ".join(e.name for e in bad)
+    removed = []
+    changes = {}
+    if not force:
+        roots = {e.rootname for e in bad}
+        removed = [n for n in inputs.exposures.names if split_input_name(n)[1] in roots]
+        kept = {k: tuple(e for e in getattr(inputs.exposures, k) if e.rootname not in roots) for k in (FLT, FLC)}
+        if not any(kept.values()):
+            input_path = Path(ctx.config["input"])
+            raise NoViableDataError(f"{input_path}: no viable data: every exposure has bad guiding (-v): {bad_names}",
+                                    str(input_path))
+        changes.update(exposures=ExposureSet(kept[FLT], kept[FLC]),
+                       members=tuple(m for m in inputs.members if m not in roots))
+        facts.append((NOTE, {"message": f"-v: removed from processing for bad guiding: {', '.join(removed)}"}))
+    if force_alignment:
+        facts.append((NOTE, {"message": f"-v: bad guiding in {bad_names}: alignment kept on (-a)"}))
+    else:
+        reason = f"-v: bad guiding in {bad_names}: no alignment"
+        changes["no_alignment"] = f"{reason}; {inputs.no_alignment}" if inputs.no_alignment else reason
+        facts.append((NOTE, {"message": reason}))
+    updated = dataclasses.replace(inputs, **changes)
+    return StepResult({"inputs": updated.to_payload(), "guiding": guiding, "removed": removed, "log": "".join(log)},
+                      facts=facts)

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 
 from ..model import Product, StepResult, focus_json_name
-from ..statemachine.state import VERIFICATION
+from ..statemachine.rules import verify_stage
+from ..statemachine.state import DECISION, VERIFICATION
 from .common import StepContext, captured_output
 from .overlap import max_overlap_diff
 
@@ -109,26 +110,32 @@ def similarity_to_default(stage_dir: Path, default_dir: Path, product: str) -> d
 
 
 def verify_alignment(ctx: StepContext) -> StepResult:
-    """Verify the stage's drizzled product; each check is a ``verification`` fact.
+    """Verify the stage's drizzled product; each check is a ``verification`` fact, the verdict a ``decision``.
 
-    The FLC product is checked when there is one (CTE-corrected data), as runastrodriz does.
-    The default stage checks the focus; the alignment stages also check the similarity in the
-    overlap region and against the default product. A single exposure has no relative alignment
-    to verify and is recorded as not applicable.
+    As runastrodriz 3.11 does (``verify_alignment``, ``run_driz``): the FLC product is checked when
+    there is one (CTE-corrected data); with two exposures or more the focus and the overlap
+    difference are measured; the alignment stages also measure the similarity to the
+    pipeline-default product. Which of them decide is :func:`statemachine.verify_stage`'s rule.
     """
     product = ctx.inputs.verified_product
     d = ctx.stage_dir()
     results = []
-    if len(product.exposures) < 2:
+    n_drizzled = len(product.drizzled)
+    if n_drizzled < 2:
         results.append({"check": "focus", "verdict": "n/a", "product": product.name,
-                        "reason": "a single exposure: no relative alignment to verify"})
+                        "reason": ("a single exposure" if n_drizzled else "no exposure with EXPTIME > 0")
+                        + " drizzled: no relative alignment to verify"})
     else:
-        ctx.progress(f"focus index of {product.name} against {len(product.exposures)} single-drizzle images")
+        ctx.progress(f"focus index and overlap difference of {product.name} against "
+                     f"{n_drizzled} single-drizzle images")
         results.append(focus_check(d, product, ctx.inputs.detector_parameters.focus_sigma,
                                    d / focus_json_name(product.name, ctx.stage) if ctx.config.get("debug") else None))
-        if ctx.stage != "default":
-            results.append(overlap_check(d, product, workers=ctx.config.get("num_cores") or os.cpu_count()))
+        results.append(overlap_check(d, product, workers=ctx.config.get("num_cores") or os.cpu_count()))
     if ctx.stage != "default":
         results.append(similarity_to_default(d, ctx.stage_dir("default"), product.name))
-    return StepResult({"verdicts": {r["check"]: r["verdict"] for r in results}},
-                      facts=[(VERIFICATION, r) for r in results])
+    matched = ctx.run.output(ctx.stage, "align").get("matched") if ctx.stage == "aposteriori" else None
+    decision = verify_stage(ctx.stage, results, n_drizzled, matched)
+    for r in results:
+        r["decides"] = r["check"] in decision["deciding"]
+    return StepResult({"verdicts": {r["check"]: r["verdict"] for r in results}, "verified": decision["verified"]},
+                      facts=[*((VERIFICATION, r) for r in results), (DECISION, decision)])

@@ -91,6 +91,9 @@ class Exposure:
         ``INSTRUME`` and ``DETECTOR`` of its primary header.
     exptime : float
         ``EXPTIME``, seconds.
+    empty : str, optional
+        Why the exposure holds no data (``'EXPTIME=0'``, ``'NGOODPIX=0'``): runastrodriz processes it
+        but lets it choose no drizzle parameters; AstroDrizzle drops it when EXPTIME is 0.
     """
 
     rootname: str
@@ -98,6 +101,7 @@ class Exposure:
     instrument: str = ""
     detector: str = ""
     exptime: float = 0.0
+    empty: str | None = None
 
     def __post_init__(self):
         if self.kind not in CALIBRATED_KINDS:
@@ -126,8 +130,16 @@ class Exposure:
 
     @property
     def headerlet(self) -> str:
-        """``<rootname>_<kind>_hlet.fits``: the headerlet runastrodriz writes beside the exposure."""
+        """``<rootname>_<kind>_hlet.fits``: the headerlet of an a posteriori fit (drizzlepac's alignment)."""
         return headerlet_name(self.name[: -len(".fits")])
+
+    @property
+    def final_headerlet(self) -> str:
+        """``<rootname>_flt_hlet.fits``: the headerlet of the final WCS runastrodriz hands back.
+
+        runastrodriz 3.11 names it ``_flt`` whatever the exposure's kind.
+        """
+        return headerlet_name(input_name(self.rootname, "flt")[: -len(".fits")])
 
     @property
     def instdet(self) -> str:
@@ -176,9 +188,19 @@ class Product:
         return [e.name for e in self.exposures]
 
     @property
+    def drizzled(self) -> tuple[Exposure, ...]:
+        """The exposures AstroDrizzle actually drizzles: it drops those with no exposure time."""
+        return tuple(e for e in self.exposures if e.exptime > 0)
+
+    @property
     def singles(self) -> list[str]:
-        """Single-drizzle image names, one per exposure."""
-        return [e.single_sci for e in self.exposures]
+        """Single-drizzle image names, one per drizzled exposure."""
+        return [e.single_sci for e in self.drizzled]
+
+    @property
+    def mdriztab_inputs(self) -> list[str]:
+        """The exposures that choose the MDRIZTAB row: those not empty, or all when every one is."""
+        return [e.name for e in self.exposures if not e.empty] or self.inputs
 
 
 @dataclass(frozen=True)
@@ -218,6 +240,11 @@ class ExposureSet:
     def unverified(self) -> tuple[Exposure, ...]:
         """The other list, which takes the verified list's WCS (FLT when FLC exist, else empty)."""
         return self.flt if self.flc else ()
+
+    @property
+    def all_empty(self) -> bool:
+        """True when every exposure is empty (EXPTIME or NGOODPIX 0): runastrodriz aligns none to GAIA."""
+        return all(e.empty for e in self.all)
 
     @property
     def has_both(self) -> bool:

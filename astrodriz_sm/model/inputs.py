@@ -35,7 +35,11 @@ class Inputs:
         ``{file: sha256}`` of every input file read.
     notes : tuple of str
     no_alignment : str or None
-        Why the exposures cannot be aligned at all (every one has EXPTIME=0 or NGOODPIX=0).
+        Why the exposures cannot be aligned at all (every one has EXPTIME=0 or NGOODPIX=0, or ``-v``
+        found bad guiding without ``-a``).
+    idctab_reset : dict
+        ``{file: {'from': IDCTAB, 'to': IDCTAB, 'raw': RAW file}}``: the exposures whose IDCTAB
+        differs from their RAW file's, to be reset in the stage copies (``PIPELINE_RESET_IDCTAB``).
     """
 
     root: str
@@ -51,6 +55,7 @@ class Inputs:
     input_hashes: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     no_alignment: str | None = None
+    idctab_reset: dict = field(default_factory=dict)
 
     @property
     def instrument(self) -> str:
@@ -93,9 +98,10 @@ class Inputs:
             "flt": [e.name for e in ex.flt], "flc": [e.name for e in ex.flc], "raw": list(self.raw),
             "drizcorr": self.drizcorr, "drizcorr_file": self.drizcorr_file, "trailer": self.trailer,
             "instrument": self.instrument, "detector": self.detector,
-            "exptimes": {e.name: e.exptime for e in ex.all},
+            "exptimes": {e.name: e.exptime for e in ex.all}, "empty": {e.name: e.empty for e in ex.all if e.empty},
             "references": dict(self.references), "reference_paths": dict(self.reference_paths),
             "input_hashes": dict(self.input_hashes), "notes": list(self.notes), "no_alignment": self.no_alignment,
+            "idctab_reset": dict(self.idctab_reset),
         }
 
     @classmethod
@@ -103,11 +109,12 @@ class Inputs:
         """Rebuild from :meth:`to_payload`'s form."""
         def exposures(names):
             return tuple(Exposure.from_name(n, instrument=p["instrument"], detector=p["detector"],
-                                            exptime=float(p["exptimes"][n])) for n in names)
+                                            exptime=float(p["exptimes"][n]), empty=p.get("empty", {}).get(n))
+                         for n in names)
 
         return cls(root=p["root"], kind=p["kind"], asn=p.get("asn"), members=tuple(p.get("members", ())),
                    exposures=ExposureSet(exposures(p["flt"]), exposures(p["flc"])), raw=tuple(p.get("raw", ())),
                    drizcorr=p.get("drizcorr"), drizcorr_file=p.get("drizcorr_file"),
                    references=dict(p.get("references", {})), reference_paths=dict(p.get("reference_paths", {})),
                    input_hashes=dict(p.get("input_hashes", {})), notes=tuple(p.get("notes", ())),
-                   no_alignment=p.get("no_alignment"))
+                   no_alignment=p.get("no_alignment"), idctab_reset=dict(p.get("idctab_reset", {})))

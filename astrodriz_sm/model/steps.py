@@ -67,6 +67,10 @@ def _alignment_stage(stage: str, fit: StepSpec) -> tuple[StepSpec, ...]:
 
 STEPS = (
     StepSpec("init", "resolve_inputs", "init.resolve_inputs"),
+    # -v: runastrodriz checks the guiding only of data it goes on to process.
+    StepSpec("init", "verify_guiding", "init.verify_guiding",
+             applies=lambda inputs, config: bool(config.get("verify_guiding"))
+             and (bool(config.get("force")) or inputs.drizcorr == "PERFORM")),
     _stage_work("default", "stage_inputs", "drizzle.stage_inputs"),
     _stage_work("default", "updatewcs", "drizzle.updatewcs", yields_wcsname=True),
     _stage_work("default", "astrodrizzle", "drizzle.run_astrodrizzle"),
@@ -77,13 +81,15 @@ STEPS = (
                                                  yields_wcsname=True)),
     StepSpec("final", "choose_wcs", "final.choose_wcs"),
     _stage_work("final", "stage_inputs", "final.stage_inputs"),
-    # Only meaningful when both FLT and FLC exist.
-    _stage_work("final", "copy_flc_wcs", "final.copy_flc_wcs",
-                applies=lambda inputs, config: inputs.exposures.has_both),
     _stage_work("final", "astrodrizzle", "final.astrodrizzle"),
+    # WCSTYPE for every WCS of the exposures, S_REGION of the products (runastrodriz 3.11).
+    _stage_work("final", "update_headers", "final.update_headers"),
     # -b: runastrodriz's basic mode writes no headerlets.
     _stage_work("final", "write_headerlets", "final.write_headerlets",
                 applies=lambda inputs, config: not config.get("basic")),
+    # PIPELINE_QUALITY_TESTING: drizzlepac's quality analysis of the exposures about to be handed back.
+    _stage_work("final", "quality_analysis", "final.quality_analysis",
+                applies=lambda inputs, config: bool(config.get("quality_testing"))),
     # Every new file is written beside its target first (promote), then all are renamed into place
     # (replace), so the input directory never holds half of a result.
     StepSpec("final", "promote", "final.promote", reads_stage_directory=True, files_in="input"),

@@ -3,16 +3,21 @@
 from .machine import STOP_STAGE, TRANSITIONS, Action, next_action, plan, stage_files, transition
 from .rules import (
     FIT_RULE,
+    VERIFY_RULE,
     WCS_RULE,
+    best_fit,
     best_verified_stage,
     choose_final_wcs,
     choose_fit,
     conclude_stage,
+    fit_search_ends,
     is_kept,
     stop_reason,
+    verify_stage,
 )
 from .state import ENDS, EVENT_KINDS, STAGES, STATES, RunState, fold
 
-__all__ = ["ENDS", "EVENT_KINDS", "FIT_RULE", "STAGES", "STATES", "STOP_STAGE", "TRANSITIONS", "WCS_RULE",
-           "Action", "RunState", "best_verified_stage", "choose_final_wcs", "choose_fit", "conclude_stage",
-           "fold", "is_kept", "next_action", "plan", "stage_files", "stop_reason", "transition"]
+__all__ = ["ENDS", "EVENT_KINDS", "FIT_RULE", "STAGES", "STATES", "STOP_STAGE", "TRANSITIONS", "VERIFY_RULE",
+           "WCS_RULE", "Action", "RunState", "best_fit", "best_verified_stage", "choose_final_wcs", "choose_fit",
+           "conclude_stage", "fit_search_ends", "fold", "is_kept", "next_action", "plan", "stage_files",
+           "stop_reason", "transition", "verify_stage"]

@@ -68,6 +68,10 @@ class _Guards:
         return self._alignment_possible("apriori_possible", "apply_apriori", ENV_APPLY_APRIORI)
 
     def aposteriori_possible(self) -> bool:
+        if self.run.inputs.exposures.all_empty:
+            # runastrodriz 3.11 drizzles them all and turns alignment to GAIA off (a priori stays).
+            return self._record("aposteriori_possible", False,
+                                "every exposure has EXPTIME=0 or NGOODPIX=0: no alignment to GAIA")
         return self._alignment_possible("aposteriori_possible", "compute_aposteriori", ENV_COMPUTE_APOSTERIORI)
 
 

@@ -15,9 +15,17 @@ from .state import RunState
 WCS_STAGE_PREFERENCE = ("aposteriori", "apriori", "default")
 WCS_RULE = ("the most refined stage whose alignment was verified and kept: a posteriori, then a priori; "
             "the pipeline-default WCS otherwise")
-# drizzlepac's fit quality: 1-3 valid, 4 suspect, 5 failed.
-VALID_FIT_QUALITY = (1, 2, 3)
-FIT_RULE = "among the valid fits (drizzlepac fit quality 1-3), the lowest RMS; more matches break ties"
+# drizzlepac's fit quality (align.determine_fit_quality): 1 valid, 2 valid but compromised, 3 valid
+# with an RMS above MAX_FIT_RMS, 4 both, 5 failed. perform_align accepts 1-4.
+VALID_FIT_QUALITY = (1, 2, 3, 4)
+FIT_RULE = ("drizzlepac 3.11 perform_align: for each fit method in turn (relative, 2dhist, default), the "
+            "catalogs in order; the first quality-1 fit ends the search; otherwise the best quality wins, a "
+            "fit of equal quality only with more matches and a lower RMS; the search ends after the relative "
+            "fits when one reached quality 2-4; the chosen fit is applied only when 0 < RMS < MAX_FIT_LIMIT")
+VERIFY_RULE = ("runastrodriz 3.11 verify_alignment: verified when the overlap difference passes (largest "
+               "per-exposure distance <= 1), and the focus too when the a posteriori fit matched under 10 "
+               "sources or under a tenth of the catalog; a single exposure is always verified. Quality 0 when "
+               "verified, else 3; a similarity index to the pipeline-default product above 1 adds 3")
 
 
 def stop_reason(run: RunState, stage: str) -> str | None:
@@ -26,10 +34,52 @@ def stop_reason(run: RunState, stage: str) -> str | None:
                  if s.may_stop and run.output(stage, s.step).get(STOP_STAGE)), None)
 
 
+def verify_stage(stage: str, checks: list[dict], n_exposures: int, matched: dict | None = None) -> dict:
+    """Whether a stage's drizzled product verifies its alignment, as runastrodriz 3.11 decides it.
+
+    Parameters
+    ----------
+    stage : str
+    checks : list of dict
+        The stage's verification payloads (``check``, ``verdict``): ``focus``, ``overlap_similarity``,
+        and for the alignment stages ``similarity_to_default``.
+    n_exposures : int
+        Exposures in the verified product.
+    matched : dict, optional
+        For the a posteriori stage, the chosen fit's ``sources`` matched and their ``fraction`` of
+        the reference catalog (runastrodriz's ``matchSources`` and ``catalogSources`` of the first
+        exposure); the focus decides too when these are few.
+
+    Returns
+    -------
+    dict
+        Payload of the ``<stage>_verification`` decision: ``verified``, ``quality``, ``deciding``
+        (the checks that decided), ``reason``, ``rule``.
+    """
+    by_check = {c["check"]: c for c in checks}
+    if n_exposures < 2:
+        verified, deciding, reason = True, [], "a single exposure: always verified"
+    else:
+        deciding = ["overlap_similarity"]
+        if matched is not None and (matched["fraction"] < 0.1 or 0 <= matched["sources"] < 10):
+            deciding.append("focus")
+        failed = [f"{c} {by_check.get(c, {}).get('verdict', 'not measured')}" for c in deciding
+                  if by_check.get(c, {}).get("verdict") != "pass"]
+        verified = not failed
+        reason = ("alignment verified: " + ", ".join(f"{c} pass" for c in deciding) if verified
+                  else "verification failed: " + ", ".join(failed))
+    quality = 0 if verified else 3
+    similarity = by_check.get("similarity_to_default")
+    if similarity is not None and not (verified and similarity["verdict"] == "pass"):
+        quality += 3
+    return {"decision": f"{stage}_verification", "verified": verified, "quality": quality,
+            "deciding": deciding, "matched": matched, "reason": reason, "rule": VERIFY_RULE}
+
+
 def conclude_stage(run: RunState, stage: str) -> dict:
     """Keep an alignment stage's WCS or discard it.
 
-    Kept when no step stopped the stage and every verification passed.
+    Kept when no step stopped the stage and its verification decision says verified.
 
     Returns
     -------
@@ -37,14 +87,14 @@ def conclude_stage(run: RunState, stage: str) -> dict:
         Payload of the ``<stage>_stage`` decision: ``kept``, ``reason``, ``wcsname``.
     """
     stop = stop_reason(run, stage)
+    verification = run.decision(f"{stage}_verification")
     if stop:
         kept, reason = False, stop
-    elif run.verdict(stage):
-        kept, reason = True, "alignment verified (focus and similarity)"
     else:
-        failed = [f"{v['check']} {v['verdict']}" for v in run.verifications.get(stage, []) if v["verdict"] != "pass"]
-        kept, reason = False, "verification failed: " + ", ".join(failed)
+        kept = bool(verification.get("verified"))
+        reason = verification.get("reason", "not verified")
     return {"decision": f"{stage}_stage", "kept": kept, "reason": reason,
+            "quality": verification.get("quality"),
             "wcsname": run.output(stage, wcsname_step(stage)).get("wcsname")}
 
 
@@ -58,32 +108,83 @@ def best_verified_stage(run: RunState) -> str:
     return next((stage for stage in ("aposteriori", "apriori") if is_kept(run, stage)), "default")
 
 
-def choose_fit(candidates: list[dict], method: str) -> dict:
-    """Choose the a posteriori fit among the candidates (one per reference catalog).
+# drizzlepac's RMS of a fit that failed (determine_fit_quality's initial value), in mas.
+FAILED_FIT_RMS = 1e9
+
+
+def _rms(candidate: dict) -> float:
+    rms = candidate.get("rms_mas")
+    return FAILED_FIT_RMS if rms is None else rms
+
+
+def _improves(best: dict | None, candidate: dict) -> bool:
+    """True when ``candidate`` replaces ``best`` as perform_align's best fit (align.py 3.11, 421-466)."""
+    quality = candidate["fit_quality"]
+    if quality not in VALID_FIT_QUALITY:
+        return False
+    if best is None or quality == 1 or quality < best["fit_quality"]:
+        return True
+    return (quality == best["fit_quality"] and (candidate.get("matches") or 0) > (best.get("matches") or 0)
+            and _rms(candidate) < _rms(best))
+
+
+def best_fit(candidates: list[dict]) -> dict | None:
+    """perform_align's best fit among the candidates, in the order they were fitted."""
+    best = None
+    for candidate in candidates:
+        if best is not None and best["fit_quality"] == 1:
+            break  # perform_align stops at its first quality-1 fit
+        if _improves(best, candidate):
+            best = candidate
+    return best
+
+
+def fit_search_ends(candidates: list[dict], method: str) -> bool:
+    """After the catalogs of ``method``: True when perform_align tries no further method."""
+    best = best_fit(candidates)
+    return bool(candidates) and (candidates[-1]["fit_quality"] == 1 or (
+        best is not None and best["fit_quality"] in (2, 3, 4) and method == "relative"))
+
+
+def choose_fit(candidates: list[dict], max_rms: float, abandoned: str | None = None) -> dict:
+    """Choose the a posteriori fit among the candidates, by :data:`FIT_RULE`.
 
     Parameters
     ----------
     candidates : list of dict
-        Candidate payloads: ``catalog``, ``fit_quality``, ``valid``, ``rms_mas``, ``matches``.
-    method : str
-        The fit method the candidates were made with.
+        Candidate payloads in the order fitted: ``catalog``, ``method``, ``fit_quality``,
+        ``rms_mas``, ``matches`` and per exposure ``valid``.
+    max_rms : float
+        drizzlepac's ``MAX_FIT_LIMIT`` (mas): a best fit with this RMS or more is not applied.
+    abandoned : str, optional
+        Why perform_align gave up the search before choosing (no source in the last catalog).
 
     Returns
     -------
     dict
-        Payload of the ``aposteriori_fit`` decision. ``chosen_catalog`` is None, with a ``reason``,
-        when no candidate is valid.
+        Payload of the ``aposteriori_fit`` decision. ``chosen_catalog`` and ``chosen_method`` are
+        None, with a ``reason``, when no fit is applied.
     """
-    valid = [c for c in candidates if c.get("valid")]
-    summary = [{k: c.get(k) for k in ("catalog", "fit_quality", "rms_mas", "matches", "valid")} for c in candidates]
-    decision = {"decision": "aposteriori_fit", "chosen_catalog": None, "chosen_method": method, "rule": FIT_RULE,
-                "candidates": summary}
-    if not valid:
-        decision["reason"] = "no valid fit to any reference catalog: " + "; ".join(
-            f"{c['catalog']} quality {c['fit_quality']}" for c in candidates)
-        return decision
-    best = min(valid, key=lambda c: (c["rms_mas"], -c["matches"]))
-    decision["chosen_catalog"] = best["catalog"]
+    summary = [{k: c.get(k) for k in ("catalog", "method", "fit_quality", "rms_mas", "matches", "valid")}
+               for c in candidates]
+    decision = {"decision": "aposteriori_fit", "chosen_catalog": None, "chosen_method": None, "rule": FIT_RULE,
+                "max_rms_mas": max_rms, "candidates": summary}
+    best = best_fit(candidates)
+    if abandoned:
+        decision["reason"] = abandoned
+    elif best is None:
+        decision["reason"] = "no fit of quality 1-4: " + "; ".join(
+            f"{c['catalog']} {c['method']} quality {c['fit_quality']}" for c in candidates)
+    elif not 0 < _rms(best) < max_rms:
+        decision["reason"] = (f"the best fit, {best['catalog']} {best['method']}, has an RMS of "
+                              f"{_rms(best):.4g} mas, outside (0, {max_rms}) mas")
+    else:
+        invalid = sorted(k for k, v in best.get("exposures", {}).items() if not v.get("valid", True))
+        if invalid:
+            decision["reason"] = (f"the best fit, {best['catalog']} {best['method']}, could not align "
+                                  f"{', '.join(invalid)} to the absolute astrometric frame")
+        else:
+            decision.update(chosen_catalog=best["catalog"], chosen_method=best["method"])
     return decision
 
 

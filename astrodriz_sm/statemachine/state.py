@@ -128,11 +128,8 @@ class RunState:
         return next((d for d in reversed(self.decisions) if d.get("decision") == kind), {})
 
     def verdict(self, stage: str) -> bool | None:
-        """Overall verdict of a stage's verification: True, False, or None when not verified."""
-        results = [v for v in self.verifications.get(stage, []) if v.get("verdict") in ("pass", "fail")]
-        if not results:
-            return None
-        return all(v["verdict"] == "pass" for v in results)
+        """Whether a stage's verification decision verified its alignment; None before it was made."""
+        return self.decision(f"{stage}_verification").get("verified")
 
 
 def fold(events: Iterable) -> RunState:

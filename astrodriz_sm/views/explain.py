@@ -134,10 +134,8 @@ def _why(cand: dict, stages: dict, chosen: dict, chosen_fit: dict | None) -> str
     if cand["catalog"] is not None and not cand["applied"]:
         if chosen_fit is None:
             return "valid, but not applied"
-        if chosen_fit["rms_mas"] is not None and cand["rms_mas"] is not None and \
-                chosen_fit["rms_mas"] == cand["rms_mas"]:
-            return f"valid, but the {chosen_fit['catalog']} fit has the same RMS and more matches"
-        return f"valid, but the {chosen_fit['catalog']} fit has the lower RMS"
+        return (f"valid (quality {cand['fit_quality']}), but the rule chose the {chosen_fit['catalog']} "
+                f"{chosen_fit['method']} fit (quality {chosen_fit['fit_quality']})")
     outcome = stages[stage]["outcome"]
     if cand["chosen"]:
         if stage == "default":
@@ -145,7 +143,7 @@ def _why(cand: dict, stages: dict, chosen: dict, chosen_fit: dict | None) -> str
                     f"a posteriori {stages['aposteriori']['outcome']})")
         if stage == "apriori":
             return f"a priori stage kept; a posteriori stage {stages['aposteriori']['outcome']}"
-        return "a posteriori stage kept, with its lowest-RMS valid fit"
+        return "a posteriori stage kept, with the fit drizzlepac's rule chose"
     if outcome in ("discarded", "skipped", "incomplete"):
         return f"{STAGE_LABELS[stage]} stage {outcome}: {stages[stage]['reason']}"
     if chosen.get("stage"):
@@ -187,7 +185,9 @@ def explain(run: RunState) -> dict:
     fit_decision = run.decision("aposteriori_fit")
     fits = run.candidates.get("aposteriori", [])
     chosen_catalog = fit_decision.get("chosen_catalog")
-    applied_catalog = run.output("aposteriori", "align").get("chosen_catalog")
+    chosen_key = (chosen_catalog, fit_decision.get("chosen_method"))
+    align_output = run.output("aposteriori", "align")
+    applied_key = (align_output.get("chosen_catalog"), align_output.get("chosen_method"))
     chosen = {"stage": wcs.get("chosen_stage"), "wcsname": wcs.get("chosen_wcsname"),
               "catalog": chosen_catalog if wcs.get("chosen_stage") == "aposteriori" else None}
 
@@ -209,7 +209,7 @@ def explain(run: RunState) -> dict:
             catalog, method = fit.get("catalog"), fit.get("method")
             cand = _candidate("aposteriori", _fit_wcsname(default_name, catalog, method) if default_name
                               else None, f"fit to {catalog}", verdicts["aposteriori"],
-                              applied_catalog is not None and catalog == applied_catalog)
+                              applied_key[0] is not None and (catalog, method) == applied_key)
             fit_file, matches, rms = _fit_numbers(fit, name)
             cand.update(catalog=catalog, method=method, fit_quality=fit.get("fit_quality"),
                         valid=bool(fit.get("valid")), fit_file=fit_file, matches=matches, rms_mas=rms,
@@ -217,8 +217,8 @@ def explain(run: RunState) -> dict:
             cands.append(cand)
         for cand in cands:
             cand["chosen"] = bool(chosen["stage"] == cand["stage"] and
-                                  (cand["stage"] != "aposteriori" or cand["catalog"] == chosen_catalog))
-        chosen_fit = next((c for c in cands if c["catalog"] is not None and c["catalog"] == applied_catalog),
+                                  (cand["stage"] != "aposteriori" or (cand["catalog"], cand["method"]) == chosen_key))
+        chosen_fit = next((c for c in cands if c["catalog"] is not None and (c["catalog"], c["method"]) == applied_key),
                           None)
         for cand in cands:
             cand["reason"] = _why(cand, stages, chosen, chosen_fit)
@@ -228,7 +228,7 @@ def explain(run: RunState) -> dict:
                       "fit_quality": f.get("fit_quality"), "valid": bool(f.get("valid")),
                       "rms_mas": _finite(f.get("rms_mas")), "matches": f.get("matches"),
                       "reference_sources": f.get("reference_sources"), "reason": f.get("reason"),
-                      "chosen": chosen_catalog is not None and f.get("catalog") == chosen_catalog}
+                      "chosen": chosen_catalog is not None and (f.get("catalog"), f.get("method")) == chosen_key}
                      for f in fits]
     return {"run_id": run.run_id, "status": run.ended["status"] if run.ended else "unfinished",
             "exposures": exposures, "chosen": chosen, "rule": wcs.get("rule"),

@@ -23,7 +23,15 @@ def _block(title: str, text: str) -> list[str]:
     return [f"    --- {title} ({len(lines)} lines) ---", *("    | " + ln for ln in lines), "    --- end ---"]
 
 
+def _guiding(p: dict) -> list[str]:
+    out = [f"verification guiding: {str(p.get('guiding', '')).upper()}  {p.get('file')}"]
+    out += [f"    {k}: {p[k]}" for k in ("reason", "action") if p.get(k)]
+    return out
+
+
 def _verification(p: dict) -> list[str]:
+    if p.get("check") == "guiding":
+        return _guiding(p)
     head = f"verification {p.get('check')}: {str(p.get('verdict', '')).upper()}  product {p.get('product')}"
     out = [head]
     if "product_focus" in p:
@@ -54,9 +62,12 @@ def _decision(p: dict) -> list[str]:
         out = [f"decision aposteriori_fit: chose {p['chosen_catalog']} ({p['chosen_method']} fit)"
                if p.get("chosen_catalog") else f"decision aposteriori_fit: no fit chosen - {p.get('reason')}"]
         out.append(f"    rule: {p['rule']}")
-        out += [f"    candidate {c['catalog']}: quality {c['fit_quality']}, rms {_fmt(c.get('rms_mas'))} mas, "
+        out += [f"    candidate {c['catalog']} {c.get('method')}: quality {c['fit_quality']}, rms {_fmt(c.get('rms_mas'))} mas, "
                 f"{c.get('matches')} matches, {'valid' if c['valid'] else 'not valid'}" for c in p["candidates"]]
         return out
+    if kind and kind.endswith("_verification"):
+        verdict = "VERIFIED" if p["verified"] else "NOT VERIFIED"
+        return [f"decision {kind}: {verdict} (quality {p['quality']}) - {p['reason']}", f"    rule: {p['rule']}"]
     if kind and kind.endswith("_stage"):
         verdict = "KEPT" if p["kept"] else "DISCARDED"
         return [f"decision {kind}: {verdict} (WCSNAME {p.get('wcsname')}) - {p['reason']}"]
@@ -110,7 +121,8 @@ def _run_started(p: dict) -> list[str]:
     out = [f"run started: input {cfg['input']}", f"    astrodriz-sm {p.get('version')}; libraries "
            + ", ".join(f"{k} {v}" for k, v in sorted(p.get("libraries", {}).items()))]
     for k in ("run_dir", "newpath", "force", "inmemory", "basic", "num_cores", "debug", "align_to_gaia",
-              "manifest", "apply_apriori", "compute_aposteriori"):
+              "manifest", "force_alignment", "verify_guiding", "apply_apriori", "compute_aposteriori",
+              "reset_idctab", "quality_testing"):
         out.append(f"    {k}: {_fmt(cfg.get(k))}")
     for k, v in sorted(cfg.get("environment", {}).items()):
         out.append(f"    environment {k}={v}")
