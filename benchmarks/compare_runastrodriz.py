@@ -317,7 +317,8 @@ def store_breakdown(store_path: Path) -> dict:
 def product_accuracy(product: Path, sim) -> dict:
     """RMS and mean offset (mas) of truth stars in the product, its WCSNAME and pixel scale.
 
-    `measure_product_astrometry` centroids in a 7-pixel box around each predicted position, which
+    `measure_product_astrometry` centroids in a 7-pixel box around each predicted position (stars
+    whose offsets disagree with the others by more than 5 sigma, a cosmic ray in the box, left out), which
     cannot follow offsets beyond a few pixels (an unaligned product). When that measurement gives
     more than `WIDE_BOX_ABOVE_PX`, the product is measured again with a 31-pixel box around stars
     isolated by 31 pixels (fewer stars), and that value is reported, marked as such.
@@ -341,7 +342,7 @@ def product_accuracy(product: Path, sim) -> dict:
             measurements["box31"] = measure_product_astrometry(product, sim.truth_catalog, epoch,
                                                                box_size=31, isolation=31.0)
     for name, acc in measurements.items():
-        out[name] = {"n_stars": acc.n_stars, "rms_mas": round(acc.rms * scale, 2),
+        out[name] = {"n_stars": acc.n_stars, "n_rejected": acc.n_rejected, "rms_mas": round(acc.rms * scale, 2),
                      "mean_offset_mas": round(float(np.hypot(acc.mean_dx, acc.mean_dy)) * scale, 2)}
     used = "box31" if "box31" in measurements else "box7"
     out.update(out[used], box=used)
@@ -405,6 +406,33 @@ def pipeline_command(pipeline: str, asn: Path) -> list[str]:
     return [sys.executable, "-m", "astrodriz_sm.cli.main", "-q", "start", str(asn)]
 
 
+def run_status(res: ChildResult, product: Path, timeout: float | None) -> str:
+    """How a run ended: ``'ok'`` when it exited 0 leaving ``product``, else why not, in one line."""
+    if res.timed_out:
+        return f"killed after {timeout:g} s"
+    if res.exit_code != 0:
+        last = res.stderr_tail[-1] if res.stderr_tail else "(no stderr)"
+        return f"exit {res.exit_code}: {last}"
+    if not product.exists():
+        last = res.stderr_tail[-1] if res.stderr_tail else (res.stdout_lines[-1][1] if res.stdout_lines else "")
+        return f"exit 0 without {product.name}: {last}"
+    return "ok"
+
+
+def start_local_service(service_dir: Path, db: Path):
+    """Load a simulation's service data (``<outdir>/service``) into a new store ``db`` and serve it.
+
+    Returns
+    -------
+    astrodriz_sm.services.ServiceHandle
+        The running service on 127.0.0.1 (``.url``, ``.environment``, ``.stop()``).
+    """
+    from astrodriz_sm.services import ServiceStore, start_server
+
+    ServiceStore(db).load_directory(service_dir)
+    return start_server(db)
+
+
 def one_run(pipeline: str, index: int, sim, workroot: Path, service_env: dict, product_name: str,
             timeout: float | None) -> RunRecord:
     d = workroot / f"{'A' if pipeline == 'runastrodriz' else 'B'}{index}-{pipeline}"
@@ -413,16 +441,7 @@ def one_run(pipeline: str, index: int, sim, workroot: Path, service_env: dict, p
     res = run_child(pipeline_command(pipeline, asn), d, child_environment(service_env, d), d,
                     f"_bench_{pipeline}", timeout)
     product = d / product_name
-    if res.timed_out:
-        status = f"killed after {timeout:g} s"
-    elif res.exit_code != 0:
-        last = res.stderr_tail[-1] if res.stderr_tail else "(no stderr)"
-        status = f"exit {res.exit_code}: {last}"
-    elif not product.exists():
-        last = res.stderr_tail[-1] if res.stderr_tail else (res.stdout_lines[-1][1] if res.stdout_lines else "")
-        status = f"exit 0 without {product.name}: {last}"
-    else:
-        status = "ok"
+    status = run_status(res, product, timeout)
     if pipeline == "runastrodriz":
         breakdown = runastrodriz_breakdown(res.stdout_lines, res.wall_s)
     else:
@@ -569,7 +588,7 @@ def main(argv=None) -> int:
           f"Python {machine['python']}, drizzlepac {machine['drizzlepac']}, stwcs {machine['stwcs']}")
     print(f"# started {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC", flush=True)
 
-    from astrodriz_sm.services import ServiceStore, service_environment, start_server
+    from astrodriz_sm.services import service_environment
     from astrodriz_sm.sim import SimConfig, simulate_association
 
     if args.keep:
@@ -594,9 +613,7 @@ def main(argv=None) -> int:
         service_env = service_environment(f"http://127.0.0.1:{port}/")
         print(f"# services unreachable: port {port} on 127.0.0.1 is closed")
     else:
-        db = workroot / "astrometry_service.db"
-        ServiceStore(db).load_directory(sim.service_dir)
-        service = start_server(db)
+        service = start_local_service(sim.service_dir, workroot / "astrometry_service.db")
         service_env = service.environment
         print(f"# local astrometry service on {service.url} (served by this process, outside the measured tree)")
     for key in SERVICE_VARIABLES:

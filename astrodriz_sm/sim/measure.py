@@ -31,12 +31,15 @@ class ProductAstrometry:
         Root mean square of the 2-D offsets (pixels of the product).
     mean_dx, mean_dy : float
         Mean offsets (measured minus predicted), pixels.
+    n_rejected : int
+        Stars left out as outliers (a cosmic ray in the centroiding box), see :func:`_clipped`.
     """
 
     n_stars: int
     rms: float
     mean_dx: float
     mean_dy: float
+    n_rejected: int = 0
 
 
 def observation_epoch(truth_json: str | Path) -> float:
@@ -72,6 +75,7 @@ def measure_product_astrometry(product: str | Path, truth_catalog: str | Path, e
     Returns
     -------
     ProductAstrometry
+        Over the stars whose offsets agree within 5 sigma (:func:`_clipped`).
     """
     from photutils.centroids import centroid_2dg, centroid_sources
     from stwcs.wcsutil import HSTWCS
@@ -107,6 +111,27 @@ def measure_product_astrometry(product: str | Path, truth_catalog: str | Path, e
     cx, cy = centroid_sources(data, x[use], y[use], box_size=box_size, centroid_func=centroid_2dg)
     dx, dy = cx - x[use], cy - y[use]
     ok = np.isfinite(dx) & np.isfinite(dy)
-    dx, dy = dx[ok], dy[ok]
-    return ProductAstrometry(n_stars=int(ok.sum()), rms=float(np.sqrt(np.mean(dx ** 2 + dy ** 2))),
-                             mean_dx=float(dx.mean()), mean_dy=float(dy.mean()))
+    keep = _clipped(dx[ok], dy[ok])
+    dx, dy = dx[ok][keep], dy[ok][keep]
+    return ProductAstrometry(n_stars=int(keep.sum()), rms=float(np.sqrt(np.mean(dx ** 2 + dy ** 2))),
+                             mean_dx=float(dx.mean()), mean_dy=float(dy.mean()), n_rejected=int((~keep).sum()))
+
+
+def _clipped(dx: np.ndarray, dy: np.ndarray, nsigma: float = 5.0, floor: float = 0.04) -> np.ndarray:
+    """Stars whose offsets agree with the others': iterative 5-sigma clipping about the median.
+
+    A cosmic ray in a centroiding box (a product made without cosmic-ray rejection, from one
+    exposure) drags that centroid by pixels; a misaligned product moves every star alike, which
+    clipping about the median keeps. Sigma is the MAD-based standard deviation, at least ``floor``
+    pixels so that a tight set does not reject its own scatter.
+    """
+    from astropy.stats import mad_std
+
+    keep = np.ones(dx.size, dtype=bool)
+    while keep.sum() > 2:
+        limits = [max(floor, float(mad_std(v[keep]))) * nsigma for v in (dx, dy)]
+        new = (np.abs(dx - np.median(dx[keep])) <= limits[0]) & (np.abs(dy - np.median(dy[keep])) <= limits[1])
+        if np.array_equal(new, keep):
+            break
+        keep = new
+    return keep

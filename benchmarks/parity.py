@@ -1,0 +1,624 @@
+"""Differential parity of astrodriz-sm with drizzlepac's runastrodriz, case by case.
+
+Each case simulates one association (`astrodriz_sm.sim.SimConfig`), serves its astrometry on
+loopback with the local service, and runs both pipelines, one after the other, as child processes
+on fresh copies of the association with the same environment (the functions of
+``compare_runastrodriz.py``): runastrodriz as
+``python -c "from drizzlepac import runastrodriz; runastrodriz.process('<input>')"`` in the copy's
+directory, astrodriz-sm as ``python -m astrodriz_sm.cli.main -q start <input>``.
+
+Per case it compares what the two handed back:
+
+* the primary WCSNAME of SCI,1 of every FLT/FLC and of every DRZ/DRC, and the names of the
+  exposures' alternate WCSs (reported, not part of parity);
+* the stages run and, for a priori and a posteriori, whether each was kept: astrodriz-sm from its
+  event store, runastrodriz from its standard output (`runastrodriz_stages`);
+* per product, the largest difference of the SCI arrays over the pixels finite in both, relative to
+  the largest |SCI| of runastrodriz's product there, and the pixels finite in one only;
+* per product, the WCS keywords of the SCI header that differ (numbers beyond 1e-10 relative);
+* the alignment error against the truth (`compare_runastrodriz.product_accuracy`: RMS of the truth
+  stars' offsets in the DRC, else the DRZ, in mas) and the wall time of each run.
+
+`parity_problems` turns a case's result into the list of its parity failures; the test suite
+(``tests/test_parity.py``) asserts on the same function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import compare_runastrodriz as bench
+import numpy as np
+
+PIPELINES = bench.PIPELINES
+STAGES = ("default", "apriori", "aposteriori", "final")
+ALIGNMENT_STAGES = ("apriori", "aposteriori")
+# What the local service would have answered for a priori solutions (sim/service.py writes them).
+APRIORI_SERVICE_FILES = ("astrometrydb.ecsv", "gsc_offsets.ecsv")
+WCS_KEYWORDS = ("CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2",
+                "NAXIS1", "NAXIS2", "WCSNAME", "CTYPE1", "CTYPE2")
+WCS_RELATIVE_TOLERANCE = 1e-10
+# Defaults of `parity_problems`.
+SCI_RELATIVE_TOLERANCE = 1e-4
+ERROR_MARGIN_MAS = 0.5
+
+# runastrodriz 3.11 logs at INFO to its standard output (process() sets the package logger to DEBUG
+# only with debug=True), so its own debug lines ("Saving products with new alignment.", "Resetting
+# WCS to pipeline-default solutions...", "A priori alignment FAILED!") never appear there. A stage's
+# verdict is read from the INFO lines verify_alignment() and the code it calls print instead:
+VERIFICATION_DONE = "Verification of alignment completed"   # verify_alignment, end of its try block
+OVERLAP_VERIFIED = "Alignment verified based on overlap..."  # amutils.evaluate_overlap_diffs
+OVERLAP_NOT_VERIFIED = "Alignment NOT verified based on overlap..."
+ALIGN_GAVE_UP = ("Could not align ", "EXCEPTION encountered in align...")  # verify_alignment returns None
+# verify_alignment's borderline rule: the focus check, logged at DEBUG only, joins the verdict.
+BORDERLINE_FRACTION, BORDERLINE_MATCHES = 0.1, 10
+
+
+# --------------------------------------------------------------------------------------------
+# cases
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Case:
+    """One simulated association and how it is handed to the pipelines.
+
+    Attributes
+    ----------
+    name : str
+    description : str
+    config : dict
+        `astrodriz_sm.sim.SimConfig` fields (the rest at their defaults).
+    singleton : bool
+        Hand the pipelines the first member's ``_flt.fits`` instead of the ASN table.
+    no_apriori : bool
+        Serve no a priori solution: the service data lose `APRIORI_SERVICE_FILES` before loading.
+    """
+
+    name: str
+    description: str
+    config: dict = field(default_factory=dict)
+    singleton: bool = False
+    no_apriori: bool = False
+
+
+_CASES = (
+    Case("clean", "ACS/WFC, 3 exposures, FLT+FLC, no pointing error"),
+    Case("pointing", '0.6" header pointing error', {"pointing_error": 0.6}),
+    Case("guiding", '2 px guiding failure of one exposure plus 0.6" pointing error',
+         {"pointing_error": 0.6, "guiding_failure": 2.0}),
+    Case("sparse", 'GAIAeDR3 empty in the field (limit 5 mag): the fit falls back to GSC242; 0.6"',
+         {"pointing_error": 0.6, "catalog_limits": {"GAIAeDR3": 5.0}}),
+    Case("zero-exptime", 'the last member with EXPTIME=0 (FLT and FLC); 0.6"',
+         {"pointing_error": 0.6, "zero_exptime_members": 1}),
+    Case("singleton", 'one exposure, its _flt.fits as input; 0.6"', {"n_exposures": 1, "pointing_error": 0.6},
+         singleton=True),
+    Case("flt-only", 'FLT files only; 0.6"', {"pointing_error": 0.6, "products": "flt"}),
+    Case("flc-only", 'FLC files only; 0.6"', {"pointing_error": 0.6, "products": "flc"}),
+    Case("large-offset", '5" pointing error (drizzlepac\'s 2dhist fit)', {"pointing_error": 5.0}),
+    Case("post-2017-no-apriori", 'DATE-OBS 2019-05-01, no a priori solution in the service; 0.6"',
+         {"pointing_error": 0.6, "date_obs": "2019-05-01"}, no_apriori=True),
+    Case("pre-2017-no-apriori", 'DATE-OBS 2017-06-01, no a priori solution in the service; 0.6"',
+         {"pointing_error": 0.6, "date_obs": "2017-06-01"}, no_apriori=True),
+)
+CASES = {c.name: c for c in _CASES}
+
+
+# --------------------------------------------------------------------------------------------
+# what each pipeline did
+# --------------------------------------------------------------------------------------------
+def _sections(lines: list[tuple[float, str]]) -> dict[str, list[str]]:
+    """runastrodriz's output cut at its stage headings: ``stage -> its lines`` for every stage run."""
+    sections, current = {}, None
+    for _, text in lines:
+        for stage, heading in bench.RUNASTRODRIZ_PHASES:
+            if heading in text and stage not in sections:
+                current = stage
+                sections[stage] = []
+        if current is not None:
+            sections[current].append(text)
+    return sections
+
+
+def fit_table_rows(lines: list[str]) -> list[dict]:
+    """Rows of the last fit table ``perform_align`` printed (``filtered_table.pprint(max_width=-1)``).
+
+    The columns are cut at the dashes line under the header; values are strings.
+    """
+    rows = []
+    for i, text in enumerate(lines[:-1]):
+        under = lines[i + 1].strip()
+        if "imageName" in text and "matchSources" in text and under and set(under) <= {"-", " "}:
+            spans = [m.span() for m in re.finditer(r"-+", lines[i + 1])]
+            names = [text[a:b].strip() for a, b in spans]
+            rows = []
+            for row in lines[i + 2:]:
+                if len(row) < spans[-1][0] or row.startswith("["):
+                    break
+                rows.append({n: row[a:b].strip() for n, (a, b) in zip(names, spans)})
+    return rows
+
+
+def _alignment_verdict(stage: str, lines: list[str]) -> tuple[str, str]:
+    """(``'kept'``/``'discarded'``/``'undetermined'``, the evidence) of an alignment stage's lines."""
+    if stage == "aposteriori":
+        gave_up = next((t for t in lines if any(m in t for m in ALIGN_GAVE_UP)), None)
+        if gave_up:
+            return "discarded", gave_up.strip()
+    if not any(VERIFICATION_DONE in t for t in lines):
+        return "discarded", f"no '{VERIFICATION_DONE}' (verification raised or had no product)"
+    overlap = [t for t in lines if OVERLAP_VERIFIED in t or OVERLAP_NOT_VERIFIED in t]
+    if not overlap:
+        # run_driz made no focus dictionaries (one exposure): verify_alignment verifies it.
+        return "kept", "no overlap check (a singleton is verified)"
+    if OVERLAP_NOT_VERIFIED in overlap[-1]:
+        return "discarded", OVERLAP_NOT_VERIFIED
+    if stage == "aposteriori":
+        rows = fit_table_rows(lines)
+        try:
+            matches, catalog = int(rows[0]["matchSources"]), int(rows[0]["catalogSources"])
+        except (IndexError, KeyError, ValueError):
+            return "undetermined", f"{OVERLAP_VERIFIED} but no fit table to rule out the focus check"
+        fraction = matches / catalog if catalog else 0.0
+        if fraction < BORDERLINE_FRACTION or -1 < matches < BORDERLINE_MATCHES:
+            return "undetermined", (f"{OVERLAP_VERIFIED}, {matches} of {catalog} sources matched: the focus "
+                                    "check decides, logged at debug level only")
+        return "kept", (f"{OVERLAP_VERIFIED} ({rows[0].get('fit_method')} fit to {rows[0].get('catalog')}, "
+                        f"{matches} of {catalog} catalog sources matched)")
+    return "kept", OVERLAP_VERIFIED
+
+
+def runastrodriz_stages(lines: list[tuple[float, str]]) -> dict:
+    """The stages runastrodriz 3.11 ran and its verdict on each alignment stage, from its output.
+
+    A stage ran when its heading (`compare_runastrodriz.RUNASTRODRIZ_PHASES`) is printed. In an
+    alignment stage's section (up to the next heading) verify_alignment keeps the stage's WCS
+    exactly when it returns with ``alignment_verified``; at INFO level that is:
+
+    * a posteriori: "Could not align" or "EXCEPTION encountered in align..." - discarded;
+    * no "Verification of alignment completed" (an exception, or no product) - discarded;
+    * "Alignment NOT verified based on overlap..." - discarded;
+    * "Alignment verified based on overlap..." - kept, unless the fit table (a posteriori) shows
+      fewer than 10 matches or a matched fraction below 0.1, when the debug-only focus check
+      decides: undetermined;
+    * no overlap verdict (one exposure: no focus dictionaries) - kept.
+
+    Returns
+    -------
+    dict
+        ``{"stages": {stage: 'run'|'kept'|'discarded'|'undetermined'}, "evidence": {stage: str}}``.
+    """
+    sections = _sections(lines)
+    stages, evidence = {}, {}
+    for stage in STAGES:
+        if stage not in sections:
+            continue
+        if stage in ALIGNMENT_STAGES:
+            stages[stage], evidence[stage] = _alignment_verdict(stage, sections[stage])
+        else:
+            stages[stage] = "run"
+    return {"stages": stages, "evidence": evidence}
+
+
+def store_stages(store_path: Path) -> dict:
+    """The stages astrodriz-sm entered and, per alignment stage, its ``conclude`` verdict.
+
+    Returns
+    -------
+    dict
+        As `runastrodriz_stages` (``'unfinished'`` for a stage without a completed ``conclude``),
+        plus ``"status"``, the run's end.
+    """
+    from astrodriz_sm.statemachine import fold
+    from astrodriz_sm.store.eventstore import EventStore
+
+    if not store_path.exists():
+        return {"stages": {}, "evidence": {}, "status": f"{store_path.name} does not exist"}
+    store = EventStore(store_path, read_only=True)
+    try:
+        latest = store.latest_run()
+        run = fold(store.events(latest["run_id"])) if latest else None
+    finally:
+        store.close()
+    if run is None:
+        return {"stages": {}, "evidence": {}, "status": "no run in the store"}
+    stages, evidence = {}, {}
+    for stage in (t["to"] for t in run.transitions):
+        if stage not in STAGES:
+            continue
+        if stage in ALIGNMENT_STAGES:
+            conclusion = run.output(stage, "conclude")
+            stages[stage] = ("kept" if conclusion["kept"] else "discarded") if conclusion else "unfinished"
+            evidence[stage] = conclusion.get("reason") or ""
+        else:
+            stages[stage] = "run"
+    return {"stages": stages, "evidence": evidence, "status": run.state}
+
+
+def stages_text(stages: dict) -> str:
+    """``default, apriori kept, aposteriori discarded, final``: the stages run, with the verdicts."""
+    return ", ".join(s if v == "run" else f"{s} {v}" for s, v in stages.items()) or "-"
+
+
+def sci_wcsnames(path: Path) -> tuple[str | None, str]:
+    """Primary WCSNAME of a file's SCI,1 header (None when absent) and its alternate WCSs' names.
+
+    The alternates (``A=IDC_x, B=IDC_x-GSC240, O=OPUS``) keep what earlier stages applied, e.g. the
+    a priori WCSNAME that a later fit replaced as primary.
+    """
+    from astropy.io import fits
+
+    header = fits.getheader(path, ("SCI", 1))
+    alternates = sorted((k[-1], str(header[k])) for k in header if re.fullmatch(r"WCSNAME[A-Z]", k))
+    return header.get("WCSNAME"), ", ".join(f"{key}={name}" for key, name in alternates)
+
+
+# --------------------------------------------------------------------------------------------
+# comparing the products
+# --------------------------------------------------------------------------------------------
+def _differs(a, b) -> bool:
+    """True when two header values differ: numbers beyond `WCS_RELATIVE_TOLERANCE`, others at all."""
+    numbers = (int, float, np.integer, np.floating)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return abs(float(a) - float(b)) > WCS_RELATIVE_TOLERANCE * max(abs(float(a)), abs(float(b)))
+    return (a.strip() if isinstance(a, str) else a) != (b.strip() if isinstance(b, str) else b)
+
+
+def product_differences(ours: Path, theirs: Path) -> dict:
+    """SCI array and WCS keyword differences of astrodriz-sm's product against runastrodriz's.
+
+    Returns
+    -------
+    dict
+        ``max_rel_diff``: max |ours - theirs| over the pixels finite in both divided by the max
+        |theirs| there (None when the shapes differ or no pixel is finite in both);
+        ``finite_in_one_only``: pixels finite in one array and not in the other; ``shapes``;
+        ``wcs_differences``: ``{keyword: {"runastrodriz": value, "astrodriz-sm": value}}``.
+    """
+    from astropy.io import fits
+
+    with fits.open(ours) as a_hdul, fits.open(theirs) as b_hdul:
+        a_hdu, b_hdu = a_hdul["SCI", 1], b_hdul["SCI", 1]
+        wcs = {}
+        for key in WCS_KEYWORDS:
+            a, b = a_hdu.header.get(key), b_hdu.header.get(key)
+            if _differs(a, b):
+                wcs[key] = {"runastrodriz": b, "astrodriz-sm": a}
+        a_sci = np.asarray(a_hdu.data, dtype=np.float64)
+        b_sci = np.asarray(b_hdu.data, dtype=np.float64)
+    out = {"shapes": {"runastrodriz": list(b_sci.shape), "astrodriz-sm": list(a_sci.shape)},
+           "max_rel_diff": None, "finite_in_one_only": None, "wcs_differences": wcs}
+    if a_sci.shape == b_sci.shape:
+        fa, fb = np.isfinite(a_sci), np.isfinite(b_sci)
+        both = fa & fb
+        out["finite_in_one_only"] = int(np.count_nonzero(fa ^ fb))
+        if both.any():
+            scale = float(np.max(np.abs(b_sci[both])))
+            diff = float(np.max(np.abs(a_sci[both] - b_sci[both])))
+            out["max_rel_diff"] = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# one case
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PipelineRun:
+    """What one pipeline handed back for a case."""
+
+    pipeline: str
+    directory: str
+    exit_code: int | None
+    status: str
+    wall_s: float
+    exposures: dict = field(default_factory=dict)  # FLT/FLC name -> WCSNAME of SCI,1
+    alternates: dict = field(default_factory=dict)  # FLT/FLC name -> its alternate WCSs' names
+    products: dict = field(default_factory=dict)   # DRZ/DRC name -> WCSNAME of SCI,1
+    stages: dict = field(default_factory=dict)
+    stage_evidence: dict = field(default_factory=dict)
+    error_rms_mas: float | None = None
+    accuracy: dict = field(default_factory=dict)
+
+
+@dataclass
+class CaseResult:
+    """Both pipelines' runs of a case and their comparison."""
+
+    case: str
+    description: str
+    input: str
+    no_apriori: bool
+    config: dict
+    simulation_s: float
+    runs: dict = field(default_factory=dict)      # pipeline -> PipelineRun
+    products: dict = field(default_factory=dict)  # product name -> `product_differences`
+
+
+def prepare_case(case: Case, workdir: Path):
+    """Simulate a case's association in ``workdir/sim``; return it and the input's file name."""
+    from astrodriz_sm.sim import SimConfig, simulate_association
+
+    sim = simulate_association(workdir / "sim", SimConfig(**case.config))
+    if case.no_apriori:
+        for name in APRIORI_SERVICE_FILES:
+            (sim.service_dir / name).unlink()
+    if case.singleton:
+        return sim, (sim.flt or sim.flc)[0].name
+    return sim, sim.asn.name
+
+
+def verified_product_name(sim, input_name: str) -> str:
+    """The product both pipelines verify and measure: the DRC when there are FLCs, else the DRZ."""
+    root = sim.root if input_name == sim.asn.name else input_name.rsplit("_", 1)[0]
+    return f"{root}_{'drc' if sim.flc else 'drz'}.fits"
+
+
+def run_pipeline(pipeline: str, sim, input_name: str, dest: Path, service_env: dict,
+                 timeout: float | None) -> PipelineRun:
+    """Run one pipeline on a fresh copy of the association in ``dest`` and read what it handed back."""
+    bench.copy_association(sim.outdir, dest)
+    res = bench.run_child(bench.pipeline_command(pipeline, dest / input_name), dest,
+                          bench.child_environment(service_env, dest), dest, f"_parity_{pipeline}", timeout)
+    verified = dest / verified_product_name(sim, input_name)
+    run = PipelineRun(pipeline=pipeline, directory=str(dest), exit_code=res.exit_code,
+                      status=bench.run_status(res, verified, timeout), wall_s=round(res.wall_s, 2))
+    for path in [*sim.flt, *sim.flc]:
+        if (dest / path.name).exists():
+            run.exposures[path.name], run.alternates[path.name] = sci_wcsnames(dest / path.name)
+    for path in sorted([*dest.glob("*_drz.fits"), *dest.glob("*_drc.fits")]):
+        run.products[path.name] = sci_wcsnames(path)[0]
+    found = runastrodriz_stages(res.stdout_lines) if pipeline == "runastrodriz" else store_stages(
+        dest / bench.STORE_NAME)
+    run.stages, run.stage_evidence = found["stages"], found["evidence"]
+    measured = verified if verified.exists() else next(
+        (dest / name for name in sorted(run.products, key=lambda n: not n.endswith("_drc.fits"))), None)
+    if measured is not None:
+        try:
+            run.accuracy = bench.product_accuracy(measured, sim)
+            run.error_rms_mas = run.accuracy["rms_mas"]
+        except Exception as exc:  # noqa: BLE001 - a measurement failure is reported, not fatal
+            run.status += f"; measurement failed: {type(exc).__name__}: {exc}"
+    return run
+
+
+def run_case(case: Case, workdir: Path, timeout: float | None = None, log=None) -> CaseResult:
+    """Simulate a case, serve it, run runastrodriz then astrodriz-sm on it, and compare.
+
+    Parameters
+    ----------
+    case : Case
+    workdir : Path
+        Empty or new directory for the simulation (``sim``), the service store and the run
+        directories (``runastrodriz``, ``astrodriz-sm``).
+    timeout : float, optional
+        Seconds after which a run is killed.
+    log : callable, optional
+        Called with one line of progress at a time.
+
+    Returns
+    -------
+    CaseResult
+    """
+    log = log or (lambda _text: None)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    t = time.monotonic()
+    sim, input_name = prepare_case(case, workdir)
+    result = CaseResult(case=case.name, description=case.description, input=input_name,
+                        no_apriori=case.no_apriori, config=dict(case.config),
+                        simulation_s=round(time.monotonic() - t, 1))
+    service = bench.start_local_service(sim.service_dir, workdir / "astrometry_service.db")
+    log(f"{case.name}: simulated {input_name} ({result.simulation_s:.0f} s); service on {service.url}"
+        + (" without a priori solutions" if case.no_apriori else ""))
+    try:
+        for pipeline in PIPELINES:
+            run = run_pipeline(pipeline, sim, input_name, workdir / pipeline, service.environment, timeout)
+            result.runs[pipeline] = run
+            log(f"{case.name}: {pipeline} {run.wall_s:.1f} s, {run.status}")
+    finally:
+        service.stop()
+    theirs, ours = result.runs["runastrodriz"], result.runs["astrodriz-sm"]
+    for name in sorted(set(theirs.products) & set(ours.products)):
+        result.products[name] = product_differences(Path(ours.directory) / name, Path(theirs.directory) / name)
+    return result
+
+
+def parity_problems(result: CaseResult, sci_tolerance: float = SCI_RELATIVE_TOLERANCE,
+                    error_margin_mas: float = ERROR_MARGIN_MAS) -> list[str]:
+    """What keeps a case from parity; empty when astrodriz-sm matches runastrodriz.
+
+    Parity: both runs ended ``ok``; the same WCSNAME on every exposure and product (and the same
+    files); the same stages with the same verdicts; where a product's WCS keywords agree, SCI arrays
+    within ``sci_tolerance`` relative and finite on the same pixels; astrodriz-sm's error against the
+    truth at most runastrodriz's + ``error_margin_mas``.
+    """
+    theirs, ours = result.runs["runastrodriz"], result.runs["astrodriz-sm"]
+    problems = [f"{r.pipeline}: {r.status}" for r in (theirs, ours) if r.status != "ok"]
+    for what in ("exposures", "products"):
+        a, b = getattr(theirs, what), getattr(ours, what)
+        for name in sorted(set(a) | set(b)):
+            if name not in a or name not in b:
+                problems.append(f"{name}: handed back by {'runastrodriz' if name in a else 'astrodriz-sm'} only")
+            elif a[name] != b[name]:
+                problems.append(f"{name}: WCSNAME {a[name]} (runastrodriz) != {b[name]} (astrodriz-sm)")
+    if theirs.stages != ours.stages:
+        problems.append(f"stages: {stages_text(theirs.stages)} (runastrodriz) != {stages_text(ours.stages)} "
+                        "(astrodriz-sm)")
+    for name, diff in result.products.items():
+        if diff["wcs_differences"]:
+            continue  # different WCS, different pixels: reported, not compared
+        if diff["max_rel_diff"] is None or diff["max_rel_diff"] > sci_tolerance:
+            problems.append(f"{name}: SCI relative difference {diff['max_rel_diff']} > {sci_tolerance:g}"
+                            f" (shapes {diff['shapes']})")
+        if diff["finite_in_one_only"]:
+            problems.append(f"{name}: {diff['finite_in_one_only']} pixels finite in one product only")
+    if theirs.error_rms_mas is not None and (ours.error_rms_mas is None
+                                             or ours.error_rms_mas > theirs.error_rms_mas + error_margin_mas):
+        problems.append(f"error against the truth {ours.error_rms_mas} mas > runastrodriz's "
+                        f"{theirs.error_rms_mas} + {error_margin_mas:g} mas")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# reports
+# --------------------------------------------------------------------------------------------
+def _same(a, b) -> str:
+    return "yes" if a == b else "NO"
+
+
+def _names(values: dict) -> str:
+    """Distinct WCSNAMEs of a name -> WCSNAME mapping, each with its count when they differ."""
+    distinct = sorted({str(v) for v in values.values()})
+    if len(distinct) <= 1:
+        return distinct[0] if distinct else "-"
+    return ", ".join(f"{v} x{sum(str(x) == v for x in values.values())}" for v in distinct)
+
+
+def _error(run: PipelineRun) -> str:
+    text = bench._fmt(run.error_rms_mas, ".1f")
+    return f"{text} (31 px box)" if run.accuracy.get("box") == "box31" else text
+
+
+def _rel(diff: dict | None) -> str:
+    if diff is None:
+        return "-"
+    rel = "shape differs" if diff["max_rel_diff"] is None else f"{diff['max_rel_diff']:.1e}"
+    return f"{rel} ({diff['finite_in_one_only'] if diff['finite_in_one_only'] is not None else '-'})"
+
+
+def _wcs_text(products: dict) -> str:
+    parts = []
+    for name, diff in products.items():
+        for key, v in diff["wcs_differences"].items():
+            parts.append(f"{name.rsplit('_', 1)[1][:3]} {key}: {v['runastrodriz']} / {v['astrodriz-sm']}")
+    return "; ".join(parts) or "none"
+
+
+def case_report(result: CaseResult) -> str:
+    """The per-case comparison as text: runs, WCSNAMEs, stages, products, errors, parity."""
+    theirs, ours = result.runs["runastrodriz"], result.runs["astrodriz-sm"]
+    lines = [f"## {result.case}: {result.description}", "",
+             f"input {result.input}; SimConfig {json.dumps(result.config)}"
+             + ("; service without astrometrydb.ecsv and gsc_offsets.ecsv" if result.no_apriori else ""), ""]
+    rows = [("pipeline", "exit", "wall (s)", "error RMS (mas)", "stars", "status", "directory")]
+    for r in (theirs, ours):
+        rows.append((r.pipeline, str(r.exit_code), f"{r.wall_s:.1f}", _error(r),
+                     bench._fmt(r.accuracy.get("n_stars"), "d"), r.status, r.directory))
+    lines += [bench.markdown(rows), ""]
+    rows = [("file", "runastrodriz WCSNAME", "astrodriz-sm WCSNAME", "same?", "runastrodriz alternates",
+             "astrodriz-sm alternates", "same?")]
+    for what in ("exposures", "products"):
+        a, b = getattr(theirs, what), getattr(ours, what)
+        for name in sorted(set(a) | set(b)):
+            alt_a, alt_b = theirs.alternates.get(name, ""), ours.alternates.get(name, "")
+            rows.append((name, str(a.get(name, "(absent)")), str(b.get(name, "(absent)")),
+                         _same(a.get(name, "(absent)"), b.get(name, "(absent)")),
+                         alt_a, alt_b, _same(alt_a, alt_b) if what == "exposures" else ""))
+    lines += [bench.markdown(rows), ""]
+    rows = [("stage", "runastrodriz", "astrodriz-sm", "same?", "runastrodriz evidence", "astrodriz-sm reason")]
+    for stage in STAGES:
+        a, b = theirs.stages.get(stage, "not run"), ours.stages.get(stage, "not run")
+        rows.append((stage, a, b, _same(a, b), theirs.stage_evidence.get(stage, ""),
+                     ours.stage_evidence.get(stage, "")))
+    lines += [bench.markdown(rows), ""]
+    if result.products:
+        rows = [("product", "max rel. SCI difference", "finite in one only",
+                 "WCS keywords differing (runastrodriz / astrodriz-sm)")]
+        for name, diff in result.products.items():
+            rel = "shapes differ" if diff["max_rel_diff"] is None else f"{diff['max_rel_diff']:.3e}"
+            wcs = "; ".join(f"{k}: {v['runastrodriz']} / {v['astrodriz-sm']}"
+                            for k, v in diff["wcs_differences"].items()) or "none"
+            rows.append((name, rel, bench._fmt(diff["finite_in_one_only"], "d"), wcs))
+        lines += [bench.markdown(rows), ""]
+    problems = parity_problems(result)
+    lines.append("parity: " + ("yes" if not problems else "NO\n" + "\n".join(f"- {p}" for p in problems)))
+    if theirs.alternates != ours.alternates:
+        lines.append("note: the alternate WCSs of the exposures differ (not part of parity)")
+    return "\n".join(lines)
+
+
+def summary_table(results: list[CaseResult]) -> str:
+    """One markdown row per case (R: runastrodriz, A: astrodriz-sm)."""
+    rows = [("case", "exposure WCSNAME R", "exposure WCSNAME A", "same?", "alternate WCSNAMEs same?",
+             "product WCSNAME R",
+             "product WCSNAME A", "same?", "stages R", "stages A", "same?",
+             "DRZ SCI rel. diff (finite in one)", "DRC SCI rel. diff (finite in one)", "WCS keyword diffs (R / A)",
+             "error R / A (mas)", "wall R / A (s)", "parity")]
+    for res in results:
+        r, a = res.runs["runastrodriz"], res.runs["astrodriz-sm"]
+        drz = next((d for n, d in res.products.items() if n.endswith("_drz.fits")), None)
+        drc = next((d for n, d in res.products.items() if n.endswith("_drc.fits")), None)
+        rows.append((res.case, _names(r.exposures), _names(a.exposures), _same(r.exposures, a.exposures),
+                     _same(r.alternates, a.alternates), _names(r.products), _names(a.products), _same(r.products, a.products),
+                     stages_text(r.stages), stages_text(a.stages), _same(r.stages, a.stages),
+                     _rel(drz), _rel(drc), _wcs_text(res.products), f"{_error(r)} / {_error(a)}",
+                     f"{r.wall_s:.1f} / {a.wall_s:.1f}", "yes" if not parity_problems(res) else "NO"))
+    return bench.markdown(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default=",".join(CASES), metavar="A,B,...",
+                   help="cases to run, in order (default: all): " + ", ".join(CASES))
+    p.add_argument("--json", metavar="FILE", help="also write every result as JSON")
+    p.add_argument("--keep", metavar="DIR", help="keep each case's simulation and run directories in DIR/<case>")
+    p.add_argument("--timeout", type=float, default=0, metavar="SEC",
+                   help="kill a run after SEC seconds (default: no limit)")
+    return p
+
+
+def main(argv=None) -> int:
+    """Run the selected cases one at a time and print each comparison and the summary table."""
+    args = build_parser().parse_args(argv)
+    names = [n.strip() for n in args.cases.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CASES]
+    if unknown or not names:
+        raise SystemExit(f"unknown case(s): {', '.join(unknown) or '(none given)'}; cases: {', '.join(CASES)}")
+    machine = bench.machine_description()
+    print(f"# command: {shlex.join([sys.executable, *sys.argv])}" if argv is None
+          else f"# command: {shlex.join(['parity.py', *argv])}")
+    print(f"# machine: {machine['nproc']} cores, {machine['memory_gib']} GiB, Python {machine['python']}, "
+          f"drizzlepac {machine['drizzlepac']}, stwcs {machine['stwcs']}, tweakwcs {machine['tweakwcs']}")
+    print(f"# started {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC", flush=True)
+    if args.keep:
+        workroot = Path(args.keep).resolve()
+        workroot.mkdir(parents=True, exist_ok=True)
+        if any(workroot.iterdir()):
+            raise SystemExit(f"{workroot}: --keep directory is not empty")
+    else:
+        workroot = Path(tempfile.mkdtemp(prefix="parity-"))
+    results = []
+    try:
+        for name in names:
+            result = run_case(CASES[name], workroot / name, args.timeout or None,
+                              log=lambda text: print(f"# {text}", flush=True))
+            results.append(result)
+            print()
+            print(case_report(result), flush=True)
+            print()
+            if not args.keep:
+                shutil.rmtree(workroot / name, ignore_errors=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workroot, ignore_errors=True)
+    print("## Summary (R: runastrodriz, A: astrodriz-sm)\n")
+    print(summary_table(results))
+    if args.keep:
+        print(f"\nrun directories kept in {workroot}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"command": sys.argv if argv is None else argv, "machine": machine,
+                                               "results": [asdict(r) for r in results]},
+                                              indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
