@@ -182,6 +182,28 @@ def test_focus_fails_with_a_two_pixel_guiding_failure(simulated):
     assert ("default", "pass") in [(c["stage"], c["verdict"]) for c in decision["candidates"]]
 
 
+def test_without_cosmic_ray_rejection_the_verification_drizzle_is_redone_for_its_singles(simulated):
+    """MDRIZTAB rows without separate drizzles (as ACS/SBC's): runastrodriz 3.11 drizzles again for the singles."""
+    _, d = simulated("nocr", products="flt")
+    with fits.open(d / "sm00002aj_mdz.fits", mode="update") as mdz:
+        for column in ("driz_separate", "median", "blot", "driz_cr"):
+            mdz[1].data[column] = False
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, _, events = _events(d)
+    run = fold(events)
+    [default] = run.output("default", "astrodrizzle")["products"]
+    assert default["redrizzled_for_singles"] is True
+    assert (default["parameters"]["driz_separate"], default["parameters"]["driz_cr"]) == (True, False)
+    assert default["parameter_source"].endswith("drizzled again for single-drizzle images (reset_mdriztab_nocr)")
+    checks = {v["check"]: v for v in run.verifications["default"]}
+    assert checks["focus"]["verdict"] in ("pass", "fail") and len(checks["focus"]["single_focus"]) == 3
+    assert checks["overlap_similarity"]["verdict"] == "pass"
+    # The final product keeps the MDRIZTAB's parameters: drizzled anew, not the default stage's copy.
+    [final] = run.output("final", "astrodrizzle")["products"]
+    assert "reused_from" not in final and final["parameters"]["driz_separate"] is False
+
+
 def test_real_acs_wfc_reference_files(simulated):
     _, d = simulated("refdir", refdir=str(REFDATA), products="flt")
     proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})

@@ -92,6 +92,49 @@ def _wcsnames(path: Path) -> list[str]:
         return [str(h.header.get("WCSNAME", "")) for h in hdul if h.name == "SCI"]
 
 
+def _sky_footprint_key(name: str) -> tuple:
+    """The SCI WCS keywords a file's sky footprint depends on."""
+    with fits.open(name, memmap=False) as hdul:
+        return tuple((h.header.get("NAXIS1"), h.header.get("NAXIS2"),
+                      *(repr(v) for k, v in h.header.items() if k.startswith(("CRVAL", "CRPIX", "CD", "CTYPE",
+                                                                               "A_", "B_", "D2IM", "NPOL"))))
+                     for h in hdul if h.name == "SCI")
+
+
+def add_skycells(names: list[str]) -> dict:
+    """SKYCELL in every SCI header, as drizzlepac's ``add_skycell_to_header`` writes it.
+
+    That function computes the sky cells of the whole file once per SCI extension; the value
+    depends on the file's footprint only, so it is computed once per distinct WCS (an FLT and its
+    FLC share theirs) and written to every extension, after S_REGION, as drizzlepac places it.
+
+    Returns
+    -------
+    dict
+        File name -> SKYCELL value ('' when drizzlepac finds none).
+    """
+    from drizzlepac.haputils.cell_utils import get_sky_cells
+
+    known, written = {}, {}
+    for name in names:
+        key = _sky_footprint_key(name)
+        if key not in known:
+            known[key] = "; ".join(cell[8:] for cell in (get_sky_cells([name]) or {}))
+        value = written[name] = known[key]
+        if not value:
+            continue
+        with fits.open(name, mode="update") as hdul:
+            for h in hdul:
+                if h.name != "SCI":
+                    continue
+                if "SKYCELL" in h.header:
+                    h.header["SKYCELL"] = (value, "Skycell(s) that this image occupies")
+                else:
+                    h.header.insert("S_REGION", ("SKYCELL", value, "Skycell(s) that this image occupies"),
+                                    after=True)
+    return written
+
+
 def updatewcs(ctx: StepContext) -> StepResult:
     """Apply the distortion model: ``updatewcs(use_db=False)`` to the pipeline-default WCS.
 
@@ -107,6 +150,7 @@ def updatewcs(ctx: StepContext) -> StepResult:
     ProcessingError
         When stwcs fails or the resulting WCSNAME is not ``IDC_<idctab root>``.
     """
+    from drizzlepac.haputils import processing_utils
     from stwcs.updatewcs import updatewcs as stwcs_updatewcs
 
     d = ctx.stage_dir()
@@ -114,8 +158,6 @@ def updatewcs(ctx: StepContext) -> StepResult:
     expected = "IDC_" + Path(idctab.split("$")[-1]).name.split("_idc")[0] if idctab else None
     groups = [[e.name for e in g] for g in ctx.inputs.exposures.lists]
     ctx.progress(f"updatewcs(use_db=False) on {sum(map(len, groups))} exposures")
-    from drizzlepac.haputils import processing_utils
-
     with Timer() as t, captured_output() as out, working_directory(d):
         for group in groups:
             # runastrodriz 3.11 writes S_REGION from the header's WCS as delivered, before updatewcs,
@@ -126,8 +168,7 @@ def updatewcs(ctx: StepContext) -> StepResult:
                 stwcs_updatewcs(list(group), use_db=False, checkfiles=False)
             except Exception as exc:
                 raise ProcessingError(f"{d / group[0]}: updatewcs failed: {exc}", str(d / group[0])) from exc
-            for name in group:
-                processing_utils.add_skycell_to_header(name)
+        add_skycells([n for g in groups for n in g])
     names = {n: _wcsnames(d / n) for g in groups for n in g}
     found = sorted({w for ws in names.values() for w in ws})
     if expected and found != [expected]:
@@ -135,6 +176,13 @@ def updatewcs(ctx: StepContext) -> StepResult:
     return StepResult({"wcsname": found[0] if len(found) == 1 else found, "wcsnames": names,
                        "files": hashes(d, [n for g in groups for n in g]), "seconds": t.elapsed,
                        "log": out.getvalue()})
+
+
+def no_cr_parameters(good_bits: int) -> dict:
+    """runastrodriz 3.11's ``reset_mdriztab_nocr``: separate drizzles, no cosmic-ray identification."""
+    return {"mdriztab": False, "build": True, "resetbits": 0, "static": False, "driz_separate": True,
+            "driz_sep_bits": good_bits, "driz_sep_fillval": 0.0, "median": False, "blot": False,
+            "driz_cr": False, "final_fillval": "INDEF"}
 
 
 def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
@@ -171,8 +219,7 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
         if ctx.run.verdict("default"):
             # The default products verified, so their cosmic-ray flags hold: keep them (resetbits 0)
             # and drizzle without a new identification, as runastrodriz's reset_mdriztab_nocr.
-            pars.update(resetbits=0, static=False, driz_separate=True, median=False, blot=False,
-                        driz_cr=False, driz_sep_bits=ctx.inputs.detector_parameters.good_bits)
+            pars.update(no_cr_parameters(ctx.inputs.detector_parameters.good_bits))
             source += "; no new cosmic-ray identification (default stage verified)"
     if not final:
         # runastrodriz 3.11 applies this to its verification drizzles only (the default stage's too),
@@ -309,6 +356,35 @@ def _drizzle_concurrently(d: Path, jobs: list[tuple[Product, dict]]) -> dict:
     return results
 
 
+def _drizzle_singles(ctx: StepContext, products: list[Product], entries: dict) -> dict:
+    """Drizzle again, as runastrodriz 3.11 does, products whose parameters wrote no single-drizzle images.
+
+    With cosmic-ray rejection off (ACS/SBC's MDRIZTAB rows, say) AstroDrizzle writes no
+    ``single_sci`` images, which the verification needs: the product is drizzled again with
+    :func:`no_cr_parameters`, and its entry records the parameters it was made with.
+
+    Returns
+    -------
+    dict
+        ``{product: (seconds, log)}`` of the products drizzled again.
+    """
+    d = ctx.stage_dir()
+    done = {}
+    for p in products:
+        pars = {**entries[p.name]["parameters"], **no_cr_parameters(ctx.inputs.detector_parameters.good_bits)}
+        ctx.progress(f"{p.name}: no single-drizzle images; AstroDrizzle again without cosmic-ray rejection")
+        with Timer() as t, working_directory(d):
+            try:
+                log = _astrodrizzle(p.inputs, p.root, p.runfile, pars)
+            except Exception as exc:
+                raise ProcessingError(f"{d / p.name}: AstroDrizzle failed: {exc}", str(d / p.inputs[0])) from exc
+        entries[p.name].update(parameters=pars, redrizzled_for_singles=True,
+                               parameter_source=entries[p.name]["parameter_source"]
+                               + "; drizzled again for single-drizzle images (reset_mdriztab_nocr)")
+        done[p.name] = (t.elapsed, log)
+    return done
+
+
 def run_astrodrizzle(ctx: StepContext, final: bool = False) -> StepResult:
     """Drizzle this stage's exposure lists: the FLT list into DRZ, the FLC list into DRC.
 
@@ -364,6 +440,9 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> StepResult:
     for name in done:
         if not (d / name).exists():
             raise ProcessingError(f"{d / name}: AstroDrizzle wrote no product", str(d / name))
+    if not final:
+        done.update(_drizzle_singles(ctx, [p for p in jobs if p.singles and not (d / p.singles[0]).exists()],
+                                     entries))
     # The stage directory as this step leaves it (inputs' DQ and sky keywords change, products
     # appear); reused products were hashed when copied.
     files = hashes(d, [n for p in products for n in p.inputs] + list(done))
