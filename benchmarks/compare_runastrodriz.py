@@ -558,6 +558,17 @@ def markdown(rows) -> str:
     return "\n".join(out)
 
 
+def work_root(keep: str | None, prefix: str) -> Path:
+    """The directory the runs go into: ``--keep DIR`` (new or empty), else a fresh temporary one."""
+    if not keep:
+        return Path(tempfile.mkdtemp(prefix=prefix))
+    root = Path(keep).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    if any(root.iterdir()):
+        raise SystemExit(f"{root}: --keep directory is not empty")
+    return root
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--full-frame", action="store_true", help="two 4096x2048 chips (default: 512x512 subarray)")
@@ -591,13 +602,7 @@ def main(argv=None) -> int:
     from astrodriz_sm.services import service_environment
     from astrodriz_sm.sim import SimConfig, simulate_association
 
-    if args.keep:
-        workroot = Path(args.keep).resolve()
-        workroot.mkdir(parents=True, exist_ok=True)
-        if any(workroot.iterdir()):
-            raise SystemExit(f"{workroot}: --keep directory is not empty")
-    else:
-        workroot = Path(tempfile.mkdtemp(prefix="compare-runastrodriz-"))
+    workroot = work_root(args.keep, "compare-runastrodriz-")
     config = SimConfig(n_exposures=args.exposures, full_frame=args.full_frame, pointing_error=args.pointing_error,
                        products="flt" if args.flt_only else "flt+flc")
     t = time.monotonic()

@@ -32,7 +32,6 @@ import re
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -588,13 +587,7 @@ def main(argv=None) -> int:
     print(f"# machine: {machine['nproc']} cores, {machine['memory_gib']} GiB, Python {machine['python']}, "
           f"drizzlepac {machine['drizzlepac']}, stwcs {machine['stwcs']}, tweakwcs {machine['tweakwcs']}")
     print(f"# started {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC", flush=True)
-    if args.keep:
-        workroot = Path(args.keep).resolve()
-        workroot.mkdir(parents=True, exist_ok=True)
-        if any(workroot.iterdir()):
-            raise SystemExit(f"{workroot}: --keep directory is not empty")
-    else:
-        workroot = Path(tempfile.mkdtemp(prefix="parity-"))
+    workroot = bench.work_root(args.keep, "parity-")
     results = []
     try:
         for name in names:

@@ -31,7 +31,7 @@ def stage_inputs(ctx: StepContext) -> StepResult:
 
 
 def write_headerlets(ctx: StepContext) -> StepResult:
-    """Write each exposure's final WCS as ``<rootname>_flt_hlet.fits`` (not with ``-b``).
+    """Write each exposure's final WCS as its ``Exposure.final_headerlet`` (not with ``-b``).
 
     As runastrodriz 3.11 writes them: one per exposure of the first list (the FLT files, or the
     FLC files of an FLC-only delivery), AUTHOR=OPUS and DESCRIP the WCSTYPE; a headerlet file
@@ -51,7 +51,8 @@ def write_headerlets(ctx: StepContext) -> StepResult:
             wcsname = fits.getval(name, "WCSNAME", ext=("SCI", 1))
             # logging=False must be explicit: stwcs's decorator otherwise opens headerlet.log and, with
             # no handler on its logger, fails on an unset variable.
-            headerlet.write_headerlet(name, f"{name.removesuffix('.fits')}_hlet.fits", output="flt",
+            # HDRNAME as 3.11 gives it: the exposure's own file name with _hlet.
+            headerlet.write_headerlet(name, exposure.headerlet, output="flt",
                                       wcskey="PRIMARY", author="OPUS",
                                       descrip=updatehdr.interpret_wcsname_type(wcsname),
                                       attach=False, clobber=True, logging=False)
