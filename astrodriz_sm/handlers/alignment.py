@@ -112,7 +112,8 @@ def apriori_checks(d: Path, names: list[str]) -> dict:
     Returns
     -------
     dict
-        ``warnings`` (one line each) and ``renamed`` (exposure -> [old, new] primary WCSNAMEs).
+        ``warnings`` (one line each), ``exposures`` (each one's WCSNAMEs afterwards, as
+        :func:`_wcs_summary`) and ``renamed`` (exposure -> [old, new] primary WCSNAMEs).
     """
     from astropy import units as u
     from astropy.coordinates import SkyCoord
@@ -130,9 +131,10 @@ def apriori_checks(d: Path, names: list[str]) -> dict:
                             "the astrometry database solution is suspect")
         before[n] = _wcs_summary(d / n)["wcsnames"]
     runastrodriz.verify_gaia_wcsnames([str(d / n) for n in names])
-    after = {n: _wcs_summary(d / n)["wcsnames"] for n in names}
-    return {"warnings": warnings,
-            "renamed": {n: [before[n][0], after[n][0]] for n in names if before[n] != after[n]}}
+    after = {n: _wcs_summary(d / n) for n in names}
+    return {"warnings": warnings, "exposures": after,
+            "renamed": {n: [before[n][0], after[n]["wcsnames"][0]] for n in names
+                        if before[n] != after[n]["wcsnames"]}}
 
 
 def apriori_updatewcs(ctx: StepContext) -> StepResult:
@@ -170,9 +172,8 @@ def apriori_updatewcs(ctx: StepContext) -> StepResult:
                           stop=StageStop(f"{first.describe(what)}: stage skipped"))
     with captured_output() as checks_out, working_directory(d):
         checks = apriori_checks(d, [n for g in groups for n in g])
-    summary = {n: _wcs_summary(d / n) for g in groups for n in g}
-    names = sorted({w for s in summary.values() for w in s["wcsnames"]})
-    payload = {"wcsname": names[0] if len(names) == 1 else names, "exposures": summary, **checks,
+    names = sorted({w for s in checks["exposures"].values() for w in s["wcsnames"]})
+    payload = {"wcsname": names[0] if len(names) == 1 else names, **checks,
                "files": hashes(d, [n for g in groups for n in g]), "seconds": t.elapsed,
                "log": out.getvalue() + checks_out.getvalue()}
     # runastrodriz 3.11 drizzles and verifies the stage whatever updatewcs gave: no solution (the

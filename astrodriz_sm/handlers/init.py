@@ -280,8 +280,10 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
     # Exposures with no exposure time or no good pixel stay in the lists, as runastrodriz keeps them: they
     # get the WCS updates, choose no MDRIZTAB row (Product.mdriztab_inputs), and AstroDrizzle drops
     # those with EXPTIME=0 itself. When every one is empty, none is aligned to GAIA (a guard says so).
-    empty = {m: next(facts[n]["empty"] for n in (input_name(m, FLT), input_name(m, FLC)) if n in facts)
-             for m in members if any(facts.get(n, {}).get("empty") for n in (input_name(m, FLT), input_name(m, FLC)))}
+    empty = {}
+    for name in found[FLT] + found[FLC]:
+        if facts[name]["empty"]:
+            empty.setdefault(split_input_name(name)[1], facts[name]["empty"])
     used = found[FLT] + found[FLC]
 
     # DRIZCORR comes from the RAW file of the first member; without RAW, from the calibrated file.

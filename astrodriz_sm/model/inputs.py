@@ -35,8 +35,8 @@ class Inputs:
         ``{file: sha256}`` of every input file read.
     notes : tuple of str
     no_alignment : str or None
-        Why the exposures cannot be aligned at all (every one has EXPTIME=0 or NGOODPIX=0, or ``-v``
-        found bad guiding without ``-a``).
+        Why the exposures cannot be aligned at all: ``-v`` found bad guiding without ``-a``. (Every
+        exposure empty turns only the a posteriori stage off: ``ExposureSet.all_empty``.)
     idctab_reset : dict
         ``{file: {'from': IDCTAB, 'to': IDCTAB, 'raw': RAW file}}``: the exposures whose IDCTAB
         differs from their RAW file's, to be reset in the stage copies (``PIPELINE_RESET_IDCTAB``).
