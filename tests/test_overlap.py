@@ -80,3 +80,16 @@ def test_the_cases_cover_both_background_paths(tmp_path, sky, median_filtered):
     region = (fits.getdata(singles[0]) * overlap)[ys.min():ys.max(), xs.min():xs.max()]
     _, (_, median, std) = amutils.sigma_clipped_bkg(region, sigma=3.0, nsigma=4)
     assert bool(median < std and median < 1.0) == median_filtered
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_build_focus_dict_equals_drizzlepac(tmp_path, workers):
+    from astrodriz_sm.handlers.verify import build_focus_dict
+
+    _, singles, prod = _write(tmp_path, 0.02, (400, 400, 100), (0.0, 0.4, 2.5))
+    theirs = amutils.build_focus_dict(singles, prod, sigma=1.5)
+    ours = build_focus_dict(singles, prod, sigma=1.5, workers=workers)
+    assert ours == theirs
+    # The shifted single is the least sharp against the same mask: real values, not placeholders.
+    assert ours["exp"][2] < min(ours["exp"][:2])
+    assert len(ours["exp"]) == 3 and ours["prod"][0] > 0

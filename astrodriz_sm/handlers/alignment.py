@@ -8,6 +8,7 @@ and the choice among them one ``decision`` event with its rule.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from ..statemachine.state import CANDIDATE, DECISION
 from .common import StepContext, Timer, captured_output, hashes, working_directory
 from .drizzle import copy_into_stage
 from .network import bounded_requests, service_timeout
+from .sources import alignment_table
 
 # The libraries' own defaults, used when the variables are unset (runastrodriz does the same).
 DEFAULT_URLS = {
@@ -317,7 +319,6 @@ def align(ctx: StepContext) -> StepResult:
         stop with the reason no fit was applied.
     """
     from drizzlepac import align as dp_align
-    from drizzlepac.haputils import align_utils
     from drizzlepac.haputils import astrometric_utils as amutils
 
     d = ctx.stage_dir()
@@ -339,7 +340,8 @@ def align(ctx: StepContext) -> StepResult:
     with Timer() as t, captured_output() as out, working_directory(d), \
             bounded_requests(service_timeout(ctx.run.environment)) as requests_log:
         wcs = common_wcs(d, files)
-        table = align_utils.AlignmentTable(files, **pars)
+        ctx.progress(f"source finding in {len(files)} exposures")
+        table = alignment_table(files, workers=ctx.config.get("num_cores") or len(os.sched_getaffinity(0)), **pars)
         try:
             if table.process_list is None:
                 stop = "no exposure can be aligned (drizzlepac analyze excluded them all)"
@@ -350,8 +352,6 @@ def align(ctx: StepContext) -> StepResult:
                 methods = table.get_fit_methods()
                 if len(table.process_list) == 1:
                     methods.remove("relative")
-                ctx.progress(f"source finding in {len(table.process_list)} exposures")
-                table.find_alignment_sources(output=False)
                 for name, chips in table.extracted_sources.items():
                     found[name] = int(sum(len(c) for c in (chips or {}).values() if c is not None))
                 threshold = quality_pars["MIN_OBSERVABLE_THRESHOLD"]
@@ -416,7 +416,9 @@ def align(ctx: StepContext) -> StepResult:
     # Exposures of the other kind (FLT when FLC were fitted) take the same WCS, as runastrodriz 3.11
     # gives it: the fit keywords copied, the FLC's headerlet applied as primary, the old WCS archived.
     if inputs.exposures.unverified:
-        apply_fit_to_flt(d, fitted, inputs.exposures.unverified)
+        with captured_output() as out:
+            apply_fit_to_flt(d, fitted, inputs.exposures.unverified)
+        payload["log"] += out.getvalue()
     names_all = inputs.exposures.names
     summary = {n: _wcs_summary(d / n) for n in names_all}
     names = sorted({w for s in summary.values() for w in s["wcsnames"]})

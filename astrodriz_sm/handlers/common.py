@@ -12,6 +12,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,8 +78,15 @@ def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def hashes(directory: Path, names) -> dict:
-    """``{name: sha256}`` for files in a directory."""
-    return {n: sha256(directory / n) for n in names}
+    """``{name: sha256}`` for files in a directory.
+
+    Two threads share the files: hashlib releases the GIL while it digests a block.
+    """
+    names = list(names)
+    if len(names) < 2:
+        return {n: sha256(directory / n) for n in names}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(names, pool.map(lambda n: sha256(directory / n), names)))
 
 
 def check_fits(path: Path, need_sci: bool = False) -> None:
