@@ -7,11 +7,13 @@ only by the final stage's promote step.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -101,26 +103,39 @@ def _sky_footprint_key(name: str) -> tuple:
                      for h in hdul if h.name == "SCI")
 
 
-def add_skycells(names: list[str]) -> dict:
+def _skycell_value(name: str) -> str:
+    from drizzlepac.haputils.cell_utils import get_sky_cells
+
+    return "; ".join(cell[8:] for cell in (get_sky_cells([name]) or {}))
+
+
+def add_skycells(names: list[str], workers: int = 1) -> dict:
     """SKYCELL in every SCI header, as drizzlepac's ``add_skycell_to_header`` writes it.
 
     That function computes the sky cells of the whole file once per SCI extension; the value
     depends on the file's footprint only, so it is computed once per distinct WCS (an FLT and its
     FLC share theirs) and written to every extension, after S_REGION, as drizzlepac places it.
+    The distinct footprints are computed in ``workers`` child processes (about 8 s each for a
+    full-frame ACS/WFC exposure, in pure Python).
 
     Returns
     -------
     dict
         File name -> SKYCELL value ('' when drizzlepac finds none).
     """
-    from drizzlepac.haputils.cell_utils import get_sky_cells
-
-    known, written = {}, {}
+    keys = {name: _sky_footprint_key(name) for name in names}
+    first = {}  # footprint -> the first file that has it
+    for name, key in keys.items():
+        first.setdefault(key, name)
+    if workers > 1 and len(first) > 1:
+        with ProcessPoolExecutor(min(workers, len(first)), mp_context=multiprocessing.get_context("fork")) as pool:
+            values = list(pool.map(_skycell_value, first.values()))
+    else:
+        values = [_skycell_value(name) for name in first.values()]
+    known = dict(zip(first, values))
+    written = {}
     for name in names:
-        key = _sky_footprint_key(name)
-        if key not in known:
-            known[key] = "; ".join(cell[8:] for cell in (get_sky_cells([name]) or {}))
-        value = written[name] = known[key]
+        value = written[name] = known[keys[name]]
         if not value:
             continue
         with fits.open(name, mode="update") as hdul:
@@ -168,7 +183,7 @@ def updatewcs(ctx: StepContext) -> StepResult:
                 stwcs_updatewcs(list(group), use_db=False, checkfiles=False)
             except Exception as exc:
                 raise ProcessingError(f"{d / group[0]}: updatewcs failed: {exc}", str(d / group[0])) from exc
-        add_skycells([n for g in groups for n in g])
+        add_skycells([n for g in groups for n in g], workers=ctx.config.get("num_cores") or len(os.sched_getaffinity(0)))
     names = {n: _wcsnames(d / n) for g in groups for n in g}
     found = sorted({w for ws in names.values() for w in ws})
     if expected and found != [expected]:
@@ -397,8 +412,10 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> StepResult:
     StepResult
         Per product: inputs, parameters, output hash, wall time and the AstroDrizzle log.
     """
+    from ..statemachine.machine import alignment_follows
+
     d = ctx.stage_dir()
-    products = ctx.inputs.products(ctx.stage)
+    products = ctx.inputs.products(ctx.stage, ctx.stage == "default" and alignment_follows(ctx.run))
     entries, jobs = {}, []
     for product in products:
         pars = drizzle_parameters(ctx, product, final)

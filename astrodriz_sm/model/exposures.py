@@ -251,18 +251,23 @@ class ExposureSet:
         """True when there are FLT and FLC files, so the FLT files take the FLC WCS."""
         return bool(self.flt and self.flc)
 
-    def drizzled_in(self, stage: str) -> tuple[tuple[Exposure, ...], ...]:
+    def drizzled_in(self, stage: str, alignment_follows: bool = False) -> tuple[tuple[Exposure, ...], ...]:
         """The lists a stage drizzles.
 
-        The default and final stages drizzle both lists, the default stage with the final
-        parameters so that the final stage can reuse both products when the pipeline-default WCS is
-        chosen. The alignment stages drizzle only the verified list: their products are never final.
+        The final stage drizzles both lists. The default stage drizzles with the final parameters,
+        so that the final stage can reuse its products when the pipeline-default WCS is chosen: both
+        lists when no alignment stage follows (its products are then the final ones), else only the
+        verified list, the one every stage verifies (the other product is drizzled in the final
+        stage should the default WCS be chosen after all). The alignment stages drizzle only the
+        verified list: their products are never final.
         """
-        return self.lists if stage in ("default", "final") else (self.verified,)
+        if stage == "final" or (stage == "default" and not alignment_follows):
+            return self.lists
+        return (self.verified,)
 
-    def products(self, root: str, stage: str) -> list[Product]:
-        """The products a stage writes, FLT (DRZ) before FLC (DRC)."""
-        return [Product(root, group) for group in self.drizzled_in(stage)]
+    def products(self, root: str, stage: str, alignment_follows: bool = False) -> list[Product]:
+        """The products a stage writes, FLT (DRZ) before FLC (DRC) (see :meth:`drizzled_in`)."""
+        return [Product(root, group) for group in self.drizzled_in(stage, alignment_follows)]
 
     def verified_product(self, root: str) -> Product:
         """The product every stage verifies."""

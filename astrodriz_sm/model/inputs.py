@@ -81,9 +81,9 @@ class Inputs:
         """``<root>_<stage>``."""
         return stage_directory_name(self.root, stage)
 
-    def products(self, stage: str) -> list[Product]:
+    def products(self, stage: str, alignment_follows: bool = False) -> list[Product]:
         """The products ``stage`` drizzles (see :meth:`ExposureSet.drizzled_in`)."""
-        return self.exposures.products(self.root, stage)
+        return self.exposures.products(self.root, stage, alignment_follows)
 
     @property
     def verified_product(self) -> Product:

@@ -75,6 +75,12 @@ class _Guards:
         return self._alignment_possible("aposteriori_possible", "compute_aposteriori", ENV_COMPUTE_APOSTERIORI)
 
 
+def alignment_follows(run: RunState) -> bool:
+    """Whether an alignment stage will be entered after the default stage (its guards, unrecorded)."""
+    guards = _Guards(run)
+    return guards.apriori_possible() or guards.aposteriori_possible()
+
+
 def _machine(model: _Guards) -> Machine:
     return Machine(model=model, states=list(STATES), transitions=TRANSITIONS, initial=model.state,
                    auto_transitions=False, ignore_invalid_triggers=False)
