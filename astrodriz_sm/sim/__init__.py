@@ -1,7 +1,9 @@
-"""Simulator of HST ACS/WFC associations with a known truth.
+"""Simulator of HST associations with a known truth.
 
 `simulate_association` writes what HST delivers for a dithered association
-(ASN table, RAW, FLT and FLC files, reference files) plus the truth behind it
+of ACS/WFC (the default), ACS/HRC, ACS/SBC, WFC3/UVIS or WFC3/IR (see
+`astrodriz_sm.sim.instruments`; ASN table, RAW, FLT and, where the detector
+has them, FLC files, reference files) plus the truth behind it
 (star catalog, cosmic-ray masks, injected header offsets), so that every
 pipeline stage can be checked against numbers that are known exactly.  It also
 writes the data a local astrometry service needs to answer for the exposures
@@ -11,20 +13,25 @@ writes the data a local astrometry service needs to answer for the exposures
 
 from .association import simulate_association
 from .config import SimConfig, SimResult, add_simulate_arguments, config_from_args
+from .instruments import DETECTORS, Detector, detector
 from .measure import ProductAstrometry, measure_product_astrometry, observation_epoch
 from .render import propagate
-from .wcs import jref_environment, updated_wcs
+from .wcs import jref_environment, reference_environment, updated_wcs
 
 __all__ = [
+    "DETECTORS",
+    "Detector",
     "ProductAstrometry",
     "SimConfig",
     "SimResult",
     "add_simulate_arguments",
     "config_from_args",
+    "detector",
     "jref_environment",
     "measure_product_astrometry",
     "observation_epoch",
     "propagate",
+    "reference_environment",
     "simulate_association",
     "updated_wcs",
 ]

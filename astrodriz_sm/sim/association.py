@@ -1,4 +1,4 @@
-"""Simulate an ACS/WFC association with a known truth.
+"""Simulate an HST association (ACS/WFC, ACS/HRC, ACS/SBC, WFC3/UVIS, WFC3/IR) with a known truth.
 
 For each exposure the simulator
 
@@ -34,17 +34,17 @@ from astropy.table import vstack
 from ..model import input_name
 from . import headers as hdr
 from .config import POINTING_ERROR_PA, SimConfig, SimResult
+from .instruments import Detector, chip_models, detector
 from .reffiles import ReferenceSet, prepare_reference_files
 from .render import (
-    SATURATION,
     add_cosmic_rays,
     add_noise,
     make_truth_catalog,
     propagate,
     render_stars,
-    zero_point,
 )
 from .service import write_service_data
+from .templates import Templates, load_templates, templated_aux, templated_primary, templated_sci
 from .wcs import chip_center_offset, offset_radec, pixel_offset_to_arcsec, sci_wcs, updated_copy, updated_wcs
 
 __all__ = ["CR_PER_MEGAPIXEL", "DITHER_BOX", "REFERENCE_FIELD_FACTOR", "simulate_association"]
@@ -52,7 +52,8 @@ __all__ = ["CR_PER_MEGAPIXEL", "DITHER_BOX", "REFERENCE_FIELD_FACTOR", "simulate
 #: Dither offsets of the first four exposures (pixels), an ACS-like box with
 #: sub-pixel phases; later exposures repeat it shifted by a third of a pixel.
 DITHER_BOX = ((0.0, 0.0), (5.0, 1.5), (2.5, 4.0), (-2.5, 2.5))
-#: Cosmic-ray hits per million pixels in a 400 s exposure (~300 on 512x512).
+#: Cosmic-ray hits per million pixels in a 400 s ACS/WFC exposure (~300 on 512x512);
+#: see `Detector.cr_per_megapixel` for the others.
 CR_PER_MEGAPIXEL = 1150.0
 #: Largest acceptable difference (arcsec) between injected and recovered header offsets.
 OFFSET_TOLERANCE = 1.0e-3
@@ -71,18 +72,29 @@ def dither_offset(index: int) -> tuple[float, float]:
     return dx + shift, dy + shift
 
 
-def _exposure_hdul(primary: fits.Header, chips: list[tuple[fits.Header, np.ndarray, np.ndarray,
-                                                           np.ndarray]]) -> fits.HDUList:
+# FITS data types of the per-chip extensions.
+_EXT_DTYPES = {"SCI": np.float32, "ERR": np.float32, "DQ": np.int16, "SAMP": np.int16, "TIME": np.float32}
+
+
+def _exposure_hdul(primary: fits.Header, chips: list[tuple[fits.Header, dict[str, np.ndarray]]],
+                   det: Detector, templates: Templates | None,
+                   layouts: list[hdr.ChipLayout]) -> fits.HDUList:
     hdul = fits.HDUList([fits.PrimaryHDU(header=primary)])
-    for sci_header, sci, err, dq in chips:
-        hdul.append(fits.ImageHDU(sci.astype(np.float32), header=sci_header))
-        hdul.append(fits.ImageHDU(err.astype(np.float32), header=hdr.aux_header("ERR", sci_header)))
-        hdul.append(fits.ImageHDU(dq.astype(np.int16), header=hdr.aux_header("DQ", sci_header)))
+    for (sci_header, arrays), lay in zip(chips, layouts):
+        for extname in det.extensions:
+            if extname == "SCI":
+                header = sci_header
+            elif templates is None:
+                header = hdr.aux_header(extname, sci_header)
+            else:
+                header = templated_aux(templates, det, extname, sci_header, lay)
+            hdul.append(fits.ImageHDU(arrays[extname].astype(_EXT_DTYPES[extname]), header=header))
     return hdul
 
 
 def _pointing_file(path: Path, primary: fits.Header, layouts: list[hdr.ChipLayout],
-                   member: str, crval: tuple[float, float], pa_v3: float) -> Path:
+                   member: str, crval: tuple[float, float], pa_v3: float,
+                   det: Detector, templates: Templates | None) -> Path:
     """Header-only exposure (zero-filled SCI) whose reference chip points at ``crval``.
 
     Only the reference chip's CRVAL and every chip's CRPIX matter to makewcs
@@ -90,13 +102,18 @@ def _pointing_file(path: Path, primary: fits.Header, layouts: list[hdr.ChipLayou
     replaces.
     """
     theta = np.deg2rad(pa_v3)
-    scale = 0.05 / 3600.0
+    scale = det.pixel_scale / 3600.0
     cd = scale * np.array([[-np.cos(theta), np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     hdul = fits.HDUList([fits.PrimaryHDU(header=primary)])
     for lay in layouts:
-        h = hdr.sci_header(layout=lay, member=member, crval=crval, crpix=lay.crpix, cd=cd,
-                           ngoodpix=lay.naxis1 * lay.naxis2, orientat=0.0)
-        hdul.append(fits.ImageHDU(np.zeros((lay.naxis2, lay.naxis1), dtype=np.uint8), header=h))
+        zeros = np.zeros((lay.naxis2, lay.naxis1), dtype=np.uint8)
+        if templates is None:
+            h = hdr.sci_header(layout=lay, member=member, crval=crval, crpix=lay.crpix, cd=cd,
+                               ngoodpix=lay.naxis1 * lay.naxis2, orientat=0.0)
+        else:
+            h = templated_sci(templates, det, layout=lay, member=member, crval=crval, crpix=lay.crpix,
+                              cd=cd, orientat=0.0, data=zeros, err=zeros, dq=zeros)
+        hdul.append(fits.ImageHDU(zeros, header=h))
     hdul.writeto(path, overwrite=True)
     return path
 
@@ -170,8 +187,8 @@ def _surrounding_positions(rng: np.random.Generator, n_field: int, wcs0: list,
 
 
 def _render_chip(rng: np.random.Generator, truth, layout: hdr.ChipLayout, ra: np.ndarray,
-                 dec: np.ndarray, flux: np.ndarray, n_cr_mean: float):
-    """SCI, ERR, DQ and cosmic-ray mask of one chip."""
+                 dec: np.ndarray, flux: np.ndarray, n_cr_mean: float, det: Detector):
+    """SCI, ERR, DQ (electrons) and cosmic-ray mask of one chip."""
     # Cheap linear pre-selection: the iterative inverse is only needed near the chip.
     xl, yl = truth.wcs_world2pix(ra, dec, 0)
     near = (xl > -60) & (xl < layout.naxis1 + 60) & (yl > -60) & (yl < layout.naxis2 + 60)
@@ -179,36 +196,67 @@ def _render_chip(rng: np.random.Generator, truth, layout: hdr.ChipLayout, ra: np
         x, y = truth.all_world2pix(ra[near], dec[near], 0, tolerance=1e-7, maxiter=50)
     else:  # an empty field (stwcs's iterative inverse cannot take no points)
         x = y = np.empty(0)
-    signal = render_stars((layout.naxis2, layout.naxis1), x, y, flux[near])
-    data = add_noise(rng, signal)
-    crmask = add_cosmic_rays(rng, data, int(rng.poisson(n_cr_mean)))
+    signal = render_stars((layout.naxis2, layout.naxis1), x, y, flux[near], sigma=det.psf_sigma)
+    data = add_noise(rng, signal, sky=det.sky_level, readnoise=det.readnoise)
+    if det.cosmic_rays:
+        crmask = add_cosmic_rays(rng, data, int(rng.poisson(n_cr_mean)))
+    else:
+        crmask = np.zeros(data.shape, dtype=np.uint8)
     dq = np.zeros(data.shape, dtype=np.int16)
-    saturated = data >= SATURATION
-    data[saturated] = SATURATION
+    saturated = data >= det.saturation
+    data[saturated] = det.saturation
     dq[saturated] = 256
-    err = np.sqrt(np.clip(data, 0.0, None) + hdr.READNOISE ** 2)
+    err = np.sqrt(np.clip(data, 0.0, None) + det.readnoise ** 2)
     return data, err, dq, crmask
 
 
-def _zero_exposure_chip(layout: hdr.ChipLayout):
+def _zero_exposure_chip(layout: hdr.ChipLayout, det: Detector):
     """SCI, ERR, DQ and cosmic-ray mask of a chip whose shutter never opened.
 
     Nothing reached the detector and the bias is removed, so SCI is zero;
     ERR is what the noise model gives for no signal, the read noise.
     """
     shape = (layout.naxis2, layout.naxis1)
-    return (np.zeros(shape), np.full(shape, float(hdr.READNOISE)), np.zeros(shape, dtype=np.int16),
+    return (np.zeros(shape), np.full(shape, float(det.readnoise)), np.zeros(shape, dtype=np.int16),
             np.zeros(shape, dtype=np.uint8))
 
 
+def _chip_arrays(det: Detector, data: np.ndarray, err: np.ndarray, dq: np.ndarray,
+                 exptime: float) -> dict[str, np.ndarray]:
+    """Extension arrays of one chip from its electrons; count-rate detectors get e-/s, SAMP and TIME."""
+    if not det.count_rate:
+        return {"SCI": data, "ERR": err, "DQ": dq}
+    # WFC3/IR: the ramp fit gives e-/s; TIME holds the integration time of each pixel.
+    scale = 1.0 / exptime if exptime else 1.0
+    return {"SCI": data * scale, "ERR": err * scale, "DQ": dq,
+            "SAMP": np.full(data.shape, det.nsamp if exptime else 0, dtype=np.int16),
+            "TIME": np.full(data.shape, float(exptime), dtype=np.float32)}
+
+
+def _config_json(config: SimConfig) -> dict:
+    """The configuration for the truth JSON.
+
+    Fields that select a detector other than ACS/WFC are written only when
+    they are not at their defaults, so that an ACS/WFC truth file stays as
+    it has always been.
+    """
+    values = dataclasses.asdict(config)
+    defaults = SimConfig()
+    for key in ("instrument", "template_dir"):
+        if values[key] == getattr(defaults, key):
+            del values[key]
+    return values
+
+
 def simulate_association(outdir: str | Path, config: SimConfig | None = None) -> SimResult:
-    """Write a simulated ACS/WFC association and its truth to ``outdir``.
+    """Write a simulated association and its truth to ``outdir``.
 
     Parameters
     ----------
     outdir : path-like
-        Output directory (created if needed).  Run the pipeline with
-        ``jref=<outdir>/``.
+        Output directory (created if needed).  Run the pipeline with the
+        detector's reference variable pointing at it (``jref=<outdir>/`` for
+        ACS, ``iref=<outdir>/`` for WFC3; `SimResult.refvar`).
     config : SimConfig, optional
         Defaults to ``SimConfig()``.
 
@@ -227,9 +275,13 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
     truthdir = outdir / "truth"
     truthdir.mkdir(parents=True, exist_ok=True)
 
+    det = detector(config.instrument)
+    chips = chip_models(det, config.template_dir) if det.template is not None else None
+    templates = load_templates(det, config.template_dir) if det.template is not None else None
     refs: ReferenceSet = prepare_reference_files(outdir, config.refdir,
-                                                 max_images=max(4, config.n_exposures))
-    layouts = hdr.chip_layouts(config.full_frame, config.subarray_size)
+                                                 max_images=max(4, config.n_exposures), det=det,
+                                                 template_dir=config.template_dir)
+    layouts = hdr.chip_layouts(config.full_frame, config.subarray_size, det, chips)
     members = hdr.member_names(config.root, config.n_exposures)
     root = config.root.lower()
     seeds = np.random.SeedSequence(config.seed).spawn(config.n_exposures + 1)
@@ -240,16 +292,20 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
     timings = [t if exptime else dataclasses.replace(t, expend=t.expstart) for t, exptime in zip(timings, exptimes)]
 
     def primary(i: int, suffix: str, postarg=(0.0, 0.0)) -> fits.Header:
-        return hdr.primary_header(member=members[i], asn_id=root, suffix=suffix, layouts=layouts,
-                                  timing=timings[i], refs=refs, pa_v3=config.pa_v3,
-                                  ra_targ=config.ra, dec_targ=config.dec, exptime=exptimes[i],
-                                  drizcorr=config.drizcorr, postarg=postarg)
+        kwargs = {"member": members[i], "asn_id": root, "suffix": suffix, "layouts": layouts,
+                  "timing": timings[i], "refs": refs, "pa_v3": config.pa_v3,
+                  "ra_targ": config.ra, "dec_targ": config.dec, "exptime": exptimes[i],
+                  "drizcorr": config.drizcorr, "postarg": postarg}
+        if templates is None:
+            return hdr.primary_header(**kwargs)
+        return templated_primary(templates, det, **kwargs)
 
     with tempfile.TemporaryDirectory(prefix="sim_truth_") as tmp:
         tmp = Path(tmp)
         # Exposure 0 sits at the nominal pointing; its CD converts dithers to sky offsets.
         base = updated_wcs(_pointing_file(tmp / "base_flt.fits", primary(0, "flt"), layouts,
-                                          members[0], (config.ra, config.dec), config.pa_v3), outdir)
+                                          members[0], (config.ra, config.dec), config.pa_v3,
+                                          det, templates), outdir)
         ref_cd = base[0].wcs.cd
         pointings, postargs, truths = [], [], []
         for i in range(config.n_exposures):
@@ -257,14 +313,14 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
             pointing = offset_radec(config.ra, config.dec, east, north)
             pointings.append(pointing)
             # POSTARGs are in the aperture frame, close to detector x/y for this purpose.
-            postargs.append(tuple(0.05 * d for d in dither_offset(i)))
+            postargs.append(tuple(det.pixel_scale * d for d in dither_offset(i)))
             truths.append(base if i == 0 else updated_wcs(
                 _pointing_file(tmp / f"{members[i]}_flt.fits", primary(i, "flt"), layouts,
-                               members[i], pointing, config.pa_v3), outdir))
+                               members[i], pointing, config.pa_v3, det, templates), outdir))
 
         catalog = _catalog_field(np.random.default_rng(seeds[0]), config, truths[0], layouts,
                                  timings[0].decimal_year)
-        flux = 10.0 ** (-0.4 * (np.asarray(catalog["mag"]) - zero_point())) * config.exptime
+        flux = 10.0 ** (-0.4 * (np.asarray(catalog["mag"]) - det.zero_point)) * config.exptime
 
         # Header offsets (east, north arcsec) injected into each delivered exposure.
         pa = np.deg2rad(POINTING_ERROR_PA)
@@ -278,7 +334,7 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
             injected.append((float(east), float(north)))
 
         flt_paths, flc_paths, raw_paths, cr_paths, exposures_json, updated = [], [], [], [], [], []
-        n_cr_mean = CR_PER_MEGAPIXEL * config.exptime / 400.0 * 1e-6
+        n_cr_mean = det.cr_per_megapixel * config.exptime / 400.0 * 1e-6
         for i, member in enumerate(members):
             rng = np.random.default_rng(seeds[i + 1])
             ra, dec = propagate(catalog, timings[i].decimal_year)
@@ -286,28 +342,38 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
             for lay, truth in zip(layouts, truths[i]):
                 if exptimes[i]:
                     data, err, dq, crmask = _render_chip(rng, truth, lay, ra, dec, flux,
-                                                         n_cr_mean * lay.naxis1 * lay.naxis2)
+                                                         n_cr_mean * lay.naxis1 * lay.naxis2, det)
                 else:
-                    data, err, dq, crmask = _zero_exposure_chip(lay)
+                    data, err, dq, crmask = _zero_exposure_chip(lay, det)
                 crval = offset_radec(*truth.wcs.crval, *injected[i])
-                sci = hdr.sci_header(layout=lay, member=member, crval=crval, crpix=tuple(truth.wcs.crpix),
-                                     cd=truth.wcs.cd, ngoodpix=int((dq == 0).sum()),
-                                     orientat=float(truth.orientat))
-                chips.append((sci, data, err, dq))
+                arrays = _chip_arrays(det, data, err, dq, exptimes[i])
+                if templates is None:
+                    sci = hdr.sci_header(layout=lay, member=member, crval=crval, crpix=tuple(truth.wcs.crpix),
+                                         cd=truth.wcs.cd, ngoodpix=int((dq == 0).sum()),
+                                         orientat=float(truth.orientat))
+                else:
+                    sci = templated_sci(templates, det, layout=lay, member=member, crval=crval,
+                                        crpix=tuple(truth.wcs.crpix), cd=truth.wcs.cd,
+                                        orientat=float(truth.orientat), data=arrays["SCI"],
+                                        err=arrays["ERR"], dq=dq, exptime=exptimes[i])
+                chips.append((sci, arrays))
                 masks.append(crmask)
 
             for kind, paths in (("flt", flt_paths), ("flc", flc_paths)):
                 path = outdir / input_name(member, kind)
                 if kind in config.products.split("+"):
-                    _exposure_hdul(primary(i, kind, postargs[i]), chips).writeto(path, overwrite=True)
+                    _exposure_hdul(primary(i, kind, postargs[i]), chips, det, templates,
+                                   layouts).writeto(path, overwrite=True)
                     paths.append(path)
                 elif path.exists():
                     # A stale file from an earlier simulation would be picked up by the pipeline.
                     path.unlink()
 
             raw = outdir / f"{member}_raw.fits"
-            raw_sci = fits.ImageHDU(header=fits.Header([("EXTNAME", "SCI"), ("EXTVER", 1),
-                                                        ("CCDCHIP", layouts[0].ccdchip)]))
+            raw_cards = [("EXTNAME", "SCI"), ("EXTVER", 1)]
+            if layouts[0].header_ccdchip:
+                raw_cards.append(("CCDCHIP", layouts[0].ccdchip))
+            raw_sci = fits.ImageHDU(header=fits.Header(raw_cards))
             fits.HDUList([fits.PrimaryHDU(header=primary(i, "raw", postargs[i])), raw_sci]).writeto(
                 raw, overwrite=True)
             raw_paths.append(raw)
@@ -356,13 +422,13 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
 
     asn = outdir / f"{root}_asn.fits"
     hdr.asn_hdulist(root, members, ra_targ=config.ra, dec_targ=config.dec,
-                    date_obs=timings[0].date_obs).writeto(asn, overwrite=True)
+                    date_obs=timings[0].date_obs, det=det).writeto(asn, overwrite=True)
 
     truth_catalog = truthdir / f"{root}_truth.ecsv"
     catalog.write(truth_catalog, format="ascii.ecsv", overwrite=True)
     truth_json = truthdir / f"{root}_truth.json"
     truth = {
-        "config": dataclasses.asdict(config),
+        "config": _config_json(config),
         "pointing_error_pa_deg": POINTING_ERROR_PA,
         "guiding_failure_axis": "detector +x of the reference chip, exposure 1",
         "reference_files": {k: v.name for k, v in refs.paths.items()},
@@ -371,6 +437,10 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
         "n_truth_stars": len(catalog),
         "exposures": exposures_json,
     }
+    if templates is not None:
+        truth["detector"] = {"instrument": det.instrume, "detector": det.detector, "refvar": det.refvar,
+                             "kinds": list(det.kinds), "bunit": det.bunit, "template": det.template,
+                             "psf_sigma_pixels": det.psf_sigma, "cosmic_rays": det.cosmic_rays}
     if service_json is not None:
         truth["service"] = service_json["service"]
     truth_json.write_text(json.dumps(truth, indent=2, sort_keys=True) + "\n")
@@ -378,4 +448,5 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
     return SimResult(outdir=outdir, root=root, asn=asn, members=members, flt=flt_paths,
                      flc=flc_paths, raw=raw_paths, truth_catalog=truth_catalog, cr_masks=cr_paths,
                      reference_files=dict(refs.paths), truth_json=truth_json,
-                     injected_offsets=injected, service_dir=service_dir if config.service else None)
+                     injected_offsets=injected, service_dir=service_dir if config.service else None,
+                     instrument=det.name, refvar=det.refvar)

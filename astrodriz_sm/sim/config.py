@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .instruments import DEFAULT_INSTRUMENT, DETECTORS, detector
+
 __all__ = ["SimConfig", "SimResult", "add_simulate_arguments", "config_from_args"]
 
 #: Position angle (deg, east of north) of the common pointing error.
@@ -27,8 +29,9 @@ class SimConfig:
     n_exposures : int
         Number of exposures (association members).
     full_frame : bool
-        False: one 512x512 (``subarray_size``) subarray on chip 1; True: both
-        4096x2048 WFC chips.
+        False: one 512x512 (``subarray_size``) subarray on one chip (ACS/WFC:
+        chip 1); True: every chip of the detector in full (ACS/WFC: both
+        4096x2048 chips).
     subarray_size : int
         Side of the subarray in pixels.
     pointing_error : float
@@ -39,8 +42,10 @@ class SimConfig:
         along the detector +x axis of the reference chip.
     drizcorr : {'PERFORM', 'OMIT'}
         DRIZCORR written to the RAW, FLT and FLC primary headers.
-    products : {'flt+flc', 'flt', 'flc'}
-        Which calibrated products to write (``'flc'``: an FLC-only delivery).
+    products : {'flt+flc', 'flt', 'flc'} or None
+        Which calibrated products to write (``'flc'``: an FLC-only delivery);
+        None: every kind the detector has (`Detector.kinds`: FLT and FLC for
+        ACS/WFC, ACS/HRC and WFC3/UVIS, FLT only for WFC3/IR and ACS/SBC).
     n_stars : int
         Stars drawn over the field of exposure 0.  The truth catalog also
         holds stars at the same density in a surrounding disk that no
@@ -48,11 +53,13 @@ class SimConfig:
     seed : int
         Seed of every random draw.
     refdir : str or None
-        None: self-contained simulated instrument.  Otherwise a directory with
-        the real ACS/WFC files qbu1641sj_idc.fits, qbu16424j_npl.fits and
-        new_wfc_d2i.fits, linked into the output directory.
-    root : str
-        Association rootname (9 characters, ACS style).
+        ACS/WFC only.  None: self-contained simulated instrument.  Otherwise a
+        directory with the real ACS/WFC files qbu1641sj_idc.fits,
+        qbu16424j_npl.fits and new_wfc_d2i.fits, linked into the output directory.
+    root : str or None
+        Association rootname (9 characters starting with the detector's
+        rootname letter: 'j' for ACS, 'i' for WFC3); None: the detector's
+        default (`Detector.default_root`, ``jsm001010`` for ACS/WFC).
     exptime : float
         Seconds per exposure.
     ra, dec : float
@@ -84,6 +91,14 @@ class SimConfig:
         The last N exposures have EXPTIME = 0, as exposures whose shutter never
         opened: TEXPTIME 0, EXPEND = EXPSTART, SCI all zero (no sky, stars or
         cosmic rays), ERR the read noise, DQ 0.
+    instrument : str
+        Detector to simulate, a key of `astrodriz_sm.sim.instruments.DETECTORS`:
+        'acs-wfc' (default), 'acs-hrc', 'acs-sbc', 'wfc3-uvis', 'wfc3-ir'.
+    template_dir : str or None
+        Directory with the real files whose headers the detectors other than
+        ACS/WFC are modelled on; None: ``$ASTRODRIZ_SM_REFDATA`` or the
+        shared ``refdata`` next to the project (see
+        `astrodriz_sm.sim.instruments.template_directory`).
     """
 
     n_exposures: int = 3
@@ -92,11 +107,11 @@ class SimConfig:
     pointing_error: float = 0.0
     guiding_failure: float = 0.0
     drizcorr: str = "PERFORM"
-    products: str = "flt+flc"
+    products: str | None = None
     n_stars: int = 200
     seed: int = 1
     refdir: str | None = None
-    root: str = "jsm001010"
+    root: str | None = None
     exptime: float = 400.0
     ra: float = 150.1
     dec: float = 2.2
@@ -107,16 +122,34 @@ class SimConfig:
     apriori_idctab_mismatch: bool = False
     catalog_limits: dict[str, float] = field(default_factory=dict)
     zero_exptime_members: int = 0
+    instrument: str = DEFAULT_INSTRUMENT
+    template_dir: str | None = None
 
     def __post_init__(self) -> None:
+        det = detector(self.instrument)  # raises ValueError for an unknown name
+        self.instrument = det.name
         if self.n_exposures < 1:
             raise ValueError("n_exposures must be at least 1")
         if self.drizcorr not in ("PERFORM", "OMIT"):
             raise ValueError(f"drizcorr must be PERFORM or OMIT, not {self.drizcorr!r}")
+        if self.products is None:
+            self.products = "+".join(det.kinds)
         if self.products not in PRODUCT_KINDS:
             raise ValueError(f"products must be one of {', '.join(PRODUCT_KINDS)}, not {self.products!r}")
+        missing = set(self.products.split("+")) - set(det.kinds)
+        if missing:
+            raise ValueError(f"{det.name} has no {', '.join(sorted(missing)).upper()} files "
+                             f"(its kinds: {'+'.join(det.kinds)})")
+        if self.root is None:
+            self.root = det.default_root
         if len(self.root) != 9:
             raise ValueError(f"root {self.root!r} must have 9 characters")
+        if self.root[0].lower() != det.letter:
+            raise ValueError(f"{det.name} rootnames start with {det.letter!r}, not {self.root!r}")
+        if self.refdir is not None and det.template is not None:
+            raise ValueError("refdir (real ACS/WFC reference files) applies to acs-wfc only")
+        if self.template_dir is not None:
+            self.template_dir = str(self.template_dir)
         if not self.full_frame and not 16 <= self.subarray_size <= 2048:
             raise ValueError("subarray_size must lie in 16..2048")
         if self.refdir is not None:
@@ -165,7 +198,8 @@ class SimResult:
     Attributes
     ----------
     outdir : Path
-        Directory holding everything (use ``jref=<outdir>/``).
+        Directory holding everything (use ``<refvar>=<outdir>/``, e.g.
+        ``jref=<outdir>/`` for ACS, ``iref=<outdir>/`` for WFC3).
     root : str
         Association rootname.
     asn : Path
@@ -188,6 +222,10 @@ class SimResult:
     service_dir : Path or None
         ``<outdir>/service`` with the astrometry-service data, or None when
         ``SimConfig.service`` is False.
+    instrument : str
+        `SimConfig.instrument` of the simulation.
+    refvar : str
+        Environment variable the header reference-file names use (``jref``, ``iref``).
     """
 
     outdir: Path
@@ -203,16 +241,20 @@ class SimResult:
     truth_json: Path | None = None
     injected_offsets: list[tuple[float, float]] = field(default_factory=list)
     service_dir: Path | None = None
+    instrument: str = DEFAULT_INSTRUMENT
+    refvar: str = "jref"
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the simulator's options to ``parser`` (see `config_from_args`)."""
     d = SimConfig()
     g = parser.add_argument_group("simulation")
+    g.add_argument("--instrument", choices=list(DETECTORS), default=d.instrument,
+                   help=f"detector to simulate (default {d.instrument})")
     g.add_argument("--n-exposures", type=int, default=d.n_exposures, metavar="N",
                    help=f"exposures in the association (default {d.n_exposures})")
     g.add_argument("--full-frame", action="store_true",
-                   help="two 4096x2048 chips instead of one 512x512 subarray")
+                   help="every chip in full (ACS/WFC: two 4096x2048 chips) instead of one subarray")
     g.add_argument("--subarray-size", type=int, default=d.subarray_size, metavar="PIX",
                    help=f"subarray side in pixels (default {d.subarray_size})")
     g.add_argument("--pointing-error", type=float, default=d.pointing_error, metavar="ARCSEC",
@@ -221,15 +263,21 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                    help="extra header pointing error of exposure 1, along detector x")
     g.add_argument("--drizcorr", choices=["PERFORM", "OMIT"], default=d.drizcorr,
                    help="DRIZCORR switch in the RAW/FLT/FLC headers")
-    g.add_argument("--kinds", choices=PRODUCT_KINDS, default=d.products,
-                   help=f"calibrated files each exposure has (default {d.products})")
+    g.add_argument("--kinds", choices=PRODUCT_KINDS, default=None,
+                   help="calibrated files each exposure has (default: every kind the detector has)")
     g.add_argument("--flt-only", action="store_true", help="the same as --kinds flt")
     g.add_argument("--n-stars", type=int, default=d.n_stars, metavar="N",
                    help=f"stars in the truth catalog (default {d.n_stars})")
     g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     g.add_argument("--refdir", default=None, metavar="DIR",
                    help="use the real ACS/WFC IDCTAB/NPOLFILE/D2IMFILE from DIR")
-    g.add_argument("--root", default=d.root, help=f"association rootname (default {d.root})")
+    g.add_argument("--root", default=None,
+                   help=f"association rootname (default {d.root} for {d.instrument}, "
+                        + ", ".join(f"{k.default_root} for {k.name}" for k in DETECTORS.values()
+                                    if k.name != d.instrument) + ")")
+    g.add_argument("--template-dir", default=None, metavar="DIR",
+                   help="real HST files the non-ACS/WFC headers are modelled on "
+                        "(default $ASTRODRIZ_SM_REFDATA or ../shared/refdata)")
     g.add_argument("--exptime", type=float, default=d.exptime, metavar="SEC",
                    help=f"exposure time (default {d.exptime:g})")
     g.add_argument("--no-service", action="store_true",
@@ -272,15 +320,17 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         pointing_error=getattr(args, "pointing_error", d.pointing_error),
         guiding_failure=getattr(args, "guiding_failure", d.guiding_failure),
         drizcorr=getattr(args, "drizcorr", d.drizcorr),
-        products="flt" if getattr(args, "flt_only", False) else getattr(args, "kinds", d.products),
+        products="flt" if getattr(args, "flt_only", False) else getattr(args, "kinds", None),
         n_stars=getattr(args, "n_stars", d.n_stars),
         seed=getattr(args, "seed", d.seed),
         refdir=getattr(args, "refdir", d.refdir),
-        root=getattr(args, "root", d.root),
+        root=getattr(args, "root", None),
         exptime=getattr(args, "exptime", d.exptime),
         service=not getattr(args, "no_service", False),
         apriori_residual=getattr(args, "apriori_residual", d.apriori_residual),
         apriori_idctab_mismatch=getattr(args, "apriori_idctab_mismatch", d.apriori_idctab_mismatch),
         catalog_limits=dict(getattr(args, "catalog_limits", None) or {}),
         zero_exptime_members=getattr(args, "zero_exptime_members", d.zero_exptime_members),
+        instrument=getattr(args, "instrument", d.instrument),
+        template_dir=getattr(args, "template_dir", None),
     )

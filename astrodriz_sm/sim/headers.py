@@ -14,6 +14,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time, TimeDelta
 
+from .instruments import ChipModel, Detector
 from .reffiles import CHIP_XREF, CHIP_YREF, FILTER1, FILTER2, ReferenceSet
 
 __all__ = [
@@ -54,6 +55,13 @@ class ChipLayout:
         Image size.
     ltv1, ltv2 : float
         Offset from full-chip to image pixels (``x_image = x_chip + LTV1``).
+    xref, yref : float
+        Model reference pixel of the chip (full-chip pixels; ACS/WFC's by default).
+    amps : str or None
+        Amplifier(s) reading out this image; None: ACS/WFC's (see `amp`).
+    header_ccdchip : bool
+        Whether the SCI header carries CCDCHIP (the real WFC3/IR and ACS/HRC
+        headers do not; stwcs then takes chip 1).
     """
 
     extver: int
@@ -62,15 +70,21 @@ class ChipLayout:
     naxis2: int
     ltv1: float
     ltv2: float
+    xref: float = CHIP_XREF
+    yref: float = CHIP_YREF
+    amps: str | None = None
+    header_ccdchip: bool = True
 
     @property
     def crpix(self) -> tuple[float, float]:
         """Model reference pixel (XREF, YREF) in image pixels (1-based)."""
-        return CHIP_XREF + self.ltv1, CHIP_YREF + self.ltv2
+        return self.xref + self.ltv1, self.yref + self.ltv2
 
     @property
     def amp(self) -> str:
         """Amplifier(s) reading out this image."""
+        if self.amps is not None:
+            return self.amps
         if self.naxis1 == 4096:
             return "CD" if self.ccdchip == 2 else "AB"
         return "B" if self.ccdchip == 1 else "C"
@@ -91,13 +105,40 @@ class ExposureTiming:
         return float(Time(0.5 * (self.expstart + self.expend), format="mjd", scale="utc").decimalyear)
 
 
-def chip_layouts(full_frame: bool, subarray_size: int) -> list[ChipLayout]:
+def chip_layouts(full_frame: bool, subarray_size: int, det: Detector | None = None,
+                 chips: list[ChipModel] | None = None) -> list[ChipLayout]:
     """SCI extensions of an exposure.
 
-    A subarray is a single ``subarray_size`` square on chip 1 centred on the
-    chip's model reference pixel (stwcs handles single-chip subarrays; two
-    chips with different LTV2 are not handled correctly by stwcs).
+    A subarray is a single ``subarray_size`` square on one chip (ACS/WFC:
+    chip 1; others: `Detector.subarray_chip`) centred on the chip's model
+    reference pixel (stwcs handles single-chip subarrays; two chips with
+    different LTV2 are not handled correctly by stwcs).
+
+    Parameters
+    ----------
+    full_frame : bool
+    subarray_size : int
+    det : Detector, optional
+        Default ACS/WFC.
+    chips : list of ChipModel, optional
+        Distortion models of a templated detector's chips (their XREF/YREF).
     """
+    if det is not None and det.template is not None:
+        if chips is None:
+            raise ValueError(f"{det.name}: chip models are needed")
+        layouts = []
+        for k, (ccd, model) in enumerate(zip(det.ccdchips, chips)):
+            common = {"ccdchip": model.ccdchip, "xref": model.xref, "yref": model.yref,
+                      "header_ccdchip": ccd is not None}
+            if full_frame:
+                layouts.append(ChipLayout(k + 1, naxis1=det.chip_size[0], naxis2=det.chip_size[1],
+                                          ltv1=0.0, ltv2=0.0, amps=det.amps[k], **common))
+            elif k == det.subarray_chip:
+                half = subarray_size // 2
+                layouts.append(ChipLayout(1, naxis1=subarray_size, naxis2=subarray_size,
+                                          ltv1=-(model.xref - half), ltv2=-(model.yref - half),
+                                          amps=det.subarray_amp, **common))
+        return layouts
     if full_frame:
         return [ChipLayout(1, 2, 4096, 2048, 0.0, 0.0), ChipLayout(2, 1, 4096, 2048, 0.0, 0.0)]
     half = subarray_size // 2
@@ -106,9 +147,10 @@ def chip_layouts(full_frame: bool, subarray_size: int) -> list[ChipLayout]:
 
 
 def member_names(root: str, n: int) -> list[str]:
-    """Exposure rootnames of an association (ACS style, lower case).
+    """Exposure rootnames of an association (lower case).
 
-    ``jsm001010`` gives ``jsm001a1q``, ``jsm001a2q``, ...: the first six
+    ``jsm001010`` gives ``jsm001a1q``, ``jsm001a2q``, ... (``ism001010``:
+    ``ism001a1q``, ...): the first six
     characters, a visit letter and exposure digit (base 36 past 9), and 'q'.
     """
     if len(root) != 9:
@@ -318,7 +360,7 @@ def aux_header(extname: str, sci: fits.Header) -> fits.Header:
 
 
 def asn_hdulist(asn_id: str, members: list[str], *, ra_targ: float, dec_targ: float,
-                date_obs: str) -> fits.HDUList:
+                date_obs: str, det: Detector | None = None) -> fits.HDUList:
     """Association table: EXP-DTH rows for members and a PROD-DTH row for the product.
 
     Parameters
@@ -331,11 +373,14 @@ def asn_hdulist(asn_id: str, members: list[str], *, ra_targ: float, dec_targ: fl
         Target coordinates (deg).
     date_obs : str
         Date of the first exposure.
+    det : Detector, optional
+        Default ACS/WFC.
 
     Returns
     -------
     astropy.io.fits.HDUList
     """
+    instrume, detector = (det.instrume, det.detector) if det is not None else ("ACS", "WFC")
     names = [m.upper() for m in members] + [asn_id.upper()]
     types = ["EXP-DTH"] * len(members) + ["PROD-DTH"]
     table = fits.BinTableHDU.from_columns([
@@ -351,11 +396,13 @@ def asn_hdulist(asn_id: str, members: list[str], *, ra_targ: float, dec_targ: fl
     h["FILENAME"] = (f"{asn_id.lower()}_asn.fits", "name of file")
     h["FILETYPE"] = ("ASN_TABLE", "type of data found in data file")
     h["TELESCOP"] = ("HST", "telescope used to acquire data")
-    h["INSTRUME"] = ("ACS", "identifier for instrument used to acquire data")
-    h["DETECTOR"] = ("WFC", "detector in use: WFC, HRC, or SBC")
+    h["INSTRUME"] = (instrume, "identifier for instrument used to acquire data")
+    h["DETECTOR"] = (detector, "detector in use")
+    if (instrume, detector) == ("ACS", "WFC"):
+        h.comments["DETECTOR"] = "detector in use: WFC, HRC, or SBC"
     h["EQUINOX"] = (2000.0, "equinox of celestial coord. system")
     h["ROOTNAME"] = (asn_id.lower(), "rootname of the observation set")
-    h["PRIMESI"] = ("ACS", "instrument designated as prime")
+    h["PRIMESI"] = (instrume, "instrument designated as prime")
     h["TARGNAME"] = ("SIM-FIELD", "proposer's target name")
     h["RA_TARG"] = (ra_targ, "right ascension of the target (deg) (J2000)")
     h["DEC_TARG"] = (dec_targ, "declination of the target (deg) (J2000)")

@@ -11,12 +11,15 @@ from astropy.io import fits
 from astropy.table import Table
 from scipy.special import erf
 
-from .render import PSF_SIGMA, SATURATION, SKY_LEVEL, propagate, zero_point
+from .instruments import detector_of_header
+from .render import propagate
 
 __all__ = ["ProductAstrometry", "measure_product_astrometry", "observation_epoch"]
 
-# Fraction of a star's flux in its brightest pixel, at most (star centred on the pixel).
-_PEAK_FRACTION = float(erf(0.5 / (np.sqrt(2.0) * PSF_SIGMA)) ** 2)
+
+def _peak_fraction(sigma: float) -> float:
+    """Fraction of a star's flux in its brightest pixel, at most (star centred on the pixel)."""
+    return float(erf(0.5 / (np.sqrt(2.0) * sigma)) ** 2)
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,9 @@ def measure_product_astrometry(product: str | Path, truth_catalog: str | Path, e
 
     The positions are predicted by the product's own WCS from the truth
     catalog propagated to ``epoch``; centroids come from a 2-D Gaussian fit
-    (photutils ``centroid_2dg``) in a small box.
+    (photutils ``centroid_2dg``) in a small box.  The detector (INSTRUME and
+    DETECTOR of the product) sets the fluxes, PSF width, sky and full well
+    used to leave out saturated stars.
 
     Parameters
     ----------
@@ -83,11 +88,13 @@ def measure_product_astrometry(product: str | Path, truth_catalog: str | Path, e
     catalog = Table.read(truth_catalog, format="ascii.ecsv")
     ra, dec = propagate(catalog, epoch)
     mag = np.asarray(catalog["mag"], dtype=float)
-    flux = 10.0 ** (-0.4 * (mag - zero_point())) * exptime
     with fits.open(product) as hdul:
+        det = detector_of_header(hdul[0].header)
         sci = np.nan_to_num(hdul["SCI", 1].data.astype(np.float64))
         wht = hdul["WHT", 1].data
         wcs = HSTWCS(hdul, ext=("SCI", 1))
+    flux = 10.0 ** (-0.4 * (mag - det.zero_point)) * exptime
+    peak_fraction = _peak_fraction(det.psf_sigma)
     x, y = wcs.all_world2pix(ra, dec, 0)
     ny, nx = sci.shape
     edge = box_size + 3
@@ -95,7 +102,7 @@ def measure_product_astrometry(product: str | Path, truth_catalog: str | Path, e
     for i in range(len(x)):
         if not (edge <= x[i] < nx - edge and edge <= y[i] < ny - edge):
             continue
-        if flux[i] * _PEAK_FRACTION + SKY_LEVEL > 0.8 * SATURATION:
+        if flux[i] * peak_fraction + det.sky_level > 0.8 * det.saturation:
             continue
         d = np.hypot(x - x[i], y - y[i])
         d[i] = np.inf

@@ -1,9 +1,12 @@
-"""Reference files for simulated ACS/WFC associations.
+"""Reference files for simulated associations.
 
-The simulator either writes its own self-contained instrument (an IDCTAB-format
-distortion table, no NPOLFILE and no D2IMFILE) or points at real ACS/WFC
-reference files in a directory given by the user.  In both modes it writes its
-own MDRIZTAB, the table AstroDrizzle reads with ``mdriztab=True``.
+For ACS/WFC the simulator either writes its own self-contained instrument (an
+IDCTAB-format distortion table, no NPOLFILE and no D2IMFILE) or points at real
+ACS/WFC reference files in a directory given by the user.  For the other
+detectors it writes an IDCTAB derived from the detector's real header template
+(see `astrodriz_sm.sim.instruments`), with NPOLFILE and D2IMFILE 'N/A'.  It
+always writes its own MDRIZTAB, the table AstroDrizzle reads with
+``mdriztab=True``.
 
 Every file is written with fixed DATE keywords so that two runs with the same
 configuration produce identical bytes.
@@ -18,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from .instruments import DEFAULT_INSTRUMENT, ChipModel, Detector, chip_models, detector
+
 __all__ = [
     "FILTER1",
     "FILTER2",
@@ -29,6 +34,7 @@ __all__ = [
     "ReferenceSet",
     "idc_coefficients",
     "prepare_reference_files",
+    "write_detector_idctab",
     "write_idctab",
     "write_mdriztab",
 ]
@@ -226,9 +232,13 @@ _GOOD_BITS = 16 + 64 + 256 + 512 + 1024
 NAN = float("nan")
 
 
-def _mdz_row(numimages: int) -> dict[str, object]:
-    """Parameters for one MDRIZTAB row (``numimages`` or more exposures)."""
-    multi = numimages > 1
+def _mdz_row(numimages: int, cr_reject: bool = True) -> dict[str, object]:
+    """Parameters for one MDRIZTAB row (``numimages`` or more exposures).
+
+    ``cr_reject`` False (detectors without cosmic rays) switches off the
+    separate drizzle, median, blot and driz_cr steps at any number of images.
+    """
+    multi = numimages > 1 and cr_reject
     return {
         "filter": "ANY", "numimages": numimages,
         "build": True, "stepsize": 10, "coeffs": "header", "context": True,
@@ -255,7 +265,7 @@ def _mdz_row(numimages: int) -> dict[str, object]:
     }
 
 
-def write_mdriztab(path: Path, max_images: int = 4) -> Path:
+def write_mdriztab(path: Path, max_images: int = 4, det: Detector | None = None) -> Path:
     """Write an MDRIZTAB with generic ('ANY' filter) rows for 1..``max_images`` exposures.
 
     drizzlepac picks the last row whose ``numimages`` does not exceed the number
@@ -269,13 +279,17 @@ def write_mdriztab(path: Path, max_images: int = 4) -> Path:
         Output file name.
     max_images : int, optional
         Number of rows.
+    det : Detector, optional
+        Detector the table is for (default ACS/WFC); without cosmic rays
+        (`Detector.cosmic_rays`) no row rejects them.
 
     Returns
     -------
     Path
         ``path``.
     """
-    rows = [_mdz_row(n) for n in range(1, max_images + 1)]
+    det = det or detector(DEFAULT_INSTRUMENT)
+    rows = [_mdz_row(n, det.cosmic_rays) for n in range(1, max_images + 1)]
     cols = []
     for name, fmt in _MDZ_COLUMNS:
         values = [row[name] for row in rows]
@@ -291,37 +305,109 @@ def write_mdriztab(path: Path, max_images: int = 4) -> Path:
     table = fits.BinTableHDU.from_columns(cols)
     phdr = fits.Header()
     phdr["FILENAME"] = path.name
-    phdr["INSTRUME"] = "ACS"
-    phdr["DETECTOR"] = "WFC"
+    phdr["INSTRUME"] = det.instrume
+    phdr["DETECTOR"] = det.detector
     phdr["FILETYPE"] = "MULTIDRIZZLE PARAMETERS"
     phdr["USEAFTER"] = "Jan 01 2002 00:00:00"
     phdr["PEDIGREE"] = "DUMMY 01/01/2019"
-    phdr["DESCRIP"] = "AstroDrizzle parameters for simulated ACS/WFC associations"
+    phdr["DESCRIP"] = f"AstroDrizzle parameters for simulated {det.instrume}/{det.detector} associations"
+    fits.HDUList([_fixed_primary(phdr), table]).writeto(path, overwrite=True)
+    return path
+
+
+def write_detector_idctab(path: Path, det: Detector, chips: list[ChipModel]) -> Path:
+    """Write the IDCTAB of a templated detector, one FORWARD row per chip.
+
+    The columns are those of the real tables: DETCHIP, DIRECTION, the filter
+    column(s) (WFC3: FILTER; ACS: FILTER1 and FILTER2, where the SBC rows carry
+    'N/A' in FILTER2 as stwcs expects for the MAMA), XSIZE, YSIZE, XREF, YREF,
+    V2REF, V3REF, THETA, SCALE, CX10..CXnn, CY10..CYnn.
+
+    Parameters
+    ----------
+    path : Path
+        Output file name (its root should have 9 characters).
+    det : Detector
+    chips : list of ChipModel
+        Rows, e.g. from `astrodriz_sm.sim.instruments.chip_models`.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    norder = chips[0].norder
+    filters = det.header_filters()
+    if det.detector == "SBC":
+        filters["FILTER2"] = "N/A"
+    names = ["DETCHIP", "DIRECTION", *filters, "XSIZE", "YSIZE", "XREF", "YREF",
+             "V2REF", "V3REF", "THETA", "SCALE"]
+    coeff_names = [f"{axis}{i}{j}" for axis in ("CX", "CY")
+                   for i in range(1, norder + 1) for j in range(i + 1)]
+    rows: dict[str, list] = {n: [] for n in names + coeff_names}
+    for chip in chips:
+        values = {"DETCHIP": chip.ccdchip, "DIRECTION": "FORWARD", **filters,
+                  "XSIZE": chip.xsize, "YSIZE": chip.ysize, "XREF": chip.xref, "YREF": chip.yref,
+                  "V2REF": chip.v2ref, "V3REF": chip.v3ref, "THETA": chip.theta, "SCALE": chip.scale}
+        for name in names:
+            rows[name].append(values[name])
+        for name in coeff_names:
+            arr = chip.cx if name.startswith("CX") else chip.cy
+            rows[name].append(arr[int(name[2]), int(name[3])])
+    formats = {"DETCHIP": "1I", "DIRECTION": "8A", "XSIZE": "1J", "YSIZE": "1J",
+               **{key: "8A" for key in filters}}
+    # Double precision: the coefficients come from real headers and are kept as written.
+    cols = [fits.Column(name=n, format=formats.get(n, "1D"), array=np.array(rows[n]),
+                        unit={"DETCHIP": "chip", "SCALE": "arcsec"}.get(n))
+            for n in names + coeff_names]
+    table = fits.BinTableHDU.from_columns(cols, name="IDCall.fits")
+    phdr = fits.Header()
+    phdr["FILENAME"] = (path.name, "name of file")
+    phdr["NEXTEND"] = (1, "number of extensions in file")
+    phdr["USEAFTER"] = "Jan 01 2002 00:00:00"
+    phdr["PEDIGREE"] = "DUMMY 01/01/2019"
+    phdr["INSTRUME"] = det.instrume
+    phdr["DETECTOR"] = det.detector
+    phdr["NORDER"] = norder
+    phdr["FILETYPE"] = "DISTORTION COEFFICIENTS"
+    phdr["DESCRIP"] = f"Simulated {det.instrume}/{det.detector} distortion from {det.template}"
     fits.HDUList([_fixed_primary(phdr), table]).writeto(path, overwrite=True)
     return path
 
 
 def prepare_reference_files(outdir: Path, refdir: str | os.PathLike | None,
-                            max_images: int) -> ReferenceSet:
+                            max_images: int, det: Detector | None = None,
+                            template_dir: str | os.PathLike | None = None) -> ReferenceSet:
     """Write or link the reference files for one association into ``outdir``.
 
     Parameters
     ----------
     outdir : Path
-        Output directory; users run with ``jref=<outdir>/``.
+        Output directory; users run with ``<refvar>=<outdir>/`` (``jref``,
+        ``iref``; see `Detector.refvar`).
     refdir : path-like or None
-        None: write the simulated IDCTAB (NPOLFILE and D2IMFILE are 'N/A').
-        Otherwise: symbolic links in ``outdir`` to the real ACS/WFC IDCTAB,
-        NPOLFILE and D2IMFILE found in ``refdir``.
+        ACS/WFC only.  None: write the simulated IDCTAB (NPOLFILE and D2IMFILE
+        are 'N/A').  Otherwise: symbolic links in ``outdir`` to the real
+        ACS/WFC IDCTAB, NPOLFILE and D2IMFILE found in ``refdir``.
     max_images : int
         Number of MDRIZTAB rows to write.
+    det : Detector, optional
+        Default ACS/WFC.  Any other detector gets the IDCTAB derived from its
+        template (`write_detector_idctab`) and NPOLFILE/D2IMFILE 'N/A'.
+    template_dir : path-like, optional
+        Where the templates are (see `astrodriz_sm.sim.instruments.template_directory`).
 
     Returns
     -------
     ReferenceSet
     """
+    det = det or detector(DEFAULT_INSTRUMENT)
     paths: dict[str, Path] = {}
-    if refdir is None:
+    var = det.refvar
+    if det.template is not None:
+        paths["IDCTAB"] = write_detector_idctab(outdir / det.idctab, det, chip_models(det, template_dir))
+        npol = d2im = "N/A"
+    elif refdir is None:
         paths["IDCTAB"] = write_idctab(outdir / SIM_IDCTAB)
         npol = d2im = "N/A"
     else:
@@ -337,7 +423,7 @@ def prepare_reference_files(outdir: Path, refdir: str | os.PathLike | None,
             # A link, not a copy: reference files are large and stay where they are.
             link.symlink_to(source)
             paths[key] = link
-        npol, d2im = f"jref${REAL_NPOLFILE}", f"jref${REAL_D2IMFILE}"
-    paths["MDRIZTAB"] = write_mdriztab(outdir / SIM_MDRIZTAB, max_images=max_images)
-    return ReferenceSet(idctab=f"jref${paths['IDCTAB'].name}", npolfile=npol, d2imfile=d2im,
-                        mdriztab=f"jref${SIM_MDRIZTAB}", paths=paths)
+        npol, d2im = f"{var}${REAL_NPOLFILE}", f"{var}${REAL_D2IMFILE}"
+    paths["MDRIZTAB"] = write_mdriztab(outdir / det.mdriztab, max_images=max_images, det=det)
+    return ReferenceSet(idctab=f"{var}${paths['IDCTAB'].name}", npolfile=npol, d2imfile=d2im,
+                        mdriztab=f"{var}${det.mdriztab}", paths=paths)

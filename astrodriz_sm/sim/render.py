@@ -36,9 +36,9 @@ PM_SIGMA = 3.0           # mas/yr, per component
 _STAMP_RADIUS = 7        # pixels: 7 sigma, the stamp holds all but ~1e-12 of the flux
 
 
-def zero_point() -> float:
-    """ST magnitude of a source giving 1 e-/s (from PHOTFLAM and PHOTZPT)."""
-    return float(-2.5 * np.log10(PHOTFLAM) + PHOTZPT)
+def zero_point(photflam: float = PHOTFLAM, photzpt: float = PHOTZPT) -> float:
+    """ST magnitude of a source giving 1 e-/s (from PHOTFLAM and PHOTZPT; ACS/WFC's by default)."""
+    return float(-2.5 * np.log10(photflam) + photzpt)
 
 
 def make_truth_catalog(rng: np.random.Generator, ra: np.ndarray, dec: np.ndarray,

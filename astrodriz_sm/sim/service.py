@@ -382,7 +382,8 @@ def _solution_headerlet(updated: Path, *, rootname: str, wcsname: str, shift: tu
         # Present the solution as derived with another distortion table.
         # DISTNAME is SIPNAME followed by the NPOL and D2IM names.
         old_sip, new_sip = primary["SIPNAME"], f"{rootname}_{idcroot}"
-        primary["IDCTAB"] = f"jref${idcroot}_idc.fits"
+        variable = str(primary.get("IDCTAB", "jref$")).partition("$")[0] or "jref"
+        primary["IDCTAB"] = f"{variable}${idcroot}_idc.fits"
         primary["SIPNAME"] = new_sip
         primary["DISTNAME"] = new_sip + primary["DISTNAME"][len(old_sip):]
     return hlet

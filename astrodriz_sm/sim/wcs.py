@@ -46,6 +46,8 @@ __all__ = [
     "jref_environment",
     "offset_radec",
     "pixel_offset_to_arcsec",
+    "reference_environment",
+    "reference_variables",
     "sci_wcs",
     "updated_copy",
     "updated_wcs",
@@ -53,21 +55,50 @@ __all__ = [
 
 
 @contextlib.contextmanager
-def jref_environment(directory: str | os.PathLike) -> Iterator[None]:
-    """Temporarily point the ``jref`` environment variable at ``directory``.
+def reference_environment(directory: str | os.PathLike, *variables: str) -> Iterator[None]:
+    """Temporarily point reference-file variables (``jref``, ``iref``, ``uref``) at ``directory``.
 
-    stsci.tools expands ``jref$name`` by plain concatenation, so the value
+    stsci.tools expands ``iref$name`` by plain concatenation, so the value
     must end with a path separator.
+
+    Parameters
+    ----------
+    directory : path-like
+    *variables : str
+        Variable names; none given: ``jref``.
     """
-    previous = os.environ.get("jref")
-    os.environ["jref"] = str(Path(directory).resolve()) + os.sep
+    variables = variables or ("jref",)
+    previous = {var: os.environ.get(var) for var in variables}
+    value = str(Path(directory).resolve()) + os.sep
+    for var in variables:
+        os.environ[var] = value
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop("jref", None)
-        else:
-            os.environ["jref"] = previous
+        for var, old in previous.items():
+            if old is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = old
+
+
+def jref_environment(directory: str | os.PathLike, variable: str = "jref") -> contextlib.AbstractContextManager:
+    """Temporarily point the ``jref`` (or another reference) variable at ``directory``.
+
+    See `reference_environment`.
+    """
+    return reference_environment(directory, variable)
+
+
+def reference_variables(path: str | os.PathLike) -> tuple[str, ...]:
+    """Variables (``jref``, ``iref``, ...) the reference-file keywords of a file's primary header use."""
+    header = fits.getheader(path)
+    found = []
+    for key in ("IDCTAB", "NPOLFILE", "D2IMFILE", "MDRIZTAB"):
+        var, sep, _ = str(header.get(key, "")).partition("$")
+        if sep and var not in found:
+            found.append(var)
+    return tuple(found) or ("jref",)
 
 
 def offset_radec(ra: float, dec: float, east_arcsec: float, north_arcsec: float) -> tuple[float, float]:
@@ -149,7 +180,8 @@ def updated_copy(path: str | os.PathLike, jref_dir: str | os.PathLike,
     scratch = workdir / Path(path).name
     shutil.copyfile(path, scratch)
     # updatewcs reports each correction on stdout; keep the caller's output clean.
-    with jref_environment(jref_dir), contextlib.redirect_stdout(io.StringIO()):
+    with reference_environment(jref_dir, *reference_variables(scratch)), \
+            contextlib.redirect_stdout(io.StringIO()):
         updatewcs.updatewcs(str(scratch), use_db=False, checkfiles=False)
     return scratch
 
