@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import (
+    CENTROID_METHODS,
     RunConfig,
     pipeline_switches_from_environment,
     recorded_environment,
@@ -147,7 +148,7 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
             align_to_gaia: bool = True, manifest: bool = False, force_alignment: bool = False,
             verify_guiding: bool = False, environ: Mapping[str, str] | None = None, store: str | os.PathLike | None = None,
             log_json: str | os.PathLike | None = None, console: bool = True, resume_unfinished: bool = False,
-            restart: bool = False, observer=None) -> RunResult:
+            restart: bool = False, observer=None, centroids: str = "drizzlepac") -> RunResult:
     """Process an association or exposure, as ``runastrodriz.process`` does.
 
     Parameters
@@ -192,6 +193,10 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
         Abandon this input's unfinished run, if there is one (an event says so), and start anew.
     observer : callable, optional
         ``observer(stage, step, point)``, the runner's hook (see :class:`astrodriz_sm.runner.Runner`).
+    centroids : {'drizzlepac', 'psf'}
+        Source positions of the a posteriori fit: drizzlepac 3.11's (``DAOStarFinder`` on each
+        segment), or those refined by fitting a pixel-integrated Gaussian PSF to each source, which
+        are unbiased on undersampled PSFs such as WFC3/IR's (:mod:`astrodriz_sm.handlers.centroids`).
 
     Returns
     -------
@@ -211,6 +216,8 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
     env = dict(os.environ if environ is None else environ)
     if num_cores is not None and num_cores < 1:
         raise UsageError(f"num_cores must be at least 1, not {num_cores}")
+    if centroids not in CENTROID_METHODS:
+        raise UsageError(f"centroids must be one of {', '.join(CENTROID_METHODS)}, not {centroids!r}")
     input_path = Path(input).resolve()
     if not input_path.parent.is_dir():
         raise InputError(f"{input_path}: directory does not exist", str(input_path))
@@ -226,7 +233,7 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
         num_cores=num_cores, debug=debug, align_to_gaia=align_to_gaia, manifest=manifest,
         force_alignment=force_alignment, verify_guiding=verify_guiding,
         apply_apriori=apply_apriori, compute_aposteriori=compute, reset_idctab=reset_idctab,
-        quality_testing=quality_testing,
+        quality_testing=quality_testing, centroids=centroids,
         environment=recorded_environment(env), notes=tuple(notes))
     with run_log(log_json, console) as log:
         events = open_store(store, input_path.parent, create=True)

@@ -65,6 +65,10 @@ def parse_switch(name: str, value: str | None, default: bool = True) -> bool:
     raise ConfigError(f"{name}={value!r}: expected one of on/yes/true or off/no/false")
 
 
+#: Source positions the a posteriori fit can use: drizzlepac 3.11's, or PSF-fitted ones.
+CENTROID_METHODS = ("drizzlepac", "psf")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that decides what a run does, captured once at its start."""
@@ -85,6 +89,7 @@ class RunConfig:
     compute_aposteriori: bool = True
     reset_idctab: bool = False
     quality_testing: bool = False
+    centroids: str = "drizzlepac"
     environment: dict = field(default_factory=dict)
     notes: tuple = ()
 

@@ -76,7 +76,7 @@ def fingerprint(run) -> dict:
     for key, path in sorted(paths.items()):
         refs[key] = {"name": Path(path).name, "sha256": sha256(path) if Path(path).exists() else None}
     options = {k: run.config.get(k) for k in ("force", "inmemory", "basic", "num_cores", "apply_apriori",
-                                               "compute_aposteriori")}
+                                               "compute_aposteriori", "centroids")}
     return {"astrodriz_sm": VERSION, "libraries": library_versions(), "references": refs, "options": options}
 
 

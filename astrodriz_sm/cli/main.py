@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .. import api
 from ..api import STORE_NAME
-from ..errors import EXIT_CODE_MEANINGS, AstrodrizError, ExitCode, InputError, Interrupted
+from ..config import CENTROID_METHODS
+from ..errors import EXIT_CODE_MEANINGS, AstrodrizError, ExitCode, InputError, Interrupted, UsageError
 from ..store.eventstore import StoreCorrupt, StoreError
 
 
@@ -29,7 +30,8 @@ def cmd_start(args) -> int:
         args.input, args.newpath, force=args.force, inmemory=args.inmemory, basic=args.basic,
         num_cores=args.num_cores, debug=args.debug, align_to_gaia=not args.no_gaia, manifest=args.manifest,
         force_alignment=args.force_alignment, verify_guiding=args.verify_guiding, store=args.store,
-        log_json=args.log_json, console=not args.quiet, resume_unfinished=args.resume, restart=args.restart))
+        log_json=args.log_json, console=not args.quiet, resume_unfinished=args.resume, restart=args.restart,
+        centroids=args.centroids))
 
 
 def cmd_resume(args) -> int:
@@ -82,33 +84,47 @@ def cmd_explain(args) -> int:
     return 0
 
 
-def cmd_simulate(args) -> int:
-    from ..sim import config_from_args, simulate_association
+def _simulate(outdir: Path, config_or_args):
+    """Simulate, with the simulator's refusals as one-line errors: bad options, a missing template."""
+    from ..sim import SimConfig, config_from_args, simulate_association
 
-    result = simulate_association(Path(args.outdir), config_from_args(args))
+    try:
+        config = config_or_args if isinstance(config_or_args, SimConfig) else config_from_args(config_or_args)
+    except ValueError as exc:
+        raise UsageError(f"simulate: {exc}") from None
+    try:
+        return simulate_association(outdir, config)
+    except FileNotFoundError as exc:
+        raise InputError(str(exc), exc.filename or "") from None
+
+
+def cmd_simulate(args) -> int:
+    result = _simulate(Path(args.outdir), args)
     print(f"wrote association {result.asn}")
     print(f"truth catalog {result.truth_catalog}")
-    print(f"run it with: jref={result.outdir.resolve()}/ astrodriz-sm start {result.asn.resolve()}")
+    print(f"run it with: {result.refvar}={result.outdir.resolve()}/ astrodriz-sm start {result.asn.resolve()}")
     return 0
 
 
 def cmd_demo(args) -> int:
     from ..services import ServiceStore, start_server
-    from ..sim import SimConfig, simulate_association
+    from ..sim import SimConfig
+    from ..sim.instruments import detector
 
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     if any(workdir.iterdir()):
         raise InputError(f"{workdir}: demo directory is not empty; give --workdir a new directory", str(workdir))
-    print(f"simulating a 3-exposure ACS/WFC association with a 0.6 arcsec pointing error in {workdir}",
-          file=sys.stderr)
-    sim = simulate_association(workdir / "data", SimConfig(pointing_error=0.6))
+    det = detector(args.instrument)
+    print(f"simulating a 3-exposure {det.instrume}/{det.detector} association with a 0.6 arcsec pointing "
+          f"error in {workdir}", file=sys.stderr)
+    sim = _simulate(workdir / "data", SimConfig(pointing_error=0.6, instrument=det.name))
     service_db = workdir / "astrometry_service.db"
     ServiceStore(service_db).load_directory(sim.service_dir)
     service = start_server(service_db)
     print(f"local astrometry service on {service.url}", file=sys.stderr)
-    # The demo's own reference files and service, whatever jref and the URLs are in this shell.
-    environ = {**os.environ, **service.environment, "jref": f"{sim.outdir}/"}
+    # The demo's own reference files and service, whatever jref/iref and the URLs are in this shell.
+    environ = {**os.environ, **service.environment, sim.refvar: f"{sim.outdir}/"}
     try:
         result = api.process(sim.asn, environ=environ, log_json=args.log_json, console=not args.quiet)
     finally:
@@ -195,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-i", "--inmemory", action="store_true", help="final AstroDrizzle keeps intermediates in memory")
     s.add_argument("-b", "--basic", action="store_true", help="basic mode: write no headerlets")
     s.add_argument("-n", "--num-cores", type=_at_least_one, metavar="N", help="cores for AstroDrizzle")
+    s.add_argument("--centroids", choices=CENTROID_METHODS, default=CENTROID_METHODS[0],
+                   help="source positions of the a posteriori fit: drizzlepac's (default), or PSF-fitted "
+                        "ones, unbiased on undersampled PSFs (WFC3/IR)")
     s.add_argument("-d", "--debug", action="store_true",
                    help="keep the stage directories and write each verified product's focus JSON")
     s.add_argument("-g", "--no-gaia", action="store_true",
@@ -254,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="simulate an association, serve its astrometry locally, process it")
     s.add_argument("--workdir", default="astrodriz-sm-demo", help="new directory for the demo data")
+    from ..sim.instruments import DEFAULT_INSTRUMENT, DETECTORS
+
+    s.add_argument("--instrument", choices=list(DETECTORS), default=DEFAULT_INSTRUMENT,
+                   help=f"detector of the simulated association (default {DEFAULT_INSTRUMENT}); all but "
+                        "acs-wfc take their headers from real files in $ASTRODRIZ_SM_REFDATA")
     s.set_defaults(func=cmd_demo)
     return p
 

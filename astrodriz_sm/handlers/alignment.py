@@ -18,6 +18,7 @@ from ..model import StageStop, StepResult
 from ..statemachine import best_verified_stage, choose_fit, conclude_stage, fit_search_ends, stage_files
 from ..statemachine.rules import FAILED_FIT_RMS, VALID_FIT_QUALITY
 from ..statemachine.state import CANDIDATE, DECISION
+from .centroids import refine_catalogs
 from .common import StepContext, Timer, captured_output, hashes, working_directory
 from .drizzle import copy_into_stage
 from .network import bounded_requests, service_timeout
@@ -34,6 +35,9 @@ DEFAULT_URLS = {
 PROBE_TIMEOUT = 1.5
 STAGE_SERVICES = {"apriori": ("ASTROMETRY_SERVICE_URL", "GSSS_WEBSERVICES_URL"),
                   "aposteriori": ("ASTROMETRIC_CATALOG_URL",)}
+# drizzlepac's analyze_data rules (analyze.py 3.11.0 467-570), as runastrodriz gates the a posteriori fit.
+EXCLUSION_RULE = ("drizzlepac analyze_data: not fitted when OBSTYPE is not IMAGING, MTFLAG=T, SCAN_TYP C or D, "
+                  "a calibration target, EXPTIME ~ 0, CHINJECT not NONE, a BLOCK filter, or all-zero SCI")
 REQUIRED_SERVICE = {"apriori": "ASTROMETRY_SERVICE_URL", "aposteriori": "ASTROMETRIC_CATALOG_URL"}
 
 
@@ -336,7 +340,7 @@ def align(ctx: StepContext) -> StepResult:
             # Verified default products mean trustworthy cosmic-ray flags: mask them too (runastrodriz).
             "sat_flags": 256 + 2048 + (4096 + 8192 if ctx.run.verdict("default") else 0)}
     pars.update(apars)
-    stop, facts, decision, methods = None, [], None, []
+    stop, facts, decision, methods, centroids = None, [], None, [], None
     with Timer() as t, captured_output() as out, working_directory(d), \
             bounded_requests(service_timeout(ctx.run.environment)) as requests_log:
         wcs = common_wcs(d, files)
@@ -347,11 +351,17 @@ def align(ctx: StepContext) -> StepResult:
                 stop = "no exposure can be aligned (drizzlepac analyze excluded them all)"
             excluded = {str(r["imageName"]): str(r["processMsg"]) for r in table.filtered_table
                         if r["status"] != 0 or r["imageName"] not in (table.process_list or [])}
+            facts += [(DECISION, {"decision": "aposteriori_exclusion", "exposure": name, "reason": why,
+                                  "rule": EXCLUSION_RULE}) for name, why in excluded.items()]
             found = {}
             if stop is None:
                 methods = table.get_fit_methods()
                 if len(table.process_list) == 1:
                     methods.remove("relative")
+                if ctx.config.get("centroids") == "psf":
+                    # Before the first configure_fit, which renames the position columns.
+                    ctx.progress("PSF-fitted source positions")
+                    centroids = refine_catalogs(table.extracted_sources, mask_bits=pars["sat_flags"])
                 for name, chips in table.extracted_sources.items():
                     found[name] = int(sum(len(c) for c in (chips or {}).values() if c is not None))
                 threshold = quality_pars["MIN_OBSERVABLE_THRESHOLD"]
@@ -409,6 +419,7 @@ def align(ctx: StepContext) -> StepResult:
         finally:
             table.close()
     payload = {"excluded": excluded, "sources_found": found, "catalogs": catalogs, "methods": methods,
+               "centroids": {"method": ctx.config.get("centroids") or "drizzlepac", "refined": centroids},
                "common_wcs": wcs, "seconds": t.elapsed, "log": out.getvalue(),
                "requests_failed": [f.__dict__ for f in requests_log.failures]}
     if stop is not None:

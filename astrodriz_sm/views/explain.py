@@ -233,7 +233,9 @@ def explain(run: RunState) -> dict:
     return {"run_id": run.run_id, "status": run.ended["status"] if run.ended else "unfinished",
             "exposures": exposures, "chosen": chosen, "rule": wcs.get("rule"),
             "stages": [stages[s] for s in WCS_STAGES], "aposteriori_fits": fit_summaries,
-            "fit_rule": fit_decision.get("rule")}
+            "fit_rule": fit_decision.get("rule"),
+            "aposteriori_excluded": {d["exposure"]: d["reason"] for d in run.decisions
+                                     if d.get("decision") == "aposteriori_exclusion"}}
 
 
 def _cell(value, digits: int = 2) -> str:
@@ -296,5 +298,8 @@ def render_explain(doc: dict) -> str:
         lines += _table(rows, [False] + [f["chosen"] for f in doc["aposteriori_fits"]])
         if doc["fit_rule"]:
             lines.append(f"fit rule: {doc['fit_rule']}")
+    if doc.get("aposteriori_excluded"):
+        lines += ["", "excluded from the a posteriori fit (drizzlepac analyze_data)"]
+        lines += [f"    {name}: {why}" for name, why in doc["aposteriori_excluded"].items()]
     lines += ["", f"rule: {doc['rule'] or 'no WCS decision in the log yet'}"]
     return "\n".join(lines) + "\n"

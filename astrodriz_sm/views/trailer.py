@@ -122,7 +122,7 @@ def _run_started(p: dict) -> list[str]:
            + ", ".join(f"{k} {v}" for k, v in sorted(p.get("libraries", {}).items()))]
     for k in ("run_dir", "newpath", "force", "inmemory", "basic", "num_cores", "debug", "align_to_gaia",
               "manifest", "force_alignment", "verify_guiding", "apply_apriori", "compute_aposteriori",
-              "reset_idctab", "quality_testing"):
+              "reset_idctab", "quality_testing", "centroids"):
         out.append(f"    {k}: {_fmt(cfg.get(k))}")
     for k, v in sorted(cfg.get("environment", {}).items()):
         out.append(f"    environment {k}={v}")
