@@ -390,11 +390,12 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def child_environment(service_env: dict, jref: Path) -> dict:
+def child_environment(service_env: dict, refdir: Path, refvar: str = "jref") -> dict:
+    """A pipeline's environment: this one's, the services, and ``refvar`` (jref, iref) set to ``refdir``."""
     env = {k: v for k, v in os.environ.items()
            if k not in SERVICE_VARIABLES and not k.startswith("ASTROMETRY_")}
     env.update(service_env)
-    env["jref"] = f"{jref}/"
+    env[refvar] = f"{refdir}/"
     env["PYTHONUNBUFFERED"] = "1"  # line time stamps for runastrodriz's stage breakdown
     return env
 
@@ -438,7 +439,7 @@ def one_run(pipeline: str, index: int, sim, workroot: Path, service_env: dict, p
     d = workroot / f"{'A' if pipeline == 'runastrodriz' else 'B'}{index}-{pipeline}"
     copy_association(sim.outdir, d)
     asn = d / sim.asn.name
-    res = run_child(pipeline_command(pipeline, asn), d, child_environment(service_env, d), d,
+    res = run_child(pipeline_command(pipeline, asn), d, child_environment(service_env, d, sim.refvar), d,
                     f"_bench_{pipeline}", timeout)
     product = d / product_name
     status = run_status(res, product, timeout)

@@ -107,6 +107,12 @@ _CASES = (
          {"pointing_error": 0.6, "date_obs": "2019-05-01"}, no_apriori=True),
     Case("pre-2017-no-apriori", 'DATE-OBS 2017-06-01, no a priori solution in the service; 0.6"',
          {"pointing_error": 0.6, "date_obs": "2017-06-01"}, no_apriori=True),
+    # The other detectors, each with the files it really has (headers from real files in refdata).
+    Case("acs-hrc", 'ACS/HRC, FLT+FLC; 0.6"', {"instrument": "acs-hrc", "pointing_error": 0.6}),
+    Case("acs-sbc", 'ACS/SBC (MAMA: FLT only, no cosmic rays, no single-drizzle images); 0.6"',
+         {"instrument": "acs-sbc", "pointing_error": 0.6}),
+    Case("wfc3-uvis", 'WFC3/UVIS, FLT+FLC; 0.6"', {"instrument": "wfc3-uvis", "pointing_error": 0.6}),
+    Case("wfc3-ir", 'WFC3/IR (FLT only, e-/s, SAMP/TIME); 0.6"', {"instrument": "wfc3-ir", "pointing_error": 0.6}),
 )
 CASES = {c.name: c for c in _CASES}
 
@@ -365,7 +371,7 @@ def run_pipeline(pipeline: str, sim, input_name: str, dest: Path, service_env: d
     """Run one pipeline on a fresh copy of the association in ``dest`` and read what it handed back."""
     bench.copy_association(sim.outdir, dest)
     res = bench.run_child(bench.pipeline_command(pipeline, dest / input_name), dest,
-                          bench.child_environment(service_env, dest), dest, f"_parity_{pipeline}", timeout)
+                          bench.child_environment(service_env, dest, sim.refvar), dest, f"_parity_{pipeline}", timeout)
     verified = dest / verified_product_name(sim, input_name)
     run = PipelineRun(pipeline=pipeline, directory=str(dest), exit_code=res.exit_code,
                       status=bench.run_status(res, verified, timeout), wall_s=round(res.wall_s, 2))
