@@ -24,7 +24,7 @@ import shlex
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -147,8 +147,9 @@ def main(argv=None) -> int:
     jobs = [(inst, seed) for inst in args.instruments for seed in range(1, args.seeds + 1)]
     t = time.monotonic()
     records = []
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for out in pool.map(lambda j: run_association(*j, workdir, args.timeout or None), jobs):
+    # Processes, not threads: the simulator sets the reference-file variables in its environment.
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for out in pool.map(run_association, *zip(*jobs), [workdir] * len(jobs), [args.timeout or None] * len(jobs)):
             for m in out:
                 print(f"{m.instrument} seed {m.seed} {m.centroids}: {m.status}, {m.wall_s:.0f} s, "
                       f"rms {_f(m.rms_mas)} mas, mean offset {_f(m.mean_offset_mas)} mas, {m.wcsname}", flush=True)

@@ -71,3 +71,27 @@ def test_detector_ends_with_runastrodriz_wcsname(instrument, tmp_path):
     rms, n = _native_rms(product, tmp_path / "sim" / "truth", instrument)
     print(instrument, f"{rms:.4f} native px over {n} stars")
     assert n >= 20 and rms < MAX_RMS_NATIVE_PIXELS
+
+
+def test_psf_centroids_refine_the_fit_sources_on_wfc3_ir(simulated, service):
+    """``--centroids psf``: the a posteriori fit uses PSF-fitted positions, recorded per chip."""
+    src, d = simulated("wfc3-ir", instrument="wfc3-ir", pointing_error=0.6)
+    handle = service(src)
+    proc = run_cli("-q", "start", "--centroids", "psf", d / src.asn.name,
+                   env={src.refvar: f"{d}/", **handle.environment})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = EventStore(d / "astrodriz_sm.db")
+    run = fold(store.events(store.latest_run()["run_id"]))
+    assert run.ended["status"] == "done" and run.config["centroids"] == "psf"
+    align = run.output("aposteriori", "align")
+    assert align["centroids"]["method"] == "psf"
+    chips = [c for per_file in align["centroids"]["refined"].values() for c in per_file.values()]
+    assert len(chips) == 3
+    for chip in chips:
+        # Almost every source drizzlepac found is refined; the measured PSF is the simulator's 1 px.
+        assert chip["refined"] >= 0.9 * chip["sources"] > 20
+        assert abs(chip["sigma"] - detector("wfc3-ir").psf_sigma) < 0.1
+    assert run.decision("wcs")["chosen_wcsname"] == "IDC_sm00009ai-FIT_REL_GAIAeDR3"
+    rms, n = _native_rms(d / f"{src.root}_drz.fits", d / "truth", "wfc3-ir")
+    print(f"wfc3-ir --centroids psf: {rms:.4f} native px over {n} stars")
+    assert n >= 20 and rms < MAX_RMS_NATIVE_PIXELS

@@ -361,7 +361,8 @@ def align(ctx: StepContext) -> StepResult:
                 if ctx.config.get("centroids") == "psf":
                     # Before the first configure_fit, which renames the position columns.
                     ctx.progress("PSF-fitted source positions")
-                    centroids = refine_catalogs(table.extracted_sources, mask_bits=pars["sat_flags"])
+                    refined = refine_catalogs(table.extracted_sources, mask_bits=pars["sat_flags"])
+                    centroids = {name: {str(chip): v for chip, v in chips.items()} for name, chips in refined.items()}
                 for name, chips in table.extracted_sources.items():
                     found[name] = int(sum(len(c) for c in (chips or {}).values() if c is not None))
                 threshold = quality_pars["MIN_OBSERVABLE_THRESHOLD"]
