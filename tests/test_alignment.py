@@ -170,3 +170,24 @@ def test_new_apriori_from_guide_star_offsets_when_the_database_has_none_for_this
     err = _error_mas(d)
     print(err)
     assert abs(err["mean_offset_mas"] - 1000.0 * (east ** 2 + north ** 2) ** 0.5) < 5.0
+
+
+def test_an_exposure_analyze_data_excludes_is_a_decision_and_the_others_are_fitted(simulated, service):
+    """drizzlepac's analyze_data keeps a moving-target exposure out of the fit; explain names it."""
+    src, d = simulated("excluded", products="flt", pointing_error=0.6)
+    fits.setval(d / "jsm001a3q_flt.fits", "MTFLAG", value="T")
+    handle = service(src)
+    proc = run_cli("-q", "start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **handle.environment})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = EventStore(d / "astrodriz_sm.db")
+    run_id = store.latest_run()["run_id"]
+    run = fold(store.events(run_id))
+    exclusions = [p for p in run.decisions if p["decision"] == "aposteriori_exclusion"]
+    assert [e["exposure"] for e in exclusions] == ["jsm001a3q_flt.fits"]
+    assert "MTFLAG" in exclusions[0]["rule"] and exclusions[0]["reason"]
+    fitted = {k.split("[")[0] for k in run.candidates["aposteriori"][0]["exposures"]}
+    assert fitted == {"jsm001a1q_flt.fits", "jsm001a2q_flt.fits"}
+    assert run.decision("wcs")["chosen_stage"] == "aposteriori"
+    explained = run_cli("explain", run_id, cwd=d)
+    assert explained.returncode == 0
+    assert f"    jsm001a3q_flt.fits: {exclusions[0]['reason']}" in explained.stdout

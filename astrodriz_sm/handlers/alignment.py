@@ -349,8 +349,9 @@ def align(ctx: StepContext) -> StepResult:
         try:
             if table.process_list is None:
                 stop = "no exposure can be aligned (drizzlepac analyze excluded them all)"
+            # doProcess says it (status is the later fit's, 9999 until a fit sets it).
             excluded = {str(r["imageName"]): str(r["processMsg"]) for r in table.filtered_table
-                        if r["status"] != 0 or r["imageName"] not in (table.process_list or [])}
+                        if not r["doProcess"]}
             facts += [(DECISION, {"decision": "aposteriori_exclusion", "exposure": name, "reason": why,
                                   "rule": EXCLUSION_RULE}) for name, why in excluded.items()]
             found = {}
