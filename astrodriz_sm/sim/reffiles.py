@@ -136,6 +136,35 @@ def _fixed_primary(header: fits.Header) -> fits.PrimaryHDU:
     return hdu
 
 
+def _write_idc_file(path: Path, rows: dict[str, list], real_format: str, text_columns: tuple[str, ...],
+                    instrume: str, detector: str, norder: int, descrip: str, extra=()) -> Path:
+    """Write an IDCTAB: the ``rows`` columns in their order, and its primary header.
+
+    ``real_format`` is the FITS format of the non-integer, non-text columns; ``extra`` are more
+    primary-header cards, after the common ones.
+    """
+    formats = {"DETCHIP": "1I", "DIRECTION": "8A", "XSIZE": "1J", "YSIZE": "1J",
+               **{key: "8A" for key in text_columns}}
+    cols = [fits.Column(name=n, format=formats.get(n, real_format), array=np.array(values),
+                        unit={"DETCHIP": "chip", "SCALE": "arcsec"}.get(n))
+            for n, values in rows.items()]
+    table = fits.BinTableHDU.from_columns(cols, name="IDCall.fits")
+    phdr = fits.Header()
+    phdr["FILENAME"] = (path.name, "name of file")
+    phdr["NEXTEND"] = (1, "number of extensions in file")
+    phdr["USEAFTER"] = "Jan 01 2002 00:00:00"
+    phdr["PEDIGREE"] = "DUMMY 01/01/2019"
+    phdr["INSTRUME"] = instrume
+    phdr["DETECTOR"] = detector
+    phdr["NORDER"] = norder
+    phdr["FILETYPE"] = "DISTORTION COEFFICIENTS"
+    phdr["DESCRIP"] = descrip
+    for key, value in extra:
+        phdr[key] = value
+    fits.HDUList([_fixed_primary(phdr), table]).writeto(path, overwrite=True)
+    return path
+
+
 def write_idctab(path: Path) -> Path:
     """Write the simulated instrument's IDCTAB.
 
@@ -177,29 +206,13 @@ def write_idctab(path: Path) -> Path:
             arr = cx if name.startswith("CX") else cy
             rows[name].append(arr[int(name[2]), int(name[3])])
 
-    formats = {"DETCHIP": "1I", "DIRECTION": "8A", "FILTER1": "8A", "FILTER2": "8A",
-               "XSIZE": "1J", "YSIZE": "1J"}
-    cols = [fits.Column(name=n, format=formats.get(n, "1E"), array=np.array(rows[n]),
-                        unit={"DETCHIP": "chip", "SCALE": "arcsec"}.get(n))
-            for n in names + coeff_names]
-    table = fits.BinTableHDU.from_columns(cols, name="IDCall.fits")
-
-    phdr = fits.Header()
-    phdr["FILENAME"] = (path.name, "name of file")
-    phdr["NEXTEND"] = (1, "number of extensions in file")
-    phdr["USEAFTER"] = "Jan 01 2002 00:00:00"
-    phdr["PEDIGREE"] = "DUMMY 01/01/2019"
-    phdr["INSTRUME"] = "ACS"
-    phdr["DETECTOR"] = "WFC"
-    phdr["NORDER"] = IDC_NORDER
-    phdr["FILETYPE"] = "DISTORTION COEFFICIENTS"
-    phdr["DESCRIP"] = "Simulated ACS/WFC-like distortion for astrodriz_sm tests"
-    phdr["TDDORDER"] = (0, "order of the time-dependent skew model")
-    phdr["TDD_DATE"] = (2016.0, "reference date of the skew model (decimal year)")
-    phdr["TDD_A0"] = (0.02, "time-dependent skew alpha (pixels)")
-    phdr["TDD_B0"] = (-0.01, "time-dependent skew beta (pixels)")
-    fits.HDUList([_fixed_primary(phdr), table]).writeto(path, overwrite=True)
-    return path
+    return _write_idc_file(
+        path, rows, "1E", ("FILTER1", "FILTER2"), "ACS", "WFC", IDC_NORDER,
+        "Simulated ACS/WFC-like distortion for astrodriz_sm tests",
+        extra=[("TDDORDER", (0, "order of the time-dependent skew model")),
+               ("TDD_DATE", (2016.0, "reference date of the skew model (decimal year)")),
+               ("TDD_A0", (0.02, "time-dependent skew alpha (pixels)")),
+               ("TDD_B0", (-0.01, "time-dependent skew beta (pixels)"))])
 
 
 # MDRIZTAB columns: (name, FITS format).  Formats follow what drizzlepac's
@@ -354,25 +367,9 @@ def write_detector_idctab(path: Path, det: Detector, chips: list[ChipModel]) -> 
         for name in coeff_names:
             arr = chip.cx if name.startswith("CX") else chip.cy
             rows[name].append(arr[int(name[2]), int(name[3])])
-    formats = {"DETCHIP": "1I", "DIRECTION": "8A", "XSIZE": "1J", "YSIZE": "1J",
-               **{key: "8A" for key in filters}}
     # Double precision: the coefficients come from real headers and are kept as written.
-    cols = [fits.Column(name=n, format=formats.get(n, "1D"), array=np.array(rows[n]),
-                        unit={"DETCHIP": "chip", "SCALE": "arcsec"}.get(n))
-            for n in names + coeff_names]
-    table = fits.BinTableHDU.from_columns(cols, name="IDCall.fits")
-    phdr = fits.Header()
-    phdr["FILENAME"] = (path.name, "name of file")
-    phdr["NEXTEND"] = (1, "number of extensions in file")
-    phdr["USEAFTER"] = "Jan 01 2002 00:00:00"
-    phdr["PEDIGREE"] = "DUMMY 01/01/2019"
-    phdr["INSTRUME"] = det.instrume
-    phdr["DETECTOR"] = det.detector
-    phdr["NORDER"] = norder
-    phdr["FILETYPE"] = "DISTORTION COEFFICIENTS"
-    phdr["DESCRIP"] = f"Simulated {det.instrume}/{det.detector} distortion from {det.template}"
-    fits.HDUList([_fixed_primary(phdr), table]).writeto(path, overwrite=True)
-    return path
+    return _write_idc_file(path, rows, "1D", tuple(filters), det.instrume, det.detector, norder,
+                           f"Simulated {det.instrume}/{det.detector} distortion from {det.template}")
 
 
 def prepare_reference_files(outdir: Path, refdir: str | os.PathLike | None,
