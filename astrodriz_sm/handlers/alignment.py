@@ -8,7 +8,6 @@ and the choice among them one ``decision`` event with its rule.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -345,7 +344,7 @@ def align(ctx: StepContext) -> StepResult:
             bounded_requests(service_timeout(ctx.run.environment)) as requests_log:
         wcs = common_wcs(d, files)
         ctx.progress(f"source finding in {len(files)} exposures")
-        table = alignment_table(files, workers=ctx.config.get("num_cores") or len(os.sched_getaffinity(0)), **pars)
+        table = alignment_table(files, workers=ctx.cores, **pars)
         try:
             if table.process_list is None:
                 stop = "no exposure can be aligned (drizzlepac analyze excluded them all)"

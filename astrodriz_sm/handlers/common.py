@@ -54,6 +54,11 @@ class StepContext:
         return self.run.config
 
     @property
+    def cores(self) -> int:
+        """Cores the step may use: ``-n``, else every core this process may run on."""
+        return self.config.get("num_cores") or len(os.sched_getaffinity(0))
+
+    @property
     def inputs(self) -> Inputs:
         """What the init stage recorded."""
         return self.run.inputs

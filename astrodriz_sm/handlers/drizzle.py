@@ -183,7 +183,7 @@ def updatewcs(ctx: StepContext) -> StepResult:
                 stwcs_updatewcs(list(group), use_db=False, checkfiles=False)
             except Exception as exc:
                 raise ProcessingError(f"{d / group[0]}: updatewcs failed: {exc}", str(d / group[0])) from exc
-        add_skycells([n for g in groups for n in g], workers=ctx.config.get("num_cores") or len(os.sched_getaffinity(0)))
+        add_skycells([n for g in groups for n in g], workers=ctx.cores)
     names = {n: _wcsnames(d / n) for g in groups for n in g}
     found = sorted({w for ws in names.values() for w in ws})
     if expected and found != [expected]:
@@ -441,7 +441,7 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> StepResult:
     if len(jobs) > 1:
         # The lists share the cores (``-n`` or all usable ones): two drizzles each starting a worker
         # per core would only compete for them, and hold twice the memory.
-        share = max(1, (ctx.config.get("num_cores") or len(os.sched_getaffinity(0))) // len(jobs))
+        share = max(1, ctx.cores // len(jobs))
         for p in jobs:
             entries[p.name]["parameters"] = {**entries[p.name]["parameters"], "num_cores": share}
         done = _drizzle_concurrently(d, [(p, entries[p.name]["parameters"]) for p in jobs])

@@ -9,7 +9,6 @@ distribution of good values; the total product passes when its z-score lies with
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -176,7 +175,7 @@ def verify_alignment(ctx: StepContext) -> StepResult:
     else:
         ctx.progress(f"focus index and overlap difference of {product.name} against "
                      f"{n_drizzled} single-drizzle images")
-        workers = ctx.config.get("num_cores") or len(os.sched_getaffinity(0))
+        workers = ctx.cores
         results.append(focus_check(d, product, ctx.inputs.detector_parameters.focus_sigma,
                                    d / focus_json_name(product.name, ctx.stage) if ctx.config.get("debug") else None,
                                    workers=workers))
