@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 FLT, FLC = "flt", "flc"
 CALIBRATED_KINDS = (FLT, FLC)
-# runastrodriz's inputs, by the suffix of their file name.
-INPUT_KINDS = ("asn", "raw", FLT, FLC)
+# runastrodriz's inputs, by the suffix of their file name (WFPC2: the calibrated _c0m and the raw _d0m).
+INPUT_KINDS = ("asn", "raw", FLT, FLC, "c0m", "d0m")
 # The product each calibrated kind drizzles into.
 PRODUCT_SUFFIX = {FLT: "drz", FLC: "drc"}
+WFPC2_PRODUCT_SUFFIX = "drw"
 
 
 def input_name(root: str, kind: str) -> str:
@@ -169,12 +170,14 @@ class Product:
 
     @property
     def suffix(self) -> str:
-        """``'drz'`` or ``'drc'``."""
+        """``'drz'`` or ``'drc'``; WFPC2's is ``'drw'`` (AstroDrizzle's, so the archive's ``_drz`` stay)."""
+        if self.exposures[0].instrument == "WFPC2":
+            return WFPC2_PRODUCT_SUFFIX
         return PRODUCT_SUFFIX[self.kind]
 
     @property
     def name(self) -> str:
-        """``<root>_drz.fits`` or ``<root>_drc.fits``."""
+        """``<root>_drz.fits``, ``<root>_drc.fits`` or WFPC2's ``<root>_drw.fits``."""
         return f"{self.root}_{self.suffix}.fits"
 
     @property
