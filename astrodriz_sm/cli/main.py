@@ -102,7 +102,8 @@ def cmd_simulate(args) -> int:
     result = _simulate(Path(args.outdir), args)
     print(f"wrote association {result.asn}")
     print(f"truth catalog {result.truth_catalog}")
-    print(f"run it with: {result.refvar}={result.outdir.resolve()}/ astrodriz-sm start {result.asn.resolve()}")
+    env = " ".join(f"{k}={v}" for k, v in result.environment.items())
+    print(f"run it with: {env} astrodriz-sm start {result.asn.resolve()}")
     return 0
 
 
@@ -116,17 +117,21 @@ def cmd_demo(args) -> int:
     if any(workdir.iterdir()):
         raise InputError(f"{workdir}: demo directory is not empty; give --workdir a new directory", str(workdir))
     det = detector(args.instrument)
-    print(f"simulating a 3-exposure {det.instrume}/{det.detector} association with a 0.6 arcsec pointing "
-          f"error in {workdir}", file=sys.stderr)
-    sim = _simulate(workdir / "data", SimConfig(pointing_error=0.6, instrument=det.name))
+    # WFPC2 as runastrodriz takes it: one exposure's _c0m file (its four chips), not an association.
+    n = 1 if det.is_wfpc2 else 3
+    what = "a WFPC2 exposure" if det.is_wfpc2 else f"a {n}-exposure {det.instrume}/{det.detector} association"
+    print(f"simulating {what} with a 0.6 arcsec pointing error in {workdir}", file=sys.stderr)
+    sim = _simulate(workdir / "data", SimConfig(pointing_error=0.6, instrument=det.name, n_exposures=n))
     service_db = workdir / "astrometry_service.db"
     ServiceStore(service_db).load_directory(sim.service_dir)
     service = start_server(service_db)
     print(f"local astrometry service on {service.url}", file=sys.stderr)
-    # The demo's own reference files and service, whatever jref/iref and the URLs are in this shell.
-    environ = {**os.environ, **service.environment, sim.refvar: f"{sim.outdir}/"}
+    # The demo's own reference files (and CRDS cache) and service, whatever jref/iref and the URLs
+    # are in this shell.
+    environ = {**os.environ, **service.environment, **sim.environment}
     try:
-        result = api.process(sim.asn, environ=environ, log_json=args.log_json, console=not args.quiet)
+        result = api.process(sim.c0m[0] if det.is_wfpc2 else sim.asn, environ=environ, log_json=args.log_json,
+                             console=not args.quiet)
     finally:
         service.stop()
     _report_end(result)
