@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -207,11 +208,14 @@ def preview_figure(product: Path, exposures: list[Path], title: str) -> Figure:
     title : str
     """
     from astropy.io import fits
+    from astropy.utils.exceptions import AstropyWarning
     from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterval
     from astropy.wcs import WCS
     from matplotlib.patches import Polygon
 
-    with fits.open(product, memmap=True) as hdul:
+    with fits.open(product, memmap=True) as hdul, warnings.catch_warnings():
+        # A drizzled product is distortion-free; SIP keywords some headers keep do not apply to it.
+        warnings.simplefilter("ignore", AstropyWarning)
         sci = hdul[("SCI", 1)]
         wcs = WCS(sci.header)
         factor = max(1, math.ceil(max(sci.data.shape) / PREVIEW_PIXELS))
