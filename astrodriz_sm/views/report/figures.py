@@ -117,7 +117,7 @@ def residual_vector_figure(table) -> Figure:
                                       label=f"{what} ({int(mask.sum())})")
     if quivers:
         key = float(max(1, round(2 * typical)))
-        ax.quiverkey(next(iter(quivers.values())), 0.80, 1.02, key, f"{key:g} mas", labelpos="E",
+        ax.quiverkey(next(iter(quivers.values())), 0.78, 0.05, key, f"{key:g} mas", labelpos="E",
                      coordinates="axes", fontproperties={"size": 8})
     pad = 0.08 * size
     if xi.size:
