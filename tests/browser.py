@@ -158,6 +158,8 @@ class Page:
 
     def screenshot(self, path: Path, width: int = 1280) -> None:
         """A PNG of the whole page, ``width`` CSS pixels wide."""
+        # The page's height at this width: set the width first, then measure.
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=800, deviceScaleFactor=1, mobile=False)
         height = int(self.evaluate("document.documentElement.scrollHeight"))
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
         data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]

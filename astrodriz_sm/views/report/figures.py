@@ -195,6 +195,23 @@ def _block_mean(data: np.ndarray, factor: int) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+def display_limits(values: np.ndarray) -> tuple[float, float]:
+    """Black and white of a preview: one sky sigma below the sky, and the 99.99th percentile.
+
+    Stars cover a thousandth of a sparse full-frame field: a percentile range would be all sky noise.
+    Sky and sigma are sigma-clipped, from at most a million of the pixels.
+    """
+    from astropy.stats import sigma_clipped_stats
+
+    if values.size == 0:
+        return 0.0, 1.0
+    sample = values[:: max(1, values.size // 1_000_000)]
+    _, sky, sigma = sigma_clipped_stats(sample, maxiters=3)
+    top = float(np.percentile(values, 99.99))
+    low = float(sky - sigma)
+    return low, max(top, low + 10 * max(float(sigma), 1e-12))
+
+
 def preview_figure(product: Path, exposures: list[Path], title: str) -> Figure:
     """A product's SCI image with an asinh stretch, each exposure's chips outlined.
 
@@ -209,7 +226,7 @@ def preview_figure(product: Path, exposures: list[Path], title: str) -> Figure:
     """
     from astropy.io import fits
     from astropy.utils.exceptions import AstropyWarning
-    from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterval
+    from astropy.visualization import AsinhStretch, ImageNormalize
     from astropy.wcs import WCS
     from matplotlib.patches import Polygon
 
@@ -221,8 +238,7 @@ def preview_figure(product: Path, exposures: list[Path], title: str) -> Figure:
         factor = max(1, math.ceil(max(sci.data.shape) / PREVIEW_PIXELS))
         image = _block_mean(sci.data, factor)
     finite = image[np.isfinite(image)]
-    norm = ImageNormalize(finite if finite.size else np.zeros(1), interval=PercentileInterval(99.5),
-                          stretch=AsinhStretch(a=0.05))
+    norm = ImageNormalize(vmin=(limits := display_limits(finite))[0], vmax=limits[1], stretch=AsinhStretch(a=0.02))
     h, w = image.shape
     fig = new_figure(7.0, 7.0 * h / w + 0.6)
     ax = fig.add_subplot()
