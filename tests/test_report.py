@@ -166,6 +166,13 @@ def test_the_report_of_a_resumed_run_shows_the_crash_and_the_resume(simulated, s
     env.update(jref=f"{d}/", **handle.environment)
     assert start_and_kill(d / f"{ROOT}_asn.fits", env, ("aposteriori/astrodrizzle", "step.started", 1.0),
                           timeout=300)
+    # The report of the run as the crash left it: unfinished, its log ending inside the drizzle.
+    proc = run_cli("report", "-o", d / "before", cwd=d)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = _show(_printed(proc.stdout, "report"))
+    assert before["status"] == "unfinished" and before["marks"] == []
+    last = before["attempts"][-1]
+    assert (last["step"], last["outcome"], last["process"]) == ("aposteriori/astrodrizzle", "running", 1)
     proc = run_cli("start", "--resume", "--report", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/",
                                                                                 **handle.environment})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -188,12 +195,18 @@ def test_the_report_of_a_resumed_run_shows_the_crash_and_the_resume(simulated, s
     assert qa["data"]["run"]["data"]["processes"] == 2
 
 
-def test_start_report_and_manifest_hand_back_the_fit_matches(simulated, service):
+def test_start_report_and_manifest_hand_back_the_fit_matches_and_d_previews_each_kept_stage(simulated, service):
     src, d = simulated("report-manifest", products="flt", n_exposures=2, pointing_error=0.6)
     handle = service(src)
-    proc = run_cli("start", "-m", "--report", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **handle.environment})
+    proc = run_cli("start", "-m", "-d", "--report", d / f"{ROOT}_asn.fits",
+                   env={"jref": f"{d}/", **handle.environment})
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, _, run = _run(d / "astrodriz_sm.db")
+    # -d keeps the stage directories: each kept stage's product is previewed after the final one.
+    kept = ["default"] + [s for s in ("apriori", "aposteriori") if run.output(s, "conclude").get("kept")]
+    shown = _show(_printed(proc.stdout, "report"))
+    previews = [i["alt"] for i in shown["images"][FIGURES_BEFORE_PREVIEWS:]]
+    assert previews == [f"preview of {ROOT}_drz.fits"] * (1 + len(kept))
     matches = run.output("aposteriori", "align")["fit_matches"]["file"]
     assert run.output("final", "replace")["fit_matches"] == [matches]
     members = [f"{m}_flt.fits" for m in src.members]
