@@ -24,7 +24,6 @@ from ...statemachine.state import (
     STEP_FAILED,
     STEP_INVALIDATED,
     STEP_STARTED,
-    TRANSITION,
 )
 from ..explain import STAGE_LABELS, explain
 
@@ -38,13 +37,6 @@ FOCUS_SIGMAS = 3.0
 def parse_utc(text: str) -> _dt.datetime:
     """An event's UTC time (``YYYY-mm-ddTHH:MM:SS.ffffffZ``) as an aware datetime."""
     return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.UTC)
-
-
-def finite(value):
-    """A number, or None for a missing or non-finite one."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return None
-    return value
 
 
 @dataclass(frozen=True)
@@ -89,11 +81,10 @@ def timeline(events) -> dict:
         (``index``, ``start``, ``end``, ``how_started`` ('started' or 'resumed'), ``how_ended``
         ('ended', 'interrupted' or 'running'), ``last_event`` (kind, stage/step of the last event
         it wrote), ``resumed_after`` (the resume's own words)); ``marks``: crashes, resumes and
-        invalidations in time order (``kind``, ``time``, ``text``); ``stages``: the span of each stage
-        (``stage``, ``start``, ``end``).
+        invalidations in time order (``kind``, ``time``, ``text``, ``process``).
     """
     if not events:
-        return {"start_utc": None, "attempts": [], "processes": [], "marks": [], "stages": []}
+        return {"start_utc": None, "attempts": [], "processes": [], "marks": []}
     t0 = parse_utc(events[0].utc)
 
     def at(ev) -> float:
@@ -104,11 +95,12 @@ def timeline(events) -> dict:
     processes = [{"index": 0, "start": 0.0, "how_started": "started", "resumed_after": None}]
     marks: list[dict] = []
     last = events[0]
-    stage_spans: dict = {}
 
     def close_process(how: str) -> None:
+        # A step still open when the log ends is running (or its process died unseen); one open at a
+        # resume, or at the end of an abandoned run, was interrupted.
         for key, a in list(open_attempts.items()):
-            a.update(end=at(last), outcome="interrupted" if how == "interrupted" else "running")
+            a.update(end=at(last), outcome="running" if how == "running" else "interrupted")
             del open_attempts[key]
         processes[-1].update(end=at(last), how_ended=how,
                              last_event={"kind": last.kind, "where": "/".join(p for p in (last.stage, last.step) if p)})
@@ -138,15 +130,10 @@ def timeline(events) -> dict:
                 done[-1]["invalidated"] = ev.payload.get("reason")
             marks.append({"kind": "invalidated", "time": at(ev), "text": f"{ev.stage}/{ev.step} to be redone: "
                           f"{ev.payload.get('reason')}", "process": processes[-1]["index"]})
-        if ev.stage and ev.kind not in (RUN_STARTED, RUN_ENDED, RUN_RESUMED) and ev.kind != TRANSITION:
-            span = stage_spans.setdefault(ev.stage, {"stage": ev.stage, "start": at(ev), "end": at(ev)})
-            span["end"] = at(ev)
-        elif ev.kind == TRANSITION and ev.stage in stage_spans:
-            stage_spans[ev.stage]["end"] = at(ev)
         last = ev
     close_process("ended" if events[-1].kind == RUN_ENDED else "running")
     return {"start_utc": events[0].utc, "attempts": [Attempt(**a) for a in attempts], "processes": processes,
-            "marks": marks, "stages": list(stage_spans.values())}
+            "marks": marks}
 
 
 def _focus(verification: dict, stage: str) -> dict:

@@ -238,7 +238,8 @@ def preview_figure(product: Path, exposures: list[Path], title: str) -> Figure:
         factor = max(1, math.ceil(max(sci.data.shape) / PREVIEW_PIXELS))
         image = _block_mean(sci.data, factor)
     finite = image[np.isfinite(image)]
-    norm = ImageNormalize(vmin=(limits := display_limits(finite))[0], vmax=limits[1], stretch=AsinhStretch(a=0.02))
+    black, white = display_limits(finite)
+    norm = ImageNormalize(vmin=black, vmax=white, stretch=AsinhStretch(a=0.02))
     h, w = image.shape
     fig = new_figure(7.0, 7.0 * h / w + 0.6)
     ax = fig.add_subplot()
