@@ -2,7 +2,8 @@
 
 Every file name of a run is made here: calibrated exposures (``_flt``, ``_flc``), RAW files,
 single-drizzle images, products (``_drz``, ``_drc``), AstroDrizzle runfiles, headerlets, stage
-directories and the trailer. Other modules ask; none of them builds a name.
+directories, the trailer, the fit's matched pairs and the report. Other modules ask; none of them
+builds a name.
 """
 
 from __future__ import annotations
@@ -41,6 +42,21 @@ def trailer_name(root: str) -> str:
 def manifest_name(root: str) -> str:
     """``<root>_manifest.txt``: runastrodriz's ``-m`` list of the files handed back."""
     return f"{root}_manifest.txt"
+
+
+def fit_matches_name(root: str) -> str:
+    """``<root>_fit_matches.ecsv``: the matched source pairs of the chosen a posteriori fit."""
+    return f"{root}_fit_matches.ecsv"
+
+
+def report_name(root: str) -> str:
+    """``<root>_report.html``: the run's report page."""
+    return f"{root}_report.html"
+
+
+def qa_json_name(root: str) -> str:
+    """``<root>_qa.json``: the run's quality figures in drizzlepac's ``HapDiagnostic`` layout."""
+    return f"{root}_qa.json"
 
 
 def focus_json_name(product: str, stage: str) -> str:
