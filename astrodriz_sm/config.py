@@ -24,6 +24,8 @@ SERVICE_TIMEOUT_VARIABLE = "ASTRODRIZ_SM_SERVICE_TIMEOUT"
 DEFAULT_SERVICE_TIMEOUT = 30.0
 # What a resume takes from its own environment when it differs from the recorded one.
 SERVICE_SETTINGS = (*SERVICE_VARIABLES, SERVICE_TIMEOUT_VARIABLE)
+# Seconds a run's lease stays valid after its holder's last heartbeat; another host may take it then.
+LEASE_EXPIRY_VARIABLE = "ASTRODRIZ_SM_LEASE_EXPIRY"
 # Reference-file directories: stwcs joins them to file names as strings, so they end with '/'.
 REFERENCE_VARIABLES = ("jref", "iref", "uref")
 # Variables whose values go into the run-started event (what a reader needs to reproduce a run).
@@ -188,3 +190,24 @@ def recorded_environment(environ: dict | None = None) -> dict:
             raise ConfigError(f"{SERVICE_TIMEOUT_VARIABLE}={out[SERVICE_TIMEOUT_VARIABLE]!r}: expected a positive "
                               "number of seconds")
     return out
+
+
+def lease_expiry_from_environment(environ: dict | None, default: float) -> float:
+    """Seconds a run's lease stays valid after a heartbeat: ``ASTRODRIZ_SM_LEASE_EXPIRY``, else ``default``.
+
+    Raises
+    ------
+    ConfigError
+        When the value is not a positive number of seconds.
+    """
+    env = os.environ if environ is None else environ
+    text = env.get(LEASE_EXPIRY_VARIABLE)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ConfigError(f"{LEASE_EXPIRY_VARIABLE}={text!r}: expected a positive number of seconds")
+    return value
