@@ -109,6 +109,35 @@ class RunConfig:
         return cls(**d)
 
 
+# What makes two runs of one input give the same products: the options and switches, and the reference
+# files' directories. Not the cores, the working directory (NEWPATH), the service URLs or the notes.
+PRODUCT_SETTINGS = ("force", "inmemory", "basic", "debug", "align_to_gaia", "manifest", "force_alignment",
+                    "verify_guiding", "apply_apriori", "compute_aposteriori", "reset_idctab", "quality_testing",
+                    "centroids")
+
+
+def product_differences(recorded: dict, planned: RunConfig) -> list[str]:
+    """The settings in which a recorded run configuration and a planned one would give other products.
+
+    Parameters
+    ----------
+    recorded : dict
+        The ``config`` of a ``run.started`` event.
+    planned : RunConfig
+
+    Returns
+    -------
+    list of str
+        ``name: recorded -> planned`` for each setting of :data:`PRODUCT_SETTINGS` and each reference
+        directory that differs; empty when the products would be the same.
+    """
+    wanted = planned.as_dict()
+    out = [f"{k}: {recorded.get(k)!r} -> {wanted[k]!r}" for k in PRODUCT_SETTINGS if recorded.get(k) != wanted[k]]
+    then, now = recorded.get("environment", {}), planned.environment
+    out += [f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in REFERENCE_VARIABLES if then.get(k) != now.get(k)]
+    return out
+
+
 def switches_from_environment(environ: dict | None = None, align_to_gaia: bool = True) -> tuple[bool, bool, list[str]]:
     """Read the a priori / a posteriori switches.
 
