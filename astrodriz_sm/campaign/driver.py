@@ -22,7 +22,7 @@ from ..config import LEASE_EXPIRY_VARIABLE, RECORDED_VARIABLES, RunConfig, produ
 from ..errors import CAMPAIGN_RETRY, FINAL, RETRY_ONCE, AstrodrizError, ExitCode, UsageError
 from ..statemachine import fold
 from ..store.eventstore import EventStore, StoreError, utc_now
-from .ledger import DONE, FAILED, FOUND, RETRY, SKIPPED, Attempt, Ledger
+from .ledger import DONE, FAILED, FOUND, RETRY, SKIPPED, Attempt, Ledger, size_text
 from .worker import Job, Outcome, run_association, run_summary
 
 # Variables of the driver's environment every association's process gets, on whichever worker: what
@@ -231,7 +231,7 @@ def _cluster(scheduler: str | None, workers: int, memory_limit: str | None, dash
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=limit,
                       resources={MEMORY_RESOURCE: limit}, dashboard_address=dashboard_address) as cluster, \
             Client(cluster) as client:
-        yield client, f"LocalCluster of {workers} workers, 1 thread and {limit / 2 ** 30:.1f} GiB each"
+        yield client, f"LocalCluster of {workers} workers, 1 thread and {size_text(limit)} each"
 
 
 def _largest_memory_offer(client) -> int | None:
@@ -366,8 +366,9 @@ def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os
                         if offer is not None:
                             budget = min(budget, offer)
                             resources = {MEMORY_RESOURCE: budget}
-                        note = f"killed past {outcome.memory_budget / 2 ** 30:.2f} GiB; retried with " \
-                               f"{budget / 2 ** 30:.2f} GiB"
+                        note = (f"killed past {size_text(outcome.memory_budget)}; retried with "
+                                f"{size_text(budget)}" + ("" if budget > outcome.memory_budget else
+                                                          " (no worker offers more)"))
                     retry_job = replace(job, action=p.action if p.action != "none" else "start", run_id=p.run_id,
                                         memory_budget=budget)
                 o = outcome
@@ -382,7 +383,9 @@ def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os
                     wcsname=o.wcsname if o else None, wcs_type=o.wcs_type if o else None))
                 what = f"{job.action} -> {exit_class}" + (f" ({o.wcs_type} WCS)" if o and o.wcs_type else "")
                 if o is not None:
-                    what += f", {o.wall_s:.1f} s, {o.peak_rss_bytes / 2 ** 30:.2f} GiB"
+                    what += f", {o.wall_s:.1f} s, peak {size_text(o.peak_rss_bytes)}"
+                if note:
+                    what += f"; {note}"
                 if retry_job is not None:
                     what += f"; {retry_job.action} (attempt {counts[text] + 1})"
                     queue.add(submit(text, retry_job, resources))

@@ -123,7 +123,7 @@ class Ledger:
     """
 
     def __init__(self, path: str | os.PathLike, create: bool = False):
-        self.path = Path(path)
+        self.path = Path(path).resolve()
         if not create and not self.path.is_file():
             raise LedgerError(f"{self.path}: no campaign ledger here (give its path, or run batch first)",
                               str(self.path))
@@ -198,6 +198,13 @@ class Ledger:
         cur = self._conn.execute("SELECT * FROM batches ORDER BY batch_id")
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def size_text(n: int | None) -> str:
+    """Bytes as the console shows them (decimal units, as Dask's sizes): ``280 MB``, ``2.50 GB``."""
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.0f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 
 def _attempt(row: tuple) -> Attempt:

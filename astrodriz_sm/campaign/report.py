@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .ledger import Ledger, process_attempts, state_of
+from .ledger import Ledger, process_attempts, size_text, state_of
 
 STATES = ("done", "skipped", "failed", "unfinished", "pending")
 WCS_TYPE_ORDER = ("default", "a priori", "a posteriori")
@@ -79,7 +79,7 @@ def render_status(summary: dict) -> str:
     if summary["slowest"]:
         lines.append("slowest:")
         for e in summary["slowest"]:
-            lines.append(f"  {e['root']}  {e['wall_s']:8.1f} s  peak {e['peak_rss_bytes'] / 2 ** 30:5.2f} GiB  "
+            lines.append(f"  {e['root']}  {e['wall_s']:8.1f} s  peak {size_text(e['peak_rss_bytes']):>8s}  "
                          f"{e['attempts']} attempt{'s' if e['attempts'] != 1 else ''}  {e['state']}"
                          + (f" ({e['wcs_type']} WCS)" if e["wcs_type"] else "") + f"  [{e['input']}]")
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -106,7 +107,7 @@ def cmd_batch(args) -> int:
     result = run_batch(inputs, options, ledger_path=args.ledger, workers=args.workers,
                        memory_limit=args.memory_limit, scheduler=args.scheduler, scratch=args.scratch,
                        task_memory=args.task_memory, max_attempts=args.max_attempts, retry_failed=args.retry_failed,
-                       dashboard_address=args.dashboard_address, out=open(os.devnull, "w") if args.quiet else sys.stderr)
+                       dashboard_address=args.dashboard_address, out=io.StringIO() if args.quiet else sys.stderr)
     return cmd_campaign_status(argparse.Namespace(ledger=args.ledger, json=False, slowest=5)) or result.exit_code
 
 
