@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..config import LEASE_EXPIRY_VARIABLE, RECORDED_VARIABLES, RunConfig, product_differences
-from ..errors import CAMPAIGN_RETRY, FINAL, RETRY_ONCE, AstrodrizError, ExitCode, UsageError
+from ..errors import CAMPAIGN_RETRY, FINAL, RETRY_ONCE, AstrodrizError, ExitCode, Interrupted, UsageError
 from ..statemachine import fold
 from ..store.eventstore import EventStore, StoreError, utc_now
 from .ledger import DONE, FAILED, FOUND, RETRY, SKIPPED, Attempt, Ledger, size_text
@@ -395,7 +395,10 @@ def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os
     except KeyboardInterrupt:
         ledger.end_batch(batch_id)
         ledger.close()
-        raise
+        # Leaving the cluster's context stopped its workers, and with them the runs (SIGTERM).
+        unfinished = len(resolved) - len(result.verdicts)
+        raise Interrupted(f"batch interrupted with {unfinished} association{'s' if unfinished != 1 else ''} "
+                          "unfinished; run the same batch again to resume them", str(ledger.path)) from None
     ledger.end_batch(batch_id)
     ledger.close()
     result.exit_code = _batch_exit(result.verdicts)

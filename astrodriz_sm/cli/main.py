@@ -365,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point of ``astrodriz-sm``."""
     args = build_parser().parse_args(argv)
+    if args.func is cmd_batch:
+        # SIGTERM (a scheduler's walltime, kill) stops a campaign as Ctrl-C does: its runs are stopped
+        # and resumed by the next batch.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.func in (cmd_start, cmd_resume, cmd_demo):
         from ..runner import request_stop
 
