@@ -325,14 +325,13 @@ def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os
         ledger.close()
         result.exit_code = _batch_exit(result.verdicts)
         return result
+    counts, futures = Counter(), {}
     try:
         with _cluster(scheduler, workers, memory_limit, dashboard_address) as (client, where):
             result.dashboard = client.dashboard_link
             ledger.describe_batch(batch_id, cluster=where, dashboard=result.dashboard)
             print(f"{len(pending)} associations on {where}; Dask dashboard: {result.dashboard}", file=out, flush=True)
             offer = _largest_memory_offer(client)
-            counts = Counter()
-            futures = {}
 
             def submit(text: str, job: Job, resources: dict | None = None):
                 counts[text] += 1
@@ -393,6 +392,11 @@ def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os
                     result.verdicts[text] = (verdict, o.exit_code if o else None)
                 progress.line(roots[text], what, verdict)
     except KeyboardInterrupt:
+        for text, job, submitted in futures.values():
+            ledger.record(Attempt(text, ledger.next_attempt(text), batch_id, job.action, job.run_id, job.store, None,
+                                  None, "batch interrupted", RETRY, memory_budget_bytes=job.memory_budget,
+                                  started_utc=submitted, ended_utc=utc_now(),
+                                  message="the batch was stopped; the next batch resumes or starts it"))
         ledger.end_batch(batch_id)
         ledger.close()
         # Leaving the cluster's context stopped its workers, and with them the runs (SIGTERM).
