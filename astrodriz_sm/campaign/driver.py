@@ -33,6 +33,8 @@ _FLAGS = {"force": "-f", "inmemory": "-i", "basic": "-b", "debug": "-d", "manife
           "force_alignment": "-a", "verify_guiding": "-v"}
 # The Dask resource each worker offers and a retry for memory asks for, in bytes.
 MEMORY_RESOURCE = "MEMORY"
+# The name of every association's task (the dashboard's task group).
+TASK_PREFIX = "association"
 
 
 @dataclass(frozen=True)
@@ -227,8 +229,13 @@ def _cluster(scheduler: str | None, workers: int, memory_limit: str | None, dash
         with client:
             yield client, scheduler
         return
+    import dask
+
     limit = _parse_memory(memory_limit, workers)
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=limit,
+    # Saturation 1.0: the scheduler holds queued associations and hands one to a worker when its
+    # thread is free. Its default (1.1) gives a one-thread worker two, and a long association then
+    # waits behind another while a worker that finished sits idle.
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=limit,
                       resources={MEMORY_RESOURCE: limit}, dashboard_address=dashboard_address) as cluster, \
             Client(cluster) as client:
         yield client, f"LocalCluster of {workers} workers, 1 thread and {size_text(limit)} each"
@@ -335,8 +342,10 @@ def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os
 
             def submit(text: str, job: Job, resources: dict | None = None):
                 counts[text] += 1
-                fut = client.submit(run_association, job, key=f"{roots[text]}-{batch_id}-{counts[text]}-"
-                                    f"{os.urandom(3).hex()}", pure=False, resources=resources)
+                # One task group for the whole campaign ("association-..."), so that the scheduler
+                # queues it as root tasks instead of assigning every association at once.
+                fut = client.submit(run_association, job, key=f"{TASK_PREFIX}-{roots[text]}-{batch_id}-"
+                                    f"{counts[text]}-{os.urandom(3).hex()}", pure=False, resources=resources)
                 futures[fut] = (text, job, utc_now())
                 return fut
 
