@@ -238,11 +238,17 @@ def test_a_slurm_cluster_for_campaigns_is_constructed_as_the_docs_give_it():
 
 
 def test_a_run_killed_for_memory_is_retried_with_twice_the_memory(tmp_path):
-    """A 100 MB budget: killed past it, retried with 200 MB (killed again), then 400 MB, enough."""
+    """A 100 MB budget: killed past it, retried with 200 MB (killed again), then 400 MB, enough.
+
+    The run works on scratch disk (NEWPATH), and is resumed there.
+    """
     root = "jsm001070"
     simulate_association(tmp_path / root, SimConfig(root=root, products="flt", n_exposures=2, service=False))
     asn = tmp_path / root / f"{root}_asn.fits"
-    proc = _batch("--memory-limit", "2GB", "--task-memory", "100MB", asn, cwd=tmp_path, env=_env())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = _batch("--memory-limit", "2GB", "--task-memory", "100MB", "--scratch", scratch, asn, cwd=tmp_path,
+                  env=_env())
     _out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     attempts = Ledger(tmp_path / "campaign.db").attempts_of(str(asn))
@@ -255,3 +261,6 @@ def test_a_run_killed_for_memory_is_retried_with_twice_the_memory(tmp_path):
                                                  "killed past 200 MB; retried with 400 MB"]
     run = fold(EventStore(tmp_path / root / STORE).events(attempts[2].run_id))
     assert run.ended["status"] == "done"
+    assert run.config["run_dir"] == str(scratch / root)
+    assert list(scratch.iterdir()) == []  # the results moved back beside the input
+    assert (tmp_path / root / f"{root}_drz.fits").is_file()
