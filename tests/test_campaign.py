@@ -264,3 +264,21 @@ def test_a_run_killed_for_memory_is_retried_with_twice_the_memory(tmp_path):
     assert run.config["run_dir"] == str(scratch / root)
     assert list(scratch.iterdir()) == []  # the results moved back beside the input
     assert (tmp_path / root / f"{root}_drz.fits").is_file()
+
+
+def test_a_bad_ledger_or_list_is_one_line_naming_the_file(tmp_path):
+    not_a_ledger = tmp_path / "astrodriz_sm.db"
+    EventStore(not_a_ledger).close()
+    cases = [
+        (("campaign", "status", tmp_path / "none.db"), ExitCode.RUN_STATE,
+         f"{tmp_path / 'none.db'}: no campaign ledger here (give its path, or run batch first)"),
+        (("campaign", "status", not_a_ledger), ExitCode.LOG_CORRUPT,
+         f"{not_a_ledger}: SQLite file without a campaign ledger (tables: events, runs, schema)"),
+        (("batch", "--from-file", tmp_path / "list.txt"), ExitCode.USAGE,
+         f"{tmp_path / 'list.txt'}: cannot read the list of inputs (No such file or directory)"),
+        (("batch", "--ledger", tmp_path / "no" / "c.db", tmp_path / "x_asn.fits"), ExitCode.RUN_STATE,
+         f"{tmp_path / 'no' / 'c.db'}: cannot create the campaign ledger: directory {tmp_path / 'no'} does not exist"),
+    ]
+    for args, code, message in cases:
+        proc = run_cli(*args, cwd=tmp_path)
+        assert (proc.returncode, proc.stderr.strip().splitlines()) == (code, [f"astrodriz-sm: error: {message}"])

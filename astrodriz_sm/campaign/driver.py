@@ -406,14 +406,13 @@ def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os
                                   None, "batch interrupted", RETRY, memory_budget_bytes=job.memory_budget,
                                   started_utc=submitted, ended_utc=utc_now(),
                                   message="the batch was stopped; the next batch resumes or starts it"))
-        ledger.end_batch(batch_id)
-        ledger.close()
         # Leaving the cluster's context stopped its workers, and with them the runs (SIGTERM).
         unfinished = len(resolved) - len(result.verdicts)
         raise Interrupted(f"batch interrupted with {unfinished} association{'s' if unfinished != 1 else ''} "
                           "unfinished; run the same batch again to resume them", str(ledger.path)) from None
-    ledger.end_batch(batch_id)
-    ledger.close()
+    finally:
+        ledger.end_batch(batch_id)
+        ledger.close()
     result.exit_code = _batch_exit(result.verdicts)
     return result
 

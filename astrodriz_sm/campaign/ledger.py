@@ -127,6 +127,9 @@ class Ledger:
         if not create and not self.path.is_file():
             raise LedgerError(f"{self.path}: no campaign ledger here (give its path, or run batch first)",
                               str(self.path))
+        if not self.path.parent.is_dir():
+            raise LedgerError(f"{self.path}: cannot create the campaign ledger: directory {self.path.parent} "
+                              "does not exist", str(self.path))
         try:
             self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
