@@ -282,3 +282,30 @@ def test_a_bad_ledger_or_list_is_one_line_naming_the_file(tmp_path):
     for args, code, message in cases:
         proc = run_cli(*args, cwd=tmp_path)
         assert (proc.returncode, proc.stderr.strip().splitlines()) == (code, [f"astrodriz-sm: error: {message}"])
+
+
+def test_a_processing_failure_is_retried_once_as_a_new_run(tmp_path):
+    """Scratch disk too small for the stage copies: exit 5, a new run, exit 5 again, then failed."""
+    if os.geteuid() != 0:
+        pytest.skip("no tmpfs: mounting one needs root")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(scratch)],
+                           capture_output=True, text=True, check=False)
+    if mount.returncode != 0:
+        pytest.skip(f"no tmpfs: {(mount.stderr or mount.stdout).strip() or f'mount exited {mount.returncode}'}")
+    try:
+        root = "jsm001080"
+        simulate_association(tmp_path / root, SimConfig(root=root, products="flt", n_exposures=2, service=False))
+        asn = tmp_path / root / f"{root}_asn.fits"
+        proc = _batch("--scratch", scratch, asn, cwd=tmp_path, env=_env())
+        _, err = proc.communicate(timeout=600)
+    finally:
+        subprocess.run(["umount", str(scratch)], check=False)
+    assert proc.returncode == ExitCode.PROCESSING, err[-3000:]
+    attempts = Ledger(tmp_path / "campaign.db").attempts_of(str(asn))
+    assert [(a.action, a.exit_code, a.exit_class, a.verdict) for a in attempts] == [
+        ("start", 5, "processing", "retry"), ("start", 5, "processing", "failed")]
+    assert attempts[0].run_id != attempts[1].run_id
+    assert attempts[1].message.startswith(f"astrodriz-sm: error: {scratch / root / f'{root}_default'}/")
+    assert attempts[1].message.endswith(": No space left on device")
