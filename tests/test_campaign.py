@@ -309,3 +309,17 @@ def test_a_processing_failure_is_retried_once_as_a_new_run(tmp_path):
     assert attempts[0].run_id != attempts[1].run_id
     assert attempts[1].message.startswith(f"astrodriz-sm: error: {scratch / root / f'{root}_default'}/")
     assert attempts[1].message.endswith(": No space left on device")
+
+
+def test_a_run_finished_by_hand_is_found_once_and_not_run_again(campaign):
+    base, asn = campaign["base"], campaign["pristine"] / f"{KILLED}_asn.fits"
+    for _ in range(2):
+        proc = run_cli("batch", "--ledger", base / "by-hand.db", asn, cwd=base, env=NO_ALIGNMENT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "Dask dashboard" not in proc.stderr
+    rows = Ledger(base / "by-hand.db").associations()
+    assert [(a.attempt, a.action, a.exit_code, a.exit_class, a.verdict, a.wcs_type) for a in rows[0]["attempts"]] == [
+        (0, "found", 0, "ok", "done", "default")]
+    assert proc.stdout.splitlines()[:4] == [
+        f"{base / 'by-hand.db'}: 1 association, 0 attempts in 2 batches", "by state:       done 1",
+        "by exit class:  ok 1", "by final WCS:   default 1  a priori 0  a posteriori 0"]

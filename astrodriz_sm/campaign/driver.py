@@ -194,7 +194,7 @@ class Progress:
         self.finished = Counter()
 
     def line(self, root: str, text: str, verdict: str | None = None) -> None:
-        if verdict in (DONE, SKIPPED, FAILED, FOUND):
+        if verdict in (DONE, SKIPPED, FAILED):
             self.finished[verdict] += 1
         n = sum(self.finished.values())
         filled = self.width * n // self.total if self.total else self.width
@@ -314,11 +314,13 @@ def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os
             result.already_done += 1
             summary = run_summary(str(store_of(path)), text)
             # A run finished outside this ledger (by hand, or by a batch with another ledger): record it once.
+            verdict = _state_verdict(summary["run_status"])
             if not ledger.attempts_of(text):
-                ledger.record(Attempt(text, 0, batch_id, "found", summary["run_id"], str(store_of(path)), None,
-                                      None, "found", FOUND, message=p.reason, wcsname=summary["wcsname"],
+                ledger.record(Attempt(text, 0, batch_id, FOUND, summary["run_id"], str(store_of(path)),
+                                      summary["exit_code"], None, _exit_code(summary["exit_code"]).name.lower(),
+                                      verdict, message=p.reason, wcsname=summary["wcsname"],
                                       wcs_type=summary["wcs_type"]))
-            result.verdicts[text] = (_state_verdict(summary["run_status"]), summary["exit_code"])
+            result.verdicts[text] = (verdict, summary["exit_code"])
             continue
         pending[text] = Job(text, str(store_of(path)), p.action, p.run_id, options.arguments(), scratch, job_env,
                             task_memory)
@@ -423,7 +425,7 @@ def _state_verdict(run_status: str | None) -> str:
 
 def _batch_exit(verdicts: dict) -> int:
     """0 when every association ended done or skipped; else the failures' exit code if they share one, else 5."""
-    codes = {code for verdict, code in verdicts.values() if verdict not in (DONE, SKIPPED, FOUND)}
+    codes = {code for verdict, code in verdicts.values() if verdict not in (DONE, SKIPPED)}
     if not codes:
         return int(ExitCode.OK)
     return codes.pop() if len(codes) == 1 and None not in codes else int(ExitCode.PROCESSING)

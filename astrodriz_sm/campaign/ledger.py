@@ -21,9 +21,11 @@ LEDGER_NAME = "campaign.db"
 LEDGER_VERSION = 1
 
 #: Verdicts of an attempt: what the driver concluded from it.
-DONE, SKIPPED, FAILED, RETRY, FOUND = "done", "skipped", "failed", "retry", "found"
+DONE, SKIPPED, FAILED, RETRY = "done", "skipped", "failed", "retry"
+#: The action of a row that ran no process: a finished run found in its store, which the ledger had no record of.
+FOUND = "found"
 #: The state of an association, from the verdict of its latest attempt.
-STATE_OF_VERDICT = {DONE: "done", FOUND: "done", SKIPPED: "skipped", FAILED: "failed", RETRY: "unfinished"}
+STATE_OF_VERDICT = {DONE: "done", SKIPPED: "skipped", FAILED: "failed", RETRY: "unfinished"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (version INTEGER NOT NULL);
@@ -69,7 +71,7 @@ class Attempt:
         The signal that killed it.
     exit_class : str
         ``ok``, ``input``, ... (the exit code's name), ``signal SIGKILL``, ``memory`` or ``worker lost``.
-    verdict : {'done', 'skipped', 'failed', 'retry', 'found'}
+    verdict : {'done', 'skipped', 'failed', 'retry'}
     wall_s : float or None
     peak_rss_bytes : int or None
         Peak resident memory of the process and its children.
@@ -223,4 +225,4 @@ def state_of(attempts: list[Attempt]) -> str:
 
 def process_attempts(attempts: list[Attempt]) -> list[Attempt]:
     """The attempts that ran a process (not the runs found already done)."""
-    return [a for a in attempts if a.action != "found"]
+    return [a for a in attempts if a.action != FOUND]

@@ -60,8 +60,11 @@ def render_status(summary: dict) -> str:
     def counts(d: dict) -> str:
         return "  ".join(f"{k} {v}" for k, v in d.items()) or "-"
 
-    lines = [(f"{summary['ledger']}: {summary['associations']} associations, {summary['attempts']} attempts "
-             f"in {summary['batches']} batch{'es' if summary['batches'] != 1 else ''}"),
+    def many(n: int, word: str, plural: str = "s") -> str:
+        return f"{n} {word}{plural if n != 1 else ''}"
+
+    lines = [(f"{summary['ledger']}: {many(summary['associations'], 'association')}, "
+              f"{many(summary['attempts'], 'attempt')} in {many(summary['batches'], 'batch', 'es')}"),
              f"by state:       {counts(summary['by_state'])}",
              f"by exit class:  {counts(summary['by_exit_class'])}",
              f"by final WCS:   {counts(summary['by_wcs_type'])}"]
