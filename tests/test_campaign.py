@@ -323,3 +323,18 @@ def test_a_run_finished_by_hand_is_found_once_and_not_run_again(campaign):
     assert proc.stdout.splitlines()[:4] == [
         f"{base / 'by-hand.db'}: 1 association, 0 attempts in 2 batches", "by state:       done 1",
         "by exit class:  ok 1", "by final WCS:   default 1  a priori 0  a posteriori 0"]
+
+
+def test_one_batch_per_ledger_at_a_time(tmp_path):
+    import fcntl
+
+    ledger = tmp_path / "campaign.db"
+    with open(tmp_path / "campaign.db.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242 on node17\n")
+        held.flush()
+        proc = run_cli("batch", "--ledger", ledger, tmp_path / "x_asn.fits", cwd=tmp_path)
+    message = f"{ledger}: in use by another batch (pid 4242 on node17); one batch per ledger at a time"
+    assert (proc.returncode, proc.stderr.strip().splitlines()) == (ExitCode.RUN_STATE,
+                                                                   [f"astrodriz-sm: error: {message}"])
+    assert Ledger(ledger).batches() == []

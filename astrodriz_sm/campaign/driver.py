@@ -22,7 +22,7 @@ from ..config import LEASE_EXPIRY_VARIABLE, RECORDED_VARIABLES, RunConfig, produ
 from ..errors import CAMPAIGN_RETRY, FINAL, RETRY_ONCE, AstrodrizError, ExitCode, Interrupted, UsageError
 from ..statemachine import fold
 from ..store.eventstore import EventStore, StoreError, utc_now
-from .ledger import DONE, FAILED, FOUND, RETRY, SKIPPED, Attempt, Ledger, size_text
+from .ledger import DONE, FAILED, FOUND, RETRY, SKIPPED, Attempt, Ledger, LedgerError, size_text
 from .worker import Job, Outcome, run_association, run_summary
 
 # Variables of the driver's environment every association's process gets, on whichever worker: what
@@ -294,6 +294,11 @@ def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os
     env = dict(os.environ if environ is None else environ)
     job_env = {k: env[k] for k in JOB_VARIABLES if k in env}
     ledger = Ledger(ledger_path, create=True)
+    try:
+        ledger.lock_for_driver()
+    except LedgerError:
+        ledger.close()
+        raise
     result = BatchResult()
     resolved = list(dict.fromkeys(str(Path(i).resolve()) for i in inputs))
     batch_id = ledger.begin_batch(len(resolved), {**asdict(options), "workers": workers, "scheduler": scheduler,

@@ -8,8 +8,10 @@ else holds it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,8 +148,38 @@ class Ledger:
             raise LedgerCorrupt(f"{self.path}: not a campaign ledger ({exc})", str(self.path)) from None
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and give up the driver's lock, if this ledger holds it)."""
         self._conn.close()
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()
+            self._lock = None
+
+    def lock_for_driver(self) -> None:
+        """Become the one batch that writes this ledger, until :meth:`close`.
+
+        A lock file beside the ledger (``<ledger>.lock``, ``flock``), so that two batches on one
+        ledger do not run the same associations against each other.
+
+        Raises
+        ------
+        LedgerError
+            When another batch holds it (exit 7); the message names its pid and host.
+        """
+        path = self.path.with_name(self.path.name + ".lock")
+        lock = open(path, "a+")  # noqa: SIM115 - held open for the batch's lifetime, closed by close()
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise LedgerError(f"{self.path}: in use by another batch ({holder}); one batch per ledger at a time",
+                              str(self.path)) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        self._lock = lock
 
     # -- the driver's writes ---------------------------------------------------------------------
     def begin_batch(self, associations: int, options: dict) -> int:
