@@ -87,10 +87,8 @@ def _product_content(path: Path) -> list:
     return out
 
 
-@pytest.fixture(scope="module")
-def campaign(tmp_path_factory):
+def _run_campaign(base: Path) -> dict:
     """Six associations, a standalone run of the one to be killed, and two batches over the list."""
-    base = tmp_path_factory.mktemp("campaign")
     for root in ROOTS:
         simulate_association(base / root, SimConfig(root=root, products="flt", n_exposures=2, service=False))
     pristine = base / "standalone"
@@ -120,10 +118,34 @@ def campaign(tmp_path_factory):
     out2, err2 = second.communicate(timeout=120)
     second_seconds = time.monotonic() - t0
     status = run_cli("campaign", "status", cwd=base)
-    return {"base": base, "pristine": pristine, "bad_member": bad_member, "killed_pid": killed_pid,
-            "first": (first.returncode, out, err, first_seconds), "second": (second.returncode, out2, err2,
-                                                                             second_seconds),
-            "status": status}
+    return {"base": str(base), "pristine": str(pristine), "bad_member": bad_member, "killed_pid": killed_pid,
+            "first": [first.returncode, out, err, first_seconds],
+            "second": [second.returncode, out2, err2, second_seconds],
+            "status": [status.returncode, status.stdout, status.stderr]}
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    """The test campaign, run once per test session also when its tests are spread over xdist workers.
+
+    Under xdist the first worker to get here runs it in the session's shared directory and writes
+    what it saw; the others wait for the lock and read it.
+    """
+    import fcntl
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent
+        with open(shared / "campaign.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            record = shared / "campaign.json"
+            if not record.is_file():
+                (shared / "campaign").mkdir()
+                record.write_text(json.dumps(_run_campaign(shared / "campaign")))
+            seen = json.loads(record.read_text())
+    else:
+        seen = _run_campaign(tmp_path_factory.mktemp("campaign"))
+    return {**seen, "base": Path(seen["base"]), "pristine": Path(seen["pristine"]),
+            "status": subprocess.CompletedProcess([], *seen["status"])}
 
 
 def test_the_campaign_ends_with_five_done_and_the_bad_input_in_its_class(campaign):
