@@ -32,7 +32,8 @@ from .store.eventstore import EventStore, StoreCorrupt, StoreError
 
 STORE_NAME = "astrodriz_sm.db"
 
-__all__ = ["STORE_NAME", "RunResult", "explain", "find_run", "open_store", "process", "replay", "resume", "run_config",
+__all__ = ["STORE_NAME", "RunResult", "explain", "find_run", "open_store", "process", "replay", "report", "resume",
+           "run_config",
            "status"]
 
 
@@ -56,6 +57,8 @@ class RunResult:
         WCSNAME of the final products' WCS.
     reason : str or None
         Why a run failed or was skipped, in one line.
+    report : ReportFiles or None
+        The report page and QA JSON, when they were asked for (``report=True``).
     """
 
     run_id: str
@@ -66,6 +69,7 @@ class RunResult:
     store: Path
     wcsname: str | None
     reason: str | None
+    report: object | None = None
 
 
 def open_store(store: str | os.PathLike | None, directory: Path | None = None, *, create: bool = False,
@@ -134,7 +138,10 @@ def _drive(runner, method: str) -> None:
                           f"--store {runner.store.path}", str(runner.store.path)) from None
 
 
-def _result(store: EventStore, run_id: str) -> RunResult:
+def _result(store: EventStore, run_id: str, report: bool = False) -> RunResult:
+    """How the run ended; with ``report``, its report written beside its products first."""
+    from .views.report import write_report
+
     row = store.get_run(run_id)
     run = fold(store.events(run_id))
     input_dir = Path(row["input"]).parent
@@ -142,7 +149,8 @@ def _result(store: EventStore, run_id: str) -> RunResult:
     return RunResult(run_id=run_id, status=ended.get("status", "unfinished"), exit_code=ended.get("exit_code", 1),
                      products=tuple(input_dir / p for p in ended.get("products", [])),
                      trailer=input_dir / trailer_name(row["root"]), store=Path(store.path),
-                     wcsname=run.decision("wcs").get("chosen_wcsname"), reason=ended.get("reason"))
+                     wcsname=run.decision("wcs").get("chosen_wcsname"), reason=ended.get("reason"),
+                     report=write_report(store, run_id) if report else None)
 
 
 def run_config(input: str | os.PathLike, newpath: str | os.PathLike | None = None, *, force: bool = False,
@@ -194,7 +202,7 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
             align_to_gaia: bool = True, manifest: bool = False, force_alignment: bool = False,
             verify_guiding: bool = False, environ: Mapping[str, str] | None = None, store: str | os.PathLike | None = None,
             log_json: str | os.PathLike | None = None, console: bool = True, resume_unfinished: bool = False,
-            restart: bool = False, observer=None, centroids: str = "drizzlepac") -> RunResult:
+            restart: bool = False, observer=None, centroids: str = "drizzlepac", report: bool = False) -> RunResult:
     """Process an association or exposure, as ``runastrodriz.process`` does.
 
     Parameters
@@ -243,6 +251,8 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
         Source positions of the a posteriori fit: drizzlepac 3.11's (``DAOStarFinder`` on each
         segment), or those refined by fitting a pixel-integrated Gaussian PSF to each source, which
         are unbiased on undersampled PSFs such as WFC3/IR's (:mod:`astrodriz_sm.handlers.centroids`).
+    report : bool
+        When the run ends, write its report page and QA JSON beside the products (see :func:`report`).
 
     Returns
     -------
@@ -274,7 +284,7 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
         if state is not None and not state.is_ended:
             if resume_unfinished:
                 _drive(Runner(events, previous["run_id"], log=log, environ=env, observer=observer), "resume")
-                return _result(events, previous["run_id"])
+                return _result(events, previous["run_id"], report)
             if restart:
                 Runner(events, previous["run_id"], log=log).abandon(
                     "abandoned: a new run was started on this input (start --restart)")
@@ -286,12 +296,12 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
         run_id = start_run(events, config, root)
         log.info("run started", run_id=run_id, stage="init", input=str(input_path), store=str(events.path))
         _drive(Runner(events, run_id, log=log, environ=env, observer=observer), "run")
-    return _result(events, run_id)
+    return _result(events, run_id, report)
 
 
 def resume(run: str | None = None, *, store: str | os.PathLike | None = None,
            environ: Mapping[str, str] | None = None, log_json: str | os.PathLike | None = None,
-           console: bool = True, observer=None) -> RunResult:
+           console: bool = True, observer=None, report: bool = False) -> RunResult:
     """Continue an interrupted run.
 
     Parameters
@@ -302,7 +312,7 @@ def resume(run: str | None = None, *, store: str | os.PathLike | None = None,
         Default ``astrodriz_sm.db`` in the current directory.
     environ : mapping, optional
         The environment the remaining steps run in (the run's recorded variables still apply).
-    log_json, console, observer
+    log_json, console, observer, report
         As for :func:`process`.
 
     Returns
@@ -328,7 +338,7 @@ def resume(run: str | None = None, *, store: str | os.PathLike | None = None,
     with run_log(log_json, console) as log:
         _drive(Runner(events, run_id, log=log, environ=dict(os.environ if environ is None else environ),
                       observer=observer), "resume")
-    return _result(events, run_id)
+    return _result(events, run_id, report)
 
 
 def replay(run: str | None = None, *, store: str | os.PathLike | None = None) -> str:
@@ -338,6 +348,44 @@ def replay(run: str | None = None, *, store: str | os.PathLike | None = None) ->
     events = open_store(store, read_only=True)
     run_id = find_run(events, run)
     return render_trailer(events.get_run(run_id), events.events(run_id))
+
+
+def report(run: str | None = None, *, store: str | os.PathLike | None = None,
+           output: str | os.PathLike | None = None):
+    """Write a run's report: ``<root>_report.html`` and ``<root>_qa.json``.
+
+    The page is one self-contained HTML file (figures embedded as PNG data URIs): the outcome and
+    the rule that chose the WCS, the timeline with crashes and resumes, the WCS decision per
+    exposure, the candidate fits, the residuals of the chosen fit, the focus, overlap and similarity
+    checks, and a preview of each product. The QA JSON holds the same numbers in drizzlepac's
+    ``HapDiagnostic`` layout. Both are made from the run's events and the files it handed back.
+
+    Parameters
+    ----------
+    run : str, optional
+        The run id; default the store's latest run.
+    store : path, optional
+        Default ``astrodriz_sm.db`` in the current directory.
+    output : path, optional
+        The directory to write into; default the run's input directory.
+
+    Returns
+    -------
+    astrodriz_sm.views.report.ReportFiles
+        ``html`` and ``qa_json``.
+
+    Raises
+    ------
+    RunStateError
+        No such store or run.
+    InputError
+        A product or the fit's matched pairs the log lists is missing or changed, or ``output``
+        cannot be written.
+    """
+    from .views.report import write_report
+
+    events = open_store(store, read_only=True)
+    return write_report(events, find_run(events, run), output)
 
 
 def explain(run: str | None = None, *, store: str | os.PathLike | None = None) -> dict:

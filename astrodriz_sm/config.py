@@ -29,8 +29,11 @@ LEASE_EXPIRY_VARIABLE = "ASTRODRIZ_SM_LEASE_EXPIRY"
 # Reference-file directories: stwcs joins them to file names as strings, so they end with '/'.
 REFERENCE_VARIABLES = ("jref", "iref", "uref")
 # Variables whose values go into the run-started event (what a reader needs to reproduce a run).
+# CRDS's own variables: WFPC2 inputs get their best references from the cache they name.
+CRDS_VARIABLES = ("CRDS_PATH", "CRDS_SERVER_URL", "CRDS_OBSERVATORY", "CRDS_READONLY_CACHE", "CRDS_CONTEXT",
+                  "CRDS_MODE")
 RECORDED_VARIABLES = (ENV_COMPUTE_APOSTERIORI, ENV_APPLY_APRIORI, ENV_STEP_CONTROL, ENV_RESET_IDCTAB,
-                      ENV_QUALITY_TESTING, *REFERENCE_VARIABLES, *SERVICE_SETTINGS)
+                      ENV_QUALITY_TESTING, *REFERENCE_VARIABLES, *SERVICE_SETTINGS, *CRDS_VARIABLES)
 
 _ON = {"on", "yes", "true"}
 _OFF = {"off", "no", "false"}

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import compare_runastrodriz as bench
 
-INSTRUMENTS = ("acs-wfc", "acs-hrc", "acs-sbc", "wfc3-uvis", "wfc3-ir")
+INSTRUMENTS = ("acs-wfc", "acs-hrc", "acs-sbc", "wfc3-uvis", "wfc3-ir", "wfpc2")
 METHODS = ("drizzlepac", "psf")
 
 
@@ -55,10 +55,14 @@ def one_run(instrument: str, seed: int, method: str, sim, workdir: Path, service
             timeout: float | None) -> Measurement:
     d = workdir / f"{instrument}-{seed}-{method}"
     bench.copy_association(sim.outdir, d)
+    # WFPC2: one exposure's _c0m file, as runastrodriz takes it (its product is the exposure's _drw).
+    given = sim.c0m[0] if sim.c0m else sim.asn
     cmd = [sys.executable, "-m", "astrodriz_sm.cli.main", "-q", "start", "-n", "1", "--centroids", method,
-           str(d / sim.asn.name)]
-    res = bench.run_child(cmd, d, bench.child_environment(service_env, d, sim.refvar), d, "_accuracy", timeout)
-    product = d / f"{sim.root}_{'drc' if sim.flc else 'drz'}.fits"
+           str(d / given.name)]
+    res = bench.run_child(cmd, d, bench.child_environment(service_env, d, sim.refvar, sim.environment), d,
+                          "_accuracy", timeout)
+    root = sim.members[0] if sim.c0m else sim.root
+    product = d / f"{root}_{'drc' if sim.flc else 'drw' if sim.c0m else 'drz'}.fits"
     m = Measurement(instrument, seed, method, res.exit_code, bench.run_status(res, product, timeout),
                     round(res.wall_s, 1))
     if product.exists():
@@ -72,7 +76,8 @@ def association(instrument: str, seed: int, workdir: Path):
     from astrodriz_sm.sim import SimConfig, simulate_association
 
     return simulate_association(workdir / f"{instrument}-{seed}" / "sim",
-                                SimConfig(instrument=instrument, seed=seed, pointing_error=0.6))
+                                SimConfig(instrument=instrument, seed=seed, pointing_error=0.6,
+                                          n_exposures=1 if instrument == "wfpc2" else 3))
 
 
 def run_association(instrument: str, seed: int, workdir: Path, timeout: float | None) -> list[Measurement]:

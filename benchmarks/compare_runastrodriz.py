@@ -392,11 +392,13 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def child_environment(service_env: dict, refdir: Path, refvar: str = "jref") -> dict:
-    """A pipeline's environment: this one's, the services, and ``refvar`` (jref, iref) set to ``refdir``."""
+def child_environment(service_env: dict, refdir: Path, refvar: str = "jref", extra: dict | None = None) -> dict:
+    """A pipeline's environment: this one's, the services, ``extra`` (a simulation's CRDS cache, say),
+    and ``refvar`` (jref, iref, uref) set to ``refdir``."""
     env = {k: v for k, v in os.environ.items()
            if k not in SERVICE_VARIABLES and not k.startswith("ASTROMETRY_")}
     env.update(service_env)
+    env.update(extra or {})
     env[refvar] = f"{refdir}/"
     env["PYTHONUNBUFFERED"] = "1"  # line time stamps for runastrodriz's stage breakdown
     return env

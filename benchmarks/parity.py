@@ -113,6 +113,9 @@ _CASES = (
          {"instrument": "acs-sbc", "pointing_error": 0.6}),
     Case("wfc3-uvis", 'WFC3/UVIS, FLT+FLC; 0.6"', {"instrument": "wfc3-uvis", "pointing_error": 0.6}),
     Case("wfc3-ir", 'WFC3/IR (FLT only, e-/s, SAMP/TIME); 0.6"', {"instrument": "wfc3-ir", "pointing_error": 0.6}),
+    # runastrodriz takes WFPC2 one _c0m file at a time.
+    Case("wfpc2", 'WFPC2, one exposure, its _c0m.fits as input (4 chips, counts); 0.6"',
+         {"instrument": "wfpc2", "pointing_error": 0.6, "n_exposures": 1}, singleton=True),
 )
 CASES = {c.name: c for c in _CASES}
 
@@ -356,14 +359,14 @@ def prepare_case(case: Case, workdir: Path):
         for name in APRIORI_SERVICE_FILES:
             (sim.service_dir / name).unlink()
     if case.singleton:
-        return sim, (sim.flt or sim.flc)[0].name
+        return sim, (sim.flt or sim.flc or sim.c0m)[0].name
     return sim, sim.asn.name
 
 
 def verified_product_name(sim, input_name: str) -> str:
     """The product both pipelines verify and measure: the DRC when there are FLCs, else the DRZ."""
     root = sim.root if input_name == sim.asn.name else input_name.rsplit("_", 1)[0]
-    return f"{root}_{'drc' if sim.flc else 'drz'}.fits"
+    return f"{root}_{'drc' if sim.flc else 'drw' if sim.c0m else 'drz'}.fits"
 
 
 def run_pipeline(pipeline: str, sim, input_name: str, dest: Path, service_env: dict,
@@ -371,14 +374,16 @@ def run_pipeline(pipeline: str, sim, input_name: str, dest: Path, service_env: d
     """Run one pipeline on a fresh copy of the association in ``dest`` and read what it handed back."""
     bench.copy_association(sim.outdir, dest)
     res = bench.run_child(bench.pipeline_command(pipeline, dest / input_name), dest,
-                          bench.child_environment(service_env, dest, sim.refvar), dest, f"_parity_{pipeline}", timeout)
+                          bench.child_environment(service_env, dest, sim.refvar, sim.environment), dest,
+                          f"_parity_{pipeline}", timeout)
     verified = dest / verified_product_name(sim, input_name)
     run = PipelineRun(pipeline=pipeline, directory=str(dest), exit_code=res.exit_code,
                       status=bench.run_status(res, verified, timeout), wall_s=round(res.wall_s, 2))
-    for path in [*sim.flt, *sim.flc]:
+    # WFPC2: the FLT files both pipelines make from the _c0m files.
+    for path in [*sim.flt, *sim.flc] or [dest / f"{m}_flt.fits" for m in sim.members]:
         if (dest / path.name).exists():
             run.exposures[path.name], run.alternates[path.name] = sci_wcsnames(dest / path.name)
-    for path in sorted([*dest.glob("*_drz.fits"), *dest.glob("*_drc.fits")]):
+    for path in sorted([*dest.glob("*_drz.fits"), *dest.glob("*_drc.fits"), *dest.glob("*_drw.fits")]):
         run.products[path.name] = sci_wcsnames(path)[0]
     found = runastrodriz_stages(res.stdout_lines) if pipeline == "runastrodriz" else store_stages(
         dest / bench.STORE_NAME)

@@ -26,7 +26,7 @@ from .conftest import NO_ALIGNMENT, run_cli, sha256_tree
 
 ROOT = "jsm001010"
 STORE = "astrodriz_sm.db"
-SUPPORTED = "ACS/HRC, ACS/SBC, ACS/WFC, WFC3/IR, WFC3/UVIS"
+SUPPORTED = "ACS/HRC, ACS/SBC, ACS/WFC, WFC3/IR, WFC3/UVIS, WFPC2/PC"
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Each ends ``done`` with its product within 0.1 native pixel RMS of the truth. For WFC3/UVIS and
 WFC3/IR, drizzlepac's runastrodriz runs on the same data (``benchmarks/parity.py``) and both hand
-back the same final WCSNAME on every exposure and product.
+back the same final WCSNAME on every exposure and product. WFPC2 is run as runastrodriz takes it,
+one exposure's ``_c0m`` file, against runastrodriz on the same file.
 """
 
 from __future__ import annotations
@@ -94,4 +95,28 @@ def test_psf_centroids_refine_the_fit_sources_on_wfc3_ir(simulated, service):
     assert run.decision("wcs")["chosen_wcsname"] == "IDC_sm00009ai-FIT_REL_GAIAeDR3"
     rms, n = _native_rms(d / f"{src.root}_drz.fits", d / "truth", "wfc3-ir")
     print(f"wfc3-ir --centroids psf: {rms:.4f} native px over {n} stars")
+    assert n >= 20 and rms < MAX_RMS_NATIVE_PIXELS
+
+
+def test_wfpc2_exposure_ends_with_runastrodriz_wcsname(tmp_path):
+    """WFPC2: the _c0m/_c1m pair converted, best references from a CRDS cache, photeq, the real IDCTAB."""
+    result = parity.run_case(parity.CASES["wfpc2"], tmp_path, timeout=1800)
+    theirs, ours = result.runs["runastrodriz"], result.runs["astrodriz-sm"]
+    print(parity.case_report(result))
+    assert ours.status == "ok" and theirs.status == "ok", (ours.status, theirs.status)
+    member = result.input.removesuffix("_c0m.fits")
+    assert ours.products == theirs.products == {f"{member}_drw.fits": "IDC_sad1946fu-FIT_IMG_GAIAeDR3"}
+    assert ours.exposures == theirs.exposures == {f"{member}_flt.fits": "IDC_sad1946fu-FIT_IMG_GAIAeDR3"}
+    store = EventStore(Path(ours.directory) / "astrodriz_sm.db")
+    run = fold(store.events(store.latest_run()["run_id"]))
+    converted = run.output("init", "resolve_inputs")["wfpc2_converted"]
+    assert converted[f"{member}_flt.fits"]["c1m"] == f"{member}_c1m.fits"
+    notes = [e.payload["message"] for e in store.events(run.run_id) if e.kind == "note"]
+    assert f"{member}_flt.fits: CRDS best references: as in the header" in notes
+    # photeq put every chip on WF3's PHOTFLAM.
+    with fits.open(Path(ours.directory) / f"{member}_flt.fits") as hdul:
+        photflam = {h.header["DETECTOR"]: h.header["PHOTFLAM"] for h in hdul if h.name == "SCI"}
+    assert photflam == {chip: photflam[3] for chip in (1, 2, 3, 4)}
+    rms, n = _native_rms(Path(ours.directory) / f"{member}_drw.fits", tmp_path / "sim" / "truth", "wfpc2")
+    print(f"wfpc2: {rms:.4f} native (WF) px over {n} stars")
     assert n >= 20 and rms < MAX_RMS_NATIVE_PIXELS

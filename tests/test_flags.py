@@ -176,9 +176,10 @@ def test_v_with_a_aligns_the_rest_and_quality_testing_examines_the_final_exposur
     assert run.config["quality_testing"] is True and run.config["environment"]["PIPELINE_QUALITY_TESTING"] == "on"
     headerlets = list(run.output("final", "write_headerlets")["headerlets"])
     assert len(headerlets) == 2 and not any(h.startswith(a2) for h in headerlets)
+    # The products carry the a posteriori fit: its matched pairs are handed back after the headerlets.
     assert run.output("final", "promote")["targets"] == [
         f"{ROOT}_drz.fits", f"{ROOT}_drc.fits", f"{a1}_flt.fits", f"{a3}_flt.fits", f"{a1}_flc.fits",
-        f"{a3}_flc.fits", *headerlets]
+        f"{a3}_flc.fits", *headerlets, f"{ROOT}_fit_matches.ecsv"]
 
 
 def test_v_with_every_exposure_badly_guided_fails_with_exit_code_65(simulated):

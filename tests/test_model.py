@@ -95,8 +95,12 @@ def test_detector_table():
     assert (ir.focus_sigma, ir.good_bits, ir.reference_variable, ir.instdet) == (2.0, 512, "iref", "WFC3/IR")
     assert detector_parameters("ACS", "SBC").good_bits == 0
     assert {p.reference_variable for (inst, _), p in DETECTORS.items() if inst == "ACS"} == {"jref"}
+    wfpc2 = detector_parameters("WFPC2", "PC")
+    assert (wfpc2.focus_sigma, wfpc2.good_bits, wfpc2.reference_variable) == (1.5, 1360, "uref")
+    assert (wfpc2.good_pixels_keyword, wfpc2.raw_kind) == ("GPIXELS", "d0m")
+    assert (ir.good_pixels_keyword, ir.raw_kind) == ("NGOODPIX", "raw")
     with pytest.raises(KeyError):
-        detector_parameters("WFPC2", "PC")
+        detector_parameters("WFPC2", "WF3")
 
 
 def test_step_table():

@@ -17,13 +17,20 @@ from ..errors import EXIT_CODE_MEANINGS, AstrodrizError, ExitCode, InputError, I
 from ..store.eventstore import StoreCorrupt, StoreError
 
 
-def _report_end(result: api.RunResult) -> int:
+def _report_end(result: api.RunResult, show_report: bool = True) -> int:
     """Say how the run ended: a failure's one-line error is the last line on standard error."""
+    if result.report is not None and show_report:
+        _print_report(result.report)
     if result.status == "failed":
         print(f"astrodriz-sm: error: {result.reason}", file=sys.stderr)
     elif result.status == "skipped":
         print(f"astrodriz-sm: skipped: {result.reason}", file=sys.stderr)
     return result.exit_code
+
+
+def _print_report(files) -> None:
+    print(f"report   {files.html}")
+    print(f"qa json  {files.qa_json}")
 
 
 def cmd_start(args) -> int:
@@ -32,11 +39,12 @@ def cmd_start(args) -> int:
         num_cores=args.num_cores, debug=args.debug, align_to_gaia=not args.no_gaia, manifest=args.manifest,
         force_alignment=args.force_alignment, verify_guiding=args.verify_guiding, store=args.store,
         log_json=args.log_json, console=not args.quiet, resume_unfinished=args.resume, restart=args.restart,
-        centroids=args.centroids))
+        centroids=args.centroids, report=args.report))
 
 
 def cmd_resume(args) -> int:
-    return _report_end(api.resume(args.run, store=args.store, log_json=args.log_json, console=not args.quiet))
+    return _report_end(api.resume(args.run, store=args.store, log_json=args.log_json, console=not args.quiet,
+                                  report=args.report))
 
 
 def cmd_replay(args) -> int:
@@ -45,6 +53,11 @@ def cmd_replay(args) -> int:
         Path(args.output).write_text(text)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def cmd_report(args) -> int:
+    _print_report(api.report(args.run, store=args.store, output=args.output))
     return 0
 
 
@@ -141,7 +154,8 @@ def cmd_simulate(args) -> int:
     result = _simulate(Path(args.outdir), args)
     print(f"wrote association {result.asn}")
     print(f"truth catalog {result.truth_catalog}")
-    print(f"run it with: {result.refvar}={result.outdir.resolve()}/ astrodriz-sm start {result.asn.resolve()}")
+    env = " ".join(f"{k}={v}" for k, v in result.environment.items())
+    print(f"run it with: {env} astrodriz-sm start {result.asn.resolve()}")
     return 0
 
 
@@ -155,26 +169,31 @@ def cmd_demo(args) -> int:
     if any(workdir.iterdir()):
         raise InputError(f"{workdir}: demo directory is not empty; give --workdir a new directory", str(workdir))
     det = detector(args.instrument)
-    print(f"simulating a 3-exposure {det.instrume}/{det.detector} association with a 0.6 arcsec pointing "
-          f"error in {workdir}", file=sys.stderr)
-    sim = _simulate(workdir / "data", SimConfig(pointing_error=0.6, instrument=det.name))
+    # WFPC2 as runastrodriz takes it: one exposure's _c0m file (its four chips), not an association.
+    n = 1 if det.is_wfpc2 else 3
+    what = "a WFPC2 exposure" if det.is_wfpc2 else f"a {n}-exposure {det.instrume}/{det.detector} association"
+    print(f"simulating {what} with a 0.6 arcsec pointing error in {workdir}", file=sys.stderr)
+    sim = _simulate(workdir / "data", SimConfig(pointing_error=0.6, instrument=det.name, n_exposures=n))
     service_db = workdir / "astrometry_service.db"
     ServiceStore(service_db).load_directory(sim.service_dir)
     service = start_server(service_db)
     print(f"local astrometry service on {service.url}", file=sys.stderr)
-    # The demo's own reference files and service, whatever jref/iref and the URLs are in this shell.
-    environ = {**os.environ, **service.environment, sim.refvar: f"{sim.outdir}/"}
+    # The demo's own reference files (and CRDS cache) and service, whatever jref/iref and the URLs
+    # are in this shell.
+    environ = {**os.environ, **service.environment, **sim.environment}
     try:
-        result = api.process(sim.asn, environ=environ, log_json=args.log_json, console=not args.quiet)
+        result = api.process(sim.c0m[0] if det.is_wfpc2 else sim.asn, environ=environ, log_json=args.log_json,
+                             console=not args.quiet, report=True)
     finally:
         service.stop()
-    _report_end(result)
+    _report_end(result, show_report=False)
     run = api.status(result.run_id, store=result.store)[0][1]
     print(f"\nrun {result.run_id}: {result.status} (exit {result.exit_code})")
     for p in result.products:
         print(f"product  {p}")
     print(f"trailer  {result.trailer}")
     print(f"store    {result.store}")
+    _print_report(result.report)
     for stage, verdicts in run.verifications.items():
         for v in verdicts:
             numbers = (f"product {v['product_focus']:.1f} (z={v['product_z']:+.2f}), singles "
@@ -224,7 +243,8 @@ def add_processing_options(s, num_cores_default: int | None = None) -> None:
     s.add_argument("-g", "--no-gaia", action="store_true",
                    help="no a posteriori alignment to GAIA (ASTROMETRY_COMPUTE_APOSTERIORI overrides it)")
     s.add_argument("-m", "--manifest", action="store_true",
-                   help="write <root>_manifest.txt: the products, exposures, headerlets and trailer handed back")
+                   help="write <root>_manifest.txt: the products, exposures, headerlets, the fit's matched "
+                        "pairs and trailer handed back")
     s.add_argument("-a", "--force-alignment", action="store_true",
                    help="align even when -v finds bad guiding")
     # runastrodriz 3.11 declares -v as taking a value (getopt 'v:'), which swallows the next argument;
@@ -275,11 +295,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue this input's unfinished run, if any")
     s.add_argument("--restart", action="store_true",
                    help="abandon this input's unfinished run, if any, and start a new one")
+    s.add_argument("--report", action="store_true",
+                   help="when the run ends, write <root>_report.html and <root>_qa.json beside the products")
     s.set_defaults(func=cmd_start)
 
     s = with_store(sub.add_parser("resume", help="continue an interrupted run"))
     s.add_argument("run", nargs="?", help="run id (default: the latest run)")
+    s.add_argument("--report", action="store_true",
+                   help="when the run ends, write <root>_report.html and <root>_qa.json beside the products")
     s.set_defaults(func=cmd_resume)
+
+    s = with_store(sub.add_parser("report", help="a run's report page (HTML) and QA JSON (drizzlepac's layout)"))
+    s.add_argument("run", nargs="?", help="run id (default: the latest run)")
+    s.add_argument("-o", "--output", metavar="DIR",
+                   help="write <root>_report.html and <root>_qa.json here (default: beside the products)")
+    s.set_defaults(func=cmd_report)
 
     s = with_store(sub.add_parser("replay", help="render a run's trailer from its events"))
     s.add_argument("run", nargs="?")

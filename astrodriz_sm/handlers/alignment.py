@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model import StageStop, StepResult
+from ..model import StageStop, StepResult, fit_matches_name
 from ..statemachine import best_verified_stage, choose_fit, conclude_stage, fit_search_ends, stage_files
 from ..statemachine.rules import FAILED_FIT_RMS, VALID_FIT_QUALITY
 from ..statemachine.state import CANDIDATE, DECISION
 from .centroids import refine_catalogs
 from .common import StepContext, Timer, captured_output, hashes, working_directory
 from .drizzle import copy_into_stage
+from .matches import matched_pairs, write_matched_pairs
 from .network import bounded_requests, service_timeout
 from .sources import alignment_table
 
@@ -318,8 +319,9 @@ def align(ctx: StepContext) -> StepResult:
     Returns
     -------
     StepResult
-        The chosen catalog and method, the WCSNAME, the matched sources the verification needs, or a
-        stop with the reason no fit was applied.
+        The chosen catalog and method, the WCSNAME, the matched sources the verification needs and
+        ``fit_matches`` (the ECSV file of the chosen fit's matched pairs, its sha256, the numbers of
+        pairs and the RMS they give), or a stop with the reason no fit was applied.
     """
     from drizzlepac import align as dp_align
     from drizzlepac.haputils import astrometric_utils as amutils
@@ -410,12 +412,14 @@ def align(ctx: StepContext) -> StepResult:
                     facts.append((DECISION, decision))
                     if decision["chosen_catalog"] is None:
                         stop = decision["reason"]
-            matched = None
+            matched = pairs = None
             if stop is None:
                 table.select_fit(decision["chosen_catalog"], decision["chosen_method"])
                 first = table.filtered_table[0]
                 matched = {"sources": int(first["matchSources"]), "catalog_sources": int(first["catalogSources"]),
                            "fraction": float(first["matchSources"]) / max(1, int(first["catalogSources"]))}
+                pairs = matched_pairs(table.selected_fit, table.reference_catalogs[decision["chosen_catalog"]],
+                                      decision["chosen_catalog"], decision["chosen_method"])
                 table.apply_fit(headerlet_filenames={e.name: e.headerlet for e in fitted})
         finally:
             table.close()
@@ -436,9 +440,16 @@ def align(ctx: StepContext) -> StepResult:
     names = sorted({w for s in summary.values() for w in s["wcsnames"]})
     best = next(c for c in candidates if (c["catalog"], c["method"]) ==
                 (decision["chosen_catalog"], decision["chosen_method"]))
+    # The chosen fit's matched pairs, for the residuals a report shows; handed back with the products.
+    matches_file = fit_matches_name(ctx.root)
+    write_matched_pairs(pairs, d / matches_file)
+    files = hashes(d, [*names_all, matches_file])
     payload.update(wcsname=names[0] if len(names) == 1 else names, chosen_catalog=best["catalog"],
                    chosen_method=best["method"], rms_mas=best["rms_mas"], matches=best["matches"],
-                   matched=matched, exposures=summary, files=hashes(d, names_all))
+                   matched=matched, exposures=summary, files=files,
+                   fit_matches={"file": matches_file, "sha256": files[matches_file], "pairs": len(pairs),
+                                "fitted_pairs": pairs.meta["fitted_pairs"],
+                                "total_rms_mas": pairs.meta["total_rms_mas"]})
     return StepResult(payload, facts=facts)
 
 

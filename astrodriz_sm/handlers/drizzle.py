@@ -204,14 +204,24 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
     """AstroDrizzle parameters as runastrodriz sets them.
 
     MDRIZTAB (when the header names one) gives the per-filter defaults; without it AstroDrizzle's
-    own defaults apply. Stage products keep their single-drizzle images for verification; final
-    products honour ``-i`` and clean up.
+    own defaults apply. WFPC2 takes drizzlepac's own WFPC2 configuration instead, and runastrodriz
+    3.11 drizzles it with its verification parameters every time, the final products included.
+    Stage products keep their single-drizzle images for verification; final products honour ``-i``
+    and clean up.
     """
     from drizzlepac import mdzhandler
 
     mdriztab = ctx.inputs.reference_paths.get("MDRIZTAB")
+    wfpc2 = ctx.inputs.instrument == "WFPC2"
     d = ctx.stage_dir()
-    if mdriztab:
+    if wfpc2:
+        from drizzlepac.haputils import config_utils
+
+        with captured_output():
+            pars = dict(config_utils.get_wfpc2_pars(product.mdriztab_inputs)["astrodrizzle"].outpars)
+        pars.pop("runfile")  # each product has its own runfile log (runastrodriz: astrodrizzle.log)
+        source = "drizzlepac's WFPC2 parameters (config_utils.get_wfpc2_pars)"
+    elif mdriztab:
         with captured_output(), working_directory(d):
             pars = mdzhandler.getMdriztabParameters(product.mdriztab_inputs)
         source = f"MDRIZTAB {ctx.inputs.references['MDRIZTAB']}"
@@ -221,6 +231,8 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
     pars.update(PIPELINE_PARS)
     pars.update(mdriztab=False, resetbits=4096, crbit=4096,
                 num_cores=ctx.config.get("num_cores"))
+    if wfpc2:
+        pars.update(final_fillval="INDEF", driz_sep_kernel="turbo", driz_sep_fillval=0.0, resetbits=0)
     if final:
         pars.update(in_memory=bool(ctx.config.get("inmemory")), clean=True)
     elif ctx.stage == "default":
@@ -236,8 +248,8 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
             # and drizzle without a new identification, as runastrodriz's reset_mdriztab_nocr.
             pars.update(no_cr_parameters(ctx.inputs.detector_parameters.good_bits))
             source += "; no new cosmic-ray identification (default stage verified)"
-    if not final:
-        # runastrodriz 3.11 applies this to its verification drizzles only (the default stage's too),
+    if not final or wfpc2:
+        # runastrodriz 3.11 applies this to its verification drizzles only (the default stage's too; all of WFPC2's),
         # over every exposure: a zero EXPTIME makes the ratio infinite, hence a median. The final
         # stage then drizzles again rather than reuse the default stage's product.
         exptimes = np.array([e.exptime for e in product.exposures])

@@ -25,9 +25,32 @@ def choose_wcs(ctx: StepContext) -> StepResult:
 
 
 def stage_inputs(ctx: StepContext) -> StepResult:
-    """Copy the exposures carrying the chosen WCS into ``<root>_final/``."""
+    """Copy the exposures carrying the chosen WCS into ``<root>_final/``.
+
+    When that WCS is the a posteriori fit, the fit's matched pairs (``fit_matches``) are copied too:
+    they are handed back with the products that carry the fit.
+    """
     chosen = ctx.run.output("final", "choose_wcs")["chosen_stage"]
-    return StepResult(copy_into_stage(ctx, ctx.stage_dir(chosen), stage_files(ctx.run, chosen)))
+    expected = stage_files(ctx.run, chosen)
+    payload = copy_into_stage(ctx, ctx.stage_dir(chosen), expected)
+    matches = ctx.run.output(chosen, "align").get("fit_matches")
+    payload["fit_matches"] = []
+    if matches:
+        name = matches["file"]
+        copy_file(ctx.stage_dir(chosen) / name, ctx.stage_dir() / name)
+        digest = sha256(ctx.stage_dir() / name)
+        if digest != matches["sha256"]:
+            raise ProcessingError(f"{ctx.stage_dir(chosen) / name}: changed since its stage recorded it "
+                                  f"(sha256 {digest[:12]} != {matches['sha256'][:12]}); start a new run",
+                                  str(ctx.stage_dir(chosen) / name))
+        payload["files"][name] = digest
+        payload["fit_matches"] = [name]
+    return StepResult(payload)
+
+
+def fit_matches(run) -> list[str]:
+    """The matched-pairs file the final stage hands back (none unless the products carry the a posteriori fit)."""
+    return run.output("final", "stage_inputs").get("fit_matches", [])
 
 
 def write_headerlets(ctx: StepContext) -> StepResult:
@@ -153,11 +176,11 @@ PROMOTE_MARGIN = 1 << 20
 
 
 def _promoted_files(ctx: StepContext) -> list[str]:
-    """What the final stage hands back: products, updated exposures, headerlets, quality statistics."""
+    """What the final stage hands back: products, updated exposures, headerlets, matched pairs, quality statistics."""
     products = [p["product"] for p in ctx.run.output("final", "astrodrizzle")["products"]]
     headerlets = list(ctx.run.output("final", "write_headerlets").get("headerlets", {}))
     quality = ctx.run.output("final", "quality_analysis").get("written", [])
-    return products + ctx.inputs.exposures.names + headerlets + quality
+    return products + ctx.inputs.exposures.names + headerlets + fit_matches(ctx.run) + quality
 
 
 def promote(ctx: StepContext) -> StepResult:
@@ -232,13 +255,15 @@ def replace(ctx: StepContext) -> StepResult:
             (folder / original_name(n)).unlink()
     products = [p["product"] for p in ctx.run.output("final", "astrodrizzle")["products"]]
     return StepResult({"files": hashes(folder, targets), "replaced": promoted["originals"], "products": products,
-                       "headerlets": list(ctx.run.output("final", "write_headerlets").get("headerlets", {}))})
+                       "headerlets": list(ctx.run.output("final", "write_headerlets").get("headerlets", {})),
+                       "fit_matches": fit_matches(ctx.run)})
 
 
 def write_manifest(ctx: StepContext) -> StepResult:
-    """``<root>_manifest.txt`` (``-m``): products, exposures, headerlets and the trailer, one per line."""
+    """``<root>_manifest.txt`` (``-m``): products, exposures, headerlets, matched pairs and the trailer, one per line."""
     replaced = ctx.run.output("final", "replace")
-    names = replaced["products"] + ctx.inputs.exposures.names + replaced["headerlets"] + [ctx.inputs.trailer]
+    names = (replaced["products"] + ctx.inputs.exposures.names + replaced["headerlets"]
+             + replaced.get("fit_matches", []) + [ctx.inputs.trailer])
     path = ctx.input_dir / manifest_name(ctx.root)
     partial = path.with_name(partial_name(path.name))
     partial.write_text("".join(f"{n}\n" for n in names))

@@ -24,6 +24,7 @@ from ..model import (
     split_input_name,
 )
 from ..statemachine.state import NOTE, VERIFICATION
+from . import wfpc2
 from .common import StepContext, captured_output, check_fits, primary_header, sha256
 
 REFERENCE_KEYWORDS = ("IDCTAB", "NPOLFILE", "D2IMFILE", "MDRIZTAB")
@@ -48,7 +49,7 @@ def input_kind(path: Path) -> tuple[str, str]:
     parsed = split_input_name(path.name)
     if parsed is not None:
         return parsed
-    raise InputError(f"{path}: expected an _asn, _raw, _flt or _flc FITS file", str(path))
+    raise InputError(f"{path}: expected an _asn, _raw, _flt or _flc FITS file (WFPC2: _c0m or _d0m)", str(path))
 
 
 def read_association(path: Path) -> tuple[list[str], str]:
@@ -106,19 +107,20 @@ def _exposure_facts(path: Path) -> dict:
     if exptime is None:
         raise InputError(f"{path}: no EXPTIME in the primary header", str(path))
     ngoodpix = []
+    goodpix = DETECTORS[(instrument, detector)].good_pixels_keyword
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with fits.open(path, memmap=True) as hdul:
             for h in hdul:
                 if h.name == "SCI":
-                    ngoodpix.append(h.header.get("NGOODPIX"))
+                    ngoodpix.append(h.header.get(goodpix))
                     if h.data is not None and np.isnan(h.data).all():
                         raise InputError(f"{path}: SCI,{h.ver} is all NaN; nothing to drizzle", str(path))
     empty = None
     if float(exptime) <= 0:
         empty = f"EXPTIME={float(exptime):g}"
     elif ngoodpix and all(n is not None and int(n) == 0 for n in ngoodpix):
-        empty = "NGOODPIX=0"
+        empty = f"{goodpix}=0"
     refs = {k: str(hdr[k]).strip() for k in REFERENCE_KEYWORDS if k in hdr}
     return {"instrument": instrument, "detector": detector, "exptime": float(exptime), "references": refs,
             "drizcorr": str(hdr.get("DRIZCORR", "")).strip().upper() or None, "empty": empty}
@@ -250,6 +252,16 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
         root, asn = product, input_path.name
     else:
         members = [root]
+    converted, said = {}, []
+    if wfpc2.is_wfpc2(input_path, kind):
+        if len(members) > 1:
+            # runastrodriz 3.11 converts one _c0m file per run, and verifies no WFPC2 product: drizzlepac's
+            # WFPC2 parameters reject no cosmic rays, so the focus of several exposures cannot be compared.
+            raise InputError(f"{input_path}: lists {len(members)} WFPC2 exposures; WFPC2 is processed one "
+                             "exposure at a time, as runastrodriz does: give each one's _c0m file", str(input_path))
+        conversion = wfpc2.convert_exposures(input_dir, members, ctx.run.environment)
+        converted, said = conversion["converted"], conversion["notes"]
+        members = [m for m in members if m not in conversion["refused"]]
 
     found = {FLT: [], FLC: []}
     raw, facts = [], {}
@@ -263,8 +275,6 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
             if p.exists():
                 facts[p.name] = _exposure_facts(p)
                 found[k].append(p.name)
-        if (input_dir / input_name(m, "raw")).exists():
-            raw.append(input_name(m, "raw"))
     complete = {k: len(found[k]) == len(members) for k in found}
     if not any(complete.values()):
         # Neither list is whole: some members have only an FLT file, others only an FLC file.
@@ -286,8 +296,15 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
             empty.setdefault(split_input_name(name)[1], facts[name]["empty"])
     used = found[FLT] + found[FLC]
 
+    kinds = {(v["instrument"], v["detector"]) for v in facts.values()}
+    if len(kinds) > 1:
+        raise InputError(f"{input_path}: exposures mix instruments/detectors {sorted(kinds)}", str(input_path))
+    instrument, detector = kinds.pop()
+    raw_kind = DETECTORS[(instrument, detector)].raw_kind
+    raw = [input_name(m, raw_kind) for m in members if (input_dir / input_name(m, raw_kind)).exists()]
+
     # DRIZCORR comes from the RAW file of the first member; without RAW, from the calibrated file.
-    first_raw = input_dir / input_name(members[0], "raw")
+    first_raw = input_dir / input_name(members[0], raw_kind)
     if first_raw.exists():
         check_fits(first_raw)
         drizcorr = str(primary_header(first_raw).get("DRIZCORR", "")).strip().upper() or None
@@ -297,12 +314,7 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
     else:
         drizcorr_file = used[0]
         drizcorr = facts[used[0]]["drizcorr"]
-        notes.append(f"no RAW file for {members[0]}: DRIZCORR read from {drizcorr_file}")
-
-    kinds = {(v["instrument"], v["detector"]) for v in facts.values()}
-    if len(kinds) > 1:
-        raise InputError(f"{input_path}: exposures mix instruments/detectors {sorted(kinds)}", str(input_path))
-    instrument, detector = kinds.pop()
+        notes.append(f"no {raw_kind.upper()} file for {members[0]}: DRIZCORR read from {drizcorr_file}")
     exposures = ExposureSet(*(tuple(Exposure.from_name(n, instrument=instrument, detector=detector,
                                                        exptime=facts[n]["exptime"], empty=facts[n]["empty"])
                                     for n in found[k])
@@ -323,12 +335,16 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
         exposures=exposures, raw=tuple(raw),
         drizcorr=drizcorr, drizcorr_file=drizcorr_file, references=header_references,
         reference_paths=references,
-        input_hashes={n: sha256(input_dir / n) for n in sorted(set(used + raw + ([asn] if asn else [])))},
+        input_hashes={n: sha256(input_dir / n) for n in sorted(set(used + raw + ([asn] if asn else []) + [
+            f for c in converted.values() for f in (c["c0m"], c["c1m"]) if f]))},
         notes=tuple(notes), idctab_reset=resets)
-    said = [f"{m}: {why}: processed, chooses no drizzle parameters" + (", not drizzled" if why.startswith("EXPTIME")
-                                                                       else "") for m, why in empty.items()]
-    return StepResult({"inputs": inputs.to_payload(), "environment_update": env_update},
-                      facts=[(NOTE, {"message": m}) for m in said])
+    said += [f"{m}: {why}: processed, chooses no drizzle parameters" + (", not drizzled" if why.startswith("EXPTIME")
+                                                                        else "") for m, why in empty.items()]
+    payload = {"inputs": inputs.to_payload(), "environment_update": env_update}
+    if converted:
+        payload["wfpc2_converted"] = converted
+        payload["log"] = conversion["log"]
+    return StepResult(payload, facts=[(NOTE, {"message": m}) for m in said])
 
 
 def _guiding_message(text: str, path: Path) -> str | None:

@@ -17,7 +17,11 @@ class DetectorParameters:
     good_bits : int
         DQ bits treated as good when drizzling without cosmic-ray identification.
     reference_variable : str
-        The environment variable of ``<var>$name`` reference files (``jref``, ``iref``).
+        The environment variable of ``<var>$name`` reference files (``jref``, ``iref``, ``uref``).
+    good_pixels_keyword : str
+        SCI keyword counting the good pixels (runastrodriz: WFPC2's GPIXELS, else NGOODPIX).
+    raw_kind : str
+        Suffix of the raw file DRIZCORR is read from (WFPC2: ``d0m``).
     """
 
     instrument: str
@@ -25,6 +29,8 @@ class DetectorParameters:
     focus_sigma: float
     good_bits: int
     reference_variable: str
+    good_pixels_keyword: str = "NGOODPIX"
+    raw_kind: str = "raw"
 
     @property
     def instdet(self) -> str:
@@ -40,6 +46,9 @@ DETECTORS = {
         DetectorParameters("ACS", "SBC", focus_sigma=2.0, good_bits=0, reference_variable="jref"),
         DetectorParameters("WFC3", "UVIS", focus_sigma=1.5, good_bits=1360, reference_variable="iref"),
         DetectorParameters("WFC3", "IR", focus_sigma=2.0, good_bits=512, reference_variable="iref"),
+        # wfpc2Data.wfpc2_to_flt writes DETECTOR='PC' into every converted WFPC2 file.
+        DetectorParameters("WFPC2", "PC", focus_sigma=1.5, good_bits=1360, reference_variable="uref",
+                           good_pixels_keyword="GPIXELS", raw_kind="d0m"),
     )
 }
 

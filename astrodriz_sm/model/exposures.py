@@ -2,7 +2,8 @@
 
 Every file name of a run is made here: calibrated exposures (``_flt``, ``_flc``), RAW files,
 single-drizzle images, products (``_drz``, ``_drc``), AstroDrizzle runfiles, headerlets, stage
-directories and the trailer. Other modules ask; none of them builds a name.
+directories, the trailer, the fit's matched pairs and the report. Other modules ask; none of them
+builds a name.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from dataclasses import dataclass
 
 FLT, FLC = "flt", "flc"
 CALIBRATED_KINDS = (FLT, FLC)
-# runastrodriz's inputs, by the suffix of their file name.
-INPUT_KINDS = ("asn", "raw", FLT, FLC)
+# runastrodriz's inputs, by the suffix of their file name (WFPC2: the calibrated _c0m and the raw _d0m).
+INPUT_KINDS = ("asn", "raw", FLT, FLC, "c0m", "d0m")
 # The product each calibrated kind drizzles into.
 PRODUCT_SUFFIX = {FLT: "drz", FLC: "drc"}
+WFPC2_PRODUCT_SUFFIX = "drw"
 
 
 def input_name(root: str, kind: str) -> str:
@@ -40,6 +42,21 @@ def trailer_name(root: str) -> str:
 def manifest_name(root: str) -> str:
     """``<root>_manifest.txt``: runastrodriz's ``-m`` list of the files handed back."""
     return f"{root}_manifest.txt"
+
+
+def fit_matches_name(root: str) -> str:
+    """``<root>_fit_matches.ecsv``: the matched source pairs of the chosen a posteriori fit."""
+    return f"{root}_fit_matches.ecsv"
+
+
+def report_name(root: str) -> str:
+    """``<root>_report.html``: the run's report page."""
+    return f"{root}_report.html"
+
+
+def qa_json_name(root: str) -> str:
+    """``<root>_qa.json``: the run's quality figures in drizzlepac's ``HapDiagnostic`` layout."""
+    return f"{root}_qa.json"
 
 
 def focus_json_name(product: str, stage: str) -> str:
@@ -169,12 +186,14 @@ class Product:
 
     @property
     def suffix(self) -> str:
-        """``'drz'`` or ``'drc'``."""
+        """``'drz'`` or ``'drc'``; WFPC2's is ``'drw'`` (AstroDrizzle's, so the archive's ``_drz`` stay)."""
+        if self.exposures[0].instrument == "WFPC2":
+            return WFPC2_PRODUCT_SUFFIX
         return PRODUCT_SUFFIX[self.kind]
 
     @property
     def name(self) -> str:
-        """``<root>_drz.fits`` or ``<root>_drc.fits``."""
+        """``<root>_drz.fits``, ``<root>_drc.fits`` or WFPC2's ``<root>_drw.fits``."""
         return f"{self.root}_{self.suffix}.fits"
 
     @property

@@ -33,6 +33,7 @@ from astropy.table import vstack
 
 from ..model import input_name
 from . import headers as hdr
+from . import wfpc2
 from .config import POINTING_ERROR_PA, SimConfig, SimResult
 from .instruments import Detector, chip_models, detector
 from .reffiles import ReferenceSet, prepare_reference_files
@@ -107,7 +108,10 @@ def _pointing_file(path: Path, primary: fits.Header, layouts: list[hdr.ChipLayou
     hdul = fits.HDUList([fits.PrimaryHDU(header=primary)])
     for lay in layouts:
         zeros = np.zeros((lay.naxis2, lay.naxis1), dtype=np.uint8)
-        if templates is None:
+        if det.is_wfpc2:
+            h = wfpc2.sci_header(det, layout=lay, member=member, crval=crval, crpix=lay.crpix, cd=cd,
+                                 orientat=0.0)
+        elif templates is None:
             h = hdr.sci_header(layout=lay, member=member, crval=crval, crpix=lay.crpix, cd=cd,
                                ngoodpix=lay.naxis1 * lay.naxis2, orientat=0.0)
         else:
@@ -196,7 +200,10 @@ def _render_chip(rng: np.random.Generator, truth, layout: hdr.ChipLayout, ra: np
         x, y = truth.all_world2pix(ra[near], dec[near], 0, tolerance=1e-7, maxiter=50)
     else:  # an empty field (stwcs's iterative inverse cannot take no points)
         x = y = np.empty(0)
-    signal = render_stars((layout.naxis2, layout.naxis1), x, y, flux[near], sigma=det.psf_sigma)
+    # One PSF on the sky: a chip with smaller pixels (the WFPC2 PC) sees it wider, in its own pixels.
+    sigma = det.psf_sigma * det.pixel_scale / (abs(np.linalg.det(truth.wcs.cd)) ** 0.5 * 3600.0) \
+        if det.is_wfpc2 else det.psf_sigma
+    signal = render_stars((layout.naxis2, layout.naxis1), x, y, flux[near], sigma=sigma)
     data = add_noise(rng, signal, sky=det.sky_level, readnoise=det.readnoise)
     if det.cosmic_rays:
         crmask = add_cosmic_rays(rng, data, int(rng.poisson(n_cr_mean)))
@@ -205,7 +212,7 @@ def _render_chip(rng: np.random.Generator, truth, layout: hdr.ChipLayout, ra: np
     dq = np.zeros(data.shape, dtype=np.int16)
     saturated = data >= det.saturation
     data[saturated] = det.saturation
-    dq[saturated] = 256
+    dq[saturated] = 8 if det.is_wfpc2 else 256  # WFPC2's A-to-D saturation flag
     err = np.sqrt(np.clip(data, 0.0, None) + det.readnoise ** 2)
     return data, err, dq, crmask
 
@@ -224,6 +231,8 @@ def _zero_exposure_chip(layout: hdr.ChipLayout, det: Detector):
 def _chip_arrays(det: Detector, data: np.ndarray, err: np.ndarray, dq: np.ndarray,
                  exptime: float) -> dict[str, np.ndarray]:
     """Extension arrays of one chip from its electrons; count-rate detectors get e-/s, SAMP and TIME."""
+    if det.is_wfpc2:
+        return {"SCI": data / det.gain, "DQ": dq}  # counts (DN), as the _c0m files hold them
     if not det.count_rate:
         return {"SCI": data, "ERR": err, "DQ": dq}
     # WFC3/IR: the ramp fit gives e-/s; TIME holds the integration time of each pixel.
@@ -231,6 +240,28 @@ def _chip_arrays(det: Detector, data: np.ndarray, err: np.ndarray, dq: np.ndarra
     return {"SCI": data * scale, "ERR": err * scale, "DQ": dq,
             "SAMP": np.full(data.shape, det.nsamp if exptime else 0, dtype=np.int16),
             "TIME": np.full(data.shape, float(exptime), dtype=np.float32)}
+
+
+def _write_wfpc2_exposure(outdir: Path, member: str, primary, index: int, postarg,
+                          chips: list[tuple[fits.Header, dict[str, np.ndarray]]]) -> Path:
+    """Write a WFPC2 exposure's ``_c0m`` (SCI groups, counts) and ``_c1m`` (DQ groups) files."""
+    c0m = outdir / input_name(member, "c0m")
+    hdul = fits.HDUList([fits.PrimaryHDU(header=primary(index, "c0m", postarg))])
+    for sci, arrays in chips:
+        hdul.append(fits.ImageHDU(arrays["SCI"].astype(np.float32), header=sci))
+    hdul.writeto(c0m, overwrite=True)
+    wfpc2.dq_hdulist(primary(index, "c1m", postarg), [sci for sci, _ in chips],
+                     [arrays["DQ"] for _, arrays in chips]).writeto(outdir / input_name(member, "c1m"),
+                                                                    overwrite=True)
+    return c0m
+
+
+def _run_environment(outdir: Path, det: Detector) -> dict[str, str]:
+    """Environment a pipeline needs for these files: the reference variable, and WFPC2's CRDS cache."""
+    env = {det.refvar: f"{outdir.resolve()}/"}
+    if det.is_wfpc2:
+        env.update(wfpc2.crds_environment((outdir / "crds").resolve()))
+    return env
 
 
 def _config_json(config: SimConfig) -> dict:
@@ -276,7 +307,10 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
     truthdir.mkdir(parents=True, exist_ok=True)
 
     det = detector(config.instrument)
-    chips = chip_models(det, config.template_dir) if det.template is not None else None
+    if det.is_wfpc2:
+        chips = wfpc2.chip_models(config.template_dir)
+    else:
+        chips = chip_models(det, config.template_dir) if det.template is not None else None
     templates = load_templates(det, config.template_dir) if det.template is not None else None
     refs: ReferenceSet = prepare_reference_files(outdir, config.refdir,
                                                  max_images=max(4, config.n_exposures), det=det,
@@ -296,6 +330,8 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
                   "timing": timings[i], "refs": refs, "pa_v3": config.pa_v3,
                   "ra_targ": config.ra, "dec_targ": config.dec, "exptime": exptimes[i],
                   "drizcorr": config.drizcorr, "postarg": postarg}
+        if det.is_wfpc2:
+            return wfpc2.primary_header(det, **kwargs)
         if templates is None:
             return hdr.primary_header(**kwargs)
         return templated_primary(templates, det, **kwargs)
@@ -334,6 +370,7 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
             injected.append((float(east), float(north)))
 
         flt_paths, flc_paths, raw_paths, cr_paths, exposures_json, updated = [], [], [], [], [], []
+        c0m_paths: list[Path] = []
         n_cr_mean = det.cr_per_megapixel * config.exptime / 400.0 * 1e-6
         for i, member in enumerate(members):
             rng = np.random.default_rng(seeds[i + 1])
@@ -347,7 +384,11 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
                     data, err, dq, crmask = _zero_exposure_chip(lay, det)
                 crval = offset_radec(*truth.wcs.crval, *injected[i])
                 arrays = _chip_arrays(det, data, err, dq, exptimes[i])
-                if templates is None:
+                if det.is_wfpc2:
+                    sci = wfpc2.sci_header(det, layout=lay, member=member, crval=crval,
+                                           crpix=tuple(truth.wcs.crpix), cd=truth.wcs.cd,
+                                           orientat=float(truth.orientat), dq=dq)
+                elif templates is None:
                     sci = hdr.sci_header(layout=lay, member=member, crval=crval, crpix=tuple(truth.wcs.crpix),
                                          cd=truth.wcs.cd, ngoodpix=int((dq == 0).sum()),
                                          orientat=float(truth.orientat))
@@ -359,9 +400,11 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
                 chips.append((sci, arrays))
                 masks.append(crmask)
 
+            if det.is_wfpc2:
+                c0m_paths.append(_write_wfpc2_exposure(outdir, member, primary, i, postargs[i], chips))
             for kind, paths in (("flt", flt_paths), ("flc", flc_paths)):
                 path = outdir / input_name(member, kind)
-                if kind in config.products.split("+"):
+                if kind in config.products.split("+") and not det.is_wfpc2:
                     _exposure_hdul(primary(i, kind, postargs[i]), chips, det, templates,
                                    layouts).writeto(path, overwrite=True)
                     paths.append(path)
@@ -369,12 +412,13 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
                     # A stale file from an earlier simulation would be picked up by the pipeline.
                     path.unlink()
 
-            raw = outdir / f"{member}_raw.fits"
+            raw = outdir / input_name(member, "d0m" if det.is_wfpc2 else "raw")
             raw_cards = [("EXTNAME", "SCI"), ("EXTVER", 1)]
             if layouts[0].header_ccdchip:
                 raw_cards.append(("CCDCHIP", layouts[0].ccdchip))
             raw_sci = fits.ImageHDU(header=fits.Header(raw_cards))
-            fits.HDUList([fits.PrimaryHDU(header=primary(i, "raw", postargs[i])), raw_sci]).writeto(
+            fits.HDUList([fits.PrimaryHDU(header=primary(i, raw.stem.split("_")[-1], postargs[i])),
+                          raw_sci]).writeto(
                 raw, overwrite=True)
             raw_paths.append(raw)
 
@@ -388,7 +432,7 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
             cr_paths.append(cr_path)
 
             # The delivered header must recover the truth moved by exactly the injected offset.
-            delivered = (flt_paths or flc_paths)[-1]
+            delivered = (flt_paths or flc_paths or c0m_paths)[-1]
             updated.append(updated_copy(delivered, outdir, tmp / "updated"))
             recovered = sci_wcs(updated[-1])
             measured = [chip_center_offset(t, r, lay.naxis1, lay.naxis2)
@@ -449,4 +493,5 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
                      flc=flc_paths, raw=raw_paths, truth_catalog=truth_catalog, cr_masks=cr_paths,
                      reference_files=dict(refs.paths), truth_json=truth_json,
                      injected_offsets=injected, service_dir=service_dir if config.service else None,
-                     instrument=det.name, refvar=det.refvar)
+                     instrument=det.name, refvar=det.refvar, c0m=c0m_paths,
+                     environment=_run_environment(outdir, det))

@@ -17,7 +17,7 @@ POINTING_ERROR_PA = 45.0
 
 
 # The calibrated files a simulated exposure can have.
-PRODUCT_KINDS = ("flt+flc", "flt", "flc")
+PRODUCT_KINDS = ("flt+flc", "flt", "flc", "c0m")
 
 
 @dataclass
@@ -108,7 +108,7 @@ class SimConfig:
     guiding_failure: float = 0.0
     drizcorr: str = "PERFORM"
     products: str | None = None
-    n_stars: int = 200
+    n_stars: int | None = None
     seed: int = 1
     refdir: str | None = None
     root: str | None = None
@@ -142,11 +142,13 @@ class SimConfig:
                              f"(its kinds: {'+'.join(det.kinds)})")
         if self.root is None:
             self.root = det.default_root
+        if self.n_stars is None:
+            self.n_stars = det.n_stars
         if len(self.root) != 9:
             raise ValueError(f"root {self.root!r} must have 9 characters")
         if self.root[0].lower() != det.letter:
             raise ValueError(f"{det.name} rootnames start with {det.letter!r}, not {self.root!r}")
-        if self.refdir is not None and det.template is not None:
+        if self.refdir is not None and det.name != DEFAULT_INSTRUMENT:
             raise ValueError("refdir (real ACS/WFC reference files) applies to acs-wfc only")
         if self.template_dir is not None:
             self.template_dir = str(self.template_dir)
@@ -225,7 +227,12 @@ class SimResult:
     instrument : str
         `SimConfig.instrument` of the simulation.
     refvar : str
-        Environment variable the header reference-file names use (``jref``, ``iref``).
+        Environment variable the header reference-file names use (``jref``, ``iref``, ``uref``).
+    c0m : list of Path
+        WFPC2: the ``_c0m`` file of each member (each with its ``_c1m``; ``raw`` holds the ``_d0m``).
+    environment : dict
+        What a pipeline's environment needs for these files: ``<refvar>=<outdir>/`` and, for WFPC2,
+        the CRDS cache (``CRDS_PATH`` and friends) that lets ``apply_bestrefs`` run with no server.
     """
 
     outdir: Path
@@ -243,6 +250,8 @@ class SimResult:
     service_dir: Path | None = None
     instrument: str = DEFAULT_INSTRUMENT
     refvar: str = "jref"
+    c0m: list[Path] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -266,8 +275,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--kinds", choices=PRODUCT_KINDS, default=None,
                    help="calibrated files each exposure has (default: every kind the detector has)")
     g.add_argument("--flt-only", action="store_true", help="the same as --kinds flt")
-    g.add_argument("--n-stars", type=int, default=d.n_stars, metavar="N",
-                   help=f"stars in the truth catalog (default {d.n_stars})")
+    g.add_argument("--n-stars", type=int, default=None, metavar="N",
+                   help=f"stars in the truth catalog (default {d.n_stars}; wfpc2, whose field is 30 times "
+                        f"larger: {detector('wfpc2').n_stars})")
     g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     g.add_argument("--refdir", default=None, metavar="DIR",
                    help="use the real ACS/WFC IDCTAB/NPOLFILE/D2IMFILE from DIR")
@@ -321,7 +331,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         guiding_failure=getattr(args, "guiding_failure", d.guiding_failure),
         drizcorr=getattr(args, "drizcorr", d.drizcorr),
         products="flt" if getattr(args, "flt_only", False) else getattr(args, "kinds", None),
-        n_stars=getattr(args, "n_stars", d.n_stars),
+        n_stars=getattr(args, "n_stars", None),
         seed=getattr(args, "seed", d.seed),
         refdir=getattr(args, "refdir", d.refdir),
         root=getattr(args, "root", None),

@@ -123,10 +123,12 @@ def chip_layouts(full_frame: bool, subarray_size: int, det: Detector | None = No
     chips : list of ChipModel, optional
         Distortion models of a templated detector's chips (their XREF/YREF).
     """
-    if det is not None and det.template is not None:
+    if det is not None and (det.template is not None or det.is_wfpc2):
         if chips is None:
             raise ValueError(f"{det.name}: chip models are needed")
         layouts = []
+        # WFPC2 has no subarray readout, and its four 800x800 chips are small: always all of them.
+        full_frame = full_frame or det.is_wfpc2
         for k, (ccd, model) in enumerate(zip(det.ccdchips, chips)):
             common = {"ccdchip": model.ccdchip, "xref": model.xref, "yref": model.yref,
                       "header_ccdchip": ccd is not None}

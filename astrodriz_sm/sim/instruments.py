@@ -103,6 +103,8 @@ class Detector:
         Extensions per chip, SCI first.
     nsamp : int
         NSAMP of IR MULTIACCUM exposures (the SAMP array), else 0.
+    n_stars : int
+        Default number of field stars (`SimConfig.n_stars`).
     idctab, mdriztab : str
         File names of the simulator's IDCTAB and MDRIZTAB for this detector
         (9-character roots, as drizzlepac's WCS name patterns expect).
@@ -143,6 +145,12 @@ class Detector:
     mdriztab: str
     template_scale: float = 1.0
     nsamp: int = 0
+    n_stars: int = 200
+
+    @property
+    def is_wfpc2(self) -> bool:
+        """WFPC2: _c0m/_c1m files in counts, four chips, no MDRIZTAB (see `astrodriz_sm.sim.wfpc2`)."""
+        return self.instrume == "WFPC2"
 
     @property
     def count_rate(self) -> bool:
@@ -224,8 +232,24 @@ _IR = Detector(
     idctab="sm00009ai_idc.fits", mdriztab="sm00010ai_mdz.fits",
 )
 
+# WFPC2: four chips (PC1, WF2-WF4) in counts, delivered as _c0m/_c1m files; the real IDCTAB
+# (astrodriz_sm.sim.wfpc2), so no template.  Gain, read noise and the A-to-D saturation are the
+# ATODGAIN=7 values; the PSF sigma is in WF pixels (the PC's, in its own pixels, is wider).  As for
+# SBC, the sensitivity that renders the stars is ACS/WFC's (the real F555W one is about six times
+# lower), so that the shared star field is measured as well; the headers carry WFPC2's PHOTFLAM.
+_WFPC2 = Detector(
+    name="wfpc2", instrume="WFPC2", detector="PC", letter="u", default_root="usm001010",
+    refvar="uref", kinds=("c0m",), template=None, chip_size=(800, 800),
+    ccdchips=(1, 2, 3, 4), subarray_chip=2, amps=("A", "A", "A", "A"), subarray_amp="A",
+    aperture="WFALL", subarray_aperture="WFALL", pixel_scale=0.0996, psf_sigma=0.9,
+    gain=7.0, readnoise=5.2, sky_level=30.0, saturation=4095 * 7.0, cosmic_rays=True,
+    cr_per_megapixel=1150.0, photmode="WFPC2,3,A2D7,F555W,,CAL", photflam=7.8624e-20,
+    photplam=5442.9, photbw=522.0, photzpt=-21.1, filters=(("FILTNAM1", "F555W"), ("FILTNAM2", "")),
+    bunit="COUNTS", extensions=("SCI",), idctab="sad1946fu_idc.fits", mdriztab="N/A", n_stars=800,
+)
+
 #: Every detector, by `Detector.name`.
-DETECTORS: dict[str, Detector] = {d.name: d for d in (_WFC, _HRC, _SBC, _UVIS, _IR)}
+DETECTORS: dict[str, Detector] = {d.name: d for d in (_WFC, _HRC, _SBC, _UVIS, _IR, _WFPC2)}
 
 
 def detector(name: str) -> Detector:
@@ -245,6 +269,8 @@ def detector(name: str) -> Detector:
 def detector_of_header(header: fits.Header) -> Detector:
     """The `Detector` whose INSTRUME/DETECTOR a (primary) header carries; ACS/WFC if none matches."""
     instrume = str(header.get("INSTRUME", "")).strip().upper()
+    if instrume == "WFPC2":
+        return _WFPC2
     det = str(header.get("DETECTOR", "")).strip().upper()
     for d in DETECTORS.values():
         if (d.instrume, d.detector) == (instrume, det):

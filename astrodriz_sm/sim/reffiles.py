@@ -83,6 +83,7 @@ class ReferenceSet:
     d2imfile: str
     mdriztab: str
     paths: dict[str, Path]
+    offtab: str = "N/A"
 
 
 def _linear_terms(chip: int) -> tuple[float, float, float, float]:
@@ -401,6 +402,8 @@ def prepare_reference_files(outdir: Path, refdir: str | os.PathLike | None,
     det = det or detector(DEFAULT_INSTRUMENT)
     paths: dict[str, Path] = {}
     var = det.refvar
+    if det.is_wfpc2:
+        return _wfpc2_reference_files(outdir, template_dir)
     if det.template is not None:
         paths["IDCTAB"] = write_detector_idctab(outdir / det.idctab, det, chip_models(det, template_dir))
         npol = d2im = "N/A"
@@ -424,3 +427,27 @@ def prepare_reference_files(outdir: Path, refdir: str | os.PathLike | None,
     paths["MDRIZTAB"] = write_mdriztab(outdir / det.mdriztab, max_images=max_images, det=det)
     return ReferenceSet(idctab=f"{var}${paths['IDCTAB'].name}", npolfile=npol, d2imfile=d2im,
                         mdriztab=f"{var}${det.mdriztab}", paths=paths)
+
+
+def _wfpc2_reference_files(outdir: Path, template_dir) -> ReferenceSet:
+    """WFPC2: a copy of the real IDCTAB, the simulated OFFTAB and a CRDS cache naming both.
+
+    AstroDrizzle takes WFPC2's parameters from drizzlepac's own configuration, not an MDRIZTAB.
+    """
+    import shutil
+
+    from . import wfpc2
+    from .instruments import template_directory
+
+    source = template_directory(template_dir) / wfpc2.IDCTAB
+    if not source.is_file():
+        raise FileNotFoundError(f"WFPC2 IDCTAB {source} not found")
+    idctab = outdir / wfpc2.IDCTAB
+    if idctab.is_symlink() or idctab.exists():
+        idctab.unlink()
+    # A copy (170 kB): uref must hold it beside the OFFTAB, and the template stays untouched.
+    shutil.copyfile(source, idctab)
+    offtab = wfpc2.write_offtab(outdir / wfpc2.OFFTAB)
+    wfpc2.write_crds_cache(outdir / "crds", {"idctab": idctab.name, "offtab": offtab.name})
+    return ReferenceSet(idctab=f"uref${idctab.name}", npolfile="N/A", d2imfile="N/A", mdriztab="N/A",
+                        offtab=f"uref${offtab.name}", paths={"IDCTAB": idctab, "OFFTAB": offtab})

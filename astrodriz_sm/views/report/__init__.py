@@ -1,0 +1,73 @@
+"""A run's report: one self-contained HTML page and a QA JSON, from its events and the files it handed back.
+
+:mod:`.facts` gathers the numbers, :mod:`.figures` draws them, :mod:`.page` renders the page from
+the Jinja2 templates in ``templates/`` and :mod:`.qa` writes the QA JSON in drizzlepac's
+``HapDiagnostic`` layout.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...errors import InputError
+from ...model import partial_name, qa_json_name, report_name
+
+__all__ = ["ReportFiles", "write_report"]
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The files a report wrote.
+
+    Attributes
+    ----------
+    html : Path
+        ``<root>_report.html``.
+    qa_json : Path
+        ``<root>_qa.json``.
+    """
+
+    html: Path
+    qa_json: Path
+
+
+def write_report(store, run_id: str, output: str | os.PathLike | None = None) -> ReportFiles:
+    """Render a run's report page and QA JSON into ``output`` (default: the run's input directory).
+
+    Parameters
+    ----------
+    store : EventStore
+    run_id : str
+    output : path, optional
+        The directory to write to; made when it does not exist.
+
+    Returns
+    -------
+    ReportFiles
+
+    Raises
+    ------
+    InputError
+        A file the log says the run handed back is missing or changed, or ``output`` cannot be written.
+    """
+    from .facts import run_facts
+    from .page import render_run_page
+    from .qa import write_qa_json
+
+    row = store.get_run(run_id)
+    events = store.events(run_id)
+    facts = run_facts(row, events, store.verify(run_id))
+    directory = Path(output) if output else Path(row["input"]).parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        html = directory / report_name(facts["root"])
+        partial = html.with_name(partial_name(html.name))
+        partial.write_text(render_run_page(facts), encoding="utf-8")
+        os.replace(partial, html)
+        qa = write_qa_json(facts, directory / qa_json_name(facts["root"]))
+    except OSError as exc:
+        where = exc.filename or str(directory)
+        raise InputError(f"{where}: cannot write the report: {exc.strerror or exc}", str(where)) from None
+    return ReportFiles(html=html, qa_json=qa)
