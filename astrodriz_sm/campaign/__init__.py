@@ -7,7 +7,7 @@
 
 from .driver import BatchResult, StartOptions, judge, plan, read_input_list, run_batch
 from .ledger import LEDGER_NAME, Attempt, Ledger, LedgerCorrupt, LedgerError
-from .report import campaign_summary, render_status
+from .status import campaign_summary, render_status
 
 __all__ = ["LEDGER_NAME", "Attempt", "BatchResult", "Ledger", "LedgerCorrupt", "LedgerError", "StartOptions", "campaign_summary",
            "judge", "plan", "read_input_list", "render_status", "run_batch"]
