@@ -19,6 +19,7 @@ from pathlib import Path
 from .config import (
     CENTROID_METHODS,
     RunConfig,
+    lease_expiry_from_environment,
     pipeline_switches_from_environment,
     recorded_environment,
     switches_from_environment,
@@ -32,6 +33,7 @@ from .store.eventstore import EventStore, StoreCorrupt, StoreError
 STORE_NAME = "astrodriz_sm.db"
 
 __all__ = ["STORE_NAME", "RunResult", "explain", "find_run", "open_store", "process", "replay", "report", "resume",
+           "run_config",
            "status"]
 
 
@@ -151,6 +153,50 @@ def _result(store: EventStore, run_id: str, report: bool = False) -> RunResult:
                      report=write_report(store, run_id) if report else None)
 
 
+def run_config(input: str | os.PathLike, newpath: str | os.PathLike | None = None, *, force: bool = False,
+               inmemory: bool = False, basic: bool = False, num_cores: int | None = None, debug: bool = False,
+               align_to_gaia: bool = True, manifest: bool = False, force_alignment: bool = False,
+               verify_guiding: bool = False, environ: Mapping[str, str] | None = None,
+               centroids: str = "drizzlepac") -> tuple[RunConfig, str]:
+    """The configuration :func:`process` would record for these arguments, and the input's rootname.
+
+    Nothing is run and no store is opened: a campaign compares it with a finished run's configuration.
+
+    Raises
+    ------
+    AstrodrizError
+        As :func:`process` before a run starts.
+    """
+    from .handlers.init import input_kind
+    from .store.eventstore import DEFAULT_LEASE_EXPIRY_S
+
+    env = dict(os.environ if environ is None else environ)
+    if num_cores is not None and num_cores < 1:
+        raise UsageError(f"num_cores must be at least 1, not {num_cores}")
+    if centroids not in CENTROID_METHODS:
+        raise UsageError(f"centroids must be one of {', '.join(CENTROID_METHODS)}, not {centroids!r}")
+    input_path = Path(input).resolve()
+    if not input_path.parent.is_dir():
+        raise InputError(f"{input_path}: directory does not exist", str(input_path))
+    _, root = input_kind(input_path)
+    apply_apriori, compute, notes = switches_from_environment(env, align_to_gaia)
+    reset_idctab, quality_testing = pipeline_switches_from_environment(env)
+    # Checked before the run starts, so that a bad value does not leave an unfinished run behind.
+    lease_expiry_from_environment(env, DEFAULT_LEASE_EXPIRY_S)
+    if force_alignment and not verify_guiding:
+        notes.append("-a has no effect without -v: it keeps alignment on when -v finds bad guiding")
+    newpath = Path(newpath).resolve() if newpath else None
+    config = RunConfig(
+        input=str(input_path), run_dir=str(newpath / root if newpath else input_path.parent),
+        newpath=str(newpath) if newpath else None, force=force, inmemory=inmemory, basic=basic,
+        num_cores=num_cores, debug=debug, align_to_gaia=align_to_gaia, manifest=manifest,
+        force_alignment=force_alignment, verify_guiding=verify_guiding,
+        apply_apriori=apply_apriori, compute_aposteriori=compute, reset_idctab=reset_idctab,
+        quality_testing=quality_testing, centroids=centroids,
+        environment=recorded_environment(env), notes=tuple(notes))
+    return config, root
+
+
 def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, *, force: bool = False,
             inmemory: bool = False, basic: bool = False, num_cores: int | None = None, debug: bool = False,
             align_to_gaia: bool = True, manifest: bool = False, force_alignment: bool = False,
@@ -220,31 +266,14 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
         not on/off (:class:`ConfigError`), bad options (:class:`UsageError`), an unfinished run on
         this input (:class:`RunStateError`).
     """
-    from .handlers.init import input_kind
     from .runner import Runner, start_run
 
     env = dict(os.environ if environ is None else environ)
-    if num_cores is not None and num_cores < 1:
-        raise UsageError(f"num_cores must be at least 1, not {num_cores}")
-    if centroids not in CENTROID_METHODS:
-        raise UsageError(f"centroids must be one of {', '.join(CENTROID_METHODS)}, not {centroids!r}")
-    input_path = Path(input).resolve()
-    if not input_path.parent.is_dir():
-        raise InputError(f"{input_path}: directory does not exist", str(input_path))
-    _, root = input_kind(input_path)
-    apply_apriori, compute, notes = switches_from_environment(env, align_to_gaia)
-    reset_idctab, quality_testing = pipeline_switches_from_environment(env)
-    if force_alignment and not verify_guiding:
-        notes.append("-a has no effect without -v: it keeps alignment on when -v finds bad guiding")
-    newpath = Path(newpath).resolve() if newpath else None
-    config = RunConfig(
-        input=str(input_path), run_dir=str(newpath / root if newpath else input_path.parent),
-        newpath=str(newpath) if newpath else None, force=force, inmemory=inmemory, basic=basic,
-        num_cores=num_cores, debug=debug, align_to_gaia=align_to_gaia, manifest=manifest,
-        force_alignment=force_alignment, verify_guiding=verify_guiding,
-        apply_apriori=apply_apriori, compute_aposteriori=compute, reset_idctab=reset_idctab,
-        quality_testing=quality_testing, centroids=centroids,
-        environment=recorded_environment(env), notes=tuple(notes))
+    config, root = run_config(input, newpath, force=force, inmemory=inmemory, basic=basic, num_cores=num_cores,
+                              debug=debug, align_to_gaia=align_to_gaia, manifest=manifest,
+                              force_alignment=force_alignment, verify_guiding=verify_guiding, environ=env,
+                              centroids=centroids)
+    input_path = Path(config.input)
     with run_log(log_json, console) as log:
         events = open_store(store, input_path.parent, create=True)
         if (problem := events.integrity_problem()) is not None:

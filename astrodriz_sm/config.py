@@ -24,6 +24,8 @@ SERVICE_TIMEOUT_VARIABLE = "ASTRODRIZ_SM_SERVICE_TIMEOUT"
 DEFAULT_SERVICE_TIMEOUT = 30.0
 # What a resume takes from its own environment when it differs from the recorded one.
 SERVICE_SETTINGS = (*SERVICE_VARIABLES, SERVICE_TIMEOUT_VARIABLE)
+# Seconds a run's lease stays valid after its holder's last heartbeat; another host may take it then.
+LEASE_EXPIRY_VARIABLE = "ASTRODRIZ_SM_LEASE_EXPIRY"
 # Reference-file directories: stwcs joins them to file names as strings, so they end with '/'.
 REFERENCE_VARIABLES = ("jref", "iref", "uref")
 # Variables whose values go into the run-started event (what a reader needs to reproduce a run).
@@ -110,6 +112,35 @@ class RunConfig:
         return cls(**d)
 
 
+# What makes two runs of one input give the same products: the options and switches, and the reference
+# files' directories. Not the cores, the working directory (NEWPATH), the service URLs or the notes.
+PRODUCT_SETTINGS = ("force", "inmemory", "basic", "debug", "align_to_gaia", "manifest", "force_alignment",
+                    "verify_guiding", "apply_apriori", "compute_aposteriori", "reset_idctab", "quality_testing",
+                    "centroids")
+
+
+def product_differences(recorded: dict, planned: RunConfig) -> list[str]:
+    """The settings in which a recorded run configuration and a planned one would give other products.
+
+    Parameters
+    ----------
+    recorded : dict
+        The ``config`` of a ``run.started`` event.
+    planned : RunConfig
+
+    Returns
+    -------
+    list of str
+        ``name: recorded -> planned`` for each setting of :data:`PRODUCT_SETTINGS` and each reference
+        directory that differs; empty when the products would be the same.
+    """
+    wanted = planned.as_dict()
+    out = [f"{k}: {recorded.get(k)!r} -> {wanted[k]!r}" for k in PRODUCT_SETTINGS if recorded.get(k) != wanted[k]]
+    then, now = recorded.get("environment", {}), planned.environment
+    out += [f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in REFERENCE_VARIABLES if then.get(k) != now.get(k)]
+    return out
+
+
 def switches_from_environment(environ: dict | None = None, align_to_gaia: bool = True) -> tuple[bool, bool, list[str]]:
     """Read the a priori / a posteriori switches.
 
@@ -191,3 +222,24 @@ def recorded_environment(environ: dict | None = None) -> dict:
             raise ConfigError(f"{SERVICE_TIMEOUT_VARIABLE}={out[SERVICE_TIMEOUT_VARIABLE]!r}: expected a positive "
                               "number of seconds")
     return out
+
+
+def lease_expiry_from_environment(environ: dict | None, default: float) -> float:
+    """Seconds a run's lease stays valid after a heartbeat: ``ASTRODRIZ_SM_LEASE_EXPIRY``, else ``default``.
+
+    Raises
+    ------
+    ConfigError
+        When the value is not a positive number of seconds.
+    """
+    env = os.environ if environ is None else environ
+    text = env.get(LEASE_EXPIRY_VARIABLE)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ConfigError(f"{LEASE_EXPIRY_VARIABLE}={text!r}: expected a positive number of seconds")
+    return value

@@ -34,6 +34,18 @@ class ExitCode(enum.IntEnum):
 
 EXIT_CODE_MEANINGS = {code: code.meaning for code in ExitCode}
 
+# What a campaign does when an association's process ends with each code. A final outcome is kept;
+# a failure that may not recur (a defect met once, a library failing on a busy node) is tried once
+# more; a process stopped from outside (a signal, the node going away) is resumed.
+FINAL, RETRY_ONCE, RESUME = "final", "retried once", "resumed"
+CAMPAIGN_RETRY = {
+    ExitCode.OK: FINAL, ExitCode.INTERNAL: RETRY_ONCE, ExitCode.USAGE: FINAL, ExitCode.INPUT: FINAL,
+    ExitCode.SKIPPED: FINAL, ExitCode.PROCESSING: RETRY_ONCE, ExitCode.CONFIG: FINAL,
+    # Another live process holds the run: running it again would only be refused again.
+    ExitCode.RUN_STATE: FINAL, ExitCode.LOG_CORRUPT: FINAL, ExitCode.INTERRUPTED: RESUME,
+    ExitCode.NO_VIABLE_DATA: FINAL,
+}
+
 
 class AstrodrizError(Exception):
     """Base of the errors that end a command with a one-line message.

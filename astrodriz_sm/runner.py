@@ -23,12 +23,13 @@ from pathlib import Path
 import structlog
 
 from . import __version__
-from .config import SERVICE_SETTINGS, RunConfig
+from .config import SERVICE_SETTINGS, RunConfig, lease_expiry_from_environment
 from .errors import AstrodrizError, ExitCode, ProcessingError, RunStateError
 from .handlers.common import StepContext, Timer, sha256
 from .model import STAGES, last_step, partial_name, stage_directory_name, stage_steps, step_spec, trailer_name
 from .statemachine import STOP_STAGE, fold, next_action, plan, stage_files
 from .statemachine.state import (
+    LEASE_TAKEN_OVER,
     RUN_ENDED,
     RUN_RESUMED,
     RUN_STARTED,
@@ -38,7 +39,7 @@ from .statemachine.state import (
     STEP_STARTED,
     TRANSITION,
 )
-from .store.eventstore import EventStore, StoreError
+from .store.eventstore import DEFAULT_LEASE_EXPIRY_S, EventStore, StoreError
 from .views.trailer import render_trailer
 
 # The version recorded with every run and in every step's fingerprint.
@@ -223,6 +224,7 @@ class Runner:
         self.observer = observer
         self._events = None
         self._started = time.perf_counter()
+        self._keeper = None
         # Time spent on the log itself (appends, reads, folds, trailer), reported in run.ended.
         self.log_seconds = 0.0
 
@@ -245,6 +247,9 @@ class Runner:
 
     def record(self, entries: list[tuple]) -> list:
         """Append ``(stage, step, kind, payload)`` entries in one transaction and refresh the trailer."""
+        if self._keeper is not None and self._keeper.lost:
+            # Stalled past the lease's expiry and taken over: the other holder writes now.
+            raise RunStateError(f"{self._keeper.lost}; this process stops writing")
         events = self.events()
         t = time.perf_counter()
         new = self.store.append_many(self.run_id, entries)
@@ -365,17 +370,23 @@ class Runner:
         On Ctrl-C or SIGTERM (``KeyboardInterrupt``) the processes the step started are stopped before
         the lease is given up, so that a resume never meets a worker still writing.
         """
+        expiry = lease_expiry_from_environment(self.environ, DEFAULT_LEASE_EXPIRY_S)
         try:
-            self.store.acquire_lease(self.run_id)
+            takeover = self.store.acquire_lease(self.run_id, expiry)
         except StoreError as exc:
             raise RunStateError(str(exc)) from exc
         try:
-            yield
+            with self.store.keep_lease(self.run_id, expiry) as self._keeper:
+                if takeover is not None:
+                    self.log.info("lease taken over", reason=takeover.reason)
+                    self.append(self.state().state or "init", "", LEASE_TAKEN_OVER, takeover.as_payload())
+                yield
         except KeyboardInterrupt:
             stop_descendants()
             _stop_requested.clear()
             raise
         finally:
+            self._keeper = None
             self.store.release_lease(self.run_id)
 
     def run(self) -> ExitCode:

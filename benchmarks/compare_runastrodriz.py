@@ -121,13 +121,15 @@ def tree_pids(root: int) -> set[int]:
     children = collections.defaultdict(list)
     for pid, (ppid, _) in table.items():
         children[ppid].append(pid)
-    found = {pid for pid, (_, sid) in table.items() if sid == root}
-    todo = [root]
+    found = {pid for pid, (_, sid) in table.items() if sid == root} | ({root} & table.keys())
+    # Descend from every member of the session too: a process that started a session of its own
+    # (a campaign's run below a Dask worker) is found only through its parent.
+    todo = list(found | {root})
     while todo:
-        pid = todo.pop()
-        if pid in table:
-            found.add(pid)
-        todo.extend(c for c in children.get(pid, ()) if c not in found)
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
     return found
 
 

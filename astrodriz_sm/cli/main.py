@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -94,6 +95,44 @@ def cmd_explain(args) -> int:
 
     doc = api.explain(args.run, store=args.store)
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n" if args.json else render_explain(doc))
+    return 0
+
+
+def _size(text: str) -> int:
+    from dask.utils import parse_bytes
+
+    try:
+        return int(parse_bytes(text))
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"expected a size such as 4GB, not {text!r}") from None
+
+
+def cmd_batch(args) -> int:
+    from ..campaign import StartOptions, read_input_list, run_batch
+
+    inputs = list(args.inputs) + (read_input_list(args.from_file) if args.from_file else [])
+    if not inputs:
+        raise UsageError("batch: give INPUT files or --from-file LIST")
+    options = StartOptions(force=args.force, inmemory=args.inmemory, basic=args.basic, num_cores=args.num_cores,
+                           debug=args.debug, align_to_gaia=not args.no_gaia, manifest=args.manifest,
+                           force_alignment=args.force_alignment, verify_guiding=args.verify_guiding,
+                           centroids=args.centroids)
+    result = run_batch(inputs, options, ledger_path=args.ledger, workers=args.workers,
+                       memory_limit=args.memory_limit, scheduler=args.scheduler, scratch=args.scratch,
+                       task_memory=args.task_memory, max_attempts=args.max_attempts, retry_failed=args.retry_failed,
+                       dashboard_address=args.dashboard_address, out=io.StringIO() if args.quiet else sys.stderr)
+    return cmd_campaign_status(argparse.Namespace(ledger=args.ledger, json=False, slowest=5)) or result.exit_code
+
+
+def cmd_campaign_status(args) -> int:
+    from ..campaign import Ledger, campaign_summary, render_status
+
+    ledger = Ledger(args.ledger)
+    try:
+        summary = campaign_summary(ledger, slowest=args.slowest)
+    finally:
+        ledger.close()
+    sys.stdout.write(json.dumps(summary, indent=2) + "\n" if args.json else render_status(summary))
     return 0
 
 
@@ -189,6 +228,32 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def add_processing_options(s, num_cores_default: int | None = None) -> None:
+    """start's processing options (runastrodriz's), on ``start`` and on ``batch``."""
+    s.add_argument("-f", "--force", action="store_true", help="process even when DRIZCORR is OMIT")
+    s.add_argument("-i", "--inmemory", action="store_true", help="final AstroDrizzle keeps intermediates in memory")
+    s.add_argument("-b", "--basic", action="store_true", help="basic mode: write no headerlets")
+    s.add_argument("-n", "--num-cores", type=_at_least_one, metavar="N", default=num_cores_default,
+                   help="cores for AstroDrizzle" + (f" (default {num_cores_default})" if num_cores_default else ""))
+    s.add_argument("--centroids", choices=CENTROID_METHODS, default=CENTROID_METHODS[0],
+                   help="source positions of the a posteriori fit: drizzlepac's (default), or PSF-fitted "
+                        "ones, unbiased on undersampled PSFs (WFC3/IR)")
+    s.add_argument("-d", "--debug", action="store_true",
+                   help="keep the stage directories and write each verified product's focus JSON")
+    s.add_argument("-g", "--no-gaia", action="store_true",
+                   help="no a posteriori alignment to GAIA (ASTROMETRY_COMPUTE_APOSTERIORI overrides it)")
+    s.add_argument("-m", "--manifest", action="store_true",
+                   help="write <root>_manifest.txt: the products, exposures, headerlets, the fit's matched "
+                        "pairs and trailer handed back")
+    s.add_argument("-a", "--force-alignment", action="store_true",
+                   help="align even when -v finds bad guiding")
+    # runastrodriz 3.11 declares -v as taking a value (getopt 'v:'), which swallows the next argument;
+    # it is a plain switch here.
+    s.add_argument("-v", "--verify-guiding", action="store_true",
+                   help="check each exposure's guiding; one with bad guiding is not processed (unless -f) "
+                        "and turns alignment off (unless -a)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     width = max(len(c.name) for c in ExitCode)
     codes = "\n".join(f"  {int(c):<2d}  {c.name.lower():{width}s} {EXIT_CODE_MEANINGS[c]}" for c in ExitCode)
@@ -226,27 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = with_store(sub.add_parser("start", help="process an association or exposure (runastrodriz)"))
     s.add_argument("input", help="<root>_asn.fits, <root>_raw.fits, or a single _flt/_flc file")
     s.add_argument("newpath", nargs="?", help="work in NEWPATH/<root>, move the results back, remove it")
-    s.add_argument("-f", "--force", action="store_true", help="process even when DRIZCORR is OMIT")
-    s.add_argument("-i", "--inmemory", action="store_true", help="final AstroDrizzle keeps intermediates in memory")
-    s.add_argument("-b", "--basic", action="store_true", help="basic mode: write no headerlets")
-    s.add_argument("-n", "--num-cores", type=_at_least_one, metavar="N", help="cores for AstroDrizzle")
-    s.add_argument("--centroids", choices=CENTROID_METHODS, default=CENTROID_METHODS[0],
-                   help="source positions of the a posteriori fit: drizzlepac's (default), or PSF-fitted "
-                        "ones, unbiased on undersampled PSFs (WFC3/IR)")
-    s.add_argument("-d", "--debug", action="store_true",
-                   help="keep the stage directories and write each verified product's focus JSON")
-    s.add_argument("-g", "--no-gaia", action="store_true",
-                   help="no a posteriori alignment to GAIA (ASTROMETRY_COMPUTE_APOSTERIORI overrides it)")
-    s.add_argument("-m", "--manifest", action="store_true",
-                   help="write <root>_manifest.txt: the products, exposures, headerlets, the fit's matched "
-                        "pairs and trailer handed back")
-    s.add_argument("-a", "--force-alignment", action="store_true",
-                   help="align even when -v finds bad guiding")
-    # runastrodriz 3.11 declares -v as taking a value (getopt 'v:'), which swallows the next argument;
-    # it is a plain switch here.
-    s.add_argument("-v", "--verify-guiding", action="store_true",
-                   help="check each exposure's guiding; one with bad guiding is not processed (unless -f) "
-                        "and turns alignment off (unless -a)")
+    add_processing_options(s)
     s.add_argument("--resume", action="store_true", help="continue this input's unfinished run, if any")
     s.add_argument("--restart", action="store_true",
                    help="abandon this input's unfinished run, if any, and start a new one")
@@ -284,6 +329,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON document instead of the report")
     s.set_defaults(func=cmd_explain)
 
+    from ..campaign import LEDGER_NAME
+
+    s = sub.add_parser("batch", help="a campaign: many associations on a Dask cluster, resumable, with a ledger")
+    s.add_argument("inputs", nargs="*", metavar="INPUT", help="inputs as start takes them")
+    s.add_argument("--from-file", metavar="LIST", help="file listing the inputs, one a line ('#' starts a comment)")
+    s.add_argument("--workers", type=_at_least_one, default=len(os.sched_getaffinity(0)), metavar="N",
+                   help="workers of the embedded LocalCluster, one thread each (default: the usable cores)")
+    s.add_argument("--memory-limit", default="auto", metavar="SIZE",
+                   help="memory of each embedded worker, such as 4GB (default auto: this machine's, shared)")
+    s.add_argument("--scheduler", metavar="ADDRESS", help="use the Dask scheduler at ADDRESS (tcp://host:8786)")
+    s.add_argument("--scratch", metavar="DIR", help="node-local directory each run works in (start's NEWPATH)")
+    s.add_argument("--ledger", default=LEDGER_NAME, metavar="PATH",
+                   help=f"the campaign ledger (default {LEDGER_NAME} in the current directory)")
+    s.add_argument("--task-memory", type=_size, metavar="SIZE",
+                   help="memory one association's processes may use at first (default: its worker's limit); "
+                        "a run killed past it is retried with twice as much")
+    s.add_argument("--max-attempts", type=_at_least_one, default=3, metavar="N",
+                   help="attempts per association in one batch (default 3; internal and processing failures "
+                        "are retried once)")
+    s.add_argument("--retry-failed", action="store_true",
+                   help="run again associations whose run failed with a final exit code (bad input, ...)")
+    s.add_argument("--dashboard-address", default=":8787", metavar="ADDRESS",
+                   help="where the embedded cluster serves its Dask dashboard (default :8787)")
+    add_processing_options(s, num_cores_default=1)
+    s.set_defaults(func=cmd_batch)
+
+    s = sub.add_parser("campaign", help="a campaign's ledger")
+    campaign = s.add_subparsers(dest="campaign_command", required=True)
+    c = campaign.add_parser("status", help="counts by state, exit class and final WCS type; the slowest runs")
+    c.add_argument("ledger", nargs="?", default=LEDGER_NAME, metavar="LEDGER",
+                   help=f"the ledger (default {LEDGER_NAME} in the current directory)")
+    c.add_argument("--json", action="store_true", help="print one JSON document")
+    c.add_argument("--slowest", type=_at_least_one, default=5, metavar="N", help="slowest associations listed")
+    c.set_defaults(func=cmd_campaign_status)
+
     s = sub.add_parser("simulate", help="write a simulated HST association with a known truth")
     s.add_argument("outdir")
     from ..sim import add_simulate_arguments
@@ -315,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point of ``astrodriz-sm``."""
     args = build_parser().parse_args(argv)
+    if args.func is cmd_batch:
+        # SIGTERM (a scheduler's walltime, kill) stops a campaign as Ctrl-C does: its runs are stopped
+        # and resumed by the next batch.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.func in (cmd_start, cmd_resume, cmd_demo):
         from ..runner import request_stop
 

@@ -417,7 +417,8 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> StepResult:
 
     In the final stage a product the chosen stage already drizzled identically is copied instead
     (:func:`reusable_product`); its entry says ``reused_from``. Two lists to drizzle run
-    concurrently (:func:`_drizzle_concurrently`), one runs in this process.
+    concurrently (:func:`_drizzle_concurrently`) when the step has a core for each; otherwise they run
+    one after the other in this process.
 
     Returns
     -------
@@ -448,9 +449,12 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> StepResult:
                 continue
             (d / product.name).unlink()  # changed since its stage recorded it: drizzle it here instead
         jobs.append(product)
+    # Side by side only with a core for each list: on one core (a campaign's -n 1) two drizzles would
+    # take turns on it, each paying for an interpreter of its own.
+    concurrent = 1 < len(jobs) <= ctx.cores
     ctx.progress(" and ".join(f"AstroDrizzle {p.name} from {len(p.exposures)} exposures" for p in jobs)
-                 + (" (concurrently)" if len(jobs) > 1 else ""))
-    if len(jobs) > 1:
+                 + (" (concurrently)" if concurrent else ""))
+    if concurrent:
         # The lists share the cores (``-n`` or all usable ones): two drizzles each starting a worker
         # per core would only compete for them, and hold twice the memory.
         share = max(1, ctx.cores // len(jobs))

@@ -23,8 +23,10 @@ VERIFICATION = "verification"
 DECISION = "decision"
 CANDIDATE = "candidate"
 NOTE = "note"
+# A lease left by a holder that is gone (its process, or a lease from another host past its expiry).
+LEASE_TAKEN_OVER = "lease.taken_over"
 EVENT_KINDS = (RUN_STARTED, RUN_RESUMED, RUN_ENDED, STEP_STARTED, STEP_COMPLETED, STEP_FAILED,
-               STEP_INVALIDATED, TRANSITION, VERIFICATION, DECISION, CANDIDATE, NOTE)
+               STEP_INVALIDATED, TRANSITION, VERIFICATION, DECISION, CANDIDATE, NOTE, LEASE_TAKEN_OVER)
 # What a step learned: recorded with its step.completed, in the same transaction.
 FACT_KINDS = (VERIFICATION, DECISION, CANDIDATE, NOTE)
 

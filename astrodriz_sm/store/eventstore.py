@@ -31,10 +31,13 @@ import numpy as np
 import sqlite_utils
 
 __all__ = [
+    "DEFAULT_LEASE_EXPIRY_S",
     "GENESIS_HASH",
     "SCHEMA_VERSION",
     "Event",
     "EventStore",
+    "LeaseKeeper",
+    "LeaseTakeover",
     "StoreError",
     "VerifyResult",
     "canonical_json",
@@ -260,12 +263,97 @@ def _process_identity() -> str:
     return f"{pid}:{_process_start_time(pid)}:{socket.gethostname()}"
 
 
-def _holder_alive(holder: str) -> bool:
-    """Whether the process that wrote a lease still runs (a lease from another host is trusted)."""
+def _holder_alive_here(holder: str) -> bool | None:
+    """Whether the process that wrote a lease still runs: None when it ran on another host.
+
+    Only this host's ``/proc`` can say; a lease from another host is judged by its expiry.
+    """
     pid, start, host = holder.split(":", 2)
     if host != socket.gethostname():
-        return True
+        return None
     return _process_start_time(int(pid)) == start
+
+
+def _parse_utc(text: str) -> _dt.datetime:
+    return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.UTC)
+
+
+def _utc_in(seconds: float) -> str:
+    return (_dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+#: Seconds a lease stays valid after its holder's last heartbeat, unless the holder says otherwise.
+DEFAULT_LEASE_EXPIRY_S = 300.0
+
+_LEASES_SQL = ("CREATE TABLE IF NOT EXISTS leases (run_id TEXT PRIMARY KEY, holder TEXT NOT NULL, "
+               "acquired_utc TEXT NOT NULL, heartbeat_utc TEXT, expires_utc TEXT)")
+
+
+@dataclass(frozen=True)
+class LeaseTakeover:
+    """A lease taken from a holder that is gone: the facts the ``lease.taken_over`` event records.
+
+    Attributes
+    ----------
+    previous_holder : str
+        ``pid:start time:host`` of the holder whose lease was taken.
+    acquired_utc, heartbeat_utc, expires_utc : str
+        When that holder took the lease, its last heartbeat, and when the lease expired (or would have).
+    reason : str
+        Why it could be taken: the holder's process is gone (this host), or the lease expired.
+    """
+
+    previous_holder: str
+    acquired_utc: str
+    heartbeat_utc: str
+    expires_utc: str
+    reason: str
+
+    def as_payload(self) -> dict:
+        """The event payload."""
+        return {"previous_holder": self.previous_holder, "acquired_utc": self.acquired_utc,
+                "heartbeat_utc": self.heartbeat_utc, "expires_utc": self.expires_utc, "reason": self.reason}
+
+
+class LeaseKeeper:
+    """A thread that refreshes this process's lease on a run every ``expiry_s / 5`` seconds.
+
+    It uses a connection of its own, so a long transaction elsewhere in the process never delays
+    it. ``lost`` is set when the lease is found to belong to someone else (taken over after this
+    process stalled longer than its expiry): the holder must then stop writing.
+    """
+
+    def __init__(self, path: pathlib.Path, run_id: str, holder: str, expiry_s: float):
+        self.path, self.run_id, self.holder, self.expiry_s = path, run_id, holder, expiry_s
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{run_id}", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=BUSY_TIMEOUT_S)
+
+    def _beat(self) -> None:
+        conn = sqlite3.connect(os.fspath(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            while not self._stop.wait(self.expiry_s / 5):
+                try:
+                    cur = conn.execute("UPDATE leases SET heartbeat_utc = ?, expires_utc = ? "
+                                       "WHERE run_id = ? AND holder = ?",
+                                       [utc_now(), _utc_in(self.expiry_s), self.run_id, self.holder])
+                except sqlite3.Error:
+                    continue  # a busy or briefly unreadable store: the next beat tries again
+                if cur.rowcount == 0:
+                    row = conn.execute("SELECT holder FROM leases WHERE run_id = ?", [self.run_id]).fetchone()
+                    self.lost = f"the lease on run {self.run_id} now belongs to {row[0] if row else 'nobody'}"
+                    return
+        finally:
+            conn.close()
+
 
 class EventStore:
     """Append-only event log of pipeline runs backed by one SQLite file.
@@ -456,36 +544,83 @@ class EventStore:
         return "; ".join(findings[:3]) + (f" and {len(findings) - 3} more" if len(findings) > 3 else "")
 
     # -- one writer per run -------------------------------------------------------
-    def acquire_lease(self, run_id: str) -> None:
+    def acquire_lease(self, run_id: str, expiry_s: float = DEFAULT_LEASE_EXPIRY_S) -> LeaseTakeover | None:
         """Become the one process allowed to advance a run.
 
-        The lease names its holder by pid, process start time and host, so it lapses by itself
-        when the holder dies (a SIGKILL leaves the row behind, but the process is gone) and a
-        recycled pid is not mistaken for the holder.
+        The lease names its holder by pid, process start time and host, and says until when it is
+        valid (``expiry_s`` after the holder's last heartbeat, see :meth:`keep_lease`). A lease whose
+        holder ran on this host lapses when that process is gone (a SIGKILL leaves the row behind,
+        but the process is gone; a recycled pid is not mistaken for it). A lease from another host,
+        whose process this host cannot see, lapses at its expiry: a node that died frees its runs.
+
+        Parameters
+        ----------
+        run_id : str
+        expiry_s : float
+            Seconds the lease stays valid after each heartbeat.
+
+        Returns
+        -------
+        LeaseTakeover or None
+            What was taken over from a holder that is gone, None when the run had no lease.
 
         Raises
         ------
         StoreError
-            When a live process holds the lease.
+            When a live process holds the lease (on another host: one whose lease has not expired).
         """
         me = _process_identity()
+        now = utc_now()
         with self._write() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS leases (run_id TEXT PRIMARY KEY, holder TEXT NOT NULL, "
-                       "acquired_utc TEXT NOT NULL)")
-            row = db.execute("SELECT holder, acquired_utc FROM leases WHERE run_id = ?", [run_id]).fetchone()
-            if row is not None and row[0] != me and _holder_alive(row[0]):
-                pid, _, host = row[0].split(":", 2)
-                raise StoreError(f"run {run_id} is being processed by pid {pid} on {host} "
-                                 f"(since {row[1]}); one writer at a time")
-            db.execute("INSERT OR REPLACE INTO leases (run_id, holder, acquired_utc) VALUES (?, ?, ?)",
-                       [run_id, me, utc_now()])
+            self._ensure_leases(db)
+            row = db.execute("SELECT holder, acquired_utc, heartbeat_utc, expires_utc FROM leases "
+                             "WHERE run_id = ?", [run_id]).fetchone()
+            takeover = None
+            if row is not None and row[0] != me:
+                holder, acquired, heartbeat = row[0], row[1], row[2] or row[1]
+                # A lease written before leases expired: valid for the default expiry after it was taken.
+                expires = row[3] or (_parse_utc(acquired) + _dt.timedelta(seconds=DEFAULT_LEASE_EXPIRY_S)
+                                     ).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                alive = _holder_alive_here(holder)
+                pid, _, host = holder.split(":", 2)
+                if alive or (alive is None and _parse_utc(expires) > _parse_utc(now)):
+                    until = "" if alive else f", lease expires {expires} unless renewed"
+                    raise StoreError(f"run {run_id} is being processed by pid {pid} on {host} "
+                                     f"(since {acquired}, last heartbeat {heartbeat}{until}); one writer at a time")
+                reason = ("the holder's process is gone" if alive is False
+                          else f"the lease of pid {pid} on {host} expired at {expires}")
+                takeover = LeaseTakeover(holder, acquired, heartbeat, expires, reason)
+            db.execute("INSERT OR REPLACE INTO leases (run_id, holder, acquired_utc, heartbeat_utc, expires_utc) "
+                       "VALUES (?, ?, ?, ?, ?)", [run_id, me, now, now, _utc_in(expiry_s)])
+        return takeover
+
+    def keep_lease(self, run_id: str, expiry_s: float = DEFAULT_LEASE_EXPIRY_S) -> LeaseKeeper:
+        """A context that refreshes this process's lease on ``run_id`` until it exits (see :class:`LeaseKeeper`)."""
+        return LeaseKeeper(self.path, run_id, _process_identity(), expiry_s)
+
+    def lease(self, run_id: str) -> dict | None:
+        """The lease row of a run (holder, acquired, heartbeat and expiry times), None when it has none."""
+        with self._db() as db:
+            if "leases" not in db.table_names():
+                return None
+            rows = list(db.query("SELECT * FROM leases WHERE run_id = ?", [run_id]))
+        return rows[0] if rows else None
 
     def release_lease(self, run_id: str) -> None:
         """Give up the lease on a run (only the holder's own lease is removed)."""
         with self._write() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS leases (run_id TEXT PRIMARY KEY, holder TEXT NOT NULL, "
-                       "acquired_utc TEXT NOT NULL)")
+            self._ensure_leases(db)
             db.execute("DELETE FROM leases WHERE run_id = ? AND holder = ?", [run_id, _process_identity()])
+
+    @staticmethod
+    def _ensure_leases(db: sqlite_utils.Database) -> None:
+        db.execute(_LEASES_SQL)
+        columns = {c.name for c in db.table("leases").columns}
+        # Stores made before leases expired have neither column: add them (their rows read as expiring
+        # the default time after they were taken).
+        for name in ("heartbeat_utc", "expires_utc"):
+            if name not in columns:
+                db.execute(f"ALTER TABLE leases ADD COLUMN {name} TEXT")
 
     # -- runs ----------------------------------------------------------------
 

@@ -1,0 +1,13 @@
+"""Reprocessing campaigns: many associations on a Dask cluster, resumable, with a ledger.
+
+``astrodriz-sm batch`` (:func:`run_batch`) runs each association as ``astrodriz-sm start`` (or
+``resume``) in a process of its own on a Dask worker; ``astrodriz-sm campaign status``
+(:func:`campaign_summary`) sums up the ledger. See ``docs/campaigns.md``.
+"""
+
+from .driver import BatchResult, StartOptions, judge, plan, read_input_list, run_batch
+from .ledger import LEDGER_NAME, Attempt, Ledger, LedgerCorrupt, LedgerError
+from .status import campaign_summary, render_status
+
+__all__ = ["LEDGER_NAME", "Attempt", "BatchResult", "Ledger", "LedgerCorrupt", "LedgerError", "StartOptions", "campaign_summary",
+           "judge", "plan", "read_input_list", "render_status", "run_batch"]
