@@ -318,12 +318,13 @@ def rms_by_detector_figure(fits: dict) -> Figure:
                         linestyle="none", label="applied" if applied else "made, stage discarded")
         applied_rms = [r for r, a in values if a]
         if applied_rms:
-            ax.hlines(float(np.median(applied_rms)), i - 0.3, i + 0.3, color="#222222", linewidth=1.5)
+            ax.hlines(float(np.median(applied_rms)), i - 0.3, i + 0.3, color="#222222", linewidth=1.5,
+                      label="median of the applied")
     ax.set_xticks(range(len(fits)), [f"{d}\n({len(v)} fits)" for d, v in fits.items()], fontsize=8)
     ax.set_xlim(-0.6, len(fits) - 0.4)
     ax.set_ylim(bottom=0)
     ax.set_ylabel("fit RMS (mas)")
-    ax.set_title("a posteriori fit RMS per detector (bar: median of the applied fits)", fontsize=10)
+    ax.set_title("a posteriori fit RMS per detector", fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     if unique:
