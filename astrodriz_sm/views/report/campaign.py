@@ -189,6 +189,8 @@ def figures(f: dict) -> dict:
     summary = f["summary"]
     colours = {"done": fig.COLOURS["pass"], "failed": fig.COLOURS["failed"], "ok": fig.COLOURS["pass"],
                "unfinished": fig.COLOURS["interrupted"], "skipped": fig.COLOURS["running"]}
+    # Every exit class but ok and skipped is a failure of some kind, drawn as failed is.
+    colours.update({c: fig.COLOURS["failed"] for c in summary["by_exit_class"] if c not in colours})
     outcomes = fig.data_uri(fig.counts_figure({"associations by state": summary["by_state"],
                                                "by exit class": summary["by_exit_class"],
                                                "by final WCS": summary["by_wcs_type"]}, colours))
