@@ -1,4 +1,4 @@
-"""Campaigns: ``astrodriz-sm batch`` on a real LocalCluster of 2 workers, and ``campaign status``.
+"""Campaigns: ``astrodriz-sm batch`` on a real LocalCluster of 2 workers, ``campaign status``, the campaign's page.
 
 Six simulated associations: one with bad input (a member missing), one whose ``astrodriz-sm``
 process is SIGKILLed during its default drizzle, four that simply run. Alignment is off: the point
@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -230,6 +231,109 @@ def test_campaign_status_counts_states_classes_wcs_types_and_the_retried_run(cam
     assert [e["attempts"] for e in doc["retried"]] == [2]
 
 
+# What the campaign page shows, read in the browser once its images are decoded.
+CAMPAIGN_PAGE = """(async () => {
+  await Promise.all(Array.from(document.images).map(i => i.decode().catch(() => null)));
+  const rows = sel => Array.from(document.querySelectorAll(sel));
+  return {
+    images: rows("img").map(i => ({complete: i.complete, width: i.naturalWidth})),
+    states: Object.fromEntries(rows("[data-state]").map(r => [r.dataset.state, Number(r.children[1].textContent)])),
+    classes: Object.fromEntries(rows("#outcomes [data-exit-class]").map(r => [r.dataset.exitClass,
+                                                                             Number(r.children[1].textContent)])),
+    wcs: Object.fromEntries(rows("[data-wcs-type]").map(r => [r.dataset.wcsType, [Number(r.dataset.n), Number(r.dataset.of)]])),
+    exposures: Object.fromEntries(rows("[data-exposures]").map(c => [c.dataset.exposures, Number(c.textContent)])),
+    detectors: Object.fromEntries(rows("[data-detector]").map(r => [r.dataset.detector,
+      {fits: Number(r.dataset.fits), applied: Number(r.dataset.applied), rms: JSON.parse(r.dataset.rms)}])),
+    failed: rows("[data-failed]").map(r => [r.dataset.failed, r.dataset.exitClass, r.dataset.step]),
+    failure_classes: Object.fromEntries(rows("[data-failure-class]").map(r => [r.dataset.failureClass,
+                                                                              Number(r.children[1].textContent)])),
+    retried: rows("[data-retried]").map(r => ({root: r.dataset.retried,
+      attempts: rows(`[data-retried="${r.dataset.retried}"] li`).map(l => [l.dataset.action, l.dataset.exitClass]),
+      interrupted: r.querySelector("[data-interrupted]").dataset.interrupted})),
+    slow: rows("[data-slow]").map(r => [r.dataset.slow, Number(r.dataset.wall), r.querySelector("a") && r.querySelector("a").href]),
+    unread: rows("[data-unread]").map(r => [r.dataset.unread, r.dataset.storeState]),
+  };
+})()"""
+
+
+def test_the_campaign_report_shows_what_the_ledger_and_the_stores_say(campaign, tmp_path):
+    from urllib.parse import unquote, urlparse
+
+    from astrodriz_sm.views.report.campaign import write_campaign_report
+
+    from .browser import open_page
+
+    base = campaign["base"]
+    ledger_path = base / "campaign.db"
+    # One run with its own report, for the page to link to.
+    linked = "jsm001010"
+    proc = run_cli("report", "--store", base / linked / STORE)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_cli("report", "--campaign", ledger_path, "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    html = tmp_path / "out" / "campaign_campaign_report.html"
+    assert proc.stdout.splitlines() == [f"report   {html}"]
+    with open_page(html.as_uri()) as page:
+        shown = page.evaluate(CAMPAIGN_PAGE)
+        errors = page.errors()
+    assert errors == []
+
+    # What the stores say, run by run: each association's latest attempt names its run and store.
+    rows = {r["root"]: r["attempts"] for r in Ledger(ledger_path).associations()}
+    runs = {root: fold(EventStore(a[-1].store, read_only=True).events(a[-1].run_id)) for root, a in rows.items()
+            if a[-1].run_id}
+    stage = {root: run.decision("wcs").get("chosen_stage") for root, run in runs.items()}
+    exposures = {root: len(run.inputs.exposures.names) if run.inputs else 0 for root, run in runs.items()}
+    detectors = {}
+    for root, run in runs.items():
+        name = ", ".join(sorted({e.instdet for e in run.inputs.exposures.all})) if run.inputs else "unknown"
+        d = detectors.setdefault(name, {"fits": 0, "applied": 0, "rms": []})
+        align = run.output("aposteriori", "align")
+        if align.get("chosen_catalog"):
+            d["fits"] += 1
+            d["applied"] += stage[root] == "aposteriori"
+            d["rms"].append(align["rms_mas"])
+
+    assert shown["states"] == {"done": 5, "failed": 1}
+    assert shown["classes"] == {"ok": 5, "input": 1}
+    n_aposteriori = sum(s == "aposteriori" for s in stage.values())
+    assert shown["wcs"]["a posteriori"] == [n_aposteriori, len(ROOTS)]
+    assert shown["wcs"]["a priori"] == [sum(s == "apriori" for s in stage.values()), len(ROOTS)]
+    assert shown["exposures"]["exposures"] == sum(exposures.values())
+    assert shown["exposures"]["aposteriori"] == sum(n for r, n in exposures.items() if stage[r] == "aposteriori")
+    assert shown["exposures"]["pipeline_default"] == sum(n for r, n in exposures.items() if stage[r] == "default")
+    assert shown["detectors"] == detectors
+    assert len(shown["images"]) == 1 + any(d["fits"] for d in detectors.values())
+    assert all(i["complete"] and i["width"] > 0 for i in shown["images"]), shown["images"]
+
+    failed_steps = [e for e in EventStore(rows[BAD][-1].store, read_only=True).events(rows[BAD][-1].run_id)
+                    if e.kind == "step.failed"] if rows[BAD][-1].run_id else []
+    step = f"{failed_steps[-1].stage}/{failed_steps[-1].step}" if failed_steps else ""
+    assert shown["failed"] == [[BAD, "input", step]]
+    assert shown["failure_classes"] == {"input": 1}
+    # The killed run: two attempts, the first stopped inside the step its log had open when it died.
+    events = EventStore(rows[KILLED][-1].store, read_only=True).events(rows[KILLED][-1].run_id)
+    kinds = [(e.stage, e.step, e.kind) for e in events]
+    open_at_kill = kinds[kinds.index(("default", "", "run.resumed")) - 2]
+    assert shown["retried"] == [{"root": KILLED, "attempts": [["start", "signal SIGKILL"], ["resume", "ok"]],
+                                 "interrupted": f"{open_at_kill[0]}/{open_at_kill[1]}"}]
+    walls = {root: sum(a.wall_s for a in attempts) for root, attempts in rows.items()}
+    assert [(root, wall) for root, wall, _ in shown["slow"]] == sorted(walls.items(), key=lambda x: -x[1])
+    links = {root: Path(unquote(urlparse(href).path)) for root, _, href in shown["slow"] if href}
+    assert links == {linked: base / linked / f"{linked}_report.html"}
+    assert shown["unread"] == ([] if rows[BAD][-1].run_id else [[BAD, "no run"]])
+
+    # A run whose store is gone is listed as such, and its exposures drop out of the counts.
+    gone = tmp_path / "gone.db"
+    shutil.copy(ledger_path, gone)
+    with sqlite3.connect(gone) as db:
+        db.execute("UPDATE attempts SET store = ? WHERE input = ?",
+                   [str(tmp_path / "nowhere" / STORE), str(base / linked / f"{linked}_asn.fits")])
+    page = write_campaign_report(gone).read_text()
+    assert f'data-unread="{linked}" data-store-state="store missing"' in page
+    assert f'data-exposures="exposures">{sum(exposures.values()) - exposures[linked]}<' in page
+
+
 def test_every_exit_code_has_a_campaign_class_and_signals_are_resumed():
     assert set(CAMPAIGN_RETRY) == set(ExitCode)
     base = {"memory_killed": False, "memory_budget": None, "wall_s": 1.0, "peak_rss_bytes": 1, "message": None,
@@ -295,6 +399,10 @@ def test_a_bad_ledger_or_list_is_one_line_naming_the_file(tmp_path):
         (("campaign", "status", tmp_path / "none.db"), ExitCode.RUN_STATE,
          f"{tmp_path / 'none.db'}: no campaign ledger here (give its path, or run batch first)"),
         (("campaign", "status", not_a_ledger), ExitCode.LOG_CORRUPT,
+         f"{not_a_ledger}: SQLite file without a campaign ledger (tables: events, runs, schema)"),
+        (("report", "--campaign", tmp_path / "none.db"), ExitCode.RUN_STATE,
+         f"{tmp_path / 'none.db'}: no campaign ledger here (give its path, or run batch first)"),
+        (("report", "--campaign", not_a_ledger), ExitCode.LOG_CORRUPT,
          f"{not_a_ledger}: SQLite file without a campaign ledger (tables: events, runs, schema)"),
         (("batch", "--from-file", tmp_path / "list.txt"), ExitCode.USAGE,
          f"{tmp_path / 'list.txt'}: cannot read the list of inputs (No such file or directory)"),

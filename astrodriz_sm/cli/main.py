@@ -57,6 +57,11 @@ def cmd_replay(args) -> int:
 
 
 def cmd_report(args) -> int:
+    if args.campaign is not None:
+        if args.run or args.store:
+            raise UsageError("report --campaign LEDGER takes no RUN or --store: each run's store is in the ledger")
+        print(f"report   {api.campaign_report(args.campaign, output=args.output)}")
+        return 0
     _print_report(api.report(args.run, store=args.store, output=args.output))
     return 0
 
@@ -308,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = with_store(sub.add_parser("report", help="a run's report page (HTML) and QA JSON (drizzlepac's layout)"))
     s.add_argument("run", nargs="?", help="run id (default: the latest run)")
     s.add_argument("-o", "--output", metavar="DIR",
-                   help="write <root>_report.html and <root>_qa.json here (default: beside the products)")
+                   help="write <root>_report.html and <root>_qa.json here (default: beside the products); "
+                        "with --campaign, <ledger stem>_campaign_report.html (default: beside the ledger)")
+    s.add_argument("--campaign", metavar="LEDGER",
+                   help="a campaign's report page instead, from its ledger and each run's event store")
     s.set_defaults(func=cmd_report)
 
     s = with_store(sub.add_parser("replay", help="render a run's trailer from its events"))

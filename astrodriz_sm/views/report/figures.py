@@ -271,3 +271,62 @@ def chip_footprints(path: Path) -> list[np.ndarray]:
     with fits.open(path) as hdul:
         n = sum(1 for h in hdul if h.name == "SCI")
         return [np.asarray(HSTWCS(hdul, ext=("SCI", k)).calc_footprint()) for k in range(1, n + 1)]
+
+
+def counts_figure(panels: dict, colours: dict | None = None) -> Figure:
+    """Bar charts of counts side by side, one panel per ``title -> {label: count}``.
+
+    Parameters
+    ----------
+    panels : dict
+        Panel title to its counts, in the order the bars are drawn.
+    colours : dict, optional
+        Colour of a bar by its label (default: one blue).
+    """
+    colours = colours or {}
+    fig = new_figure(max(3.0 * len(panels), 4.0), 2.8)
+    axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
+    for ax, (title, counts) in zip(axes, panels.items()):
+        labels, values = list(counts), list(counts.values())
+        bars = ax.bar(range(len(values)), values, color=[colours.get(k, "#4c72b0") for k in labels])
+        ax.bar_label(bars, fontsize=8)
+        ax.set_xticks(range(len(values)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, max(values, default=0) * 1.2 + 1)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="y", labelsize=7)
+    return fig
+
+
+def rms_by_detector_figure(fits: dict) -> Figure:
+    """A posteriori fit RMS per detector: one point per run, filled when the products carry the fit.
+
+    Parameters
+    ----------
+    fits : dict
+        Detector (``'ACS/WFC'``) to a list of ``(rms_mas, applied)``; a fit not applied was made but
+        its stage was discarded by verification.
+    """
+    fig = new_figure(max(1.4 * len(fits) + 2.0, 4.5), 3.2)
+    ax = fig.add_subplot()
+    rng = np.random.default_rng(0)  # a fixed jitter: the same numbers give the same bytes
+    for i, values in enumerate(fits.values()):
+        for applied in (True, False):
+            rms = np.asarray([r for r, a in values if a is applied], dtype=float)
+            if rms.size:
+                x = i + rng.uniform(-0.15, 0.15, rms.size)
+                ax.plot(x, rms, "o", markersize=6, color="#4c72b0", markerfacecolor="#4c72b0" if applied else "none",
+                        linestyle="none", label="applied" if applied else "made, stage discarded")
+        applied_rms = [r for r, a in values if a]
+        if applied_rms:
+            ax.hlines(float(np.median(applied_rms)), i - 0.3, i + 0.3, color="#222222", linewidth=1.5,
+                      label="median of the applied")
+    ax.set_xticks(range(len(fits)), [f"{d}\n({len(v)} fits)" for d, v in fits.items()], fontsize=8)
+    ax.set_xlim(-0.6, len(fits) - 0.4)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("fit RMS (mas)")
+    ax.set_title("a posteriori fit RMS per detector", fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    if unique:
+        ax.legend(unique.values(), unique.keys(), fontsize=8)
+    return fig
