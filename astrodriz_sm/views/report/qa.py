@@ -17,7 +17,8 @@ import numpy as np
 
 from ...errors import InputError
 from ...handlers.common import captured_output
-from ...model import partial_name
+from ...model import FLC, partial_name
+from ...model.exposures import PRODUCT_SUFFIX
 
 DATA_SOURCE = "astrodriz-sm report"
 
@@ -26,7 +27,7 @@ def _header_file(f: dict) -> Path:
     """The file whose primary header heads the QA JSON: the final verified product, else an exposure."""
     finals = [p["path"] for p in f["products"] if p["stage"] == "final"]
     # The DRC (CTE-corrected) is the product runastrodriz verifies when there is one.
-    finals.sort(key=lambda p: not p.name.endswith("_drc.fits"))
+    finals.sort(key=lambda p: not p.name.endswith(f"_{PRODUCT_SUFFIX[FLC]}.fits"))
     if finals:
         return finals[0]
     input_dir = Path(f["input"]).parent
