@@ -28,6 +28,8 @@ from . import wfpc2
 from .common import StepContext, captured_output, check_fits, primary_header, sha256
 
 REFERENCE_KEYWORDS = ("IDCTAB", "NPOLFILE", "D2IMFILE", "MDRIZTAB")
+# The ASN rows that name the product, in asnutil.readASNTable's order of preference.
+PRODUCT_ROWS = ("PROD-DTH", "PROD-RPT", "PROD-CRJ")
 _ROOTNAME = re.compile(r"^[a-z0-9]{6,12}$")
 
 
@@ -60,7 +62,10 @@ def read_association(path: Path) -> tuple[list[str], str]:
     members : list of str
         Lower-case rootnames of the EXP-* members with MEMPRSNT true.
     product : str
-        Lower-case name of the PROD-* row (the association root when absent).
+        Lower-case name of the product: the first PROD-DTH row, else the first PROD-RPT row, else
+        the first PROD-CRJ row, else the association's rootname, as ``asnutil.readASNTable`` names
+        AstroDrizzle's output for runastrodriz 3.11 (a CR-SPLIT + dither association's PROD-CR1 and
+        PROD-CR2 rows name intermediate products, not this one).
 
     Raises
     ------
@@ -79,7 +84,7 @@ def read_association(path: Path) -> tuple[list[str], str]:
                 raise InputError(f"{path}: association table lacks MEMNAME/MEMTYPE/MEMPRSNT", str(path))
             rows = [(str(r["MEMNAME"]).strip(), str(r["MEMTYPE"]).strip().upper(), bool(r["MEMPRSNT"]))
                     for r in table] if table is not None else []
-    members, product = [], None
+    members, products = [], {}
     for name, memtype, present in rows:
         if not _ROOTNAME.match(name.lower()):
             # Refuse before anything is read or written: a name like '../x' would escape the run directory.
@@ -88,10 +93,11 @@ def read_association(path: Path) -> tuple[list[str], str]:
             if name.lower() in members:
                 raise InputError(f"{path}: member {name.lower()} is listed more than once", str(path))
             members.append(name.lower())
-        elif memtype.startswith("PROD") and product is None:
-            product = name.lower()
+        elif memtype in PRODUCT_ROWS:
+            products.setdefault(memtype, name.lower())
     if not members:
         raise InputError(f"{path}: the association lists no exposure present (MEMPRSNT)", str(path))
+    product = next((products[t] for t in PRODUCT_ROWS if t in products), None)
     return members, product or path.name[: -len("_asn.fits")].lower()
 
 
