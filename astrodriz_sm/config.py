@@ -162,14 +162,16 @@ def switches_from_environment(environ: dict | None = None, align_to_gaia: bool =
     compute = parse_switch(ENV_COMPUTE_APOSTERIORI, env.get(ENV_COMPUTE_APOSTERIORI), default=align_to_gaia)
     if not align_to_gaia and env.get(ENV_COMPUTE_APOSTERIORI) is not None:
         notes.append(f"-g overridden: {ENV_COMPUTE_APOSTERIORI}={env[ENV_COMPUTE_APOSTERIORI]}")
-    apriori_value = env.get(ENV_APPLY_APRIORI)
-    if apriori_value is None and env.get(ENV_STEP_CONTROL) is not None:
-        notes.append(f"{ENV_STEP_CONTROL} is deprecated; use {ENV_APPLY_APRIORI}")
-        apply_apriori = parse_switch(ENV_STEP_CONTROL, env.get(ENV_STEP_CONTROL))
-    else:
-        apply_apriori = parse_switch(ENV_APPLY_APRIORI, apriori_value)
-        if env.get(ENV_STEP_CONTROL) is not None:
-            notes.append(f"{ENV_STEP_CONTROL} ignored: {ENV_APPLY_APRIORI} is set")
+    apply_apriori = parse_switch(ENV_APPLY_APRIORI, env.get(ENV_APPLY_APRIORI))
+    step_control = env.get(ENV_STEP_CONTROL)
+    if step_control is not None:
+        # runastrodriz 3.11 does not read it: stwcs's AstrometryDB does, inside updatewcs(use_db=True), and
+        # takes on or off only (anything else raises there, part-way through the run).
+        if step_control.strip().lower() not in ("on", "off"):
+            raise ConfigError(f"{ENV_STEP_CONTROL}={step_control!r}: stwcs accepts on or off only")
+        if step_control.strip().lower() == "off":
+            notes.append(f"{ENV_STEP_CONTROL}=off: the a priori stage runs, and stwcs applies no astrometry "
+                         "database solution")
     return apply_apriori, compute, notes
 
 

@@ -45,8 +45,8 @@ def test_g_d_m_skip_gaia_keep_the_stages_with_their_focus_json_and_list_the_file
     assert "aposteriori" not in {t["to"] for t in run.transitions}
     assert run.decision("wcs")["chosen_wcsname"] == "IDC_sm00001aj-GSC240"
     # -d: the stage directories stay, each verified product's focus dictionary beside it.
-    for stage in ("default", "apriori"):
-        focus = json.loads((d / f"{ROOT}_{stage}" / f"{ROOT}_drz_{stage}_focus.json").read_text())
+    for stage, mode in (("default", "default-pipeline"), ("apriori", "apriori")):
+        focus = json.loads((d / f"{ROOT}_{stage}" / f"{ROOT}_drz_{mode}_focus.json").read_text())
         check = next(v for v in run.verifications[stage] if v["check"] == "focus")
         assert focus[0]["prod"][0] == check["product_focus"]
     # -m: what was handed back, as runastrodriz lists it.

@@ -229,7 +229,13 @@ def test_parse_switch_rejects_other_values():
         parse_switch("ASTROMETRY_APPLY_APRIORI", "maybe")
 
 
-def test_deprecated_step_control():
-    apriori, compute, notes = switches_from_environment({"ASTROMETRY_STEP_CONTROL": "off"})
-    assert (apriori, compute) == (False, True)
-    assert notes == ["ASTROMETRY_STEP_CONTROL is deprecated; use ASTROMETRY_APPLY_APRIORI"]
+def test_step_control_is_stwcs_switch_not_the_apriori_stage():
+    """runastrodriz 3.11 runs the a priori stage whatever ASTROMETRY_STEP_CONTROL says; stwcs reads it (on/off)."""
+    apriori, compute, notes = switches_from_environment({"ASTROMETRY_STEP_CONTROL": "Off"})
+    assert (apriori, compute) == (True, True)
+    assert notes == ["ASTROMETRY_STEP_CONTROL=off: the a priori stage runs, and stwcs applies no astrometry "
+                     "database solution"]
+    assert switches_from_environment({"ASTROMETRY_STEP_CONTROL": "on"}) == (True, True, [])
+    for value in ("yes", "true", "0"):
+        with pytest.raises(ConfigError, match=f"ASTROMETRY_STEP_CONTROL='{value}': stwcs accepts on or off only"):
+            switches_from_environment({"ASTROMETRY_STEP_CONTROL": value})

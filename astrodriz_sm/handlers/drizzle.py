@@ -246,7 +246,7 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
         if ctx.run.verdict("default"):
             # The default products verified, so their cosmic-ray flags hold: keep them (resetbits 0)
             # and drizzle without a new identification, as runastrodriz's reset_mdriztab_nocr.
-            pars.update(no_cr_parameters(ctx.inputs.detector_parameters.good_bits))
+            pars.update(no_cr_parameters(ctx.inputs.detector_parameters.verification_good_bits(ctx.stage)))
             source += "; no new cosmic-ray identification (default stage verified)"
     if not final or wfpc2:
         # runastrodriz 3.11 applies this to its verification drizzles only (the default stage's too; all of WFPC2's),
@@ -398,7 +398,8 @@ def _drizzle_singles(ctx: StepContext, products: list[Product], entries: dict) -
     d = ctx.stage_dir()
     done = {}
     for p in products:
-        pars = {**entries[p.name]["parameters"], **no_cr_parameters(ctx.inputs.detector_parameters.good_bits)}
+        pars = {**entries[p.name]["parameters"],
+                **no_cr_parameters(ctx.inputs.detector_parameters.verification_good_bits(ctx.stage))}
         ctx.progress(f"{p.name}: no single-drizzle images; AstroDrizzle again without cosmic-ray rejection")
         with Timer() as t, working_directory(d):
             try:

@@ -84,9 +84,12 @@ def write_headerlets(ctx: StepContext) -> StepResult:
 
 
 def update_headers(ctx: StepContext) -> StepResult:
-    """runastrodriz 3.11's last header updates: WCSTYPE beside every WCSNAME, S_REGION of the products.
+    """runastrodriz 3.11's last header updates: WCSTYPE beside every WCSNAME, S_REGION and DRIZPARS of the products.
 
-    A WCS key without a WCSNAME gets WCSNAME 'OPUS', as 3.11 does.
+    A WCS key without a WCSNAME gets WCSNAME 'OPUS', as 3.11 does. DRIZPARS names the run's trailer
+    (3.11 sets it after each AstroDrizzle run, in place of AstroDrizzle's own log name). A singleton's
+    calibrated file gets DRIZCORR=COMPLETE (3.11 sets it on its ``_cal_prodname``; for an ASN that is
+    a temporary copy of the table, so an association's files keep theirs).
     """
     from drizzlepac import updatehdr
     from drizzlepac.haputils import processing_utils
@@ -103,6 +106,10 @@ def update_headers(ctx: StepContext) -> StepResult:
                 has_data = any(h.name == "SCI" and h.data is not None for h in hdul)
             if has_data:
                 processing_utils.compute_sregion(product)
+            fits.setval(product, "DRIZPARS", value=ctx.run.trailer)
+        if ctx.inputs.kind != "asn":
+            with fits.open(ctx.inputs.exposures.lists[0][0].name, mode="update") as hdul:
+                hdul[0].header["DRIZCORR"] = "COMPLETE"
         for name in names:
             with fits.open(name, mode="update") as hdul:
                 for extver in range(1, fileutil.countExtn(hdul) + 1):

@@ -122,14 +122,19 @@ def _exposure_facts(path: Path) -> dict:
                     ngoodpix.append(h.header.get(goodpix))
                     if h.data is not None and np.isnan(h.data).all():
                         raise InputError(f"{path}: SCI,{h.ver} is all NaN; nothing to drizzle", str(path))
-    empty = None
+    # runastrodriz 3.11 reads the good pixels of SCI,1 only (RA 566); AstroDrizzle's check_files drops
+    # an ACS or WFC3 file whose SCI extensions sum to no good pixel.
+    empty = dropped = None
     if float(exptime) <= 0:
-        empty = f"EXPTIME={float(exptime):g}"
-    elif ngoodpix and all(n is not None and int(n) == 0 for n in ngoodpix):
-        empty = f"{goodpix}=0"
+        empty = dropped = f"EXPTIME={float(exptime):g}"
+    elif ngoodpix and ngoodpix[0] is not None and float(ngoodpix[0]) <= 0:
+        empty = f"{goodpix}=0 in SCI,1"
+    if dropped is None and instrument in ("ACS", "WFC3") and ngoodpix and sum(float(n or 0) for n in ngoodpix) == 0:
+        dropped = f"{goodpix}=0 in every SCI extension"
     refs = {k: str(hdr[k]).strip() for k in REFERENCE_KEYWORDS if k in hdr}
     return {"instrument": instrument, "detector": detector, "exptime": float(exptime), "references": refs,
-            "drizcorr": str(hdr.get("DRIZCORR", "")).strip().upper() or None, "empty": empty}
+            "drizcorr": str(hdr.get("DRIZCORR", "")).strip().upper() or None, "empty": empty,
+            "dropped": dropped}
 
 
 def _resolve_references(refs: dict, var: str, input_dir: Path, environment: dict) -> tuple[dict, dict]:
@@ -271,12 +276,15 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
 
     found = {FLT: [], FLC: []}
     raw, facts = [], {}
+    # An _flc input is processed alone, even with its FLT beside it (runastrodriz 3.11 builds its FLC
+    # name from the input's and finds the input itself).
+    calibrated = (FLC,) if kind == FLC else (FLT, FLC)
     for m in members:
-        paths = {k: input_dir / input_name(m, k) for k in (FLT, FLC)}
+        paths = {k: input_dir / input_name(m, k) for k in calibrated}
         if not any(p.exists() for p in paths.values()):
             listed = f" listed in {input_path.name}" if asn else ""
-            raise InputError(f"{paths[FLT]}: exposure {m}{listed} is missing (no _flt or _flc file)",
-                             str(paths[FLT]))
+            missing = paths[calibrated[0]]
+            raise InputError(f"{missing}: exposure {m}{listed} is missing (no _flt or _flc file)", str(missing))
         for k, p in paths.items():
             if p.exists():
                 facts[p.name] = _exposure_facts(p)
@@ -295,11 +303,11 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
             found[k] = []
     # Exposures with no exposure time or no good pixel stay in the lists, as runastrodriz keeps them: they
     # get the WCS updates, choose no MDRIZTAB row (Product.mdriztab_inputs), and AstroDrizzle drops
-    # those with EXPTIME=0 itself. When every one is empty, none is aligned to GAIA (a guard says so).
+    # some itself (Exposure.dropped). When every one is empty, none is aligned to GAIA (a guard says so).
     empty = {}
     for name in found[FLT] + found[FLC]:
-        if facts[name]["empty"]:
-            empty.setdefault(split_input_name(name)[1], facts[name]["empty"])
+        if facts[name]["empty"] or facts[name]["dropped"]:
+            empty.setdefault(split_input_name(name)[1], (facts[name]["empty"], facts[name]["dropped"]))
     used = found[FLT] + found[FLC]
 
     kinds = {(v["instrument"], v["detector"]) for v in facts.values()}
@@ -322,7 +330,8 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
         drizcorr = facts[used[0]]["drizcorr"]
         notes.append(f"no {raw_kind.upper()} file for {members[0]}: DRIZCORR read from {drizcorr_file}")
     exposures = ExposureSet(*(tuple(Exposure.from_name(n, instrument=instrument, detector=detector,
-                                                       exptime=facts[n]["exptime"], empty=facts[n]["empty"])
+                                                       exptime=facts[n]["exptime"], empty=facts[n]["empty"],
+                                                       dropped=facts[n]["dropped"])
                                     for n in found[k])
                               for k in (FLT, FLC)))
     first = facts[exposures.verified[0].name]
@@ -344,13 +353,21 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
         input_hashes={n: sha256(input_dir / n) for n in sorted(set(used + raw + ([asn] if asn else []) + [
             f for c in converted.values() for f in (c["c0m"], c["c1m"]) if f]))},
         notes=tuple(notes), idctab_reset=resets)
-    said += [f"{m}: {why}: processed, chooses no drizzle parameters" + (", not drizzled" if why.startswith("EXPTIME")
-                                                                        else "") for m, why in empty.items()]
+    said += [f"{m}: {_empty_note(why, drop)}" for m, (why, drop) in empty.items()]
     payload = {"inputs": inputs.to_payload(), "environment_update": env_update}
     if converted:
         payload["wfpc2_converted"] = converted
         payload["log"] = conversion["log"]
     return StepResult(payload, facts=[(NOTE, {"message": m}) for m in said])
+
+
+def _empty_note(empty: str | None, dropped: str | None) -> str:
+    """What happens to an exposure without data (see `Exposure.empty` and `Exposure.dropped`)."""
+    if empty and dropped == empty:
+        return f"{empty}: processed, chooses no drizzle parameters, not drizzled"
+    if empty and dropped:
+        return f"{empty}: processed, chooses no drizzle parameters; {dropped}: not drizzled"
+    return f"{empty}: processed, chooses no drizzle parameters" if empty else f"{dropped}: processed, not drizzled"
 
 
 def _guiding_message(text: str, path: Path) -> str | None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# verify_alignment's default good_bits, which runastrodriz 3.11's default stage drizzles with.
+DEFAULT_STAGE_GOOD_BITS = 512
+
+
 @dataclass(frozen=True)
 class DetectorParameters:
     """What the pipeline sets per instrument and detector.
@@ -31,6 +35,15 @@ class DetectorParameters:
     reference_variable: str
     good_pixels_keyword: str = "NGOODPIX"
     raw_kind: str = "raw"
+
+    def verification_good_bits(self, stage: str) -> int:
+        """DQ bits treated as good by a stage's drizzles without cosmic-ray identification.
+
+        runastrodriz 3.11 passes the detector's ``good_bits`` to the alignment stages' verification
+        only; the default stage's ``verify_alignment`` call leaves it at its default, 512 (RA 601-606,
+        1066), which ``reset_mdriztab_nocr`` then uses for ACS/SBC's single drizzles.
+        """
+        return DEFAULT_STAGE_GOOD_BITS if stage == "default" else self.good_bits
 
     @property
     def instdet(self) -> str:

@@ -60,8 +60,12 @@ def qa_json_name(root: str) -> str:
 
 
 def focus_json_name(product: str, stage: str) -> str:
-    """``<product stem>_<stage>_focus.json``: runastrodriz's ``-d`` record of a product's focus."""
-    return f"{product.removesuffix('.fits')}_{stage}_focus.json"
+    """``<product stem>_<mode>_focus.json``: runastrodriz's ``-d`` record of a product's focus.
+
+    The mode is runastrodriz 3.11's name of the stage: ``default-pipeline``, ``apriori``, ``aposteriori``.
+    """
+    mode = "default-pipeline" if stage == "default" else stage
+    return f"{product.removesuffix('.fits')}_{mode}_focus.json"
 
 
 def stage_directory_name(root: str, stage: str) -> str:
@@ -109,8 +113,12 @@ class Exposure:
     exptime : float
         ``EXPTIME``, seconds.
     empty : str, optional
-        Why the exposure holds no data (``'EXPTIME=0'``, ``'NGOODPIX=0'``): runastrodriz processes it
-        but lets it choose no drizzle parameters; AstroDrizzle drops it when EXPTIME is 0.
+        Why runastrodriz 3.11 counts the exposure as holding no data (EXPTIME 0, or NGOODPIX 0 in
+        SCI,1: RA 565-566): it is processed but chooses no drizzle parameters.
+    dropped : str, optional
+        Why AstroDrizzle leaves it out of its drizzles (``stsci.tools.check_files``: EXPTIME 0, or
+        NGOODPIX 0 summed over every SCI extension of an ACS or WFC3 file): it writes no
+        single-drizzle image of it.
     """
 
     rootname: str
@@ -119,6 +127,7 @@ class Exposure:
     detector: str = ""
     exptime: float = 0.0
     empty: str | None = None
+    dropped: str | None = None
 
     def __post_init__(self):
         if self.kind not in CALIBRATED_KINDS:
@@ -208,8 +217,8 @@ class Product:
 
     @property
     def drizzled(self) -> tuple[Exposure, ...]:
-        """The exposures AstroDrizzle actually drizzles: it drops those with no exposure time."""
-        return tuple(e for e in self.exposures if e.exptime > 0)
+        """The exposures AstroDrizzle actually drizzles (see :attr:`Exposure.dropped`)."""
+        return tuple(e for e in self.exposures if not e.dropped)
 
     @property
     def singles(self) -> list[str]:

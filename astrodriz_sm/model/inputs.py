@@ -99,6 +99,7 @@ class Inputs:
             "drizcorr": self.drizcorr, "drizcorr_file": self.drizcorr_file, "trailer": self.trailer,
             "instrument": self.instrument, "detector": self.detector,
             "exptimes": {e.name: e.exptime for e in ex.all}, "empty": {e.name: e.empty for e in ex.all if e.empty},
+            "dropped": {e.name: e.dropped for e in ex.all if e.dropped},
             "references": dict(self.references), "reference_paths": dict(self.reference_paths),
             "input_hashes": dict(self.input_hashes), "notes": list(self.notes), "no_alignment": self.no_alignment,
             "idctab_reset": dict(self.idctab_reset),
@@ -107,9 +108,16 @@ class Inputs:
     @classmethod
     def from_payload(cls, p: dict) -> Inputs:
         """Rebuild from :meth:`to_payload`'s form."""
+        def dropped(name):
+            # Logs written before "dropped" was recorded knew only AstroDrizzle's EXPTIME rule.
+            if "dropped" in p:
+                return p["dropped"].get(name)
+            return f"EXPTIME={float(p['exptimes'][name]):g}" if float(p["exptimes"][name]) <= 0 else None
+
         def exposures(names):
             return tuple(Exposure.from_name(n, instrument=p["instrument"], detector=p["detector"],
-                                            exptime=float(p["exptimes"][n]), empty=p.get("empty", {}).get(n))
+                                            exptime=float(p["exptimes"][n]), empty=p.get("empty", {}).get(n),
+                                            dropped=dropped(n))
                          for n in names)
 
         return cls(root=p["root"], kind=p["kind"], asn=p.get("asn"), members=tuple(p.get("members", ())),

@@ -67,9 +67,10 @@ def _alignment_stage(stage: str, fit: StepSpec) -> tuple[StepSpec, ...]:
 
 STEPS = (
     StepSpec("init", "resolve_inputs", "init.resolve_inputs"),
-    # -v: runastrodriz checks the guiding only of data it goes on to process.
+    # -v: runastrodriz checks the guiding only of data it goes on to process, and never of WFPC2's (RA 336:
+    # a loss of lock shows in the quality keywords its _analyze_exposure reads).
     StepSpec("init", "verify_guiding", "init.verify_guiding",
-             applies=lambda inputs, config: bool(config.get("verify_guiding"))
+             applies=lambda inputs, config: bool(config.get("verify_guiding")) and inputs.instrument != "WFPC2"
              and (bool(config.get("force")) or inputs.drizcorr == "PERFORM")),
     _stage_work("default", "stage_inputs", "drizzle.stage_inputs"),
     _stage_work("default", "updatewcs", "drizzle.updatewcs", yields_wcsname=True),

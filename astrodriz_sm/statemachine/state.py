@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..model import ENDS, STAGES, STATES, Inputs  # noqa: F401 - re-exported
+from ..model import ENDS, STAGES, STATES, Inputs, trailer_name  # noqa: F401 - re-exported
 
 # Event kinds: the whole vocabulary of the log.
 RUN_STARTED = "run.started"
@@ -89,6 +89,11 @@ class RunState:
     def root(self) -> str:
         """The rootname of products, trailer and stage directories (the input's until init completed)."""
         return self.inputs.root if self.inputs else self.config.get("root", "")
+
+    @property
+    def trailer(self) -> str:
+        """``<input root>.tra``: runastrodriz names the trailer after its input (the ASN or the exposure)."""
+        return trailer_name(self.config.get("root", ""))
 
     @property
     def is_ended(self) -> bool:
