@@ -114,3 +114,13 @@ def test_step_table():
     assert [last_step(s) for s in ("default", "apriori", "final")] == ["verify_alignment", "conclude", "cleanup"]
     assert {s.step for s in STEPS if s.files_in == "input"} == {"promote", "replace", "write_manifest"}
     assert stage_steps("done") == ()
+
+
+def test_default_stage_singles_use_verify_alignments_default_good_bits():
+    """runastrodriz 3.11's default stage leaves verify_alignment's good_bits at 512; the alignment stages pass the detector's."""
+    from astrodriz_sm.model.detectors import detector_parameters
+
+    sbc = detector_parameters("ACS", "SBC")
+    assert [sbc.verification_good_bits(s) for s in ("default", "apriori", "aposteriori")] == [512, 0, 0]
+    ir = detector_parameters("WFC3", "IR")
+    assert [ir.verification_good_bits(s) for s in ("default", "aposteriori")] == [512, 512]

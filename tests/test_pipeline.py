@@ -351,3 +351,51 @@ def test_flc_only_delivery_ends_done_with_a_drc_near_the_truth(simulated, servic
     acc = _accuracy(d, f"{ROOT}_drc.fits")
     assert acc.n_stars >= 20 and acc.rms < 0.1, (acc.rms, acc.n_stars)
     assert sorted(p.name for p in d.glob("*_hlet.fits")) == [f"{m}_flt_hlet.fits" for m in src.members]
+
+
+def test_flc_singleton_processes_the_flc_only_and_marks_it_complete(simulated):
+    """An _flc input with its FLT beside it: runastrodriz 3.11 processes the FLC alone (RA 432-441).
+
+    The FLT is left byte for byte as delivered; the FLC carries DRIZCORR=COMPLETE (RA 755-760) and
+    its product names the trailer in DRIZPARS (RA 982-985).
+    """
+    src, d = simulated("flc-singleton", n_exposures=1, pointing_error=0.6)
+    member = src.members[0]
+    flt_before = sha256_tree(d)[f"{member}_flt.fits"]
+    proc = run_cli("start", d / f"{member}_flc.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, _, events = _events(d)
+    inputs = next(e.payload["inputs"] for e in events if e.step == "resolve_inputs" and e.kind == "step.completed")
+    assert (inputs["kind"], inputs["flt"], inputs["flc"]) == ("flc", [], [f"{member}_flc.fits"])
+    after = sha256_tree(d)
+    assert after[f"{member}_flt.fits"] == flt_before
+    assert not (d / f"{member}_drz.fits").exists() and (d / f"{member}_drc.fits").is_file()
+    assert fits.getval(d / f"{member}_flc.fits", "DRIZCORR") == "COMPLETE"
+    assert fits.getval(d / f"{member}_flt.fits", "DRIZCORR") == "PERFORM"
+    assert fits.getval(d / f"{member}_drc.fits", "DRIZPARS") == f"{member}.tra"
+
+
+def test_exposure_without_good_pixels_is_processed_but_not_drizzled(simulated):
+    """NGOODPIX=0 on every chip with EXPTIME > 0: AstroDrizzle's check_files drops the exposure.
+
+    runastrodriz 3.11 still updates its WCS and lets it choose no drizzle parameters; the product and
+    its verification are made from the other exposures, whose single-drizzle images alone exist.
+    """
+    src, d = simulated("ngoodpix", products="flt", pointing_error=0.6)
+    empty = src.members[1]
+    with fits.open(d / f"{empty}_flt.fits", mode="update") as hdul:
+        for h in hdul:
+            if h.name == "SCI":
+                h.header["NGOODPIX"] = 0
+    proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, _, events = _events(d)
+    notes = [e.payload["message"] for e in events if e.kind == "note"]
+    assert (f"{empty}: NGOODPIX=0 in SCI,1: processed, chooses no drizzle parameters; "
+            "NGOODPIX=0 in every SCI extension: not drizzled") in notes
+    focus = next(e.payload for e in events if e.kind == "verification" and e.payload["check"] == "focus")
+    assert focus["singles"] == [f"{m}_single_sci.fits" for m in src.members if m != empty]
+    assert focus["verdict"] == "pass"
+    with fits.open(d / f"{ROOT}_drz.fits") as hdul:
+        assert hdul[0].header["NDRIZIM"] == 2
+    assert fits.getval(d / f"{empty}_flt.fits", "WCSNAME", ext=("SCI", 1)) == "IDC_sm00001aj"
