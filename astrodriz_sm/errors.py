@@ -18,11 +18,11 @@ class ExitCode(enum.IntEnum):
         member.meaning = meaning
         return member
 
-    OK = 0, "The run ended ``done`` (or the command succeeded)."
+    OK = 0, ("The run ended ``done``, or ``skipped`` (DRIZCORR is OMIT and ``-f`` was not given: "
+             "runastrodriz's command exits 0 too), or the command succeeded.")
     INTERNAL = 1, "An unexpected error: a defect; the traceback is in the log."
     USAGE = 2, "Bad command line."
     INPUT = 3, "Bad input: a file missing, unreadable, truncated or not what HST delivers."
-    SKIPPED = 4, "The run ended ``skipped``: DRIZCORR is OMIT and ``-f`` was not given."
     PROCESSING = 5, "A processing step failed (updatewcs, AstroDrizzle, ...); the run ended ``failed``."
     CONFIG = 6, "Bad configuration: an environment variable with a value that is not on/off."
     RUN_STATE = 7, "The run cannot be started or resumed in its current state (unknown, finished, unfinished)."
@@ -40,7 +40,7 @@ EXIT_CODE_MEANINGS = {code: code.meaning for code in ExitCode}
 FINAL, RETRY_ONCE, RESUME = "final", "retried once", "resumed"
 CAMPAIGN_RETRY = {
     ExitCode.OK: FINAL, ExitCode.INTERNAL: RETRY_ONCE, ExitCode.USAGE: FINAL, ExitCode.INPUT: FINAL,
-    ExitCode.SKIPPED: FINAL, ExitCode.PROCESSING: RETRY_ONCE, ExitCode.CONFIG: FINAL,
+    ExitCode.PROCESSING: RETRY_ONCE, ExitCode.CONFIG: FINAL,
     # Another live process holds the run: running it again would only be refused again.
     ExitCode.RUN_STATE: FINAL, ExitCode.LOG_CORRUPT: FINAL, ExitCode.INTERRUPTED: RESUME,
     ExitCode.NO_VIABLE_DATA: FINAL,

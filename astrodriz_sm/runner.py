@@ -49,7 +49,7 @@ LIBRARIES = ("drizzlepac", "stwcs", "tweakwcs", "photutils", "astropy", "numpy",
 # Module globals the libraries set from the environment at import time; restored after every step.
 LIBRARY_GLOBALS = (("drizzlepac.haputils.astrometric_utils", "SERVICELOCATION"),)
 
-_END_CODES = {"done": ExitCode.OK, "skipped": ExitCode.SKIPPED}
+_END_CODES = {"done": ExitCode.OK, "skipped": ExitCode.OK}
 # The step of an alignment stage that checks its service; redone when a resume changes the service settings.
 PROBE_STEP = "probe_service"
 

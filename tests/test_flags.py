@@ -212,16 +212,17 @@ def test_v_checks_no_guiding_of_a_run_that_is_skipped(simulated):
         fits.setval(d / f"{m}_flc.fits", "QUALITY", value="GSFAIL")
     proc = run_cli("start", "-v", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/"})
     # As runastrodriz: DRIZCORR=OMIT ends the run before the guiding is looked at, so no exit 65.
-    assert proc.returncode == ExitCode.SKIPPED
+    assert proc.returncode == ExitCode.OK
     store, run = _run(d)
-    assert [e.step for e in store.events(run.run_id) if e.kind == "step.started"] == ["resolve_inputs"]
+    assert run.ended["status"] == "skipped"
+    assert "verify_guiding" not in [e.step for e in store.events(run.run_id) if e.kind == "step.started"]
     assert "init" not in run.verifications
 
 
 def test_a_without_v_is_recorded_as_having_no_effect(simulated):
     _, d = simulated("guiding-omit", drizcorr="OMIT", n_exposures=2)
     proc = run_cli("start", "-a", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/"})
-    assert proc.returncode == ExitCode.SKIPPED
+    assert proc.returncode == ExitCode.OK
     _, run = _run(d)
     assert (run.config["force_alignment"], run.config["verify_guiding"]) == (True, False)
     assert run.config["notes"] == ["-a has no effect without -v: it keeps alignment on when -v finds bad guiding"]

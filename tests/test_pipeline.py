@@ -216,19 +216,37 @@ def test_real_acs_wfc_reference_files(simulated):
     assert err.n_stars >= 20 and err.rms < 0.1, err
 
 
-def test_drizcorr_omit_ends_skipped_without_products(simulated):
-    _, d = simulated("omit", drizcorr="OMIT", n_exposures=2)
+def test_drizcorr_omit_ends_skipped_with_the_header_updates_of_runastrodriz(simulated):
+    """DRIZCORR=OMIT: nothing is drizzled, and the run exits 0 as runastrodriz's command does.
+
+    runastrodriz 3.11 still writes S_REGION (before it reads DRIZCORR, RA 477-478) and WCSTYPE into
+    every exposure, and a headerlet of each FLT (RA 783-843); the WCS itself is left as delivered.
+    """
+    src, d = simulated("omit", drizcorr="OMIT", n_exposures=2)
     before = sha256_tree(d)
+    wcs_before = {n: fits.getval(d / n, "CRVAL1", ext=("SCI", 1)) for n in before if n.endswith(("_flt.fits", "_flc.fits"))}
     proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **NO_ALIGNMENT})
-    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert not list(d.glob("*_dr[zc].fits"))
     _, _, events = _events(d)
     end = events[-1].payload
-    assert end["status"] == "skipped" and end["exit_code"] == 4
+    assert end["status"] == "skipped" and end["exit_code"] == 0
     assert "DRIZCORR=OMIT" in end["reason"]
-    after = sha256_tree(d)
-    assert {k: v for k, v in after.items() if k in before} == before
     assert proc.stderr.strip().splitlines()[-1] == "astrodriz-sm: skipped: DRIZCORR=OMIT in jsm001a1q_raw.fits"
+    after = sha256_tree(d)
+    changed = sorted(n for n in before if after[n] != before[n])
+    assert changed == sorted(wcs_before)
+    for name, crval1 in wcs_before.items():
+        header = fits.getheader(d / name, ("SCI", 1))
+        assert header["S_REGION"].startswith("POLYGON ICRS ")
+        assert header["CRVAL1"] == crval1 and header["WCSTYPE"]
+        assert fits.getval(d / name, "DRIZCORR") == "OMIT"
+    # stwcs cannot write a headerlet of a WCS that never had a distortion model: 3.11 passes over it.
+    assert not [n for n in after if n not in before and n.endswith(".fits")]
+    notes = [e.payload["message"] for e in events if e.kind == "note"]
+    assert [n.split(":")[0] for n in notes if n.startswith("no headerlet")] == [
+        f"no headerlet written for {m}_flt.fits" for m in src.members]
+    assert not list(d.glob(f"{ROOT}_*/"))
 
 
 def test_force_processes_an_omitted_singleton_raw(simulated):

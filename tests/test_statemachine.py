@@ -128,11 +128,13 @@ def test_flt_only_basic_mode_has_no_headerlets(store):
 def test_drizcorr_omit_skips_and_force_processes(store):
     run_id = _start(store)
     trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs("OMIT")})
-    assert trail == ["init/resolve_inputs", "init->skipped", "end:skipped"]
+    assert trail == ["init/resolve_inputs", "init->final", "final/stage_inputs", "final/update_headers",
+                     "final/write_headerlets", "final/promote", "final/replace", "final/cleanup", "final->skipped",
+                     "end:skipped"]
     run = fold(store.events(run_id))
     assert run.transitions[0]["guards"][0] == {"guard": "drizcorr_perform", "result": False,
                                                "reason": "DRIZCORR=OMIT in jsm001a1q_raw.fits"}
-    assert run.ended["exit_code"] == 4
+    assert run.ended["exit_code"] == 0 and run.ended["status"] == "skipped"
 
     forced = _start(store, force=True)
     trail = _drive(store, forced, {("init", "resolve_inputs"): _inputs("OMIT")})

@@ -151,9 +151,8 @@ def judge(outcome: Outcome | None, attempts_this_batch: int, max_attempts: int) 
         code = _exit_code(outcome.exit_code)
         exit_class, policy = code.name.lower(), CAMPAIGN_RETRY[code]
         if code == ExitCode.OK:
-            return exit_class, DONE
-        if code == ExitCode.SKIPPED:
-            return exit_class, SKIPPED
+            # A skipped run (DRIZCORR=OMIT) exits 0 as runastrodriz does; its store says it was skipped.
+            return ("skipped", SKIPPED) if outcome.run_status == "skipped" else (exit_class, DONE)
     if policy == FINAL:
         return exit_class, FAILED
     limit = min(2, max_attempts) if policy == RETRY_ONCE else max_attempts

@@ -10,7 +10,7 @@ from pathlib import Path
 from astropy.io import fits
 
 from ..errors import ProcessingError
-from ..model import STAGES, StepResult, manifest_name, original_name, partial_name, promoted_name
+from ..model import STAGES, StepResult, drizzles, manifest_name, original_name, partial_name, promoted_name
 from ..statemachine import choose_final_wcs, stage_files
 from ..statemachine.state import DECISION, NOTE
 from .common import StepContext, Timer, captured_output, copy_file, hashes, sha256, working_directory
@@ -30,6 +30,9 @@ def stage_inputs(ctx: StepContext) -> StepResult:
     When that WCS is the a posteriori fit, the fit's matched pairs (``fit_matches``) are copied too:
     they are handed back with the products that carry the fit.
     """
+    if not drizzles(ctx.inputs, ctx.config):
+        # DRIZCORR=OMIT: the exposures as delivered, as init read them.
+        return StepResult({**copy_into_stage(ctx, ctx.input_dir, ctx.inputs.input_hashes), "fit_matches": []})
     chosen = ctx.run.output("final", "choose_wcs")["chosen_stage"]
     expected = stage_files(ctx.run, chosen)
     payload = copy_into_stage(ctx, ctx.stage_dir(chosen), expected)
@@ -64,7 +67,7 @@ def write_headerlets(ctx: StepContext) -> StepResult:
     from stwcs.wcsutil import headerlet
 
     d = ctx.stage_dir()
-    written, kept = {}, []
+    written, kept, notes = {}, [], []
     with captured_output(), working_directory(d):
         for exposure in ctx.inputs.exposures.lists[0]:
             name, hname = exposure.name, exposure.final_headerlet
@@ -75,12 +78,21 @@ def write_headerlets(ctx: StepContext) -> StepResult:
             # logging=False must be explicit: stwcs's decorator otherwise opens headerlet.log and, with
             # no handler on its logger, fails on an unset variable.
             # HDRNAME as 3.11 gives it: the exposure's own file name with _hlet.
-            headerlet.write_headerlet(name, exposure.headerlet, output="flt",
-                                      wcskey="PRIMARY", author="OPUS",
-                                      descrip=updatehdr.interpret_wcsname_type(wcsname),
-                                      attach=False, clobber=True, logging=False)
+            try:
+                headerlet.write_headerlet(name, exposure.headerlet, output="flt",
+                                          wcskey="PRIMARY", author="OPUS",
+                                          descrip=updatehdr.interpret_wcsname_type(wcsname),
+                                          attach=False, clobber=True, logging=False)
+            except ValueError as exc:
+                # 3.11 passes over such a file (RA 840-841): stwcs cannot describe its WCS (for example an
+                # exposure of a DRIZCORR=OMIT run, never given a distortion model).
+                notes.append(f"no headerlet written for {name}: {exc}")
+                with contextlib.suppress(FileNotFoundError):
+                    (d / exposure.headerlet).unlink()
+                continue
             written[hname] = wcsname
-    return StepResult({"headerlets": written, "kept_existing": kept, "files": hashes(d, list(written))})
+    return StepResult({"headerlets": written, "kept_existing": kept, "files": hashes(d, list(written))},
+                      facts=[(NOTE, {"message": m}) for m in notes])
 
 
 def update_headers(ctx: StepContext) -> StepResult:
@@ -98,8 +110,14 @@ def update_headers(ctx: StepContext) -> StepResult:
 
     d = ctx.stage_dir()
     names = ctx.inputs.exposures.names
-    products = [p.name for p in ctx.inputs.products("final")]
+    drizzled = drizzles(ctx.inputs, ctx.config)
+    products = [p.name for p in ctx.inputs.products("final")] if drizzled else []
     with captured_output(), working_directory(d):
+        if not drizzled:
+            # DRIZCORR=OMIT: 3.11 writes S_REGION on its inputs before it reads DRIZCORR (RA 477-478); with
+            # PERFORM the default stage has written it from the same WCS.
+            for name in names:
+                processing_utils.compute_sregion(name)
         for product in products:
             # As 3.11: only a product with data (every exposure empty leaves a header-only file).
             with fits.open(product) as hdul:
@@ -107,7 +125,7 @@ def update_headers(ctx: StepContext) -> StepResult:
             if has_data:
                 processing_utils.compute_sregion(product)
             fits.setval(product, "DRIZPARS", value=ctx.run.trailer)
-        if ctx.inputs.kind != "asn":
+        if drizzled and ctx.inputs.kind != "asn":
             with fits.open(ctx.inputs.exposures.lists[0][0].name, mode="update") as hdul:
                 hdul[0].header["DRIZCORR"] = "COMPLETE"
         for name in names:
@@ -184,7 +202,7 @@ PROMOTE_MARGIN = 1 << 20
 
 def _promoted_files(ctx: StepContext) -> list[str]:
     """What the final stage hands back: products, updated exposures, headerlets, matched pairs, quality statistics."""
-    products = [p["product"] for p in ctx.run.output("final", "astrodrizzle")["products"]]
+    products = [p["product"] for p in ctx.run.output("final", "astrodrizzle").get("products", [])]
     headerlets = list(ctx.run.output("final", "write_headerlets").get("headerlets", {}))
     quality = ctx.run.output("final", "quality_analysis").get("written", [])
     return products + ctx.inputs.exposures.names + headerlets + fit_matches(ctx.run) + quality
@@ -260,7 +278,7 @@ def replace(ctx: StepContext) -> StepResult:
     for n in targets:
         with contextlib.suppress(FileNotFoundError):
             (folder / original_name(n)).unlink()
-    products = [p["product"] for p in ctx.run.output("final", "astrodrizzle")["products"]]
+    products = [p["product"] for p in ctx.run.output("final", "astrodrizzle").get("products", [])]
     return StepResult({"files": hashes(folder, targets), "replaced": promoted["originals"], "products": products,
                        "headerlets": list(ctx.run.output("final", "write_headerlets").get("headerlets", {})),
                        "fit_matches": fit_matches(ctx.run)})

@@ -65,13 +65,18 @@ def _alignment_stage(stage: str, fit: StepSpec) -> tuple[StepSpec, ...]:
             StepSpec(stage, "conclude", "alignment.conclude", after_stop=True))
 
 
+def drizzles(inputs, config) -> bool:
+    """Whether the run drizzles at all: DRIZCORR is PERFORM, or ``-f``."""
+    return bool(config.get("force")) or inputs.drizcorr == "PERFORM"
+
+
 STEPS = (
     StepSpec("init", "resolve_inputs", "init.resolve_inputs"),
     # -v: runastrodriz checks the guiding only of data it goes on to process, and never of WFPC2's (RA 336:
     # a loss of lock shows in the quality keywords its _analyze_exposure reads).
     StepSpec("init", "verify_guiding", "init.verify_guiding",
              applies=lambda inputs, config: bool(config.get("verify_guiding")) and inputs.instrument != "WFPC2"
-             and (bool(config.get("force")) or inputs.drizcorr == "PERFORM")),
+             and drizzles(inputs, config)),
     _stage_work("default", "stage_inputs", "drizzle.stage_inputs"),
     _stage_work("default", "updatewcs", "drizzle.updatewcs", yields_wcsname=True),
     _stage_work("default", "astrodrizzle", "drizzle.run_astrodrizzle"),
@@ -80,9 +85,11 @@ STEPS = (
                                              yields_wcsname=True)),
     *_alignment_stage("aposteriori", _stage_work("aposteriori", "align", "alignment.align", may_stop=True,
                                                  yields_wcsname=True)),
-    StepSpec("final", "choose_wcs", "final.choose_wcs"),
+    # DRIZCORR=OMIT (without -f): no WCS to choose and nothing to drizzle; the exposures as delivered get
+    # their header updates and headerlets, and are handed back.
+    StepSpec("final", "choose_wcs", "final.choose_wcs", applies=lambda inputs, config: drizzles(inputs, config)),
     _stage_work("final", "stage_inputs", "final.stage_inputs"),
-    _stage_work("final", "astrodrizzle", "final.astrodrizzle"),
+    _stage_work("final", "astrodrizzle", "final.astrodrizzle", applies=lambda inputs, config: drizzles(inputs, config)),
     # WCSTYPE for every WCS of the exposures, S_REGION of the products (runastrodriz 3.11).
     _stage_work("final", "update_headers", "final.update_headers"),
     # -b: runastrodriz's basic mode writes no headerlets.
@@ -90,7 +97,7 @@ STEPS = (
                 applies=lambda inputs, config: not config.get("basic")),
     # PIPELINE_QUALITY_TESTING: drizzlepac's quality analysis of the exposures about to be handed back.
     _stage_work("final", "quality_analysis", "final.quality_analysis",
-                applies=lambda inputs, config: bool(config.get("quality_testing"))),
+                applies=lambda inputs, config: bool(config.get("quality_testing")) and drizzles(inputs, config)),
     # Every new file is written beside its target first (promote), then all are renamed into place
     # (replace), so the input directory never holds half of a result.
     StepSpec("final", "promote", "final.promote", reads_stage_directory=True, files_in="input"),
