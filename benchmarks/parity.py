@@ -352,8 +352,9 @@ def product_differences(ours: Path, theirs: Path) -> dict:
 #: comparison in every file, HDU and embedded headerlet. The evidence for each is in docs/parity.md
 #: (two astrodriz-sm runs of the same input, ``--self``, differ in these and nothing else).
 TIME_STAMPS = {
-    "DATE": "the UTC date and time the HDU was written (FITS standard; astropy, stwcs, AstroDrizzle)",
-    "IRAF-TLM": "the UTC time of the file's last modification (fitsblender, stwcs)",
+    "DATE": "the date (and time) the HDU was written: stwcs's headerlets, AstroDrizzle's products",
+    "IRAF-TLM": "the local time of the last modification, '%H:%M:%S (%d/%m/%Y)' (drizzlepac.util.getLTime, "
+                "stsci.tools.asnutil)",
 }
 #: Files left in a run directory that are not handed back: (glob, why not).
 PRIVATE_FILES = (
