@@ -568,6 +568,8 @@ def whole_file_differences(theirs_dir: Path, theirs_files: list[str], ours_dir: 
                            exit_codes: tuple[int | None, int | None]) -> list[FileDifference]:
     """Everything two runs handed back, compared: exit codes, file names, and every FITS file's contents.
 
+    A FITS file handed back by one run only is still compared with the other run's copy when that run
+    left one (an input it did not change): the differences show what the one run wrote into it.
     Non-FITS files (trailer, manifest, JSON) are compared by name only.
     """
     out = []
@@ -576,9 +578,9 @@ def whole_file_differences(theirs_dir: Path, theirs_files: list[str], ours_dir: 
     for name in sorted(set(theirs_files) ^ set(ours_files)):
         out.append(FileDifference(name, "", FILE, "handed back" if name in theirs_files else ABSENT,
                                   "handed back" if name in ours_files else ABSENT))
-    for name in sorted(set(theirs_files) & set(ours_files)):
+    for name in sorted(set(theirs_files) | set(ours_files)):
         a, b = Path(theirs_dir) / name, Path(ours_dir) / name
-        if is_fits(a) and is_fits(b):
+        if a.is_file() and b.is_file() and is_fits(a) and is_fits(b):
             out += fits_differences(a.read_bytes(), b.read_bytes(), name)
     return out
 
@@ -604,7 +606,7 @@ def remaining_differences(diffs: list[FileDifference]) -> list[FileDifference]:
 def differences_text(diffs: list[FileDifference], labels: tuple[str, str] = ("runastrodriz", "astrodriz-sm")) -> str:
     """Differences grouped by file and HDU: ``item: theirs / ours``, one per line."""
     lines = []
-    for file, in_file in itertools.groupby(diffs, key=lambda d: d.file):
+    for file, in_file in itertools.groupby(sorted(diffs, key=lambda d: d.file), key=lambda d: d.file):
         in_file = list(in_file)
         lines.append(f"- {file or '(run)'} ({len(in_file)})")
         for hdu, in_hdu in itertools.groupby(in_file, key=lambda d: d.hdu):

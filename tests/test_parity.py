@@ -142,6 +142,7 @@ def test_names_handed_back_and_exit_codes_are_compared(tmp_path):
     for d in (theirs, ours):
         d.mkdir()
         _small_file(d / "jsm001a1q_flt.fits")
+        _small_file(d / "jsm001a2q_flt.fits")
         (d / "jsm001010.tra").write_text("log\n")
     before = parity.file_digests(ours)
     (ours / "jsm001a1q_flt.fits").unlink()
@@ -149,10 +150,20 @@ def test_names_handed_back_and_exit_codes_are_compared(tmp_path):
     for name in ("astrodriz_sm.db", "astrodriz_sm.db-wal", "_parity_astrodriz-sm.stdout"):
         (ours / name).write_text("private\n")
     (theirs / "jsm001010_drz.fits").write_bytes((theirs / "jsm001a1q_flt.fits").read_bytes())
+    # An input one run changed and the other left as it was: compared with the other's copy.
+    _small_file(theirs / "jsm001a2q_flt.fits", history=2)
     ours_files = parity.handed_back(ours, before)
     assert ours_files == ["jsm001a1q_flt.fits"]
-    theirs_files = ["jsm001010_drz.fits", "jsm001a1q_flt.fits"]
-    assert parity.whole_file_differences(theirs, theirs_files, ours, ours_files, (0, 4)) == [
+    theirs_files = ["jsm001010_drz.fits", "jsm001a1q_flt.fits", "jsm001a2q_flt.fits"]
+    diffs = parity.whole_file_differences(theirs, theirs_files, ours, ours_files, (0, 4))
+    assert diffs == [
         parity.FileDifference("", "", "exit code", 0, 4),
         parity.FileDifference("jsm001010_drz.fits", "", "file", "handed back", "(absent)"),
-        parity.FileDifference("jsm001a1q_flt.fits", "SCI,1", "EXPTIME", 400.0, 0.0)]
+        parity.FileDifference("jsm001a2q_flt.fits", "", "file", "handed back", "(absent)"),
+        parity.FileDifference("jsm001a1q_flt.fits", "SCI,1", "EXPTIME", 400.0, 0.0),
+        parity.FileDifference("jsm001a2q_flt.fits", "PRIMARY,1", "HISTORY cards", 2, 1)]
+    assert parity.differences_text(diffs).splitlines()[-4:] == [
+        "- jsm001a2q_flt.fits (2)",
+        "    file: 'handed back' / '(absent)'",
+        "  - PRIMARY,1 (1)",
+        "      HISTORY cards: 2 / 1"]
