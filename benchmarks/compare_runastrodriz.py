@@ -404,7 +404,20 @@ def child_environment(service_env: dict, refdir: Path, refvar: str = "jref", ext
     return env
 
 
-def pipeline_command(pipeline: str, asn: Path) -> list[str]:
+def pipeline_command(pipeline: str, asn: Path, console: bool = False) -> list[str]:
+    """A pipeline's command line for the input ``asn`` (runastrodriz runs in its directory).
+
+    ``console=False``: ``runastrodriz.process()`` and the CLI module through this interpreter, as the
+    timings of ``docs/performance.md`` were measured. ``console=True``: the console commands of this
+    interpreter's environment, ``runastrodriz <input>`` and ``astrodriz-sm -q start <input>``, as an
+    operator runs them; their exit codes are the ones to compare (runastrodriz's ``main()`` catches
+    the SystemExit that ``process()`` raises and returns 0).
+    """
+    if console:
+        scripts = Path(sys.executable).parent  # the environment's bin, not the resolved interpreter's
+        if pipeline == "runastrodriz":
+            return [str(scripts / "runastrodriz"), asn.name]
+        return [str(scripts / "astrodriz-sm"), "-q", "start", str(asn)]
     if pipeline == "runastrodriz":
         return [sys.executable, "-c",
                 f"from drizzlepac import runastrodriz; runastrodriz.process({asn.name!r})"]

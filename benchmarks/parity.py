@@ -26,13 +26,19 @@ Per case it compares what the two handed back:
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
+import fnmatch
+import hashlib
+import io
+import itertools
 import json
 import re
 import shlex
 import shutil
 import sys
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,9 +83,14 @@ class Case:
     config : dict
         `astrodriz_sm.sim.SimConfig` fields (the rest at their defaults).
     singleton : bool
-        Hand the pipelines the first member's ``_flt.fits`` instead of the ASN table.
+        Hand the pipelines the first member's file instead of the ASN table: its ``_flt.fits``
+        (else ``_flc.fits``, else ``_c0m.fits``), or the kind ``singleton_kind`` names.
     no_apriori : bool
         Serve no a priori solution: the service data lose `APRIORI_SERVICE_FILES` before loading.
+    singleton_kind : str or None
+        ``'flt'``, ``'flc'`` or ``'c0m'``: the file a singleton is handed as.
+    expect_product : bool
+        False when no drizzled product is due (DRIZCORR=OMIT): a run is ok when it exits 0.
     """
 
     name: str
@@ -87,6 +98,8 @@ class Case:
     config: dict = field(default_factory=dict)
     singleton: bool = False
     no_apriori: bool = False
+    singleton_kind: str | None = None
+    expect_product: bool = True
 
 
 _CASES = (
@@ -116,6 +129,23 @@ _CASES = (
     # runastrodriz takes WFPC2 one _c0m file at a time.
     Case("wfpc2", 'WFPC2, one exposure, its _c0m.fits as input (4 chips, counts); 0.6"',
          {"instrument": "wfpc2", "pointing_error": 0.6, "n_exposures": 1}, singleton=True),
+    # Association layouts, inputs and headers that select other paths of runastrodriz.
+    Case("crsplit-dither", 'CR-SPLIT + dither: 2 positions x 2 exposures, rows EXP-CR1 x2, EXP-CR2 x2, '
+         'PROD-CR1, PROD-CR2, PROD-DTH; 0.6"',
+         {"pointing_error": 0.6, "n_exposures": 4, "association": "crsplit-dither"}),
+    Case("prod-rpt", 'repeated observation: 3 exposures at one pointing, EXP-RPT rows, one PROD-RPT row; 0.6"',
+         {"pointing_error": 0.6, "association": "repeat"}),
+    Case("flc-singleton", 'one exposure, its _flc.fits as input with its _flt.fits beside it; 0.6"',
+         {"n_exposures": 1, "pointing_error": 0.6}, singleton=True, singleton_kind="flc"),
+    Case("drizcorr-omit", 'DRIZCORR=OMIT in every exposure: no drizzled product is due; 0.6"',
+         {"pointing_error": 0.6, "drizcorr": "OMIT"}, expect_product=False),
+    Case("ngoodpix-zero", 'the last member (EXPTIME>0) flagged in DQ everywhere: NGOODPIX=0 on its chip; 0.6"',
+         {"pointing_error": 0.6, "ngoodpix_zero_members": 1}),
+    Case("apriori-discarded", 'a priori solutions off by 0, 1 and 2" east (exposures 0, 1, 2): the a priori '
+         'stage misaligns the exposures and is discarded; 0.6"',
+         {"pointing_error": 0.6, "apriori_scatter": 1.0}),
+    Case("skymatch", "MDRIZTAB skymethod 'match', 4 overlapping exposures; 0.6\"",
+         {"pointing_error": 0.6, "n_exposures": 4, "skymethod": "match"}),
 )
 CASES = {c.name: c for c in _CASES}
 
@@ -316,6 +346,289 @@ def product_differences(ours: Path, theirs: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# whole files
+# --------------------------------------------------------------------------------------------
+#: Header keywords whose value is the wall-clock time of writing: exempt from the whole-file
+#: comparison in every file, HDU and embedded headerlet. The evidence for each is in docs/parity.md
+#: (two astrodriz-sm runs of the same input, ``--self``, differ in these and nothing else).
+TIME_STAMPS = {
+    "DATE": "the date (and time) the HDU was written: stwcs's headerlets, AstroDrizzle's products",
+    "IRAF-TLM": "the local time of the last modification, '%H:%M:%S (%d/%m/%Y)' (drizzlepac.util.getLTime, "
+                "stsci.tools.asnutil)",
+}
+#: Files left in a run directory that are not handed back: (glob, why not).
+PRIVATE_FILES = (
+    ("astrodriz_sm.db", "astrodriz-sm's event store: the record of the run, not a product"),
+    ("astrodriz_sm.db-*", "the event store's SQLite write-ahead log and shared memory"),
+    ("_parity_*.stdout", "this harness's copy of the pipeline's standard output"),
+    ("_parity_*.stderr", "this harness's copy of the pipeline's standard error"),
+    # The logging file handlers of the libraries both pipelines call, left in the working directory.
+    ("stwcs.log", "stwcs.updatewcs's log file"),
+    ("astrometry.log", "stwcs.updatewcs.astrometry_utils's log file (astrometry database queries)"),
+    ("headerlet.log", "stwcs.wcsutil.headerlet's log file"),
+    ("*_pydriz_copy.log", "runastrodriz's copy of AstroDrizzle's log before it appends it to the trailer "
+                          "(RA 1032-1036)"),
+)
+#: Accepted whole-file differences: (file glob, HDU glob such as ``"SCI,1"`` or ``"*"``, header
+#: keyword or ``"data"``, reason). Each entry needs its evidence in docs/parity.md.
+ALLOWED_DIFFERENCES: tuple[tuple[str, str, str, str], ...] = ()
+#: What a file or HDU present on one side only reads as on the other.
+ABSENT = "(absent)"
+#: ``FileDifference.item`` of the differences that are not a header keyword.
+EXIT_CODE, FILE, HDU, DATA = "exit code", "file", "HDU", "data"
+COMMENTARY = ("HISTORY", "COMMENT")
+# Extensions that hold a whole FITS file (stwcs's headerlets, astropy's FitsHDU).
+EMBEDDED_FITS_XTENSIONS = ("HDRLET", "FITS")
+_BITPIX_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+
+
+@dataclass(frozen=True)
+class FileDifference:
+    """One whole-file difference between two runs' hand-back.
+
+    Attributes
+    ----------
+    file : str
+        Path relative to the run directory (``""`` for the run itself: the exit code).
+    hdu : str
+        ``EXTNAME,EXTVER``; inside an embedded headerlet ``HDRLET,2 > SIPWCS,1``; ``""`` for the file.
+    item : str
+        A header keyword (``KEY[2]`` for its second card when repeated), ``"HISTORY cards"`` /
+        ``"COMMENT cards"`` (their counts), `DATA`, `HDU` (present on one side only), `FILE`
+        or `EXIT_CODE`.
+    theirs, ours
+        The values (the reference run's first: runastrodriz, or the first of two runs).
+    note : str
+        For `DATA`: how many values differ and by how much.
+    """
+
+    file: str
+    hdu: str
+    item: str
+    theirs: object
+    ours: object
+    note: str = ""
+
+    def text(self) -> str:
+        """``item: theirs / ours`` (and the note)."""
+        return f"{self.item}: {self.theirs!r} / {self.ours!r}" + (f" ({self.note})" if self.note else "")
+
+
+def private_reason(name: str) -> str | None:
+    """Why ``name`` (relative to a run directory) is not handed back, or None when it is."""
+    return next((why for pattern, why in PRIVATE_FILES if fnmatch.fnmatchcase(Path(name).name, pattern)), None)
+
+
+def file_digests(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``directory``, by its path relative to it."""
+    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(directory).rglob("*")) if p.is_file()}
+
+
+def handed_back(directory: Path, before: dict[str, str]) -> list[str]:
+    """Files under ``directory`` that are new or changed since ``before`` (`file_digests`), private ones
+    (`PRIVATE_FILES`) left out."""
+    return sorted(name for name, digest in file_digests(directory).items()
+                  if before.get(name) != digest and private_reason(name) is None)
+
+
+def _values_differ(a, b) -> bool:
+    """Header values differ: numbers beyond `WCS_RELATIVE_TOLERANCE` relative, anything else at all."""
+    numbers = (int, float, np.integer, np.floating)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool | np.bool_) \
+            and not isinstance(b, bool | np.bool_):
+        return abs(float(a) - float(b)) > WCS_RELATIVE_TOLERANCE * max(abs(float(a)), abs(float(b)))
+    return type(a) is not type(b) or a != b
+
+
+def header_differences(theirs, ours) -> list[tuple[str, object, object]]:
+    """``(item, theirs, ours)`` of two headers: every keyword's value(s), and the HISTORY/COMMENT counts.
+
+    Blank-keyword cards are ignored; a keyword repeated on a side is compared card by card
+    (``KEY[2]`` is its second card).
+    """
+    def cards(header):
+        values = collections.defaultdict(list)
+        for card in header.cards:
+            if card.keyword and card.keyword not in COMMENTARY:
+                values[card.keyword].append(card.value)
+        return values
+
+    a, b = cards(theirs), cards(ours)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, []), b.get(key, [])
+        for i in range(max(len(va), len(vb))):
+            x = va[i] if i < len(va) else ABSENT
+            y = vb[i] if i < len(vb) else ABSENT
+            if (x is ABSENT) != (y is ABSENT) or (x is not ABSENT and _values_differ(x, y)):
+                out.append((key if max(len(va), len(vb)) == 1 else f"{key}[{i + 1}]", x, y))
+    for key in COMMENTARY:
+        na, nb = (len(h[key]) if key in h else 0 for h in (theirs, ours))
+        if na != nb:
+            out.append((f"{key} cards", na, nb))
+    return out
+
+
+def _hdus(content: bytes) -> dict[str, tuple]:
+    """``EXTNAME,EXTVER -> (header, raw data bytes)`` of a FITS file's bytes (a repeated key gets ``#2``)."""
+    from astropy.io import fits
+
+    out = {}
+    with fits.open(io.BytesIO(content), memmap=False) as hdul:
+        for i, hdu in enumerate(hdul):
+            info = hdul.fileinfo(i)
+            key = f"{hdu.name or 'PRIMARY'},{hdu.ver}"
+            n = 2
+            while key in out:
+                key, n = f"{hdu.name},{hdu.ver}#{n}", n + 1
+            out[key] = (hdu.header.copy(), content[info["datLoc"]:info["datLoc"] + info["datSpan"]])
+    return out
+
+
+def _embedded_fits(header, raw: bytes) -> bytes:
+    """The FITS file an HDRLET (or FITS) extension holds: its data, gunzipped when COMPRESS."""
+    size = int(header.get("NAXIS1", len(raw)))
+    data = raw[:size]
+    if header.get("COMPRESS"):
+        # The stream is followed by FITS padding, which zlib leaves in unused_data.
+        data = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
+    return data
+
+
+def _image_values(header, raw: bytes):
+    """An image HDU's data as an array of its on-disk type (None when it is not a plain image)."""
+    dtype = _BITPIX_DTYPES.get(header.get("BITPIX"))
+    naxis = int(header.get("NAXIS", 0))
+    if dtype is None or header.get("XTENSION", "IMAGE") not in ("IMAGE",) or not naxis:
+        return None
+    shape = tuple(int(header[f"NAXIS{k}"]) for k in range(naxis, 0, -1))
+    return np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+def _data_note(theirs_header, theirs_raw: bytes, ours_header, ours_raw: bytes) -> tuple[object, object, str]:
+    """(theirs, ours, note) of two differing data parts: shapes and types, and what differs."""
+    a, b = _image_values(theirs_header, theirs_raw), _image_values(ours_header, ours_raw)
+    if a is None or b is None or a.shape != b.shape or a.dtype != b.dtype:
+        describe = (lambda v, raw: f"{len(raw)} bytes" if v is None else f"{v.dtype.str} {list(v.shape)}")
+        return describe(a, theirs_raw), describe(b, ours_raw), ""
+    bits = f"u{a.dtype.itemsize}"
+    differ = a.view(bits) != b.view(bits)
+    note = f"{int(differ.sum())} of {a.size} values differ"
+    af, bf = a[differ].astype(np.float64), b[differ].astype(np.float64)
+    finite = np.isfinite(af) & np.isfinite(bf)
+    if finite.any():
+        note += f", max |difference| {float(np.max(np.abs(af[finite] - bf[finite]))):.6g}"
+    if (~finite).any():
+        note += f", {int((~finite).sum())} non-finite in one"
+    return f"{a.dtype.str} {list(a.shape)}", f"{b.dtype.str} {list(b.shape)}", note
+
+
+def fits_differences(theirs: bytes, ours: bytes, file: str, within: str = "") -> list[FileDifference]:
+    """Every difference of two FITS files' contents, HDU by HDU matched by (EXTNAME, EXTVER).
+
+    Headers: every keyword's value (`header_differences`); data: bit for bit, an embedded
+    headerlet (HDRLET) compared as the FITS file it holds, recursively (HDU ``HDRLET,1 > ...``).
+
+    Parameters
+    ----------
+    theirs, ours : bytes
+        The two files' contents.
+    file : str
+        The file's name, for the differences.
+    within : str
+        Prefix of the HDU names (the embedding HDU's, for a headerlet).
+    """
+    a, b = _hdus(theirs), _hdus(ours)
+    out = []
+    for key in [*a, *(k for k in b if k not in a)]:
+        hdu = f"{within}{key}"
+        if key not in a or key not in b:
+            out.append(FileDifference(file, hdu, HDU, "present" if key in a else ABSENT,
+                                      "present" if key in b else ABSENT))
+            continue
+        (ha, ra), (hb, rb) = a[key], b[key]
+        out += [FileDifference(file, hdu, item, x, y) for item, x, y in header_differences(ha, hb)]
+        if ra == rb:
+            continue
+        if ha.get("XTENSION") in EMBEDDED_FITS_XTENSIONS and hb.get("XTENSION") in EMBEDDED_FITS_XTENSIONS:
+            out += fits_differences(_embedded_fits(ha, ra), _embedded_fits(hb, rb), file, f"{hdu} > ")
+        else:
+            out.append(FileDifference(file, hdu, DATA, *_data_note(ha, ra, hb, rb)))
+    return out
+
+
+def is_fits(path: Path) -> bool:
+    """A FITS file by its first card (not by its name)."""
+    with open(path, "rb") as fh:
+        return fh.read(9) == b"SIMPLE  ="
+
+
+def whole_file_differences(theirs_dir: Path, theirs_files: list[str], ours_dir: Path, ours_files: list[str],
+                           exit_codes: tuple[int | None, int | None]) -> list[FileDifference]:
+    """Everything two runs handed back, compared: exit codes, file names, and every FITS file's contents.
+
+    A FITS file handed back by one run only is still compared with the other run's copy when that run
+    left one (an input it did not change): the differences show what the one run wrote into it.
+    Non-FITS files (trailer, manifest, JSON) are compared by name only.
+    """
+    out = []
+    if exit_codes[0] != exit_codes[1]:
+        out.append(FileDifference("", "", EXIT_CODE, *exit_codes))
+    for name in sorted(set(theirs_files) ^ set(ours_files)):
+        out.append(FileDifference(name, "", FILE, "handed back" if name in theirs_files else ABSENT,
+                                  "handed back" if name in ours_files else ABSENT))
+    for name in sorted(set(theirs_files) | set(ours_files)):
+        a, b = Path(theirs_dir) / name, Path(ours_dir) / name
+        if a.is_file() and b.is_file() and is_fits(a) and is_fits(b):
+            out += fits_differences(a.read_bytes(), b.read_bytes(), name)
+    return out
+
+
+def time_stamp(diff: FileDifference) -> bool:
+    """A difference in one of the `TIME_STAMPS` keywords."""
+    return diff.item.split("[")[0] in TIME_STAMPS
+
+
+def allowed_reason(diff: FileDifference) -> str | None:
+    """The reason `ALLOWED_DIFFERENCES` gives for a difference, or None."""
+    item = DATA if diff.item == DATA else diff.item.split("[")[0]
+    return next((why for file, hdu, what, why in ALLOWED_DIFFERENCES
+                 if fnmatch.fnmatchcase(diff.file, file) and fnmatch.fnmatchcase(diff.hdu, hdu) and what == item),
+                None)
+
+
+def remaining_differences(diffs: list[FileDifference]) -> list[FileDifference]:
+    """The differences that are neither time stamps nor allowed."""
+    return [d for d in diffs if not time_stamp(d) and allowed_reason(d) is None]
+
+
+def differences_text(diffs: list[FileDifference], labels: tuple[str, str] = ("runastrodriz", "astrodriz-sm")) -> str:
+    """Differences grouped by file and HDU: ``item: theirs / ours``, one per line."""
+    lines = []
+    for file, in_file in itertools.groupby(sorted(diffs, key=lambda d: d.file), key=lambda d: d.file):
+        in_file = list(in_file)
+        lines.append(f"- {file or '(run)'} ({len(in_file)})")
+        for hdu, in_hdu in itertools.groupby(in_file, key=lambda d: d.hdu):
+            in_hdu = list(in_hdu)
+            indent = "    "
+            if hdu:
+                lines.append(f"  - {hdu} ({len(in_hdu)})")
+                indent = "      "
+            lines += [f"{indent}{d.text()}" for d in in_hdu]
+    header = f"({labels[0]} / {labels[1]})"
+    return header + "\n" + "\n".join(lines) if lines else "none"
+
+
+def stamp_summary(diffs: list[FileDifference]) -> str:
+    """How many exempt time stamps differed, per keyword, and in how many files."""
+    stamps = [d for d in diffs if time_stamp(d)]
+    counts = collections.Counter(d.item.split("[")[0] for d in stamps)
+    return ", ".join(f"{key} x{n} in {len({d.file for d in stamps if d.item.split('[')[0] == key})} files"
+                     for key, n in sorted(counts.items())) or "none"
+
+
+# --------------------------------------------------------------------------------------------
 # one case
 # --------------------------------------------------------------------------------------------
 @dataclass
@@ -334,6 +647,7 @@ class PipelineRun:
     stage_evidence: dict = field(default_factory=dict)
     error_rms_mas: float | None = None
     accuracy: dict = field(default_factory=dict)
+    handed_back: list = field(default_factory=list)  # `handed_back`: new or changed files of the run
 
 
 @dataclass
@@ -348,6 +662,19 @@ class CaseResult:
     simulation_s: float
     runs: dict = field(default_factory=dict)      # pipeline -> PipelineRun
     products: dict = field(default_factory=dict)  # product name -> `product_differences`
+    whole_file: list = field(default_factory=list)  # `whole_file_differences`, time stamps included
+
+
+@dataclass
+class SelfResult:
+    """Two astrodriz-sm runs of the same case and their whole-file comparison (reproducibility)."""
+
+    case: str
+    description: str
+    input: str
+    config: dict
+    runs: list = field(default_factory=list)        # the two PipelineRuns
+    whole_file: list = field(default_factory=list)  # `whole_file_differences`, time stamps included
 
 
 def prepare_case(case: Case, workdir: Path):
@@ -359,7 +686,8 @@ def prepare_case(case: Case, workdir: Path):
         for name in APRIORI_SERVICE_FILES:
             (sim.service_dir / name).unlink()
     if case.singleton:
-        return sim, (sim.flt or sim.flc or sim.c0m)[0].name
+        files = getattr(sim, case.singleton_kind) if case.singleton_kind else (sim.flt or sim.flc or sim.c0m)
+        return sim, files[0].name
     return sim, sim.asn.name
 
 
@@ -370,15 +698,20 @@ def verified_product_name(sim, input_name: str) -> str:
 
 
 def run_pipeline(pipeline: str, sim, input_name: str, dest: Path, service_env: dict,
-                 timeout: float | None) -> PipelineRun:
-    """Run one pipeline on a fresh copy of the association in ``dest`` and read what it handed back."""
+                 timeout: float | None, expect_product: bool = True) -> PipelineRun:
+    """Run one pipeline's console command on a fresh copy of the association in ``dest`` and read what
+    it handed back (``expect_product`` False: the run is ok when it exits 0, with no product)."""
     bench.copy_association(sim.outdir, dest)
-    res = bench.run_child(bench.pipeline_command(pipeline, dest / input_name), dest,
+    before = file_digests(dest)
+    res = bench.run_child(bench.pipeline_command(pipeline, dest / input_name, console=True), dest,
                           bench.child_environment(service_env, dest, sim.refvar, sim.environment), dest,
                           f"_parity_{pipeline}", timeout)
     verified = dest / verified_product_name(sim, input_name)
+    # With no product due, the directory stands for it: only the exit code and the timeout count.
     run = PipelineRun(pipeline=pipeline, directory=str(dest), exit_code=res.exit_code,
-                      status=bench.run_status(res, verified, timeout), wall_s=round(res.wall_s, 2))
+                      status=bench.run_status(res, verified if expect_product else dest, timeout),
+                      wall_s=round(res.wall_s, 2),
+                      handed_back=handed_back(dest, before))
     # WFPC2: the FLT files both pipelines make from the _c0m files.
     for path in [*sim.flt, *sim.flc] or [dest / f"{m}_flt.fits" for m in sim.members]:
         if (dest / path.name).exists():
@@ -430,7 +763,8 @@ def run_case(case: Case, workdir: Path, timeout: float | None = None, log=None) 
         + (" without a priori solutions" if case.no_apriori else ""))
     try:
         for pipeline in PIPELINES:
-            run = run_pipeline(pipeline, sim, input_name, workdir / pipeline, service.environment, timeout)
+            run = run_pipeline(pipeline, sim, input_name, workdir / pipeline, service.environment, timeout,
+                               case.expect_product)
             result.runs[pipeline] = run
             log(f"{case.name}: {pipeline} {run.wall_s:.1f} s, {run.status}")
     finally:
@@ -438,6 +772,36 @@ def run_case(case: Case, workdir: Path, timeout: float | None = None, log=None) 
     theirs, ours = result.runs["runastrodriz"], result.runs["astrodriz-sm"]
     for name in sorted(set(theirs.products) & set(ours.products)):
         result.products[name] = product_differences(Path(ours.directory) / name, Path(theirs.directory) / name)
+    result.whole_file = compare_runs(theirs, ours)
+    return result
+
+
+def compare_runs(theirs: PipelineRun, ours: PipelineRun) -> list[FileDifference]:
+    """`whole_file_differences` of two runs' hand-back and exit codes."""
+    return whole_file_differences(Path(theirs.directory), theirs.handed_back, Path(ours.directory),
+                                  ours.handed_back, (theirs.exit_code, ours.exit_code))
+
+
+def run_self(case: Case, workdir: Path, timeout: float | None = None, log=None) -> SelfResult:
+    """Simulate a case, serve it, run astrodriz-sm on it twice (fresh copies) and compare the two runs.
+
+    The run directories are ``workdir/astrodriz-sm-1`` and ``-2``; see `run_case`.
+    """
+    log = log or (lambda _text: None)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    sim, input_name = prepare_case(case, workdir)
+    result = SelfResult(case=case.name, description=case.description, input=input_name, config=dict(case.config))
+    service = bench.start_local_service(sim.service_dir, workdir / "astrometry_service.db")
+    try:
+        for n in (1, 2):
+            run = run_pipeline("astrodriz-sm", sim, input_name, workdir / f"astrodriz-sm-{n}", service.environment,
+                               timeout, case.expect_product)
+            result.runs.append(run)
+            log(f"{case.name}: astrodriz-sm run {n} {run.wall_s:.1f} s, {run.status}")
+    finally:
+        service.stop()
+    result.whole_file = compare_runs(*result.runs)
     return result
 
 
@@ -474,7 +838,19 @@ def parity_problems(result: CaseResult, sci_tolerance: float = SCI_RELATIVE_TOLE
                                              or ours.error_rms_mas > theirs.error_rms_mas + error_margin_mas):
         problems.append(f"error against the truth {ours.error_rms_mas} mas > runastrodriz's "
                         f"{theirs.error_rms_mas} + {error_margin_mas:g} mas")
+    problems += [_problem(d) for d in remaining_differences(result.whole_file)]
     return problems
+
+
+def self_problems(result: SelfResult) -> list[str]:
+    """What keeps two astrodriz-sm runs of a case from handing back the same files: a run that did not
+    end ``ok``, and every whole-file difference but the time stamps and the allowed ones."""
+    return ([f"run {n}: {r.status}" for n, r in enumerate(result.runs, 1) if r.status != "ok"]
+            + [_problem(d) for d in remaining_differences(result.whole_file)])
+
+
+def _problem(diff: FileDifference) -> str:
+    return f"{diff.file or '(run)'}" + (f" [{diff.hdu}]" if diff.hdu else "") + f" {diff.text()}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,10 +924,37 @@ def case_report(result: CaseResult) -> str:
                             for k, v in diff["wcs_differences"].items()) or "none"
             rows.append((name, rel, bench._fmt(diff["finite_in_one_only"], "d"), wcs))
         lines += [bench.markdown(rows), ""]
+    lines += whole_file_report(result.whole_file)
     problems = parity_problems(result)
     lines.append("parity: " + ("yes" if not problems else "NO\n" + "\n".join(f"- {p}" for p in problems)))
     if theirs.alternates != ours.alternates:
         lines.append("note: the alternate WCSs of the exposures differ (not part of parity)")
+    return "\n".join(lines)
+
+
+def whole_file_report(diffs: list[FileDifference], labels=("runastrodriz", "astrodriz-sm")) -> list[str]:
+    """The whole-file section of a report: the remaining differences grouped, the allowed ones, the stamps."""
+    remaining = remaining_differences(diffs)
+    allowed = [d for d in diffs if not time_stamp(d) and allowed_reason(d) is not None]
+    lines = [f"whole-file differences ({len(remaining)}):", differences_text(remaining, labels), ""]
+    if allowed:
+        lines += [f"allowed differences ({len(allowed)}):",
+                  *(f"- {_problem(d)}: {allowed_reason(d)}" for d in allowed), ""]
+    lines += [f"exempt time stamps that differ: {stamp_summary(diffs)}", ""]
+    return lines
+
+
+def self_report(result: SelfResult) -> str:
+    """Two astrodriz-sm runs of a case compared file by file, as text."""
+    lines = [f"## {result.case} (astrodriz-sm against itself): {result.description}", "",
+             f"input {result.input}; SimConfig {json.dumps(result.config)}", ""]
+    rows = [("run", "exit", "wall (s)", "files handed back", "status", "directory")]
+    for n, r in enumerate(result.runs, 1):
+        rows.append((str(n), str(r.exit_code), f"{r.wall_s:.1f}", str(len(r.handed_back)), r.status, r.directory))
+    lines += [bench.markdown(rows), "", "files handed back by run 1: " + ", ".join(result.runs[0].handed_back), ""]
+    lines += whole_file_report(result.whole_file, ("run 1", "run 2"))
+    problems = self_problems(result)
+    lines.append("reproducible: " + ("yes" if not problems else "NO\n" + "\n".join(f"- {p}" for p in problems)))
     return "\n".join(lines)
 
 
@@ -561,7 +964,7 @@ def summary_table(results: list[CaseResult]) -> str:
              "product WCSNAME R",
              "product WCSNAME A", "same?", "stages R", "stages A", "same?",
              "DRZ SCI rel. diff (finite in one)", "DRC SCI rel. diff (finite in one)", "WCS keyword diffs (R / A)",
-             "error R / A (mas)", "wall R / A (s)", "parity")]
+             "error R / A (mas)", "wall R / A (s)", "whole-file diffs", "parity")]
     for res in results:
         r, a = res.runs["runastrodriz"], res.runs["astrodriz-sm"]
         drz = next((d for n, d in res.products.items() if n.endswith("_drz.fits")), None)
@@ -570,7 +973,20 @@ def summary_table(results: list[CaseResult]) -> str:
                      _same(r.alternates, a.alternates), _names(r.products), _names(a.products), _same(r.products, a.products),
                      stages_text(r.stages), stages_text(a.stages), _same(r.stages, a.stages),
                      _rel(drz), _rel(drc), _wcs_text(res.products), f"{_error(r)} / {_error(a)}",
-                     f"{r.wall_s:.1f} / {a.wall_s:.1f}", "yes" if not parity_problems(res) else "NO"))
+                     f"{r.wall_s:.1f} / {a.wall_s:.1f}", str(len(remaining_differences(res.whole_file))),
+                     "yes" if not parity_problems(res) else "NO"))
+    return bench.markdown(rows)
+
+
+def self_summary_table(results: list[SelfResult]) -> str:
+    """One markdown row per case run twice by astrodriz-sm."""
+    rows = [("case", "files handed back (run 1 / 2)", "exit (1 / 2)", "whole-file diffs", "exempt stamps differing",
+             "reproducible")]
+    for res in results:
+        a, b = res.runs
+        rows.append((res.case, f"{len(a.handed_back)} / {len(b.handed_back)}", f"{a.exit_code} / {b.exit_code}",
+                     str(len(remaining_differences(res.whole_file))), stamp_summary(res.whole_file),
+                     "yes" if not self_problems(res) else "NO"))
     return bench.markdown(rows)
 
 
@@ -582,6 +998,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", metavar="DIR", help="keep each case's simulation and run directories in DIR/<case>")
     p.add_argument("--timeout", type=float, default=0, metavar="SEC",
                    help="kill a run after SEC seconds (default: no limit)")
+    p.add_argument("--self", action="store_true", dest="self_check",
+                   help="run astrodriz-sm twice per case instead, and compare its two runs' files")
     return p
 
 
@@ -600,21 +1018,26 @@ def main(argv=None) -> int:
     print(f"# started {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC", flush=True)
     workroot = bench.work_root(args.keep, "parity-")
     results = []
+    run, report = (run_self, self_report) if args.self_check else (run_case, case_report)
     try:
         for name in names:
-            result = run_case(CASES[name], workroot / name, args.timeout or None,
-                              log=lambda text: print(f"# {text}", flush=True))
+            result = run(CASES[name], workroot / name, args.timeout or None,
+                         log=lambda text: print(f"# {text}", flush=True))
             results.append(result)
             print()
-            print(case_report(result), flush=True)
+            print(report(result), flush=True)
             print()
             if not args.keep:
                 shutil.rmtree(workroot / name, ignore_errors=True)
     finally:
         if not args.keep:
             shutil.rmtree(workroot, ignore_errors=True)
-    print("## Summary (R: runastrodriz, A: astrodriz-sm)\n")
-    print(summary_table(results))
+    if args.self_check:
+        print("## Summary (astrodriz-sm against itself)\n")
+        print(self_summary_table(results))
+    else:
+        print("## Summary (R: runastrodriz, A: astrodriz-sm)\n")
+        print(summary_table(results))
     if args.keep:
         print(f"\nrun directories kept in {workroot}")
     if args.json:

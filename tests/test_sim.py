@@ -673,3 +673,38 @@ def test_updatewcs_use_db_applies_the_best_solution_or_derives_it_from_guide_sta
           f"{np.round(np.multiply(from_db, 1e3), 3)} mas; guide-star offsets {np.round(np.multiply(from_gs, 1e3), 3)} mas")
     for measured in (from_db, from_gs):
         assert np.hypot(measured[0] - expected[0], measured[1] - expected[1]) < 1e-3
+
+
+def test_association_layout_flagged_member_and_skymethod_options(tmp_path):
+    parser = argparse.ArgumentParser(prog="simulate")
+    add_simulate_arguments(parser)
+    config = config_from_args(parser.parse_args(
+        ["--association", "crsplit-dither", "--n-exposures", "4", "--ngoodpix-zero-members", "1",
+         "--skymethod", "match", "--apriori-scatter", "1.0", "--no-service"]))
+    assert (config.association, config.cr_split, config.ngoodpix_zero_members, config.skymethod,
+            config.apriori_scatter) == ("crsplit-dither", 2, 1, "match", 1.0)
+    result = simulate_association(tmp_path, config)
+    with fits.open(result.asn) as asn:
+        assert list(zip(asn[1].data["MEMNAME"], asn[1].data["MEMTYPE"])) == [
+            ("JSM001A1Q", "EXP-CR1"), ("JSM001A2Q", "EXP-CR1"), ("JSM001A3Q", "EXP-CR2"), ("JSM001A4Q", "EXP-CR2"),
+            ("JSM001011", "PROD-CR1"), ("JSM001012", "PROD-CR2"), ("JSM001010", "PROD-DTH")]
+    headers = [fits.getheader(path) for path in result.flt]
+    assert [(h["ASN_MTYP"], h["CRSPLIT"], h["POSTARG1"]) for h in headers] == [
+        ("EXP-CR1", 2, 0.0), ("EXP-CR1", 2, 0.0), ("EXP-CR2", 2, 0.25), ("EXP-CR2", 2, 0.25)]
+    # The last member is flagged everywhere; the others keep their good pixels.
+    assert [fits.getval(path, "NGOODPIX", ("SCI", 1)) for path in result.flt][-1] == 0
+    assert np.all(fits.getdata(result.flt[-1], ("DQ", 1)) & 4)
+    assert min(fits.getval(path, "NGOODPIX", ("SCI", 1)) for path in result.flt[:-1]) > 0
+    assert set(fits.getdata(result.reference_files["MDRIZTAB"], 1)["skymethod"]) == {"match"}
+    repeat = SimConfig(association="repeat")
+    assert repeat.association_rows(["jsm001a1q", "jsm001a2q"]) == [
+        ("JSM001A1Q", "EXP-RPT"), ("JSM001A2Q", "EXP-RPT"), ("JSM001010", "PROD-RPT")]
+    assert {repeat.dither_position(i) for i in range(3)} == {0}
+    for kwargs, message in (({"association": "crsplit-dither"}, r"n_exposures \(3\) must be cr_split \(2"),
+                            ({"association": "crsplit-dither", "n_exposures": 4, "root": "jsm001011"},
+                             "must end in 0"),
+                            ({"ngoodpix_zero_members": 2, "zero_exptime_members": 2}, r"must lie in 0\.\.1"),
+                            ({"skymethod": "median"}, "skymethod must be one of"),
+                            ({"association": "mosaic"}, "association must be one of")):
+        with pytest.raises(ValueError, match=message):
+            SimConfig(**kwargs)

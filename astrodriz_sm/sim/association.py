@@ -267,13 +267,15 @@ def _run_environment(outdir: Path, det: Detector) -> dict[str, str]:
 def _config_json(config: SimConfig) -> dict:
     """The configuration for the truth JSON.
 
-    Fields that select a detector other than ACS/WFC are written only when
-    they are not at their defaults, so that an ACS/WFC truth file stays as
-    it has always been.
+    Fields that select a detector other than ACS/WFC, another association
+    layout, a scattered a priori solution, flagged exposures or another sky
+    method are written only when they are not at their defaults, so that the
+    truth file of a default association stays as it has always been.
     """
     values = dataclasses.asdict(config)
     defaults = SimConfig()
-    for key in ("instrument", "template_dir"):
+    for key in ("instrument", "template_dir", "association", "cr_split", "apriori_scatter",
+                "ngoodpix_zero_members", "skymethod"):
         if values[key] == getattr(defaults, key):
             del values[key]
     return values
@@ -314,7 +316,7 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
     templates = load_templates(det, config.template_dir) if det.template is not None else None
     refs: ReferenceSet = prepare_reference_files(outdir, config.refdir,
                                                  max_images=max(4, config.n_exposures), det=det,
-                                                 template_dir=config.template_dir)
+                                                 template_dir=config.template_dir, skymethod=config.skymethod)
     layouts = hdr.chip_layouts(config.full_frame, config.subarray_size, det, chips)
     members = hdr.member_names(config.root, config.n_exposures)
     root = config.root.lower()
@@ -324,6 +326,11 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
                 for i in range(config.n_exposures)]
     timings = [hdr.exposure_timing(config.date_obs, config.exptime, i) for i in range(config.n_exposures)]
     timings = [t if exptime else dataclasses.replace(t, expend=t.expstart) for t, exptime in zip(timings, exptimes)]
+    # The last ngoodpix_zero_members exposures that saw light have every pixel flagged.
+    n_lit = config.n_exposures - config.zero_exptime_members
+    all_flagged = [n_lit - config.ngoodpix_zero_members <= i < n_lit for i in range(config.n_exposures)]
+    rows = config.association_rows(members)
+    memtypes = dict(rows)
 
     def primary(i: int, suffix: str, postarg=(0.0, 0.0)) -> fits.Header:
         kwargs = {"member": members[i], "asn_id": root, "suffix": suffix, "layouts": layouts,
@@ -331,10 +338,15 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
                   "ra_targ": config.ra, "dec_targ": config.dec, "exptime": exptimes[i],
                   "drizcorr": config.drizcorr, "postarg": postarg}
         if det.is_wfpc2:
-            return wfpc2.primary_header(det, **kwargs)
-        if templates is None:
-            return hdr.primary_header(**kwargs)
-        return templated_primary(templates, det, **kwargs)
+            h = wfpc2.primary_header(det, **kwargs)
+        elif templates is None:
+            h = hdr.primary_header(**kwargs)
+        else:
+            h = templated_primary(templates, det, **kwargs)
+        h["ASN_MTYP"] = memtypes[members[i].upper()]
+        if config.association == "crsplit-dither" and "CRSPLIT" in h:
+            h["CRSPLIT"] = config.cr_split
+        return h
 
     with tempfile.TemporaryDirectory(prefix="sim_truth_") as tmp:
         tmp = Path(tmp)
@@ -345,11 +357,12 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
         ref_cd = base[0].wcs.cd
         pointings, postargs, truths = [], [], []
         for i in range(config.n_exposures):
-            east, north = pixel_offset_to_arcsec(ref_cd, *dither_offset(i))
+            dither = dither_offset(config.dither_position(i))
+            east, north = pixel_offset_to_arcsec(ref_cd, *dither)
             pointing = offset_radec(config.ra, config.dec, east, north)
             pointings.append(pointing)
             # POSTARGs are in the aperture frame, close to detector x/y for this purpose.
-            postargs.append(tuple(det.pixel_scale * d for d in dither_offset(i)))
+            postargs.append(tuple(det.pixel_scale * d for d in dither))
             truths.append(base if i == 0 else updated_wcs(
                 _pointing_file(tmp / f"{members[i]}_flt.fits", primary(i, "flt"), layouts,
                                members[i], pointing, config.pa_v3, det, templates), outdir))
@@ -382,6 +395,8 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
                                                          n_cr_mean * lay.naxis1 * lay.naxis2, det)
                 else:
                     data, err, dq, crmask = _zero_exposure_chip(lay, det)
+                if all_flagged[i]:
+                    dq = dq | np.int16(4)  # bad detector pixel everywhere: NGOODPIX 0
                 crval = offset_radec(*truth.wcs.crval, *injected[i])
                 arrays = _chip_arrays(det, data, err, dq, exptimes[i])
                 if det.is_wfpc2:
@@ -442,7 +457,7 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
                     raise RuntimeError(f"{member}: header offset {m} differs from injected {injected[i]}")
             exposures_json.append({
                 "member": member,
-                "dither_pixels": list(dither_offset(i)),
+                "dither_pixels": list(dither_offset(config.dither_position(i))),
                 "true_pointing_deg": list(pointings[i]),
                 "injected_offset_arcsec": list(injected[i]),
                 "measured_offset_arcsec": [list(m) for m in measured],
@@ -466,7 +481,7 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
 
     asn = outdir / f"{root}_asn.fits"
     hdr.asn_hdulist(root, members, ra_targ=config.ra, dec_targ=config.dec,
-                    date_obs=timings[0].date_obs, det=det).writeto(asn, overwrite=True)
+                    date_obs=timings[0].date_obs, det=det, rows=rows).writeto(asn, overwrite=True)
 
     truth_catalog = truthdir / f"{root}_truth.ecsv"
     catalog.write(truth_catalog, format="ascii.ecsv", overwrite=True)

@@ -18,6 +18,10 @@ POINTING_ERROR_PA = 45.0
 
 # The calibrated files a simulated exposure can have.
 PRODUCT_KINDS = ("flt+flc", "flt", "flc", "c0m")
+#: Association layouts (`SimConfig.association`).
+ASSOCIATIONS = ("dither", "crsplit-dither", "repeat")
+#: AstroDrizzle sky methods an MDRIZTAB row can ask for (`SimConfig.skymethod`).
+SKYMETHODS = ("localmin", "globalmin", "match", "globalmin+match")
 
 
 @dataclass
@@ -99,6 +103,32 @@ class SimConfig:
         ACS/WFC are modelled on; None: ``$ASTRODRIZ_SM_REFDATA`` or the
         shared ``refdata`` next to the project (see
         `astrodriz_sm.sim.instruments.template_directory`).
+    association : {'dither', 'crsplit-dither', 'repeat'}
+        Layout of the association table (and each exposure's ASN_MTYP):
+        'dither': one EXP-DTH row per exposure at its own dither position, one
+        PROD-DTH row (``root``); 'crsplit-dither': ``cr_split`` exposures at
+        each dither position, rows EXP-CR1, EXP-CR2, ... per position, then one
+        PROD-CR<n> row per position (``root`` with its last character
+        replaced by n) and the PROD-DTH row (``root``, which must end in 0),
+        as the ACS/WFC and WFC3/UVIS CR-SPLIT + dither associations are laid
+        out; 'repeat': every exposure at the first position, EXP-RPT rows and
+        one PROD-RPT row (``root``), a repeated observation.
+    cr_split : int
+        With ``association='crsplit-dither'``: exposures per dither position
+        (CRSPLIT in the primary headers); ``n_exposures`` must be a multiple,
+        with 2 to 9 positions.
+    apriori_scatter : float
+        Arcsec: the GSC240 a priori solution of exposure i is moved by
+        ``i * apriori_scatter`` to the east on top of `apriori_residual`, so
+        that the exposures no longer line up with each other under the a
+        priori WCS (0: every exposure's solution leaves the same residual).
+    ngoodpix_zero_members : int
+        The last N exposures with EXPTIME > 0 (before the
+        ``zero_exptime_members``) have every pixel flagged in DQ (4, bad
+        detector pixel) and so NGOODPIX = 0 on every chip; their SCI is
+        rendered as usual.
+    skymethod : {'localmin', 'globalmin', 'match', 'globalmin+match'}
+        The ``skymethod`` of every MDRIZTAB row.
     """
 
     n_exposures: int = 3
@@ -124,6 +154,11 @@ class SimConfig:
     zero_exptime_members: int = 0
     instrument: str = DEFAULT_INSTRUMENT
     template_dir: str | None = None
+    association: str = "dither"
+    cr_split: int = 2
+    apriori_scatter: float = 0.0
+    ngoodpix_zero_members: int = 0
+    skymethod: str = "localmin"
 
     def __post_init__(self) -> None:
         det = detector(self.instrument)  # raises ValueError for an unknown name
@@ -161,6 +196,41 @@ class SimConfig:
         self.catalog_limits = _checked_limits(self.catalog_limits)
         if not 0 <= self.zero_exptime_members <= self.n_exposures:
             raise ValueError(f"zero_exptime_members must lie in 0..{self.n_exposures} (n_exposures)")
+        if not 0 <= self.ngoodpix_zero_members <= self.n_exposures - self.zero_exptime_members:
+            raise ValueError(f"ngoodpix_zero_members must lie in 0..{self.n_exposures - self.zero_exptime_members}"
+                             " (n_exposures - zero_exptime_members)")
+        if not math.isfinite(self.apriori_scatter):
+            raise ValueError("apriori_scatter must be a finite number")
+        if self.skymethod not in SKYMETHODS:
+            raise ValueError(f"skymethod must be one of {', '.join(SKYMETHODS)}, not {self.skymethod!r}")
+        if det.is_wfpc2 and self.skymethod != SKYMETHODS[0]:
+            raise ValueError("wfpc2 has no MDRIZTAB whose skymethod could be set")
+        if self.association not in ASSOCIATIONS:
+            raise ValueError(f"association must be one of {', '.join(ASSOCIATIONS)}, not {self.association!r}")
+        if self.association == "crsplit-dither":
+            positions, rest = divmod(self.n_exposures, self.cr_split) if self.cr_split >= 2 else (0, 1)
+            if rest or not 2 <= positions <= 9:
+                raise ValueError(f"crsplit-dither: n_exposures ({self.n_exposures}) must be cr_split "
+                                 f"({self.cr_split}, at least 2) times 2 to 9 dither positions")
+            if not self.root.endswith("0"):
+                raise ValueError(f"crsplit-dither: the PROD-DTH root {self.root!r} must end in 0")
+
+    def dither_position(self, index: int) -> int:
+        """The dither position of exposure ``index`` (the same for the exposures of a CR-SPLIT or repeat)."""
+        if self.association == "crsplit-dither":
+            return index // self.cr_split
+        return 0 if self.association == "repeat" else index
+
+    def association_rows(self, members: list[str]) -> list[tuple[str, str]]:
+        """``(MEMNAME, MEMTYPE)`` of every row of the association table, in order (names upper case)."""
+        root = self.root.upper()
+        if self.association == "repeat":
+            return [(m.upper(), "EXP-RPT") for m in members] + [(root, "PROD-RPT")]
+        if self.association == "dither":
+            return [(m.upper(), "EXP-DTH") for m in members] + [(root, "PROD-DTH")]
+        positions = range(self.n_exposures // self.cr_split)
+        return ([(m.upper(), f"EXP-CR{self.dither_position(i) + 1}") for i, m in enumerate(members)]
+                + [(f"{root[:-1]}{p + 1}", f"PROD-CR{p + 1}") for p in positions] + [(root, "PROD-DTH")])
 
 
 def _checked_limit(name, mag) -> tuple[str, float]:
@@ -307,6 +377,17 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                         + ", ".join(f"{m.name} {m.mag_limit:g}" for m in REFERENCE_CATALOGS) + ")")
     g.add_argument("--zero-exptime-members", type=int, default=d.zero_exptime_members, metavar="N",
                    help="the last N exposures have EXPTIME=0 and an all-zero SCI array")
+    g.add_argument("--ngoodpix-zero-members", type=int, default=d.ngoodpix_zero_members, metavar="N",
+                   help="the last N exposures with EXPTIME>0 have every pixel flagged in DQ (NGOODPIX=0)")
+    g.add_argument("--association", choices=ASSOCIATIONS, default=d.association,
+                   help="association table layout: EXP-DTH/PROD-DTH (default), CR-SPLIT + dither "
+                        "(EXP-CRn, PROD-CRn, PROD-DTH; see --cr-split), or EXP-RPT/PROD-RPT")
+    g.add_argument("--cr-split", type=int, default=d.cr_split, metavar="N",
+                   help=f"exposures per dither position with --association crsplit-dither (default {d.cr_split})")
+    g.add_argument("--apriori-scatter", type=float, default=d.apriori_scatter, metavar="ARCSEC",
+                   help="move exposure i's GSC240 a priori solution by i times ARCSEC to the east")
+    g.add_argument("--skymethod", choices=SKYMETHODS, default=d.skymethod,
+                   help=f"skymethod of every MDRIZTAB row (default {d.skymethod})")
 
 
 def _catalog_limit(text: str) -> tuple[str, float]:
@@ -343,4 +424,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         zero_exptime_members=getattr(args, "zero_exptime_members", d.zero_exptime_members),
         instrument=getattr(args, "instrument", d.instrument),
         template_dir=getattr(args, "template_dir", None),
+        association=getattr(args, "association", d.association),
+        cr_split=getattr(args, "cr_split", d.cr_split),
+        apriori_scatter=getattr(args, "apriori_scatter", d.apriori_scatter),
+        ngoodpix_zero_members=getattr(args, "ngoodpix_zero_members", d.ngoodpix_zero_members),
+        skymethod=getattr(args, "skymethod", d.skymethod),
     )

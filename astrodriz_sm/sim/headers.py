@@ -362,8 +362,9 @@ def aux_header(extname: str, sci: fits.Header) -> fits.Header:
 
 
 def asn_hdulist(asn_id: str, members: list[str], *, ra_targ: float, dec_targ: float,
-                date_obs: str, det: Detector | None = None) -> fits.HDUList:
-    """Association table: EXP-DTH rows for members and a PROD-DTH row for the product.
+                date_obs: str, det: Detector | None = None,
+                rows: list[tuple[str, str]] | None = None) -> fits.HDUList:
+    """Association table: by default EXP-DTH rows for members and a PROD-DTH row for the product.
 
     Parameters
     ----------
@@ -377,14 +378,17 @@ def asn_hdulist(asn_id: str, members: list[str], *, ra_targ: float, dec_targ: fl
         Date of the first exposure.
     det : Detector, optional
         Default ACS/WFC.
+    rows : list of (str, str), optional
+        ``(MEMNAME, MEMTYPE)`` of every row instead (`SimConfig.association_rows`).
 
     Returns
     -------
     astropy.io.fits.HDUList
     """
     instrume, detector = (det.instrume, det.detector) if det is not None else ("ACS", "WFC")
-    names = [m.upper() for m in members] + [asn_id.upper()]
-    types = ["EXP-DTH"] * len(members) + ["PROD-DTH"]
+    if rows is None:
+        rows = [(m.upper(), "EXP-DTH") for m in members] + [(asn_id.upper(), "PROD-DTH")]
+    names, types = [name for name, _ in rows], [memtype for _, memtype in rows]
     table = fits.BinTableHDU.from_columns([
         fits.Column(name="MEMNAME", format="14A", array=np.array(names)),
         fits.Column(name="MEMTYPE", format="14A", array=np.array(types)),

@@ -246,11 +246,12 @@ _GOOD_BITS = 16 + 64 + 256 + 512 + 1024
 NAN = float("nan")
 
 
-def _mdz_row(numimages: int, cr_reject: bool = True) -> dict[str, object]:
+def _mdz_row(numimages: int, cr_reject: bool = True, skymethod: str = "localmin") -> dict[str, object]:
     """Parameters for one MDRIZTAB row (``numimages`` or more exposures).
 
     ``cr_reject`` False (detectors without cosmic rays) switches off the
     separate drizzle, median, blot and driz_cr steps at any number of images.
+    ``skymethod`` is AstroDrizzle's sky method ('localmin', 'globalmin', 'match', 'globalmin+match').
     """
     multi = numimages > 1 and cr_reject
     return {
@@ -258,7 +259,7 @@ def _mdz_row(numimages: int, cr_reject: bool = True) -> dict[str, object]:
         "build": True, "stepsize": 10, "coeffs": "header", "context": True,
         "clean": False, "group": "", "crbitval": 4096,
         "static": multi, "static_sig": 4.0,
-        "subsky": True, "skymethod": "localmin", "skystat": "median", "skywidth": 0.1,
+        "subsky": True, "skymethod": skymethod, "skystat": "median", "skywidth": 0.1,
         "skylower": -100.0, "skyupper": NAN, "skyclip": 5, "skylsigma": 4.0,
         "skyusigma": 4.0, "use_static": True, "sky_bits": "0",
         "driz_separate": multi, "driz_sep_kernel": "turbo", "driz_sep_wt_scl": "exptime",
@@ -279,7 +280,8 @@ def _mdz_row(numimages: int, cr_reject: bool = True) -> dict[str, object]:
     }
 
 
-def write_mdriztab(path: Path, max_images: int = 4, det: Detector | None = None) -> Path:
+def write_mdriztab(path: Path, max_images: int = 4, det: Detector | None = None,
+                   skymethod: str = "localmin") -> Path:
     """Write an MDRIZTAB with generic ('ANY' filter) rows for 1..``max_images`` exposures.
 
     drizzlepac picks the last row whose ``numimages`` does not exceed the number
@@ -296,6 +298,8 @@ def write_mdriztab(path: Path, max_images: int = 4, det: Detector | None = None)
     det : Detector, optional
         Detector the table is for (default ACS/WFC); without cosmic rays
         (`Detector.cosmic_rays`) no row rejects them.
+    skymethod : str, optional
+        The ``skymethod`` of every row.
 
     Returns
     -------
@@ -303,7 +307,7 @@ def write_mdriztab(path: Path, max_images: int = 4, det: Detector | None = None)
         ``path``.
     """
     det = det or detector(DEFAULT_INSTRUMENT)
-    rows = [_mdz_row(n, det.cosmic_rays) for n in range(1, max_images + 1)]
+    rows = [_mdz_row(n, det.cosmic_rays, skymethod) for n in range(1, max_images + 1)]
     cols = []
     for name, fmt in _MDZ_COLUMNS:
         values = [row[name] for row in rows]
@@ -375,7 +379,8 @@ def write_detector_idctab(path: Path, det: Detector, chips: list[ChipModel]) -> 
 
 def prepare_reference_files(outdir: Path, refdir: str | os.PathLike | None,
                             max_images: int, det: Detector | None = None,
-                            template_dir: str | os.PathLike | None = None) -> ReferenceSet:
+                            template_dir: str | os.PathLike | None = None,
+                            skymethod: str = "localmin") -> ReferenceSet:
     """Write or link the reference files for one association into ``outdir``.
 
     Parameters
@@ -394,6 +399,8 @@ def prepare_reference_files(outdir: Path, refdir: str | os.PathLike | None,
         template (`write_detector_idctab`) and NPOLFILE/D2IMFILE 'N/A'.
     template_dir : path-like, optional
         Where the templates are (see `astrodriz_sm.sim.instruments.template_directory`).
+    skymethod : str, optional
+        The MDRIZTAB rows' ``skymethod``.
 
     Returns
     -------
@@ -424,7 +431,7 @@ def prepare_reference_files(outdir: Path, refdir: str | os.PathLike | None,
             link.symlink_to(source)
             paths[key] = link
         npol, d2im = f"{var}${REAL_NPOLFILE}", f"{var}${REAL_D2IMFILE}"
-    paths["MDRIZTAB"] = write_mdriztab(outdir / det.mdriztab, max_images=max_images, det=det)
+    paths["MDRIZTAB"] = write_mdriztab(outdir / det.mdriztab, max_images=max_images, det=det, skymethod=skymethod)
     return ReferenceSet(idctab=f"{var}${paths['IDCTAB'].name}", npolfile=npol, d2imfile=d2im,
                         mdriztab=f"{var}${det.mdriztab}", paths=paths)
 

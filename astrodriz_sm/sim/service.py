@@ -39,7 +39,8 @@ a posteriori stages of the pipeline can run against a local stand-in:
     the WCS), made with ``stwcs.wcsutil.headerlet.create_headerlet`` from the
     exposure after ``updatewcs(use_db=False)`` with its reference point moved:
     ``IDC_<idcroot>-GSC240`` leaves `SimConfig.apriori_residual` of the common
-    pointing error, ``IDC_<idcroot>-HSC30`` leaves `HSC30_RESIDUAL` of it.
+    pointing error (exposure i's moved ``i * SimConfig.apriori_scatter`` arcsec
+    further east), ``IDC_<idcroot>-HSC30`` leaves `HSC30_RESIDUAL` of it.
 ``astrometrydb.ecsv``
     Index of the headerlets: ``rootname, wcsname, headerlet`` (path relative to
     ``service/``) and ``best`` (True for GSC240).
@@ -481,8 +482,12 @@ def write_service_data(service_dir: Path, *, config: SimConfig, members: list[st
             else:
                 nmatch = _stars_on_chips(ref_stars, truths[i], layouts)
                 descrip = "A Priori WCS based on HSC v3.0 positions matched to GAIA"
+            shift = corrections[name]
+            if name == GSC_CATALOG:
+                # A solution that is off differently per exposure misaligns them relative to each other.
+                shift = (shift[0] + i * float(config.apriori_scatter), shift[1])
             hlet = _solution_headerlet(updated[i], rootname=member, wcsname=wcsname,
-                                       shift=corrections[name], catalog=name, nmatch=nmatch,
+                                       shift=shift, catalog=name, nmatch=nmatch,
                                        descrip=descrip,
                                        idcroot=MISMATCH_IDCROOT if config.apriori_idctab_mismatch else None)
             if name == GSC_CATALOG:
@@ -497,7 +502,7 @@ def write_service_data(service_dir: Path, *, config: SimConfig, members: list[st
                 warnings.simplefilter("ignore", VerifyWarning)
                 hlet.writeto(service_dir / rel, overwrite=True)
 
-            expected = (injected[i][0] + corrections[name][0], injected[i][1] + corrections[name][1])
+            expected = (injected[i][0] + shift[0], injected[i][1] + shift[1])
             measured = [chip_center_offset(t, w, lay.naxis1, lay.naxis2)
                         for t, w, lay in zip(truths[i], _headerlet_wcs(hlet, layouts), layouts)]
             for m in measured:
@@ -508,7 +513,7 @@ def write_service_data(service_dir: Path, *, config: SimConfig, members: list[st
             solutions[name] = {"wcsname": wcsname, "hdrname": hlet[0].header["HDRNAME"],
                                "headerlet": rel, "best": best,
                                "residual_fraction": fractions[name],
-                               "correction_arcsec": list(corrections[name]),
+                               "correction_arcsec": list(shift),
                                "residual_arcsec": list(expected),
                                "measured_residual_arcsec": [list(m) for m in measured]}
         gsc_rows.append({"rootname": member, **gsc})
