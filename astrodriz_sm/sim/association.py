@@ -314,7 +314,8 @@ def simulate_association(outdir: str | Path, config: SimConfig | None = None) ->
     templates = load_templates(det, config.template_dir) if det.template is not None else None
     refs: ReferenceSet = prepare_reference_files(outdir, config.refdir,
                                                  max_images=max(4, config.n_exposures), det=det,
-                                                 template_dir=config.template_dir)
+                                                 template_dir=config.template_dir,
+                                                 skymethod=config.skymethod)
     layouts = hdr.chip_layouts(config.full_frame, config.subarray_size, det, chips)
     members = hdr.member_names(config.root, config.n_exposures)
     root = config.root.lower()

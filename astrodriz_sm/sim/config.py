@@ -99,6 +99,10 @@ class SimConfig:
         ACS/WFC are modelled on; None: ``$ASTRODRIZ_SM_REFDATA`` or the
         shared ``refdata`` next to the project (see
         `astrodriz_sm.sim.instruments.template_directory`).
+    skymethod : str or None
+        Sky method written in every MDRIZTAB row instead of the table's
+        'localmin' ('match', 'globalmin', 'globalmin+match'); None: the
+        rows as written.  Not used for WFPC2, which has no MDRIZTAB.
     """
 
     n_exposures: int = 3
@@ -124,6 +128,7 @@ class SimConfig:
     zero_exptime_members: int = 0
     instrument: str = DEFAULT_INSTRUMENT
     template_dir: str | None = None
+    skymethod: str | None = None
 
     def __post_init__(self) -> None:
         det = detector(self.instrument)  # raises ValueError for an unknown name

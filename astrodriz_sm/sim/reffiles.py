@@ -279,7 +279,8 @@ def _mdz_row(numimages: int, cr_reject: bool = True) -> dict[str, object]:
     }
 
 
-def write_mdriztab(path: Path, max_images: int = 4, det: Detector | None = None) -> Path:
+def write_mdriztab(path: Path, max_images: int = 4, det: Detector | None = None,
+                   skymethod: str | None = None) -> Path:
     """Write an MDRIZTAB with generic ('ANY' filter) rows for 1..``max_images`` exposures.
 
     drizzlepac picks the last row whose ``numimages`` does not exceed the number
@@ -296,6 +297,8 @@ def write_mdriztab(path: Path, max_images: int = 4, det: Detector | None = None)
     det : Detector, optional
         Detector the table is for (default ACS/WFC); without cosmic rays
         (`Detector.cosmic_rays`) no row rejects them.
+    skymethod : str, optional
+        ``skymethod`` of every row instead of 'localmin'.
 
     Returns
     -------
@@ -304,6 +307,9 @@ def write_mdriztab(path: Path, max_images: int = 4, det: Detector | None = None)
     """
     det = det or detector(DEFAULT_INSTRUMENT)
     rows = [_mdz_row(n, det.cosmic_rays) for n in range(1, max_images + 1)]
+    if skymethod is not None:
+        for row in rows:
+            row["skymethod"] = skymethod
     cols = []
     for name, fmt in _MDZ_COLUMNS:
         values = [row[name] for row in rows]
@@ -375,7 +381,8 @@ def write_detector_idctab(path: Path, det: Detector, chips: list[ChipModel]) -> 
 
 def prepare_reference_files(outdir: Path, refdir: str | os.PathLike | None,
                             max_images: int, det: Detector | None = None,
-                            template_dir: str | os.PathLike | None = None) -> ReferenceSet:
+                            template_dir: str | os.PathLike | None = None,
+                            skymethod: str | None = None) -> ReferenceSet:
     """Write or link the reference files for one association into ``outdir``.
 
     Parameters
@@ -424,7 +431,8 @@ def prepare_reference_files(outdir: Path, refdir: str | os.PathLike | None,
             link.symlink_to(source)
             paths[key] = link
         npol, d2im = f"{var}${REAL_NPOLFILE}", f"{var}${REAL_D2IMFILE}"
-    paths["MDRIZTAB"] = write_mdriztab(outdir / det.mdriztab, max_images=max_images, det=det)
+    paths["MDRIZTAB"] = write_mdriztab(outdir / det.mdriztab, max_images=max_images, det=det,
+                                        skymethod=skymethod)
     return ReferenceSet(idctab=f"{var}${paths['IDCTAB'].name}", npolfile=npol, d2imfile=d2im,
                         mdriztab=f"{var}${det.mdriztab}", paths=paths)
 
