@@ -68,9 +68,12 @@ def pytest_runtest_call(item):
     Every event store below the session's temporary directory that was written since the last test
     (the test's own runs, and those of the fixtures it set up) is read for ``warning`` events.
     """
-    result = yield
     base = item.config._tmp_path_factory.getbasetemp()
-    found = [f"{path}: {w}" for path in _changed_stores(base) for w in fallback_warnings(path)]
+    try:
+        result = yield
+    finally:
+        # Also when the test failed: its stores are its own, not the next test's.
+        found = [f"{path}: {w}" for path in _changed_stores(base) for w in fallback_warnings(path)]
     if found and item.get_closest_marker(FALLBACK_MARKER) is None:
         pytest.fail("library fallback in a pipeline run (mark the test "
                     f"@pytest.mark.{FALLBACK_MARKER}(reason=...) if it is expected):\n" + "\n".join(found),
