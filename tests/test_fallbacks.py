@@ -37,14 +37,18 @@ def test_fallback_lines_are_the_substitutions_not_the_failed_fits():
         WARNING stwcs.wcsutil.altwcs: wcs_from_key: Could not read WCS with key O
         Could not read data quality file jsm001a1q_flt.fits
         INFO drizzlepac: falling back to the default FWHM
+        INFO drizzlepac: Background2D failure detected. Using alternative background calculation instead....
+        WARNING tweakwcs: MalformedPolygonError in spherical_geometry. Using convex hull instead of multi_union.
         """) + SKY_REVERTED + "\n"
     assert library_fallbacks(text) == [
         SKY_REVERTED,
         "WARNING stwcs.wcsutil.altwcs: wcs_from_key: Could not read WCS with key O",
         "Could not read data quality file jsm001a1q_flt.fits",
         "INFO drizzlepac: falling back to the default FWHM",
+        "INFO drizzlepac: Background2D failure detected. Using alternative background calculation instead....",
+        "WARNING tweakwcs: MalformedPolygonError in spherical_geometry. Using convex hull instead of multi_union.",
     ]
-    assert library_fallbacks("[INFO    ] Couldn't, reverted, fallback, recovering") == []
+    assert library_fallbacks("[INFO    ] Couldn't, reverted, fallback, recovering, instead of, using") == []
 
 
 @pytest.mark.library_fallback(reason="records a sky fallback on purpose")

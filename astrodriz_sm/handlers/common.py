@@ -226,8 +226,11 @@ def captured_output(loggers=("stwcs", "drizzlepac", "stsci", "tweakwcs", "astrop
 
 # A library line saying it did something other than what it was asked and carried on: drizzlepac's sky
 # step reverting 'match' to 'localmin' when skypac fails, stsci.tools going on without a DQ file it
-# could not read, stwcs skipping a WCS key it could not read.
-FALLBACK_PHRASES = re.compile(r"\b(reverting|falling back|fall back|could not)\b", re.IGNORECASE)
+# could not read, stwcs skipping a WCS key it could not read, drizzlepac's source finding "using
+# alternative background calculation instead" when photutils' Background2D raises, tweakwcs using a
+# convex hull instead of a union (or an inaccurate overlap area) after a MalformedPolygonError.
+FALLBACK_PHRASES = re.compile(r"\b(reverting|falling back|fall back|could not|using\b.*\binstead"
+                              r"|MalformedPolygonError)\b", re.IGNORECASE)
 # Lines with those words that report an outcome the pipeline records as a decision, not a substitution:
 # drizzlepac's "Could not align <image> ..." is a fit that failed, which the a posteriori stage decides on.
 OUTCOME_PHRASES = re.compile(r"\bcould not align\b", re.IGNORECASE)
@@ -244,8 +247,9 @@ def library_fallbacks(text: str) -> list[str]:
     Returns
     -------
     list of str
-        The stripped lines with "Reverting", "falling back", "fall back" or "Could not", except
-        outcome lines (:data:`OUTCOME_PHRASES`).
+        The stripped lines with "Reverting", "falling back", "fall back", "Could not", "using ...
+        instead" or "MalformedPolygonError" (:data:`FALLBACK_PHRASES`), except outcome lines
+        (:data:`OUTCOME_PHRASES`).
     """
     found = []
     for line in text.splitlines():
