@@ -25,7 +25,7 @@ import structlog
 from . import __version__
 from .config import SERVICE_SETTINGS, RunConfig, lease_expiry_from_environment
 from .errors import AstrodrizError, ExitCode, ProcessingError, RunStateError
-from .handlers.common import StepContext, Timer, sha256
+from .handlers.common import StepContext, Timer, library_fallbacks, payload_logs, sha256
 from .model import STAGES, last_step, partial_name, stage_directory_name, stage_steps, step_spec, trailer_name
 from .statemachine import STOP_STAGE, fold, next_action, plan, stage_files
 from .statemachine.state import (
@@ -38,6 +38,7 @@ from .statemachine.state import (
     STEP_INVALIDATED,
     STEP_STARTED,
     TRANSITION,
+    WARNING,
 )
 from .store.eventstore import DEFAULT_LEASE_EXPIRY_S, EventStore, StoreError
 from .views.trailer import render_trailer
@@ -457,10 +458,18 @@ class Runner:
         payload.setdefault("seconds", t.elapsed)
         if result.stop is not None:
             payload[STOP_STAGE] = result.stop.reason
-        for kind, fact in result.facts:
+        facts = list(result.facts)
+        # A library that substituted another method says so only in its log: make it a fact of the step.
+        warned = set()
+        for text in payload_logs(payload):
+            for line in library_fallbacks(text):
+                if line not in warned:
+                    warned.add(line)
+                    facts.append((WARNING, {"message": line}))
+        for kind, fact in facts:
             self.log.info(kind, stage=stage, step=step, **{k: v for k, v in fact.items()
                                                            if k in ("verdict", "check", "chosen_stage")})
-        self.record([(stage, step, kind, fact) for kind, fact in result.facts]
+        self.record([(stage, step, kind, fact) for kind, fact in facts]
                     + [(stage, step, STEP_COMPLETED, payload)])
         self.log.info("step completed", stage=stage, step=step, seconds=payload["seconds"])
 

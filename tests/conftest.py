@@ -18,6 +18,69 @@ NO_ALIGNMENT = {"ASTROMETRY_APPLY_APRIORI": "off", "ASTROMETRY_COMPUTE_APOSTERIO
 HARNESS_REPORT = "crash_harness"
 
 
+# Marker of a test that provokes a library fallback on purpose; without it a fallback fails the test.
+FALLBACK_MARKER = "library_fallback"
+STORE_NAME = "astrodriz_sm.db"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"{FALLBACK_MARKER}(reason): the test expects a library fallback "
+                            "warning in the event stores it creates")
+
+
+def fallback_warnings(store_path: Path) -> list[str]:
+    """``'<run> <stage>/<step>: <message>'`` of every ``warning`` event in a store (none if unreadable)."""
+    from astrodriz_sm.statemachine.state import WARNING
+    from astrodriz_sm.store.eventstore import EventStore
+
+    try:
+        store = EventStore(store_path, read_only=True)
+        try:
+            return [f"{run['run_id']} {ev.stage}/{ev.step}: {ev.payload.get('message')}"
+                    for run in store.runs() for ev in store.events(run["run_id"]) if ev.kind == WARNING]
+        finally:
+            store.close()
+    except Exception:  # noqa: BLE001 - stores that tests corrupt on purpose are not this check's business
+        return []
+
+
+_seen_stores: dict = {}
+
+
+def _changed_stores(base: Path) -> list[Path]:
+    """Event stores below ``base`` created or written since the last look."""
+    changed = []
+    for path in base.rglob(STORE_NAME):
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            continue
+        if _seen_stores.get(path) != mtime:
+            _seen_stores[path] = mtime
+            changed.append(path)
+    return changed
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Fail a test whose pipeline runs recorded a library fallback, unless it is marked as expecting one.
+
+    Every event store below the session's temporary directory that was written since the last test
+    (the test's own runs, and those of the fixtures it set up) is read for ``warning`` events.
+    """
+    base = item.config._tmp_path_factory.getbasetemp()
+    try:
+        result = yield
+    finally:
+        # Also when the test failed: its stores are its own, not the next test's.
+        found = [f"{path}: {w}" for path in _changed_stores(base) for w in fallback_warnings(path)]
+    if found and item.get_closest_marker(FALLBACK_MARKER) is None:
+        pytest.fail("library fallback in a pipeline run (mark the test "
+                    f"@pytest.mark.{FALLBACK_MARKER}(reason=...) if it is expected):\n" + "\n".join(found),
+                    pytrace=False)
+    return result
+
+
 def pytest_terminal_summary(terminalreporter):
     """Print the crash harness's per-point report and tally, also when tests run in xdist workers."""
     for reports in terminalreporter.stats.values():

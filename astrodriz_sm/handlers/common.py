@@ -8,6 +8,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import shutil
 import time
 import warnings
@@ -221,6 +222,54 @@ def captured_output(loggers=("stwcs", "drizzlepac", "stsci", "tweakwcs", "astrop
                     h.close()  # e.g. the headerlet.log handler stwcs attaches on the fly
             lg.handlers = handlers
             lg.propagate = propagate
+
+
+# A library line saying it did something other than what it was asked and carried on: drizzlepac's sky
+# step reverting 'match' to 'localmin' when skypac fails, stsci.tools going on without a DQ file it
+# could not read, stwcs skipping a WCS key it could not read, drizzlepac's source finding "using
+# alternative background calculation instead" when photutils' Background2D raises, tweakwcs using a
+# convex hull instead of a union (or an inaccurate overlap area) after a MalformedPolygonError.
+FALLBACK_PHRASES = re.compile(r"\b(reverting|falling back|fall back|could not|using\b.*\binstead"
+                              r"|MalformedPolygonError)\b", re.IGNORECASE)
+# Lines with those words that report an outcome the pipeline records as a decision, not a substitution:
+# drizzlepac's "Could not align <image> ..." is a fit that failed, which the a posteriori stage decides on.
+OUTCOME_PHRASES = re.compile(r"\bcould not align\b", re.IGNORECASE)
+
+
+def library_fallbacks(text: str) -> list[str]:
+    """Lines of a library log that report a fallback, each once, in order.
+
+    Parameters
+    ----------
+    text : str
+        What a step captured from the libraries (a payload's ``log``).
+
+    Returns
+    -------
+    list of str
+        The stripped lines with "Reverting", "falling back", "fall back", "Could not", "using ...
+        instead" or "MalformedPolygonError" (:data:`FALLBACK_PHRASES`), except outcome lines
+        (:data:`OUTCOME_PHRASES`).
+    """
+    found = []
+    for line in text.splitlines():
+        line = line.strip()
+        if FALLBACK_PHRASES.search(line) and not OUTCOME_PHRASES.search(line) and line not in found:
+            found.append(line)
+    return found
+
+
+def payload_logs(payload) -> list[str]:
+    """Every library log a step payload holds: ``log`` values at any depth (products carry their own)."""
+    if isinstance(payload, dict):
+        out = [v for k, v in payload.items() if k == "log" and isinstance(v, str)]
+        for k, v in payload.items():
+            if k != "log":
+                out += payload_logs(v)
+        return out
+    if isinstance(payload, list):
+        return [text for item in payload for text in payload_logs(item)]
+    return []
 
 
 class Timer:

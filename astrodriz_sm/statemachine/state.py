@@ -23,12 +23,15 @@ VERIFICATION = "verification"
 DECISION = "decision"
 CANDIDATE = "candidate"
 NOTE = "note"
+# A library fell back to something other than what it was asked (see handlers.common.library_fallbacks).
+WARNING = "warning"
 # A lease left by a holder that is gone (its process, or a lease from another host past its expiry).
 LEASE_TAKEN_OVER = "lease.taken_over"
 EVENT_KINDS = (RUN_STARTED, RUN_RESUMED, RUN_ENDED, STEP_STARTED, STEP_COMPLETED, STEP_FAILED,
-               STEP_INVALIDATED, TRANSITION, VERIFICATION, DECISION, CANDIDATE, NOTE, LEASE_TAKEN_OVER)
+               STEP_INVALIDATED, TRANSITION, VERIFICATION, DECISION, CANDIDATE, NOTE, WARNING,
+               LEASE_TAKEN_OVER)
 # What a step learned: recorded with its step.completed, in the same transaction.
-FACT_KINDS = (VERIFICATION, DECISION, CANDIDATE, NOTE)
+FACT_KINDS = (VERIFICATION, DECISION, CANDIDATE, NOTE, WARNING)
 
 
 @dataclass
@@ -129,6 +132,12 @@ class RunState:
     def decisions(self) -> list:
         """Payloads of the completed steps' ``decision`` events, in the order recorded."""
         return [p for (_, _), facts in self.facts.items() for k, p in facts if k == DECISION]
+
+    @property
+    def warnings(self) -> list:
+        """``(stage, step, message)`` of the completed steps' library fallback warnings, in the order recorded."""
+        return [(stage, step, p.get("message")) for (stage, step), facts in self.facts.items()
+                for k, p in facts if k == WARNING]
 
     def decision(self, kind: str) -> dict:
         """The decision of a kind (``'wcs'``, ``'aposteriori_fit'``, ``'<stage>_stage'``), or ``{}``."""

@@ -168,7 +168,8 @@ def explain(run: RunState) -> dict:
         ``overlap_similarity``, ``similarity_to_default``), ``applied``, ``chosen``, ``reason``);
         ``chosen`` (``stage``, ``wcsname``, ``catalog``); ``rule``; ``stages``: one dict per WCS stage
         (``stage``, ``entered``, ``outcome``, ``reason``); ``aposteriori_fits``: one summary per catalog
-        fit; ``fit_rule``. Every key is always present (None when the log has no value for it).
+        fit; ``fit_rule``; ``library_warnings``: ``{stage, step, message}`` of every library fallback
+        the steps recorded (a result other than the one asked for). Every key is always present (None when the log has no value for it).
 
     Notes
     -----
@@ -235,7 +236,9 @@ def explain(run: RunState) -> dict:
             "stages": [stages[s] for s in WCS_STAGES], "aposteriori_fits": fit_summaries,
             "fit_rule": fit_decision.get("rule"),
             "aposteriori_excluded": {d["exposure"]: d["reason"] for d in run.decisions
-                                     if d.get("decision") == "aposteriori_exclusion"}}
+                                     if d.get("decision") == "aposteriori_exclusion"},
+            "library_warnings": [{"stage": stage, "step": step, "message": message}
+                                 for stage, step, message in run.warnings]}
 
 
 def _cell(value, digits: int = 2) -> str:
@@ -301,5 +304,8 @@ def render_explain(doc: dict) -> str:
     if doc.get("aposteriori_excluded"):
         lines += ["", "excluded from the a posteriori fit (drizzlepac analyze_data)"]
         lines += [f"    {name}: {why}" for name, why in doc["aposteriori_excluded"].items()]
+    if doc.get("library_warnings"):
+        lines += ["", "library fallbacks (a result other than the one asked for)"]
+        lines += [f"    {w['stage']}/{w['step']}: {w['message']}" for w in doc["library_warnings"]]
     lines += ["", f"rule: {doc['rule'] or 'no WCS decision in the log yet'}"]
     return "\n".join(lines) + "\n"

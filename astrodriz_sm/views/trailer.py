@@ -161,6 +161,7 @@ _RENDER = {
     "decision": _decision,
     "candidate": _candidate,
     "note": lambda p: [f"note: {p.get('message', '')}"],
+    "warning": lambda p: [f"WARNING library fallback: {p.get('message', '')}"],
 }
 
 
