@@ -3,9 +3,8 @@
 Each case simulates one association (`astrodriz_sm.sim.SimConfig`), serves its astrometry on
 loopback with the local service, and runs both pipelines, one after the other, as child processes
 on fresh copies of the association with the same environment (the functions of
-``compare_runastrodriz.py``): runastrodriz as
-``python -c "from drizzlepac import runastrodriz; runastrodriz.process('<input>')"`` in the copy's
-directory, astrodriz-sm as ``python -m astrodriz_sm.cli.main -q start <input>``.
+``compare_runastrodriz.py``), each through its console command so that the exit codes compare:
+``runastrodriz <input>`` in the copy's directory, ``astrodriz-sm -q start <input>``.
 
 Per case it compares what the two handed back:
 
@@ -17,10 +16,15 @@ Per case it compares what the two handed back:
   the largest |SCI| of runastrodriz's product there, and the pixels finite in one only;
 * per product, the WCS keywords of the SCI header that differ (numbers beyond 1e-10 relative);
 * the alignment error against the truth (`compare_runastrodriz.product_accuracy`: RMS of the truth
-  stars' offsets in the DRC, else the DRZ, in mas) and the wall time of each run.
+  stars' offsets in the DRC, else the DRZ, in mas) and the wall time of each run;
+* whole files (`whole_file_differences`): the exit codes, the names of the files each run handed
+  back (new or changed in its directory, `PRIVATE_FILES` left out), and every FITS file's HDUs,
+  header keywords, HISTORY/COMMENT counts and data bit for bit, embedded headerlets included; the
+  `TIME_STAMPS` keywords are exempt, `ALLOWED_DIFFERENCES` lists the accepted differences.
 
 `parity_problems` turns a case's result into the list of its parity failures; the test suite
-(``tests/test_parity.py``) asserts on the same function.
+(``tests/test_parity.py``) asserts on the same function. ``--self`` runs astrodriz-sm twice per case
+and compares the two runs' files the same way (`run_self`, `self_problems`).
 """
 
 from __future__ import annotations
