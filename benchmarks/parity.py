@@ -515,7 +515,11 @@ def _data_note(theirs_header, theirs_raw: bytes, ours_header, ours_raw: bytes) -
     a, b = _image_values(theirs_header, theirs_raw), _image_values(ours_header, ours_raw)
     if a is None or b is None or a.shape != b.shape or a.dtype != b.dtype:
         describe = (lambda v, raw: f"{len(raw)} bytes" if v is None else f"{v.dtype.str} {list(v.shape)}")
-        return describe(a, theirs_raw), describe(b, ours_raw), ""
+        note = ""
+        if len(theirs_raw) == len(ours_raw):  # a table, say: which bytes
+            differ = np.frombuffer(theirs_raw, np.uint8) != np.frombuffer(ours_raw, np.uint8)
+            note = f"{int(differ.sum())} of {len(theirs_raw)} bytes differ"
+        return describe(a, theirs_raw), describe(b, ours_raw), note
     bits = f"u{a.dtype.itemsize}"
     differ = a.view(bits) != b.view(bits)
     note = f"{int(differ.sum())} of {a.size} values differ"
