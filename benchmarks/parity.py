@@ -3,9 +3,8 @@
 Each case simulates one association (`astrodriz_sm.sim.SimConfig`), serves its astrometry on
 loopback with the local service, and runs both pipelines, one after the other, as child processes
 on fresh copies of the association with the same environment (the functions of
-``compare_runastrodriz.py``): runastrodriz as
-``python -c "from drizzlepac import runastrodriz; runastrodriz.process('<input>')"`` in the copy's
-directory, astrodriz-sm as ``python -m astrodriz_sm.cli.main -q start <input>``.
+``compare_runastrodriz.py``), each through its console command so that the exit codes compare:
+``runastrodriz <input>`` in the copy's directory, ``astrodriz-sm -q start <input>``.
 
 Per case it compares what the two handed back:
 
@@ -17,10 +16,15 @@ Per case it compares what the two handed back:
   the largest |SCI| of runastrodriz's product there, and the pixels finite in one only;
 * per product, the WCS keywords of the SCI header that differ (numbers beyond 1e-10 relative);
 * the alignment error against the truth (`compare_runastrodriz.product_accuracy`: RMS of the truth
-  stars' offsets in the DRC, else the DRZ, in mas) and the wall time of each run.
+  stars' offsets in the DRC, else the DRZ, in mas) and the wall time of each run;
+* whole files (`whole_file_differences`): the exit codes, the names of the files each run handed
+  back (new or changed in its directory, `PRIVATE_FILES` left out), and every FITS file's HDUs,
+  header keywords, HISTORY/COMMENT counts and data bit for bit, embedded headerlets included; the
+  `TIME_STAMPS` keywords are exempt, `ALLOWED_DIFFERENCES` lists the accepted differences.
 
 `parity_problems` turns a case's result into the list of its parity failures; the test suite
-(``tests/test_parity.py``) asserts on the same function.
+(``tests/test_parity.py``) asserts on the same function. ``--self`` runs astrodriz-sm twice per case
+and compares the two runs' files the same way (`run_self`, `self_problems`).
 """
 
 from __future__ import annotations
@@ -141,8 +145,9 @@ _CASES = (
          {"pointing_error": 0.6, "drizcorr": "OMIT"}, expect_product=False),
     Case("ngoodpix-zero", 'the last member (EXPTIME>0) flagged in DQ everywhere: NGOODPIX=0 on its chip; 0.6"',
          {"pointing_error": 0.6, "ngoodpix_zero_members": 1}),
-    Case("apriori-discarded", 'a priori solutions off by 0, 1 and 2" east (exposures 0, 1, 2): the a priori '
-         'stage misaligns the exposures and is discarded; 0.6"',
+    # Meant to reach the discarded a priori stage; 3.11 keeps it on this field (docs/parity.md).
+    Case("apriori-discarded", 'a priori solutions off by 0, 1 and 2" east (exposures 0, 1, 2), misaligning '
+         'the exposures under the a priori WCS; 0.6"',
          {"pointing_error": 0.6, "apriori_scatter": 1.0}),
     Case("skymatch", "MDRIZTAB skymethod 'match', 4 overlapping exposures; 0.6\"",
          {"pointing_error": 0.6, "n_exposures": 4, "skymethod": "match"}),
@@ -521,7 +526,11 @@ def _data_note(theirs_header, theirs_raw: bytes, ours_header, ours_raw: bytes) -
     a, b = _image_values(theirs_header, theirs_raw), _image_values(ours_header, ours_raw)
     if a is None or b is None or a.shape != b.shape or a.dtype != b.dtype:
         describe = (lambda v, raw: f"{len(raw)} bytes" if v is None else f"{v.dtype.str} {list(v.shape)}")
-        return describe(a, theirs_raw), describe(b, ours_raw), ""
+        note = ""
+        if len(theirs_raw) == len(ours_raw):  # a table, say: which bytes
+            differ = np.frombuffer(theirs_raw, np.uint8) != np.frombuffer(ours_raw, np.uint8)
+            note = f"{int(differ.sum())} of {len(theirs_raw)} bytes differ"
+        return describe(a, theirs_raw), describe(b, ours_raw), note
     bits = f"u{a.dtype.itemsize}"
     differ = a.view(bits) != b.view(bits)
     note = f"{int(differ.sum())} of {a.size} values differ"

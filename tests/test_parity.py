@@ -117,6 +117,21 @@ def test_one_pixel_differs(tmp_path):
                               "1 of 16 values differ, max |difference| 2.5")]
 
 
+def test_table_data_differ_by_bytes(tmp_path):
+    from astropy.io import fits
+
+    def table_file(path, value):
+        table = fits.BinTableHDU.from_columns([fits.Column(name="X", format="J", array=np.array([1, value]))],
+                                              name="HDRTAB")
+        fits.HDUList([fits.PrimaryHDU(), table]).writeto(path)
+        return path.read_bytes()
+
+    assert parity.fits_differences(table_file(tmp_path / "a.fits", 2), table_file(tmp_path / "b.fits", 3),
+                                   "jsm001010_drc.fits") == [
+        parity.FileDifference("jsm001010_drc.fits", "HDRTAB,1", "data", "2880 bytes", "2880 bytes",
+                              "1 of 2880 bytes differ")]
+
+
 def test_a_keyword_inside_an_embedded_headerlet_differs(tmp_path):
     assert _compare(tmp_path, hlet_crval1=150.2) == [
         parity.FileDifference("jsm001a1q_flt.fits", "HDRLET,1 > SIPWCS,1", "CRVAL1", 150.1, 150.2)]
