@@ -8,6 +8,7 @@ and the choice among them one ``decision`` event with its rule.
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 from pathlib import Path
 
@@ -143,11 +144,28 @@ def apriori_checks(d: Path, names: list[str]) -> dict:
                         if before[n] != after[n]["wcsnames"]}}
 
 
+def database_headerlets(d: Path, exposures) -> list[str]:
+    """The headerlet files stwcs's ``updatewcs(use_db=True)`` wrote in ``d`` for the astrometry database.
+
+    runastrodriz 3.11 runs that update in the input directory, so these files stay beside the
+    inputs whatever becomes of the a priori stage: they are handed back with the products.
+
+    Returns
+    -------
+    list of str
+        File names, exposure by exposure (FLT before FLC), each exposure's sorted.
+    """
+    present = sorted(p.name for p in d.iterdir())
+    return [n for e in exposures for n in fnmatch.filter(present, e.database_headerlet_pattern)]
+
+
 def apriori_updatewcs(ctx: StepContext) -> StepResult:
     """``updatewcs(use_db=True)``: fetch the database's solutions and apply the best one.
 
     Only solutions computed with the exposure's current IDCTAB are applied (stwcs's default);
-    without one, stwcs computes a new a priori solution from the guide-star offsets.
+    without one, stwcs computes a new a priori solution from the guide-star offsets. As in
+    runastrodriz 3.11, stwcs's input check stays on: it leaves an exposure with EXPTIME=0,
+    NGOODPIX=0 or no PA_V3 out of the update, with the pipeline-default WCS.
     """
     from stwcs.updatewcs import updatewcs as stwcs_updatewcs
 
@@ -164,7 +182,7 @@ def apriori_updatewcs(ctx: StepContext) -> StepResult:
         failures = requests_log.failures
         for group in groups:
             try:
-                stwcs_updatewcs(list(group), use_db=True, checkfiles=False)
+                stwcs_updatewcs(list(group), use_db=True)
             except Exception as exc:
                 if failures:
                     break  # the service did not answer: said below, as the reason the stage stops
@@ -179,8 +197,10 @@ def apriori_updatewcs(ctx: StepContext) -> StepResult:
     with captured_output() as checks_out, working_directory(d):
         checks = apriori_checks(d, [n for g in groups for n in g])
     names = sorted({w for s in checks["exposures"].values() for w in s["wcsnames"]})
+    written = database_headerlets(d, ctx.inputs.exposures.all)
     payload = {"wcsname": names[0] if len(names) == 1 else names, **checks,
-               "files": hashes(d, [n for g in groups for n in g]), "seconds": t.elapsed,
+               "database_headerlets": written,
+               "files": hashes(d, [n for g in groups for n in g] + written), "seconds": t.elapsed,
                "log": out.getvalue() + checks_out.getvalue()}
     # runastrodriz 3.11 drizzles and verifies the stage whatever updatewcs gave: no solution (the
     # pipeline-default WCS again) or different solutions per exposure are noted, not a stop.
@@ -304,9 +324,10 @@ def apply_fit_to_flt(d: Path, fitted, others) -> dict:
         flc = by_root[flt.rootname]
         runastrodriz._update_wcs_fit_keywords(str(d / flt.name), str(d / flc.name))
         # An FLC drizzlepac did not fit (EXPTIME=0, say) has no headerlet: its FLT keeps its WCS.
-        if (d / flc.headerlet).exists():
-            runastrodriz.apply_headerlet(str(d / flt.name), str(d / flc.headerlet), flcfile=str(d / flc.name))
-            applied[flt.name] = flc.headerlet
+        if (d / flc.alignment_headerlet).exists():
+            runastrodriz.apply_headerlet(str(d / flt.name), str(d / flc.alignment_headerlet),
+                                         flcfile=str(d / flc.name))
+            applied[flt.name] = flc.alignment_headerlet
     return applied
 
 
@@ -420,7 +441,7 @@ def align(ctx: StepContext) -> StepResult:
                            "fraction": float(first["matchSources"]) / max(1, int(first["catalogSources"]))}
                 pairs = matched_pairs(table.selected_fit, table.reference_catalogs[decision["chosen_catalog"]],
                                       decision["chosen_catalog"], decision["chosen_method"])
-                table.apply_fit(headerlet_filenames={e.name: e.headerlet for e in fitted})
+                table.apply_fit(headerlet_filenames={e.name: e.alignment_headerlet for e in fitted})
         finally:
             table.close()
     payload = {"excluded": excluded, "sources_found": found, "catalogs": catalogs, "methods": methods,
@@ -431,9 +452,11 @@ def align(ctx: StepContext) -> StepResult:
         return StepResult(payload, facts=facts, stop=StageStop(stop))
     # Exposures of the other kind (FLT when FLC were fitted) take the same WCS, as runastrodriz 3.11
     # gives it: the fit keywords copied, the FLC's headerlet applied as primary, the old WCS archived.
+    applied = {}
     if inputs.exposures.unverified:
-        with captured_output() as out:
-            apply_fit_to_flt(d, fitted, inputs.exposures.unverified)
+        # In the stage directory: stwcs's headerlet functions write their log in the working directory.
+        with captured_output() as out, working_directory(d):
+            applied = apply_fit_to_flt(d, fitted, inputs.exposures.unverified)
         payload["log"] += out.getvalue()
     names_all = inputs.exposures.names
     summary = {n: _wcs_summary(d / n) for n in names_all}
@@ -443,23 +466,41 @@ def align(ctx: StepContext) -> StepResult:
     # The chosen fit's matched pairs, for the residuals a report shows; handed back with the products.
     matches_file = fit_matches_name(ctx.root)
     write_matched_pairs(pairs, d / matches_file)
-    files = hashes(d, [*names_all, matches_file])
+    files = hashes(d, [*names_all, matches_file, *sorted(set(applied.values()))])
     payload.update(wcsname=names[0] if len(names) == 1 else names, chosen_catalog=best["catalog"],
                    chosen_method=best["method"], rms_mas=best["rms_mas"], matches=best["matches"],
-                   matched=matched, exposures=summary, files=files,
+                   matched=matched, exposures=summary, files=files, flt_headerlets=applied,
                    fit_matches={"file": matches_file, "sha256": files[matches_file], "pairs": len(pairs),
                                 "fitted_pairs": pairs.meta["fitted_pairs"],
                                 "total_rms_mas": pairs.meta["total_rms_mas"]})
     return StepResult(payload, facts=facts)
 
 
+def handed_back_headerlets(run) -> list[str]:
+    """The astrometry database's new headerlets the a priori update wrote (handed back whatever the verdict)."""
+    if not run.is_completed("apriori", "updatewcs"):
+        return []
+    return list(run.output("apriori", "updatewcs").get("database_headerlets", []))
+
+
 def conclude(ctx: StepContext) -> StepResult:
-    """Keep the stage's WCS or discard its directory, as :func:`statemachine.conclude_stage` decides."""
+    """Keep the stage's WCS or discard its directory, as :func:`statemachine.conclude_stage` decides.
+
+    A discarded a priori stage keeps only the database headerlets its update wrote: the final stage
+    hands them back.
+    """
     decision = conclude_stage(ctx.run, ctx.stage)
     d = ctx.stage_dir()
-    discarded = False
+    discarded, kept_files = False, []
     if not decision["kept"] and d.exists() and not ctx.config.get("debug"):
-        shutil.rmtree(d)
+        keep = set(handed_back_headerlets(ctx.run)) if ctx.stage == "apriori" else set()
+        kept_files = sorted(keep)
+        if keep:
+            for p in d.iterdir():
+                if p.name not in keep:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        else:
+            shutil.rmtree(d)
         discarded = True
-    return StepResult({"kept": decision["kept"], "reason": decision["reason"], "directory_removed": discarded},
-                      facts=[(DECISION, decision)])
+    return StepResult({"kept": decision["kept"], "reason": decision["reason"], "directory_removed": discarded,
+                       "kept_files": kept_files}, facts=[(DECISION, decision)])
