@@ -27,6 +27,8 @@ from .common import StepContext, Timer, captured_output, copy_file, hashes, work
 # Parameters runastrodriz imposes on every pipeline AstroDrizzle call (PIPELINE_PARS), plus the
 # cosmic-ray settings of the default stage.
 PIPELINE_PARS = {"stepsize": 10, "preserve": False, "build": True}
+# The DQ bits of cosmic rays runastrodriz clears before identifying them again.
+CR_DQ_BITS = "4096,8192"
 
 
 def copy_into_stage(ctx: StepContext, source_dir: Path, expected: dict | None = None) -> dict:
@@ -74,12 +76,25 @@ def stage_inputs(ctx: StepContext) -> StepResult:
         The copies and their hashes; ``idctab_reset`` (``{file: {'from', 'to', 'raw'}}``) and a
         ``note`` per file reset.
     """
+    from drizzlepac import resetbits
+
+    from ..statemachine.machine import alignment_follows
+
     staged = copy_into_stage(ctx, ctx.input_dir, ctx.inputs.input_hashes)
     names = ctx.inputs.exposures.names
+    d = ctx.stage_dir()
+    if alignment_follows(ctx.run):
+        # runastrodriz 3.11 verifies the default products when an alignment stage follows, on the
+        # cosmic-ray path: the verified list's cosmic-ray flags (4096, 8192) are cleared first, in
+        # the files it hands back (verify_alignment's find_crs=True).
+        cleared = [e.name for e in ctx.inputs.exposures.verified]
+        with captured_output():
+            for name in cleared:
+                resetbits.reset_dq_bits(str(d / name), CR_DQ_BITS)
+        staged.update(files=hashes(d, names), dq_bits_reset={"bits": CR_DQ_BITS, "files": cleared})
     resets = {n: change for n, change in ctx.inputs.idctab_reset.items() if n in names}
     if not resets:
         return StepResult(staged)
-    d = ctx.stage_dir()
     for name, change in resets.items():
         with fits.open(d / name, mode="update") as hdul:
             hdul[0].header["IDCTAB"] = change["to"]
