@@ -191,3 +191,4 @@ def test_an_exposure_analyze_data_excludes_is_a_decision_and_the_others_are_fitt
     explained = run_cli("explain", run_id, cwd=d)
     assert explained.returncode == 0
     assert f"    jsm001a3q_flt.fits: {exclusions[0]['reason']}" in explained.stdout
+

@@ -208,6 +208,11 @@ def updatewcs(ctx: StepContext) -> StepResult:
                        "log": out.getvalue()})
 
 
+def identifies_cosmic_rays(run, stage: str) -> bool:
+    """The ``<stage>_cosmic_rays`` decision of an alignment stage (``statemachine.cosmic_ray_path``)."""
+    return bool(run.decision(f"{stage}_cosmic_rays").get("identify"))
+
+
 def no_cr_parameters(good_bits: int) -> dict:
     """runastrodriz 3.11's ``reset_mdriztab_nocr``: separate drizzles, no cosmic-ray identification."""
     return {"mdriztab": False, "build": True, "resetbits": 0, "static": False, "driz_separate": True,
@@ -258,11 +263,11 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
     else:
         pars.update(in_memory=False, clean=False, final_fillval="INDEF",
                     driz_sep_kernel="turbo", driz_sep_fillval=0.0)
-        if ctx.run.verdict("default"):
-            # The default products verified, so their cosmic-ray flags hold: keep them (resetbits 0)
-            # and drizzle without a new identification, as runastrodriz's reset_mdriztab_nocr.
+        if not identifies_cosmic_rays(ctx.run, ctx.stage):
+            # The alignment this stage starts from was verified, so its cosmic-ray flags hold: keep them
+            # (resetbits 0) and drizzle without a new identification, as runastrodriz's reset_mdriztab_nocr.
             pars.update(no_cr_parameters(ctx.inputs.detector_parameters.good_bits))
-            source += "; no new cosmic-ray identification (default stage verified)"
+            source += "; no new cosmic-ray identification (the alignment it starts from was verified)"
     if not final or wfpc2:
         # runastrodriz 3.11 applies this to its verification drizzles only (the default stage's too; all of WFPC2's),
         # over every exposure: a zero EXPTIME makes the ratio infinite, hence a median. The final
@@ -469,22 +474,31 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> StepResult:
     concurrent = 1 < len(jobs) <= ctx.cores
     ctx.progress(" and ".join(f"AstroDrizzle {p.name} from {len(p.exposures)} exposures" for p in jobs)
                  + (" (concurrently)" if concurrent else ""))
+    # On the cosmic-ray path runastrodriz 3.11 drizzles an alignment stage twice (verify_alignment's
+    # find_crs run, then the verification run), with resetbits 0: the second identification starts
+    # from the flags of the first.
+    passes = 2 if ctx.stage in ("apriori", "aposteriori") and identifies_cosmic_rays(ctx.run, ctx.stage) else 1
     if concurrent:
         # The lists share the cores (``-n`` or all usable ones): two drizzles each starting a worker
         # per core would only compete for them, and hold twice the memory.
         share = max(1, ctx.cores // len(jobs))
         for p in jobs:
             entries[p.name]["parameters"] = {**entries[p.name]["parameters"], "num_cores": share}
-        done = _drizzle_concurrently(d, [(p, entries[p.name]["parameters"]) for p in jobs])
+        for _ in range(passes):
+            done = _drizzle_concurrently(d, [(p, entries[p.name]["parameters"]) for p in jobs])
     else:
         done = {}
         for p in jobs:
-            with Timer() as t, working_directory(d):
-                try:
-                    log = _astrodrizzle(p.inputs, p.root, p.runfile, entries[p.name]["parameters"])
-                except Exception as exc:
-                    raise ProcessingError(f"{d / p.name}: AstroDrizzle failed: {exc}", str(d / p.inputs[0])) from exc
+            for _ in range(passes):
+                with Timer() as t, working_directory(d):
+                    try:
+                        log = _astrodrizzle(p.inputs, p.root, p.runfile, entries[p.name]["parameters"])
+                    except Exception as exc:
+                        raise ProcessingError(f"{d / p.name}: AstroDrizzle failed: {exc}",
+                                              str(d / p.inputs[0])) from exc
             done[p.name] = (t.elapsed, log)
+    for name in entries:
+        entries[name]["passes"] = passes
     for name in done:
         if not (d / name).exists():
             raise ProcessingError(f"{d / name}: AstroDrizzle wrote no product", str(d / name))

@@ -12,10 +12,10 @@ from astropy.io import fits
 
 from ..errors import ProcessingError
 from ..model import STAGES, StepResult, manifest_name, original_name, partial_name, promoted_name, trailer_name
-from ..statemachine import choose_final_wcs, stage_files
+from ..statemachine import choose_final_wcs, exposures_source, stage_files
 from ..statemachine.state import DECISION, NOTE
 from .common import StepContext, Timer, captured_output, copy_file, hashes, sha256, working_directory
-from .alignment import handed_back_headerlets
+from .alignment import exposures_directory, handed_back_headerlets
 from .drizzle import copy_into_stage, run_astrodrizzle
 
 
@@ -33,8 +33,11 @@ def stage_inputs(ctx: StepContext) -> StepResult:
     they are handed back with the products that carry the fit.
     """
     chosen = ctx.run.output("final", "choose_wcs")["chosen_stage"]
-    expected = stage_files(ctx.run, chosen)
-    payload = copy_into_stage(ctx, ctx.stage_dir(chosen), expected)
+    # The chosen stage's exposures; after a discarded a priori stage, the ones it restored (with the
+    # database's headerlets) even when the pipeline-default WCS is chosen.
+    source = exposures_source(ctx.run, "final")
+    payload = copy_into_stage(ctx, *exposures_directory(ctx, source))
+    payload["source_stage"] = source["source_stage"]
 
     def copy_recorded(stage: str, name: str, digest: str) -> None:
         copy_file(ctx.stage_dir(stage) / name, ctx.stage_dir() / name)
@@ -60,7 +63,7 @@ def stage_inputs(ctx: StepContext) -> StepResult:
     payload["database_headerlets"] = handed_back_headerlets(ctx.run)
     for name in payload["database_headerlets"]:
         copy_recorded("apriori", name, database["files"][name])
-    return StepResult(payload)
+    return StepResult(payload, facts=[(DECISION, source)])
 
 
 def fit_matches(run) -> list[str]:

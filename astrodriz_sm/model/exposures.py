@@ -69,6 +69,11 @@ def stage_directory_name(root: str, stage: str) -> str:
     return f"{root}_{stage}"
 
 
+# Inside the a priori stage's directory: its exposures as the database update left them, before
+# any drizzle; a discarded stage restores the pipeline-default WCS in them and hands them on.
+UPDATED_COPIES = "updated"
+
+
 # Suffixes of the hidden files that exist only while a file is being written or replaced.
 PARTIAL_SUFFIX, PROMOTED_SUFFIX, ORIGINAL_SUFFIX = ".partial", ".promoted", ".original"
 TRANSIENT_SUFFIXES = (PARTIAL_SUFFIX, PROMOTED_SUFFIX, ORIGINAL_SUFFIX)
