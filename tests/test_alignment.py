@@ -191,3 +191,23 @@ def test_an_exposure_analyze_data_excludes_is_a_decision_and_the_others_are_fitt
     explained = run_cli("explain", run_id, cwd=d)
     assert explained.returncode == 0
     assert f"    jsm001a3q_flt.fits: {exclusions[0]['reason']}" in explained.stdout
+
+
+
+def test_the_apriori_update_leaves_an_exptime_0_exposure_out_as_stwcs_input_check_does(simulated, service):
+    """runastrodriz 3.11 calls ``updatewcs(use_db=True)`` with stwcs's ``checkfiles=True``: an
+    EXPTIME=0 exposure gets no database solution (no headerlet, no archived alternate WCS); only
+    ``verify_gaia_wcsnames`` renames its pipeline-default WCS ``-GSC240`` (data after 2017-10-01)."""
+    src, d, proc, run = _run(simulated, service, "zero-exptime", args=("-g",), pointing_error=0.6,
+                             zero_exptime_members=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    default = run.output("default", "updatewcs")["wcsname"]
+    empty, *others = reversed([f"{m}_flt.fits" for m in src.members])
+    updated = run.output("apriori", "updatewcs")["exposures"]
+    assert updated[empty] == {"wcsnames": [f"{default}-GSC240"], "headerlets": []}
+    for name in others:
+        assert f"{default}-GSC240" in updated[name]["headerlets"], updated[name]
+    with fits.open(d / empty) as hdul:
+        assert hdul[0].header["EXPTIME"] == 0
+        assert not [h for h in hdul if h.name == "HDRLET"]
+        assert sorted(k for k in hdul[1].header if k.startswith("WCSNAME")) == ["WCSNAME", "WCSNAMEO"]

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import types
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +50,40 @@ def test_g_d_m_skip_gaia_keep_the_stages_with_their_focus_json_and_list_the_file
         focus = json.loads((d / f"{ROOT}_{stage}" / f"{ROOT}_drz_{mode}_focus.json").read_text())
         check = next(v for v in run.verifications[stage] if v["check"] == "focus")
         assert focus[0]["prod"][0] == check["product_focus"]
-    # -m: what was handed back, as runastrodriz lists it.
+    # -m: what was handed back, as runastrodriz 3.11 lists it: each OPUS headerlet once as written and
+    # once as found beside the inputs.
     members = [f"{m}_flt.fits" for m in src.members]
+    headerlets = [m.replace(".fits", "_hlet.fits") for m in members]
     assert (d / f"{ROOT}_manifest.txt").read_text().splitlines() == [
-        f"{ROOT}_drz.fits", *members, *[m.replace(".fits", "_hlet.fits") for m in members], f"{ROOT}.tra"]
+        f"{ROOT}_drz.fits", *members, *headerlets, *headerlets, f"{ROOT}.tra"]
+
+
+def test_m_hands_back_and_lists_the_headerlets_stwcs_writes_for_the_astrometry_database(simulated, service,
+                                                                                         tmp_path):
+    """No a priori solution in the database: stwcs archives the pipeline-default WCS as
+    ``<exposure>_<sha1(WCSNAME)[:6]>_hlet.fits``; runastrodriz 3.11 hands those back (FLT and FLC)
+    and lists the FLT ones in its manifest after the OPUS headerlets."""
+    src, d = simulated("flags", products="flt", n_exposures=2, pointing_error=0.6)
+    service_dir = tmp_path / "service"
+    shutil.copytree(src.service_dir, service_dir)
+    for name in ("astrometrydb.ecsv", "gsc_offsets.ecsv"):
+        (service_dir / name).unlink()
+    handle = service(types.SimpleNamespace(service_dir=service_dir))
+    proc = run_cli("start", "-g", "-m", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **handle.environment})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, run = _run(d)
+    default = run.output("default", "updatewcs")["wcsname"]
+    digest = hashlib.sha1(default.encode()).hexdigest()[:6]
+    members = [f"{m}_flt.fits" for m in src.members]
+    database = [m.replace(".fits", f"_{digest}_hlet.fits") for m in members]
+    assert run.output("apriori", "updatewcs")["database_headerlets"] == database
+    for name in database:
+        header = fits.getheader(d / name, 0)
+        assert (header["HDRNAME"], header["WCSNAME"], header["AUTHOR"]) == (name, default, "stwcs.updatewcs")
+    headerlets = [m.replace(".fits", "_hlet.fits") for m in members]
+    assert (d / f"{ROOT}_manifest.txt").read_text().splitlines() == [
+        f"{ROOT}_drz.fits", *members, *headerlets,
+        database[0], headerlets[0], database[1], headerlets[1], f"{ROOT}.tra"]
 
 
 # -- -v, -a, PIPELINE_RESET_IDCTAB, PIPELINE_QUALITY_TESTING, exit code 65 --------------------------------

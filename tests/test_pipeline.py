@@ -82,6 +82,35 @@ def test_demo_completes_with_products_trailer_and_store(demo):
         f"{m}_flt_hlet.fits" for m in ("jsm001a1q", "jsm001a2q", "jsm001a3q")]
 
 
+def test_demo_hands_back_drizzlepacs_alignment_headerlets_and_clears_the_flc_cosmic_ray_flags(demo):
+    """FLT beside FLC with the a posteriori fit kept: runastrodriz 3.11 hands back, as each
+    ``<rootname>_flt_hlet.fits``, the headerlet drizzlepac's alignment wrote for the FLC, not an OPUS one."""
+    data, _ = demo
+    _, _, events = _events(data)
+    run = fold(events)
+    fit = run.output("aposteriori", "align")
+    assert run.decision("wcs")["chosen_stage"] == "aposteriori"
+    assert run.output("final", "write_headerlets")["headerlets"] == {}
+    members = ("jsm001a1q", "jsm001a2q", "jsm001a3q")
+    assert fit["flt_headerlets"] == {f"{m}_flt.fits": f"{m}_flt_hlet.fits" for m in members}
+    for m in members:
+        with fits.open(data / f"{m}_flt_hlet.fits") as hlet:
+            h = hlet[0].header
+            assert h["HDRNAME"] == f"{m}_flc_{fit['wcsname']}-hlet.fits"
+            assert (h["WCSNAME"], h["CATALOG"], h["FITMETH"], h["DESTIM"]) == (
+                fit["wcsname"], fit["chosen_catalog"], fit["chosen_method"], m)
+            assert h["NMATCH"] > 0 and 0 < h["FIT_RMS"] < 100 and 0 < h["RMS_RA"] < 100
+            assert len(h["HISTORY"]) == 7 and h["HISTORY"][0] == "~~~~~ FIT PARAMETERS ~~~~~"
+        # The same headerlet is the one attached to the FLC and applied to the FLT.
+        for kind in ("flc", "flt"):
+            with fits.open(data / f"{m}_{kind}.fits") as hdul:
+                attached = [x.header["HDRNAME"] for x in hdul if x.name == "HDRLET"]
+                assert h["HDRNAME"] in attached, (kind, attached)
+    # The default stage cleared the cosmic-ray flags of the verified (FLC) list before drizzling.
+    assert run.output("default", "stage_inputs")["dq_bits_reset"] == {
+        "bits": "4096,8192", "files": [f"{m}_flc.fits" for m in members]}
+
+
 def test_demo_focus_numbers_are_in_the_events(demo):
     data, _ = demo
     _, _, events = _events(data)

@@ -210,7 +210,8 @@ def test_start_report_and_manifest_hand_back_the_fit_matches_and_d_previews_each
     matches = run.output("aposteriori", "align")["fit_matches"]["file"]
     assert run.output("final", "replace")["fit_matches"] == [matches]
     members = [f"{m}_flt.fits" for m in src.members]
+    headerlets = [m.replace(".fits", "_hlet.fits") for m in members]
     assert (d / f"{ROOT}_manifest.txt").read_text().splitlines() == [
-        f"{ROOT}_drz.fits", *members, *[m.replace(".fits", "_hlet.fits") for m in members], matches, f"{ROOT}.tra"]
+        f"{ROOT}_drz.fits", *members, *headerlets, *headerlets, matches, f"{ROOT}.tra"]
     assert _printed(proc.stdout, "report") == d / f"{ROOT}_report.html"
     assert _printed(proc.stdout, "qa json") == d / f"{ROOT}_qa.json"

@@ -11,6 +11,8 @@ from astrodriz_sm.statemachine import (
     choose_final_wcs,
     choose_fit,
     conclude_stage,
+    cosmic_ray_path,
+    exposures_source,
     fit_search_ends,
     verify_stage,
 )
@@ -132,3 +134,33 @@ def test_final_wcs_is_the_most_refined_kept_stage():
         ("aposteriori", False), ("apriori", True), ("default", None)]
     assert best_verified_stage(run) == "apriori"
     assert best_verified_stage(_run()) == "default"
+
+
+def test_after_a_discarded_apriori_stage_its_restored_exposures_go_on():
+    """3.11 restores the pipeline-default WCS in place: the database headerlets stay in the exposures."""
+    restored = {("apriori", "conclude"): {"kept": False, "reason": "verification failed: overlap_similarity fail",
+                                          "restored": {"a_flc.fits": "0" * 64}}}
+    decision = exposures_source(_run(restored), "aposteriori")
+    assert (decision["decision"], decision["source_stage"], decision["restored"]) == (
+        "aposteriori_source", "apriori", True)
+    # Nothing restored (the stage stopped before its update): the pipeline-default exposures.
+    stopped = {("apriori", "conclude"): {"kept": False, "reason": "ASTROMETRY_SERVICE_URL unreachable"}}
+    assert exposures_source(_run(stopped), "aposteriori")["source_stage"] == "default"
+    # A kept a posteriori stage is the final stage's source, whatever came before it.
+    kept = {**restored, ("aposteriori", "conclude"): {"kept": True, "reason": "verified"}}
+    assert exposures_source(_run(kept), "final")["source_stage"] == "aposteriori"
+    assert exposures_source(_run(restored), "final")["source_stage"] == "apriori"
+
+
+def test_cosmic_rays_are_identified_again_only_after_an_unverified_alignment():
+    """3.11's find_crs: the default verdict, except that a kept a priori stage ends the cosmic-ray path."""
+    unverified = {("default", "verify_alignment"): [("decision", {"decision": "default_verification",
+                                                                   "verified": False})]}
+    verified = {("default", "verify_alignment"): [("decision", {"decision": "default_verification",
+                                                                 "verified": True})]}
+    apriori_kept = {("apriori", "conclude"): {"kept": True, "reason": "verified"}}
+    assert cosmic_ray_path(_run(facts=unverified), "apriori")["identify"] is True
+    assert cosmic_ray_path(_run(facts=unverified), "aposteriori")["identify"] is True
+    assert cosmic_ray_path(_run(apriori_kept, unverified), "aposteriori")["identify"] is False
+    decision = cosmic_ray_path(_run(facts=verified), "apriori")
+    assert (decision["decision"], decision["identify"]) == ("apriori_cosmic_rays", False)

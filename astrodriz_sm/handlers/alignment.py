@@ -8,18 +8,20 @@ and the choice among them one ``decision`` event with its rule.
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from ..model import StageStop, StepResult, fit_matches_name
-from ..statemachine import best_verified_stage, choose_fit, conclude_stage, fit_search_ends, stage_files
+from ..model import UPDATED_COPIES, StageStop, StepResult, fit_matches_name
+from ..statemachine import (choose_fit, conclude_stage, cosmic_ray_path, exposures_source, fit_search_ends,
+                             stage_files)
 from ..statemachine.rules import FAILED_FIT_RMS, VALID_FIT_QUALITY
 from ..statemachine.state import CANDIDATE, DECISION
 from .centroids import refine_catalogs
-from .common import StepContext, Timer, captured_output, hashes, working_directory
-from .drizzle import copy_into_stage
+from .common import StepContext, Timer, captured_output, copy_file, hashes, working_directory
+from .drizzle import CR_DQ_BITS, copy_into_stage, identifies_cosmic_rays
 from .matches import matched_pairs, write_matched_pairs
 from .network import bounded_requests, service_timeout
 from .sources import alignment_table
@@ -74,23 +76,47 @@ def probe_service(ctx: StepContext) -> StepResult:
 
 
 def stage_inputs(ctx: StepContext) -> StepResult:
-    """Copy the exposures of the best verified stage so far into this stage's directory."""
+    """Copy the exposures of the best verified stage so far into this stage's directory.
+
+    Which stage that is and whether the cosmic rays are identified again are two decisions
+    (:func:`statemachine.exposures_source`, :func:`statemachine.cosmic_ray_path`).
+    """
+    decision = exposures_source(ctx.run, ctx.stage)
+    source = decision["source_stage"]
+    source_dir, expected = exposures_directory(ctx, decision)
+    payload = copy_into_stage(ctx, source_dir, expected)
+    payload["source_stage"] = source
+    crs = cosmic_ray_path(ctx.run, ctx.stage)
+    # The a priori stage clears them after its update (apriori_updatewcs), whose result a discarded
+    # stage hands on as 3.11 leaves it beside the inputs: without this stage's clearing.
+    if crs["identify"] and ctx.stage != "apriori":
+        payload["dq_bits_reset"] = clear_cosmic_ray_flags(ctx)
+        payload["files"] = hashes(ctx.stage_dir(), ctx.inputs.exposures.names)
+    return StepResult(payload, facts=[(DECISION, decision), (DECISION, crs)])
+
+
+def clear_cosmic_ray_flags(ctx: StepContext) -> dict:
+    """Clear DQ 4096 and 8192 of the verified list in this stage's copies (3.11's find_crs path).
+
+    Misaligned products flag star cores as cosmic rays: those flags go before the sources are
+    measured and the cosmic rays identified again.
+    """
     from drizzlepac import resetbits
 
-    source = best_verified_stage(ctx.run)
-    payload = copy_into_stage(ctx, ctx.stage_dir(source), stage_files(ctx.run, source))
-    payload["source_stage"] = source
-    if not ctx.run.verdict("default"):
-        # Misaligned default products flag star cores as cosmic rays: clear those flags before the
-        # sources are measured again (runastrodriz's find_crs path).
-        d = ctx.stage_dir()
-        names = ctx.inputs.exposures.names
-        with captured_output():
-            for name in names:
-                resetbits.reset_dq_bits(str(d / name), "4096,8192")
-        payload["dq_bits_reset"] = "4096,8192"
-        payload["files"] = hashes(d, names)
-    return StepResult(payload)
+    d = ctx.stage_dir()
+    cleared = [e.name for e in ctx.inputs.exposures.verified]
+    with captured_output():
+        for name in cleared:
+            resetbits.reset_dq_bits(str(d / name), CR_DQ_BITS)
+    return {"bits": CR_DQ_BITS, "files": cleared}
+
+
+def exposures_directory(ctx: StepContext, decision: dict) -> tuple[Path, dict]:
+    """Where the exposures of an ``exposures_source`` decision are, and the hashes they must have."""
+    stage = decision["source_stage"]
+    if decision["restored"]:
+        return ctx.stage_dir(stage) / UPDATED_COPIES, ctx.run.output(stage, "conclude")["restored"]
+    return ctx.stage_dir(stage), stage_files(ctx.run, stage)
 
 
 def _wcs_summary(path: Path) -> dict:
@@ -143,11 +169,31 @@ def apriori_checks(d: Path, names: list[str]) -> dict:
                         if before[n] != after[n]["wcsnames"]}}
 
 
+def database_headerlets(d: Path, exposures) -> list[str]:
+    """The headerlet files stwcs's ``updatewcs(use_db=True)`` wrote in ``d`` for the astrometry database.
+
+    runastrodriz 3.11 runs that update in the input directory, so these files stay beside the
+    inputs whatever becomes of the a priori stage: they are handed back with the products.
+
+    Returns
+    -------
+    list of str
+        File names, exposure by exposure (FLT before FLC), each exposure's sorted.
+    """
+    present = sorted(p.name for p in d.iterdir())
+    return [n for e in exposures for n in fnmatch.filter(present, e.database_headerlet_pattern)]
+
+
 def apriori_updatewcs(ctx: StepContext) -> StepResult:
     """``updatewcs(use_db=True)``: fetch the database's solutions and apply the best one.
 
     Only solutions computed with the exposure's current IDCTAB are applied (stwcs's default);
-    without one, stwcs computes a new a priori solution from the guide-star offsets.
+    without one, stwcs computes a new a priori solution from the guide-star offsets. As in
+    runastrodriz 3.11, stwcs's input check stays on: it leaves an exposure with EXPTIME=0,
+    NGOODPIX=0 or no PA_V3 out of the update, with the pipeline-default WCS.
+
+    The updated exposures are kept aside (``updated/``) before this stage's cosmic-ray flags are
+    cleared and its drizzle changes them: a discarded stage hands them on (:func:`conclude`).
     """
     from stwcs.updatewcs import updatewcs as stwcs_updatewcs
 
@@ -164,7 +210,7 @@ def apriori_updatewcs(ctx: StepContext) -> StepResult:
         failures = requests_log.failures
         for group in groups:
             try:
-                stwcs_updatewcs(list(group), use_db=True, checkfiles=False)
+                stwcs_updatewcs(list(group), use_db=True)
             except Exception as exc:
                 if failures:
                     break  # the service did not answer: said below, as the reason the stage stops
@@ -179,8 +225,19 @@ def apriori_updatewcs(ctx: StepContext) -> StepResult:
     with captured_output() as checks_out, working_directory(d):
         checks = apriori_checks(d, [n for g in groups for n in g])
     names = sorted({w for s in checks["exposures"].values() for w in s["wcsnames"]})
-    payload = {"wcsname": names[0] if len(names) == 1 else names, **checks,
-               "files": hashes(d, [n for g in groups for n in g]), "seconds": t.elapsed,
+    written = database_headerlets(d, ctx.inputs.exposures.all)
+    # The exposures as 3.11 leaves them beside the inputs before it drizzles this stage: what a
+    # discarded stage hands on, once the pipeline-default WCS is restored in them (conclude).
+    updated = d / UPDATED_COPIES
+    if updated.exists():
+        shutil.rmtree(updated)
+    updated.mkdir()
+    for name in [n for g in groups for n in g]:
+        copy_file(d / name, updated / name)
+    cleared = clear_cosmic_ray_flags(ctx) if identifies_cosmic_rays(ctx.run, ctx.stage) else None
+    payload = {"wcsname": names[0] if len(names) == 1 else names, **checks, "dq_bits_reset": cleared,
+               "database_headerlets": written, "updated_copies": hashes(updated, [n for g in groups for n in g]),
+               "files": hashes(d, [n for g in groups for n in g] + written), "seconds": t.elapsed,
                "log": out.getvalue() + checks_out.getvalue()}
     # runastrodriz 3.11 drizzles and verifies the stage whatever updatewcs gave: no solution (the
     # pipeline-default WCS again) or different solutions per exposure are noted, not a stop.
@@ -279,7 +336,9 @@ def common_wcs(d: Path, files: list[str]) -> dict:
     before = {n: _wcs_summary(d / n)["wcsnames"] for n in files}
     if len(files) > 1:
         try:
-            runastrodriz.update_wcs_in_list([str(d / n) for n in files])
+            # File names relative to the stage directory: it writes them into HDRNAME where none is set.
+            with working_directory(d):
+                runastrodriz.update_wcs_in_list(list(files))
         except SystemExit as exc:  # its answer to exposures without a common WCS
             raise ProcessingError(f"{d / files[0]}: the exposures have no WCS solution in common",
                                   str(d / files[0])) from exc
@@ -304,9 +363,10 @@ def apply_fit_to_flt(d: Path, fitted, others) -> dict:
         flc = by_root[flt.rootname]
         runastrodriz._update_wcs_fit_keywords(str(d / flt.name), str(d / flc.name))
         # An FLC drizzlepac did not fit (EXPTIME=0, say) has no headerlet: its FLT keeps its WCS.
-        if (d / flc.headerlet).exists():
-            runastrodriz.apply_headerlet(str(d / flt.name), str(d / flc.headerlet), flcfile=str(d / flc.name))
-            applied[flt.name] = flc.headerlet
+        if (d / flc.alignment_headerlet).exists():
+            runastrodriz.apply_headerlet(str(d / flt.name), str(d / flc.alignment_headerlet),
+                                         flcfile=str(d / flc.name))
+            applied[flt.name] = flc.alignment_headerlet
     return applied
 
 
@@ -339,7 +399,7 @@ def align(ctx: StepContext) -> StepResult:
     catalogs = list(apars["run_align"]["catalog_list"])
     pars = {"MAX_SOURCES_PER_CHIP": apars["general"]["MAX_SOURCES_PER_CHIP"],
             # Verified default products mean trustworthy cosmic-ray flags: mask them too (runastrodriz).
-            "sat_flags": 256 + 2048 + (4096 + 8192 if ctx.run.verdict("default") else 0)}
+            "sat_flags": 256 + 2048 + (0 if identifies_cosmic_rays(ctx.run, ctx.stage) else 4096 + 8192)}
     pars.update(apars)
     stop, facts, decision, methods, centroids = None, [], None, [], None
     with Timer() as t, captured_output() as out, working_directory(d), \
@@ -420,7 +480,7 @@ def align(ctx: StepContext) -> StepResult:
                            "fraction": float(first["matchSources"]) / max(1, int(first["catalogSources"]))}
                 pairs = matched_pairs(table.selected_fit, table.reference_catalogs[decision["chosen_catalog"]],
                                       decision["chosen_catalog"], decision["chosen_method"])
-                table.apply_fit(headerlet_filenames={e.name: e.headerlet for e in fitted})
+                table.apply_fit(headerlet_filenames={e.name: e.alignment_headerlet for e in fitted})
         finally:
             table.close()
     payload = {"excluded": excluded, "sources_found": found, "catalogs": catalogs, "methods": methods,
@@ -431,9 +491,11 @@ def align(ctx: StepContext) -> StepResult:
         return StepResult(payload, facts=facts, stop=StageStop(stop))
     # Exposures of the other kind (FLT when FLC were fitted) take the same WCS, as runastrodriz 3.11
     # gives it: the fit keywords copied, the FLC's headerlet applied as primary, the old WCS archived.
+    applied = {}
     if inputs.exposures.unverified:
-        with captured_output() as out:
-            apply_fit_to_flt(d, fitted, inputs.exposures.unverified)
+        # In the stage directory: stwcs's headerlet functions write their log in the working directory.
+        with captured_output() as out, working_directory(d):
+            applied = apply_fit_to_flt(d, fitted, inputs.exposures.unverified)
         payload["log"] += out.getvalue()
     names_all = inputs.exposures.names
     summary = {n: _wcs_summary(d / n) for n in names_all}
@@ -443,23 +505,60 @@ def align(ctx: StepContext) -> StepResult:
     # The chosen fit's matched pairs, for the residuals a report shows; handed back with the products.
     matches_file = fit_matches_name(ctx.root)
     write_matched_pairs(pairs, d / matches_file)
-    files = hashes(d, [*names_all, matches_file])
+    files = hashes(d, [*names_all, matches_file, *sorted(set(applied.values()))])
     payload.update(wcsname=names[0] if len(names) == 1 else names, chosen_catalog=best["catalog"],
                    chosen_method=best["method"], rms_mas=best["rms_mas"], matches=best["matches"],
-                   matched=matched, exposures=summary, files=files,
+                   matched=matched, exposures=summary, files=files, flt_headerlets=applied,
                    fit_matches={"file": matches_file, "sha256": files[matches_file], "pairs": len(pairs),
                                 "fitted_pairs": pairs.meta["fitted_pairs"],
                                 "total_rms_mas": pairs.meta["total_rms_mas"]})
     return StepResult(payload, facts=facts)
 
 
+def handed_back_headerlets(run) -> list[str]:
+    """The astrometry database's new headerlets the a priori update wrote (handed back whatever the verdict)."""
+    if not run.is_completed("apriori", "updatewcs"):
+        return []
+    return list(run.output("apriori", "updatewcs").get("database_headerlets", []))
+
+
 def conclude(ctx: StepContext) -> StepResult:
-    """Keep the stage's WCS or discard its directory, as :func:`statemachine.conclude_stage` decides."""
+    """Keep the stage's WCS or discard its directory, as :func:`statemachine.conclude_stage` decides.
+
+    A discarded a priori stage keeps only the database headerlets its update wrote: the final stage
+    hands them back.
+    """
+    from drizzlepac import runastrodriz
+
     decision = conclude_stage(ctx.run, ctx.stage)
     d = ctx.stage_dir()
-    discarded = False
+    discarded, kept_files, restored = False, [], None
+    updated = d / UPDATED_COPIES
+    if ctx.stage == "apriori" and updated.exists():
+        if decision["kept"]:
+            if not ctx.config.get("debug"):
+                shutil.rmtree(updated)
+        else:
+            # runastrodriz 3.11's restore_pipeline_default: updatewcs(use_db=False) makes the
+            # pipeline-default WCS primary again; the database's headerlets and alternate WCSs stay.
+            names = ctx.inputs.exposures.names
+            with captured_output(), working_directory(updated):
+                runastrodriz.restore_pipeline_default(names)
+            restored = hashes(updated, names)
     if not decision["kept"] and d.exists() and not ctx.config.get("debug"):
-        shutil.rmtree(d)
+        keep = set(handed_back_headerlets(ctx.run)) if ctx.stage == "apriori" else set()
+        if restored is not None:
+            keep.add(UPDATED_COPIES)
+        kept_files = sorted(keep)
+        if keep:
+            for p in d.iterdir():
+                if p.name not in keep:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        else:
+            shutil.rmtree(d)
         discarded = True
-    return StepResult({"kept": decision["kept"], "reason": decision["reason"], "directory_removed": discarded},
-                      facts=[(DECISION, decision)])
+    payload = {"kept": decision["kept"], "reason": decision["reason"], "directory_removed": discarded,
+               "kept_files": kept_files}
+    if restored is not None:
+        payload["restored"] = restored
+    return StepResult(payload, facts=[(DECISION, decision)])

@@ -27,6 +27,8 @@ from .common import StepContext, Timer, captured_output, copy_file, hashes, work
 # Parameters runastrodriz imposes on every pipeline AstroDrizzle call (PIPELINE_PARS), plus the
 # cosmic-ray settings of the default stage.
 PIPELINE_PARS = {"stepsize": 10, "preserve": False, "build": True}
+# The DQ bits of cosmic rays runastrodriz clears before identifying them again.
+CR_DQ_BITS = "4096,8192"
 
 
 def copy_into_stage(ctx: StepContext, source_dir: Path, expected: dict | None = None) -> dict:
@@ -74,12 +76,25 @@ def stage_inputs(ctx: StepContext) -> StepResult:
         The copies and their hashes; ``idctab_reset`` (``{file: {'from', 'to', 'raw'}}``) and a
         ``note`` per file reset.
     """
+    from drizzlepac import resetbits
+
+    from ..statemachine.machine import alignment_follows
+
     staged = copy_into_stage(ctx, ctx.input_dir, ctx.inputs.input_hashes)
     names = ctx.inputs.exposures.names
+    d = ctx.stage_dir()
+    if alignment_follows(ctx.run):
+        # runastrodriz 3.11 verifies the default products when an alignment stage follows, on the
+        # cosmic-ray path: the verified list's cosmic-ray flags (4096, 8192) are cleared first, in
+        # the files it hands back (verify_alignment's find_crs=True).
+        cleared = [e.name for e in ctx.inputs.exposures.verified]
+        with captured_output():
+            for name in cleared:
+                resetbits.reset_dq_bits(str(d / name), CR_DQ_BITS)
+        staged.update(files=hashes(d, names), dq_bits_reset={"bits": CR_DQ_BITS, "files": cleared})
     resets = {n: change for n, change in ctx.inputs.idctab_reset.items() if n in names}
     if not resets:
         return StepResult(staged)
-    d = ctx.stage_dir()
     for name, change in resets.items():
         with fits.open(d / name, mode="update") as hdul:
             hdul[0].header["IDCTAB"] = change["to"]
@@ -193,6 +208,11 @@ def updatewcs(ctx: StepContext) -> StepResult:
                        "log": out.getvalue()})
 
 
+def identifies_cosmic_rays(run, stage: str) -> bool:
+    """The ``<stage>_cosmic_rays`` decision of an alignment stage (``statemachine.cosmic_ray_path``)."""
+    return bool(run.decision(f"{stage}_cosmic_rays").get("identify"))
+
+
 def no_cr_parameters(good_bits: int) -> dict:
     """runastrodriz 3.11's ``reset_mdriztab_nocr``: separate drizzles, no cosmic-ray identification."""
     return {"mdriztab": False, "build": True, "resetbits": 0, "static": False, "driz_separate": True,
@@ -243,11 +263,11 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
     else:
         pars.update(in_memory=False, clean=False, final_fillval="INDEF",
                     driz_sep_kernel="turbo", driz_sep_fillval=0.0)
-        if ctx.run.verdict("default"):
-            # The default products verified, so their cosmic-ray flags hold: keep them (resetbits 0)
-            # and drizzle without a new identification, as runastrodriz's reset_mdriztab_nocr.
+        if not identifies_cosmic_rays(ctx.run, ctx.stage):
+            # The alignment this stage starts from was verified, so its cosmic-ray flags hold: keep them
+            # (resetbits 0) and drizzle without a new identification, as runastrodriz's reset_mdriztab_nocr.
             pars.update(no_cr_parameters(ctx.inputs.detector_parameters.verification_good_bits(ctx.stage)))
-            source += "; no new cosmic-ray identification (default stage verified)"
+            source += "; no new cosmic-ray identification (the alignment it starts from was verified)"
     if not final or wfpc2:
         # runastrodriz 3.11 applies this to its verification drizzles only (the default stage's too; all of WFPC2's),
         # over every exposure: a zero EXPTIME makes the ratio infinite, hence a median. The final
@@ -455,22 +475,31 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> StepResult:
     concurrent = 1 < len(jobs) <= ctx.cores
     ctx.progress(" and ".join(f"AstroDrizzle {p.name} from {len(p.exposures)} exposures" for p in jobs)
                  + (" (concurrently)" if concurrent else ""))
+    # On the cosmic-ray path runastrodriz 3.11 drizzles an alignment stage twice (verify_alignment's
+    # find_crs run, then the verification run), with resetbits 0: the second identification starts
+    # from the flags of the first.
+    passes = 2 if ctx.stage in ("apriori", "aposteriori") and identifies_cosmic_rays(ctx.run, ctx.stage) else 1
     if concurrent:
         # The lists share the cores (``-n`` or all usable ones): two drizzles each starting a worker
         # per core would only compete for them, and hold twice the memory.
         share = max(1, ctx.cores // len(jobs))
         for p in jobs:
             entries[p.name]["parameters"] = {**entries[p.name]["parameters"], "num_cores": share}
-        done = _drizzle_concurrently(d, [(p, entries[p.name]["parameters"]) for p in jobs])
+        for _ in range(passes):
+            done = _drizzle_concurrently(d, [(p, entries[p.name]["parameters"]) for p in jobs])
     else:
         done = {}
         for p in jobs:
-            with Timer() as t, working_directory(d):
-                try:
-                    log = _astrodrizzle(p.inputs, p.root, p.runfile, entries[p.name]["parameters"])
-                except Exception as exc:
-                    raise ProcessingError(f"{d / p.name}: AstroDrizzle failed: {exc}", str(d / p.inputs[0])) from exc
+            for _ in range(passes):
+                with Timer() as t, working_directory(d):
+                    try:
+                        log = _astrodrizzle(p.inputs, p.root, p.runfile, entries[p.name]["parameters"])
+                    except Exception as exc:
+                        raise ProcessingError(f"{d / p.name}: AstroDrizzle failed: {exc}",
+                                              str(d / p.inputs[0])) from exc
             done[p.name] = (t.elapsed, log)
+    for name in entries:
+        entries[name]["passes"] = passes
     for name in done:
         if not (d / name).exists():
             raise ProcessingError(f"{d / name}: AstroDrizzle wrote no product", str(d / name))

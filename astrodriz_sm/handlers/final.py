@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import shutil
 from pathlib import Path
@@ -11,9 +12,10 @@ from astropy.io import fits
 
 from ..errors import ProcessingError
 from ..model import STAGES, StepResult, drizzles, manifest_name, original_name, partial_name, promoted_name
-from ..statemachine import choose_final_wcs, stage_files
+from ..statemachine import choose_final_wcs, exposures_source, stage_files
 from ..statemachine.state import DECISION, NOTE
 from .common import StepContext, Timer, captured_output, copy_file, hashes, sha256, working_directory
+from .alignment import exposures_directory, handed_back_headerlets
 from .drizzle import copy_into_stage, run_astrodrizzle
 
 
@@ -34,21 +36,37 @@ def stage_inputs(ctx: StepContext) -> StepResult:
         # DRIZCORR=OMIT: the exposures as delivered, as init read them.
         return StepResult({**copy_into_stage(ctx, ctx.input_dir, ctx.inputs.input_hashes), "fit_matches": []})
     chosen = ctx.run.output("final", "choose_wcs")["chosen_stage"]
-    expected = stage_files(ctx.run, chosen)
-    payload = copy_into_stage(ctx, ctx.stage_dir(chosen), expected)
+    # The chosen stage's exposures; after a discarded a priori stage, the ones it restored (with the
+    # database's headerlets) even when the pipeline-default WCS is chosen.
+    source = exposures_source(ctx.run, "final")
+    payload = copy_into_stage(ctx, *exposures_directory(ctx, source))
+    payload["source_stage"] = source["source_stage"]
+
+    def copy_recorded(stage: str, name: str, digest: str) -> None:
+        copy_file(ctx.stage_dir(stage) / name, ctx.stage_dir() / name)
+        got = sha256(ctx.stage_dir() / name)
+        if got != digest:
+            raise ProcessingError(f"{ctx.stage_dir(stage) / name}: changed since its stage recorded it "
+                                  f"(sha256 {got[:12]} != {digest[:12]}); start a new run",
+                                  str(ctx.stage_dir(stage) / name))
+        payload["files"][name] = got
+
     matches = ctx.run.output(chosen, "align").get("fit_matches")
     payload["fit_matches"] = []
     if matches:
-        name = matches["file"]
-        copy_file(ctx.stage_dir(chosen) / name, ctx.stage_dir() / name)
-        digest = sha256(ctx.stage_dir() / name)
-        if digest != matches["sha256"]:
-            raise ProcessingError(f"{ctx.stage_dir(chosen) / name}: changed since its stage recorded it "
-                                  f"(sha256 {digest[:12]} != {matches['sha256'][:12]}); start a new run",
-                                  str(ctx.stage_dir(chosen) / name))
-        payload["files"][name] = digest
-        payload["fit_matches"] = [name]
-    return StepResult(payload)
+        copy_recorded(chosen, matches["file"], matches["sha256"])
+        payload["fit_matches"] = [matches["file"]]
+    # runastrodriz 3.11 copies the alignment headerlets it applied to the FLT files beside the inputs:
+    # they are the `<rootname>_flt_hlet.fits` handed back, in place of the OPUS ones.
+    align = ctx.run.output(chosen, "align") if chosen == "aposteriori" else {}
+    payload["alignment_headerlets"] = sorted(set(align.get("flt_headerlets", {}).values()))
+    for name in payload["alignment_headerlets"]:
+        copy_recorded(chosen, name, align["files"][name])
+    database = ctx.run.output("apriori", "updatewcs") if handed_back_headerlets(ctx.run) else {}
+    payload["database_headerlets"] = handed_back_headerlets(ctx.run)
+    for name in payload["database_headerlets"]:
+        copy_recorded("apriori", name, database["files"][name])
+    return StepResult(payload, facts=[(DECISION, source)])
 
 
 def fit_matches(run) -> list[str]:
@@ -60,17 +78,21 @@ def write_headerlets(ctx: StepContext) -> StepResult:
     """Write each exposure's final WCS as its ``Exposure.final_headerlet`` (not with ``-b``).
 
     As runastrodriz 3.11 writes them: one per exposure of the first list (the FLT files, or the
-    FLC files of an FLC-only delivery), AUTHOR=OPUS and DESCRIP the WCSTYPE; a headerlet file
-    already in the input directory is kept, not replaced.
+    FLC files of an FLC-only delivery), AUTHOR=OPUS and DESCRIP the WCSTYPE; the alignment
+    headerlet of the a posteriori fit, when the final stage copied one, stands instead, and a
+    headerlet file already in the input directory is kept, not replaced.
     """
     from drizzlepac import updatehdr
     from stwcs.wcsutil import headerlet
 
     d = ctx.stage_dir()
     written, kept, notes = {}, [], []
+    aligned = set(ctx.run.output("final", "stage_inputs").get("alignment_headerlets", []))
     with captured_output(), working_directory(d):
         for exposure in ctx.inputs.exposures.lists[0]:
             name, hname = exposure.name, exposure.final_headerlet
+            if hname in aligned:
+                continue
             if (ctx.input_dir / hname).exists():
                 kept.append(hname)
                 continue
@@ -88,7 +110,7 @@ def write_headerlets(ctx: StepContext) -> StepResult:
                 # exposure of a DRIZCORR=OMIT run, never given a distortion model).
                 notes.append(f"no headerlet written for {name}: {exc}")
                 with contextlib.suppress(FileNotFoundError):
-                    (d / exposure.headerlet).unlink()
+                    (d / hname).unlink()
                 continue
             written[hname] = wcsname
     return StepResult({"headerlets": written, "kept_existing": kept, "files": hashes(d, list(written))},
@@ -200,12 +222,19 @@ def quality_analysis(ctx: StepContext) -> StepResult:
 PROMOTE_MARGIN = 1 << 20
 
 
+def _handed_back_headerlets(run) -> list[str]:
+    """Every headerlet file the final stage hands back: OPUS, alignment and astrometry-database ones."""
+    staged = run.output("final", "stage_inputs")
+    return (list(run.output("final", "write_headerlets").get("headerlets", {}))
+            + staged.get("alignment_headerlets", []) + staged.get("database_headerlets", []))
+
+
 def _promoted_files(ctx: StepContext) -> list[str]:
     """What the final stage hands back: products, updated exposures, headerlets, matched pairs, quality statistics."""
     products = [p["product"] for p in ctx.run.output("final", "astrodrizzle").get("products", [])]
-    headerlets = list(ctx.run.output("final", "write_headerlets").get("headerlets", {}))
     quality = ctx.run.output("final", "quality_analysis").get("written", [])
-    return products + ctx.inputs.exposures.names + headerlets + fit_matches(ctx.run) + quality
+    return (products + ctx.inputs.exposures.names + _handed_back_headerlets(ctx.run) + fit_matches(ctx.run)
+            + quality)
 
 
 def promote(ctx: StepContext) -> StepResult:
@@ -280,15 +309,39 @@ def replace(ctx: StepContext) -> StepResult:
             (folder / original_name(n)).unlink()
     products = [p["product"] for p in ctx.run.output("final", "astrodrizzle").get("products", [])]
     return StepResult({"files": hashes(folder, targets), "replaced": promoted["originals"], "products": products,
-                       "headerlets": list(ctx.run.output("final", "write_headerlets").get("headerlets", {})),
-                       "fit_matches": fit_matches(ctx.run)})
+                       "headerlets": _handed_back_headerlets(ctx.run), "fit_matches": fit_matches(ctx.run)})
+
+
+def manifest_headerlets(ctx: StepContext) -> list[str]:
+    """The headerlet lines of runastrodriz 3.11's manifest, in its order (runastrodriz.py 3.11.0 814-859).
+
+    First the HDRNAME of each OPUS headerlet it wrote (``<exposure>_hlet.fits``, which names the file
+    only for an FLT), then per exposure of the first list the astrometry database's headerlets
+    (``<exposure>_??????_hlet.fits``) and ``<exposure>_hlet.fits`` as found beside the inputs: so a
+    headerlet written here is listed twice, as 3.11 lists it.
+    """
+    written = ctx.run.output("final", "write_headerlets").get("headerlets", {})
+    first = ctx.inputs.exposures.lists[0]
+    lines = [e.headerlet for e in first if e.final_headerlet in written]
+    handed_back = set(ctx.run.output("final", "replace").get("headerlets", []))
+    # 3.11 looks in its working directory: the input directory, or a NEWPATH copy holding only this run's files.
+    present = (sorted(p.name for p in ctx.input_dir.iterdir()) if not ctx.config.get("newpath")
+               else sorted(handed_back))
+    for e in first:
+        lines += fnmatch.filter(present, e.database_headerlet_pattern)
+        lines += [e.headerlet] if e.headerlet in present else []
+    return lines
 
 
 def write_manifest(ctx: StepContext) -> StepResult:
-    """``<root>_manifest.txt`` (``-m``): products, exposures, headerlets, matched pairs and the trailer, one per line."""
+    """``<root>_manifest.txt`` (``-m``): as runastrodriz 3.11's, one file per line.
+
+    Products, exposures, headerlets (:func:`manifest_headerlets`), the matched pairs of the fit,
+    then the trailer as written (``<input root>.tra``).
+    """
     replaced = ctx.run.output("final", "replace")
-    names = (replaced["products"] + ctx.inputs.exposures.names + replaced["headerlets"]
-             + replaced.get("fit_matches", []) + [ctx.inputs.trailer])
+    names = (replaced["products"] + ctx.inputs.exposures.names + manifest_headerlets(ctx)
+             + replaced.get("fit_matches", []) + [ctx.run.trailer])
     path = ctx.input_dir / manifest_name(ctx.root)
     partial = path.with_name(partial_name(path.name))
     partial.write_text("".join(f"{n}\n" for n in names))

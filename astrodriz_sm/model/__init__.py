@@ -25,6 +25,7 @@ from .exposures import (
     report_name,
     split_input_name,
     stage_directory_name,
+    UPDATED_COPIES,
     trailer_name,
 )
 from .inputs import Inputs
@@ -79,6 +80,7 @@ __all__ = [
     "report_name",
     "split_input_name",
     "stage_directory_name",
+    "UPDATED_COPIES",
     "stage_steps",
     "step_spec",
     "trailer_name",

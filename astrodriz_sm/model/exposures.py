@@ -73,6 +73,11 @@ def stage_directory_name(root: str, stage: str) -> str:
     return f"{root}_{stage}"
 
 
+# Inside the a priori stage's directory: its exposures as the database update left them, before
+# any drizzle; a discarded stage restores the pipeline-default WCS in them and hands them on.
+UPDATED_COPIES = "updated"
+
+
 # Suffixes of the hidden files that exist only while a file is being written or replaced.
 PARTIAL_SUFFIX, PROMOTED_SUFFIX, ORIGINAL_SUFFIX = ".partial", ".promoted", ".original"
 TRANSIENT_SUFFIXES = (PARTIAL_SUFFIX, PROMOTED_SUFFIX, ORIGINAL_SUFFIX)
@@ -158,6 +163,24 @@ class Exposure:
     def headerlet(self) -> str:
         """``<rootname>_<kind>_hlet.fits``: the headerlet of an a posteriori fit (drizzlepac's alignment)."""
         return headerlet_name(self.name[: -len(".fits")])
+
+    @property
+    def database_headerlet_pattern(self) -> str:
+        """``<rootname>_<kind>_??????_hlet.fits``: the headerlets stwcs's ``updatewcs(use_db=True)`` writes.
+
+        stwcs names each new WCS it computes for the astrometry database (the pipeline default it
+        archives, a new a priori solution) after the first six hex digits of the WCSNAME's SHA-1.
+        """
+        return headerlet_name(f"{self.name[: -len('.fits')]}_??????")
+
+    @property
+    def alignment_headerlet(self) -> str:
+        """``<rootname>_flt_hlet.fits``: the file drizzlepac's alignment writes the a posteriori fit to.
+
+        ``align_utils.update_image_wcs_info`` without ``headerlet_filenames`` (as runastrodriz 3.11
+        calls it) names it ``_flt_hlet`` for an FLC and an FLT alike.
+        """
+        return self.final_headerlet
 
     @property
     def final_headerlet(self) -> str:

@@ -108,6 +108,56 @@ def best_verified_stage(run: RunState) -> str:
     return next((stage for stage in ("aposteriori", "apriori") if is_kept(run, stage)), "default")
 
 
+COSMIC_RAY_RULE = ("runastrodriz 3.11 find_crs: an alignment stage clears the cosmic-ray flags (DQ 4096, 8192) of "
+                   "the verified list and identifies them again, drizzling twice, unless the alignment it starts "
+                   "from was verified: the default products' or, for the a posteriori stage, a kept a priori "
+                   "stage's")
+
+
+def cosmic_ray_path(run: RunState, stage: str) -> dict:
+    """Whether an alignment stage identifies cosmic rays again, by :data:`COSMIC_RAY_RULE`.
+
+    Returns
+    -------
+    dict
+        Payload of the ``<stage>_cosmic_rays`` decision: ``identify``, ``reason``, ``rule``.
+    """
+    if stage == "aposteriori" and is_kept(run, "apriori"):
+        identify, reason = False, "the a priori stage was kept: its cosmic-ray flags hold"
+    elif run.verdict("default") is False:
+        identify, reason = True, "the default products were not verified: their cosmic-ray flags are suspect"
+    else:
+        identify, reason = False, "the default products were verified: their cosmic-ray flags hold"
+    return {"decision": f"{stage}_cosmic_rays", "identify": identify, "reason": reason, "rule": COSMIC_RAY_RULE}
+
+
+SOURCE_RULE = ("runastrodriz 3.11 works on the inputs in place: a stage starts from the exposures as the last "
+               "kept stage left them; after a discarded a priori stage they keep the astrometry database's "
+               "headerlets, with the pipeline-default WCS restored as primary (restore_pipeline_default)")
+
+
+def exposures_source(run: RunState, stage: str) -> dict:
+    """Which stage's exposures ``stage`` starts from, by :data:`SOURCE_RULE`.
+
+    Returns
+    -------
+    dict
+        Payload of the ``<stage>_source`` decision: ``source_stage``, ``restored`` (True for the
+        discarded a priori stage's restored copies), ``reason``, ``rule``.
+    """
+    kept = best_verified_stage(run)
+    restored = kept == "default" and bool(run.output("apriori", last_step("apriori")).get("restored"))
+    if restored:
+        reason = ("the a priori stage was discarded: its exposures, with the database's headerlets and the "
+                  "pipeline-default WCS restored as primary")
+    elif kept == "default":
+        reason = "no alignment stage kept: the pipeline-default stage's exposures"
+    else:
+        reason = f"the {kept} stage was kept: its exposures"
+    return {"decision": f"{stage}_source", "source_stage": "apriori" if restored else kept,
+            "restored": restored, "reason": reason, "rule": SOURCE_RULE}
+
+
 # drizzlepac's RMS of a fit that failed (determine_fit_quality's initial value), in mas.
 FAILED_FIT_RMS = 1e9
 
