@@ -231,6 +231,8 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
     """
     from drizzlepac import mdzhandler
 
+    from ..statemachine.machine import alignment_follows
+
     mdriztab = ctx.inputs.reference_paths.get("MDRIZTAB")
     wfpc2 = ctx.inputs.instrument == "WFPC2"
     d = ctx.stage_dir()
@@ -255,15 +257,19 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
         pars.update(final_fillval="INDEF", driz_sep_kernel="turbo", driz_sep_fillval=0.0, resetbits=0)
     if final:
         pars.update(in_memory=bool(ctx.config.get("inmemory")), clean=True)
-    elif ctx.stage == "default":
-        # The default stage drizzles exactly as the final stage does, keeping its intermediate files
-        # on disk for verification, so that the final stage can reuse its products (see
-        # reusable_product). The focus measurement turns the singles' INDEF fill into 0 itself.
+    elif ctx.stage == "default" and not alignment_follows(ctx.run):
+        # No alignment stage follows: runastrodriz 3.11 verifies nothing and drizzles its final products
+        # at once. The default stage drizzles exactly as the final stage does, keeping its intermediate
+        # files for its own check, so that the final stage reuses its products (reusable_product).
         pars.update(in_memory=False, clean=False)
     else:
+        # runastrodriz 3.11's verification drizzles (RA 576-593): the default stage's when an alignment
+        # stage follows, and the alignment stages'. Their cosmic-ray flags are what the alignment stages
+        # start from, so the parameters are 3.11's to the letter (resetbits 0: a second pass adds to the
+        # flags of the first).
         pars.update(in_memory=False, clean=False, final_fillval="INDEF",
-                    driz_sep_kernel="turbo", driz_sep_fillval=0.0)
-        if not identifies_cosmic_rays(ctx.run, ctx.stage):
+                    driz_sep_kernel="turbo", driz_sep_fillval=0.0, resetbits=0)
+        if ctx.stage != "default" and not identifies_cosmic_rays(ctx.run, ctx.stage):
             # The alignment this stage starts from was verified, so its cosmic-ray flags hold: keep them
             # (resetbits 0) and drizzle without a new identification, as runastrodriz's reset_mdriztab_nocr.
             pars.update(no_cr_parameters(ctx.inputs.detector_parameters.verification_good_bits(ctx.stage)))
@@ -475,10 +481,11 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> StepResult:
     concurrent = 1 < len(jobs) <= ctx.cores
     ctx.progress(" and ".join(f"AstroDrizzle {p.name} from {len(p.exposures)} exposures" for p in jobs)
                  + (" (concurrently)" if concurrent else ""))
-    # On the cosmic-ray path runastrodriz 3.11 drizzles an alignment stage twice (verify_alignment's
+    # On the cosmic-ray path runastrodriz 3.11 drizzles a verified stage twice (verify_alignment's
     # find_crs run, then the verification run), with resetbits 0: the second identification starts
-    # from the flags of the first.
-    passes = 2 if ctx.stage in ("apriori", "aposteriori") and identifies_cosmic_rays(ctx.run, ctx.stage) else 1
+    # from the flags of the first. The default stage takes that path whenever an alignment stage follows.
+    passes = 2 if (ctx.stage == "default" and alignment_follows(ctx.run)) or (
+        ctx.stage in ("apriori", "aposteriori") and identifies_cosmic_rays(ctx.run, ctx.stage)) else 1
     if concurrent:
         # The lists share the cores (``-n`` or all usable ones): two drizzles each starting a worker
         # per core would only compete for them, and hold twice the memory.
