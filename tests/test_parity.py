@@ -19,9 +19,12 @@ from astropy.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import parity  # after the path: the harness lives with the benchmarks, not in the package
 
-# The common case (a priori then a GAIAeDR3 fit kept, FLT and FLC) and the catalog fallback
-# (GAIAeDR3 empty in the field, the fit made on GSC242).
-PARITY_CASES = ("pointing", "sparse")
+# The common case (a priori then a GAIAeDR3 fit kept, FLT and FLC), the catalog fallback (GAIAeDR3
+# empty in the field, the fit made on GSC242), and the shapes of input that take other paths of
+# runastrodriz 3.11: the product row of the ASN, an _flc singleton, DRIZCORR=OMIT, a member AstroDrizzle
+# leaves out, sky matching. Each must hand back the same files, keyword for keyword and bit for bit.
+PARITY_CASES = ("pointing", "sparse", "crsplit-dither", "prod-rpt", "flc-singleton", "drizcorr-omit",
+                "ngoodpix-zero", "skymatch")
 # Generous: a hung child is killed rather than holding the suite; no assertion is made on time.
 RUN_TIMEOUT_S = 1800
 
