@@ -373,6 +373,7 @@ PRIVATE_FILES = (
     ("stwcs.log", "stwcs.updatewcs's log file"),
     ("astrometry.log", "stwcs.updatewcs.astrometry_utils's log file (astrometry database queries)"),
     ("headerlet.log", "stwcs.wcsutil.headerlet's log file"),
+    ("photeq.log", "drizzlepac.photeq's log file (WFPC2: runastrodriz runs photeq in its working directory)"),
     ("*_pydriz_copy.log", "runastrodriz's copy of AstroDrizzle's log before it appends it to the trailer "
                           "(RA 1032-1036)"),
 )
