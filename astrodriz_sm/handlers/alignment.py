@@ -202,13 +202,15 @@ def apriori_updatewcs(ctx: StepContext) -> StepResult:
     d = ctx.stage_dir()
     default_name = ctx.run.output("default", "updatewcs").get("wcsname")
     groups = [[e.name for e in g] for g in ctx.inputs.exposures.lists]
+    updated_groups = [[e.name for e in g] for g in ctx.inputs.exposures.updated_lists]
     ctx.progress("updatewcs(use_db=True) against " + service_url(ctx, "ASTROMETRY_SERVICE_URL"))
     services = {service_url(ctx, v): what for v, what in (
         ("ASTROMETRY_SERVICE_URL", "the astrometry database"), ("GSSS_WEBSERVICES_URL", "the guide-star service"))}
     with Timer() as t, captured_output() as out, working_directory(d), \
             bounded_requests(service_timeout(ctx.run.environment)) as requests_log:
         failures = requests_log.failures
-        for group in groups:
+        checks = {"warnings": [], "exposures": {}, "renamed": {}}
+        for group in updated_groups:
             try:
                 stwcs_updatewcs(list(group), use_db=True)
             except Exception as exc:
@@ -216,14 +218,20 @@ def apriori_updatewcs(ctx: StepContext) -> StepResult:
                     break  # the service did not answer: said below, as the reason the stage stops
                 raise ProcessingError(f"{d / group[0]}: updatewcs(use_db=True) failed: {exc}",
                                       str(d / group[0])) from exc
+            if failures:
+                break
+            # 3.11 checks each list right after its update (RA 618-646).
+            part = apriori_checks(d, group)
+            checks["warnings"] += part["warnings"]
+            checks["exposures"].update(part["exposures"])
+            for name, change in part["renamed"].items():
+                checks["renamed"].setdefault(name, change)
     if failures:
         first = failures[0]
         what = next((w for url, w in services.items() if first.url.startswith(url)), "a service")
         return StepResult({"seconds": t.elapsed, "log": out.getvalue(),
                            "requests_failed": [f.__dict__ for f in failures]},
                           stop=StageStop(f"{first.describe(what)}: stage skipped"))
-    with captured_output() as checks_out, working_directory(d):
-        checks = apriori_checks(d, [n for g in groups for n in g])
     names = sorted({w for s in checks["exposures"].values() for w in s["wcsnames"]})
     written = database_headerlets(d, ctx.inputs.exposures.all)
     # The exposures as 3.11 leaves them beside the inputs before it drizzles this stage: what a
@@ -238,7 +246,7 @@ def apriori_updatewcs(ctx: StepContext) -> StepResult:
     payload = {"wcsname": names[0] if len(names) == 1 else names, **checks, "dq_bits_reset": cleared,
                "database_headerlets": written, "updated_copies": hashes(updated, [n for g in groups for n in g]),
                "files": hashes(d, [n for g in groups for n in g] + written), "seconds": t.elapsed,
-               "log": out.getvalue() + checks_out.getvalue()}
+               "log": out.getvalue()}
     # runastrodriz 3.11 drizzles and verifies the stage whatever updatewcs gave: no solution (the
     # pipeline-default WCS again) or different solutions per exposure are noted, not a stop.
     if names == [default_name]:
@@ -492,10 +500,10 @@ def align(ctx: StepContext) -> StepResult:
     # Exposures of the other kind (FLT when FLC were fitted) take the same WCS, as runastrodriz 3.11
     # gives it: the fit keywords copied, the FLC's headerlet applied as primary, the old WCS archived.
     applied = {}
-    if inputs.exposures.unverified:
+    if inputs.exposures.fit_applied_to:
         # In the stage directory: stwcs's headerlet functions write their log in the working directory.
         with captured_output() as out, working_directory(d):
-            applied = apply_fit_to_flt(d, fitted, inputs.exposures.unverified)
+            applied = apply_fit_to_flt(d, fitted, inputs.exposures.fit_applied_to)
         payload["log"] += out.getvalue()
     names_all = inputs.exposures.names
     summary = {n: _wcs_summary(d / n) for n in names_all}

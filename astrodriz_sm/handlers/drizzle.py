@@ -189,11 +189,11 @@ def updatewcs(ctx: StepContext) -> StepResult:
     groups = [[e.name for e in g] for g in ctx.inputs.exposures.lists]
     ctx.progress(f"updatewcs(use_db=False) on {sum(map(len, groups))} exposures")
     with Timer() as t, captured_output() as out, working_directory(d):
-        for group in groups:
-            # runastrodriz 3.11 writes S_REGION from the header's WCS as delivered, before updatewcs,
-            # and SKYCELL from the pipeline-default WCS after it; later stages leave both alone.
-            for name in group:
-                processing_utils.compute_sregion(name)
+        # runastrodriz 3.11 writes S_REGION from the header's WCS as delivered, before any updatewcs,
+        # and SKYCELL from the pipeline-default WCS after it; later stages leave both alone.
+        for name in (n for g in groups for n in g):
+            processing_utils.compute_sregion(name)
+        for group in [[e.name for e in g] for g in ctx.inputs.exposures.updated_lists]:
             try:
                 stwcs_updatewcs(list(group), use_db=False, checkfiles=False)
             except Exception as exc:
