@@ -378,6 +378,9 @@ def test_bad_switch_value_is_a_config_error(simulated):
                                    "expected one of on/yes/true or off/no/false")
 
 
+@pytest.mark.library_fallback(reason="runastrodriz 3.11 updates an FLC-only ASN's files twice (they are both of its "
+                               "lists): on the second a priori update stwcs cannot read an alternate WCS 'A' and "
+                               "says so, as it does in 3.11, whose files are the same (docs/parity.md, flc-only)")
 def test_flc_only_delivery_ends_done_with_a_drc_near_the_truth(simulated, service):
     """An association delivered as FLC files only: one DRC, verified and aligned, no DRZ."""
     src, d = simulated("flc-only", products="flc", pointing_error=0.6)
@@ -390,9 +393,13 @@ def test_flc_only_delivery_ends_done_with_a_drc_near_the_truth(simulated, servic
     assert run.inputs.exposures.flt == () and [e.name for e in run.inputs.exposures.flc] == [
         f"{m}_flc.fits" for m in src.members]
     assert run.ended["products"] == [f"{ROOT}_drc.fits"] and not (d / f"{ROOT}_drz.fits").exists()
-    # runastrodriz 3.11 names the headerlet of an FLC-only delivery _flt_hlet too.
-    assert run.output("final", "write_headerlets")["headerlets"] == {
-        f"{m}_flt_hlet.fits": run.decision("wcs")["chosen_wcsname"] for m in src.members}
+    # runastrodriz 3.11 takes an FLC-only ASN's files as both its lists, so the fit's headerlet is applied
+    # to them as to FLT files and handed back as <rootname>_flt_hlet.fits, in place of an OPUS headerlet.
+    assert run.output("final", "write_headerlets")["headerlets"] == {}
+    assert run.output("final", "stage_inputs")["alignment_headerlets"] == [f"{m}_flt_hlet.fits" for m in src.members]
+    for m in src.members:
+        assert fits.getval(d / f"{m}_flt_hlet.fits", "HDRNAME") == (
+            f"{m}_flc_{run.decision('wcs')['chosen_wcsname']}-hlet.fits")
     assert {v["product"] for vs in run.verifications.values() for v in vs} == {f"{ROOT}_drc.fits"}
     assert run.decision("wcs")["chosen_wcsname"].endswith("-FIT_REL_GAIAeDR3")
     acc = _accuracy(d, f"{ROOT}_drc.fits")

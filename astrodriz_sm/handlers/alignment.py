@@ -202,7 +202,7 @@ def apriori_updatewcs(ctx: StepContext) -> StepResult:
     d = ctx.stage_dir()
     default_name = ctx.run.output("default", "updatewcs").get("wcsname")
     groups = [[e.name for e in g] for g in ctx.inputs.exposures.lists]
-    updated_groups = [[e.name for e in g] for g in ctx.inputs.exposures.updated_lists]
+    updated_groups = [[e.name for e in g] for g in ctx.inputs.updated_lists]
     ctx.progress("updatewcs(use_db=True) against " + service_url(ctx, "ASTROMETRY_SERVICE_URL"))
     services = {service_url(ctx, v): what for v, what in (
         ("ASTROMETRY_SERVICE_URL", "the astrometry database"), ("GSSS_WEBSERVICES_URL", "the guide-star service"))}
@@ -500,10 +500,10 @@ def align(ctx: StepContext) -> StepResult:
     # Exposures of the other kind (FLT when FLC were fitted) take the same WCS, as runastrodriz 3.11
     # gives it: the fit keywords copied, the FLC's headerlet applied as primary, the old WCS archived.
     applied = {}
-    if inputs.exposures.fit_applied_to:
+    if inputs.fit_applied_to:
         # In the stage directory: stwcs's headerlet functions write their log in the working directory.
         with captured_output() as out, working_directory(d):
-            applied = apply_fit_to_flt(d, fitted, inputs.exposures.fit_applied_to)
+            applied = apply_fit_to_flt(d, fitted, inputs.fit_applied_to)
         payload["log"] += out.getvalue()
     names_all = inputs.exposures.names
     summary = {n: _wcs_summary(d / n) for n in names_all}

@@ -193,7 +193,7 @@ def updatewcs(ctx: StepContext) -> StepResult:
         # and SKYCELL from the pipeline-default WCS after it; later stages leave both alone.
         for name in (n for g in groups for n in g):
             processing_utils.compute_sregion(name)
-        for group in [[e.name for e in g] for g in ctx.inputs.exposures.updated_lists]:
+        for group in [[e.name for e in g] for g in ctx.inputs.updated_lists]:
             try:
                 stwcs_updatewcs(list(group), use_db=False, checkfiles=False)
             except Exception as exc:

@@ -293,28 +293,6 @@ class ExposureSet:
         return self.flt if self.flc else ()
 
     @property
-    def updated_lists(self) -> tuple[tuple[Exposure, ...], ...]:
-        """The lists runastrodriz 3.11 runs each ``updatewcs`` (and the a priori checks) on, in turn.
-
-        Its FLT list, then its FLC list; for an FLC-only delivery the FLC files are both of them (see
-        :attr:`fit_applied_to`), so they are updated twice, as 3.11 updates them.
-        """
-        return (self.flc, self.flc) if self.flc and not self.flt else self.lists
-
-    @property
-    def fit_applied_to(self) -> tuple[Exposure, ...]:
-        """The files runastrodriz 3.11 gives the a posteriori fit's headerlet after fitting the verified list.
-
-        The FLT files beside FLC files; for an FLC-only delivery the FLC files themselves: 3.11 builds
-        its FLC list by renaming ``_flt`` to ``_flc`` in its list of calibrated files, which for such a
-        delivery already are the FLC files (RA 463-466), so they are both its lists (RA 1136-1137,
-        1217-1231). An FLT-only delivery has none.
-        """
-        if not self.flc:
-            return ()
-        return self.flt or self.flc
-
-    @property
     def all_empty(self) -> bool:
         """True when every exposure is empty (EXPTIME or NGOODPIX 0): runastrodriz aligns none to GAIA."""
         return all(e.empty for e in self.all)

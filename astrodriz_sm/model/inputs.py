@@ -86,6 +86,32 @@ class Inputs:
         return self.exposures.products(self.root, stage, alignment_follows)
 
     @property
+    def updated_lists(self) -> tuple[tuple[Exposure, ...], ...]:
+        """The lists runastrodriz 3.11 runs each ``updatewcs`` (and the a priori checks) on, in turn.
+
+        Its FLT list, then its FLC list. For an ASN delivered as FLC files only, the FLC files are
+        both: 3.11 builds its FLC list by renaming ``_flt`` to ``_flc`` in its list of calibrated files,
+        which already are the FLC files (RA 463-466), so they are updated twice. (A singleton's FLC
+        list is built only from a name other than the input's, RA 432-441.)
+        """
+        ex = self.exposures
+        return (ex.flc, ex.flc) if self._flc_lists_doubled else ex.lists
+
+    @property
+    def fit_applied_to(self) -> tuple[Exposure, ...]:
+        """The files runastrodriz 3.11 gives the a posteriori fit's headerlet after fitting the verified list.
+
+        The FLT files beside FLC files, and the FLC files themselves when they are both of 3.11's lists
+        (:attr:`updated_lists`, RA 1136-1137, 1217-1231); none for FLT or FLC files alone otherwise.
+        """
+        ex = self.exposures
+        return ex.flc if self._flc_lists_doubled else ex.unverified
+
+    @property
+    def _flc_lists_doubled(self) -> bool:
+        return self.kind == "asn" and bool(self.exposures.flc) and not self.exposures.flt
+
+    @property
     def verified_product(self) -> Product:
         """The product each stage verifies."""
         return self.exposures.verified_product(self.root)
