@@ -523,7 +523,7 @@ def align(ctx: StepContext) -> StepResult:
     return StepResult(payload, facts=facts)
 
 
-def handed_back_headerlets(run) -> list[str]:
+def database_headerlets_written(run) -> list[str]:
     """The astrometry database's new headerlets the a priori update wrote (handed back whatever the verdict)."""
     if not run.is_completed("apriori", "updatewcs"):
         return []
@@ -554,7 +554,7 @@ def conclude(ctx: StepContext) -> StepResult:
                 runastrodriz.restore_pipeline_default(names)
             restored = hashes(updated, names)
     if not decision["kept"] and d.exists() and not ctx.config.get("debug"):
-        keep = set(handed_back_headerlets(ctx.run)) if ctx.stage == "apriori" else set()
+        keep = set(database_headerlets_written(ctx.run)) if ctx.stage == "apriori" else set()
         if restored is not None:
             keep.add(UPDATED_COPIES)
         kept_files = sorted(keep)

@@ -15,7 +15,7 @@ from ..model import STAGES, StepResult, drizzles, manifest_name, original_name, 
 from ..statemachine import choose_final_wcs, exposures_source, stage_files
 from ..statemachine.state import DECISION, NOTE
 from .common import StepContext, Timer, captured_output, copy_file, hashes, sha256, working_directory
-from .alignment import exposures_directory, handed_back_headerlets
+from .alignment import database_headerlets_written, exposures_directory
 from .drizzle import copy_into_stage, run_astrodrizzle
 
 
@@ -62,10 +62,9 @@ def stage_inputs(ctx: StepContext) -> StepResult:
     payload["alignment_headerlets"] = sorted(set(align.get("flt_headerlets", {}).values()))
     for name in payload["alignment_headerlets"]:
         copy_recorded(chosen, name, align["files"][name])
-    database = ctx.run.output("apriori", "updatewcs") if handed_back_headerlets(ctx.run) else {}
-    payload["database_headerlets"] = handed_back_headerlets(ctx.run)
+    payload["database_headerlets"] = database_headerlets_written(ctx.run)
     for name in payload["database_headerlets"]:
-        copy_recorded("apriori", name, database["files"][name])
+        copy_recorded("apriori", name, ctx.run.output("apriori", "updatewcs")["files"][name])
     return StepResult(payload, facts=[(DECISION, source)])
 
 
@@ -134,24 +133,22 @@ def update_headers(ctx: StepContext) -> StepResult:
     names = ctx.inputs.exposures.names
     drizzled = drizzles(ctx.inputs, ctx.config)
     products = [p.name for p in ctx.inputs.products("final")] if drizzled else []
+    completed = ctx.inputs.exposures.lists[0][0].name if drizzled and ctx.inputs.kind != "asn" else None
     with captured_output(), working_directory(d):
-        if not drizzled:
-            # DRIZCORR=OMIT: 3.11 writes S_REGION on its inputs before it reads DRIZCORR (RA 477-478); with
-            # PERFORM the default stage has written it from the same WCS.
-            for name in names:
-                processing_utils.compute_sregion(name)
         for product in products:
-            # As 3.11: only a product with data (every exposure empty leaves a header-only file).
-            with fits.open(product) as hdul:
-                has_data = any(h.name == "SCI" and h.data is not None for h in hdul)
-            if has_data:
-                processing_utils.compute_sregion(product)
-            fits.setval(product, "DRIZPARS", value=ctx.run.trailer)
-        if drizzled and ctx.inputs.kind != "asn":
-            with fits.open(ctx.inputs.exposures.lists[0][0].name, mode="update") as hdul:
-                hdul[0].header["DRIZCORR"] = "COMPLETE"
+            with fits.open(product, mode="update") as hdul:
+                # As 3.11: only a product with data (every exposure empty leaves a header-only file).
+                if any(h.name == "SCI" and h.data is not None for h in hdul):
+                    processing_utils.compute_sregion(hdul)
+                hdul[0].header["DRIZPARS"] = ctx.run.trailer
         for name in names:
             with fits.open(name, mode="update") as hdul:
+                if not drizzled:
+                    # DRIZCORR=OMIT: 3.11 writes S_REGION on its inputs before it reads DRIZCORR (RA 477-478);
+                    # with PERFORM the default stage has written it from the same WCS.
+                    processing_utils.compute_sregion(hdul)
+                if name == completed:
+                    hdul[0].header["DRIZCORR"] = "COMPLETE"
                 for extver in range(1, fileutil.countExtn(hdul) + 1):
                     header = hdul[("SCI", extver)].header
                     for key in altwcs.wcskeys(hdul, ("SCI", extver)):
@@ -222,6 +219,11 @@ def quality_analysis(ctx: StepContext) -> StepResult:
 PROMOTE_MARGIN = 1 << 20
 
 
+def _final_products(run) -> list[str]:
+    """The products the final stage drizzled (none when DRIZCORR=OMIT)."""
+    return [p["product"] for p in run.output("final", "astrodrizzle").get("products", [])]
+
+
 def _handed_back_headerlets(run) -> list[str]:
     """Every headerlet file the final stage hands back: OPUS, alignment and astrometry-database ones."""
     staged = run.output("final", "stage_inputs")
@@ -231,7 +233,7 @@ def _handed_back_headerlets(run) -> list[str]:
 
 def _promoted_files(ctx: StepContext) -> list[str]:
     """What the final stage hands back: products, updated exposures, headerlets, matched pairs, quality statistics."""
-    products = [p["product"] for p in ctx.run.output("final", "astrodrizzle").get("products", [])]
+    products = _final_products(ctx.run)
     quality = ctx.run.output("final", "quality_analysis").get("written", [])
     return (products + ctx.inputs.exposures.names + _handed_back_headerlets(ctx.run) + fit_matches(ctx.run)
             + quality)
@@ -307,7 +309,7 @@ def replace(ctx: StepContext) -> StepResult:
     for n in targets:
         with contextlib.suppress(FileNotFoundError):
             (folder / original_name(n)).unlink()
-    products = [p["product"] for p in ctx.run.output("final", "astrodrizzle").get("products", [])]
+    products = _final_products(ctx.run)
     return StepResult({"files": hashes(folder, targets), "replaced": promoted["originals"], "products": products,
                        "headerlets": _handed_back_headerlets(ctx.run), "fit_matches": fit_matches(ctx.run)})
 
