@@ -23,9 +23,24 @@ FALLBACK_MARKER = "library_fallback"
 STORE_NAME = "astrodriz_sm.db"
 
 
+# Marker of a test that takes minutes (both pipelines on one association): started first.
+LONG_MARKER = "long"
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", f"{FALLBACK_MARKER}(reason): the test expects a library fallback "
                             "warning in the event stores it creates")
+    config.addinivalue_line("markers", f"{LONG_MARKER}: takes minutes; collected first so that the "
+                            "workers do not finish the suite waiting on one of them")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest first: with several workers the suite ends sooner when the long tests start early.
+
+    ``--maxschedchunk=1`` (pyproject.toml) makes xdist hand each worker two tests at a time, so the
+    long tests spread over the workers instead of all landing in the first worker's initial chunk.
+    """
+    items.sort(key=lambda item: item.get_closest_marker(LONG_MARKER) is None)
 
 
 def fallback_warnings(store_path: Path) -> list[str]:

@@ -23,8 +23,8 @@ import parity  # after the path: the harness lives with the benchmarks, not in t
 # empty in the field, the fit made on GSC242), and the shapes of input that take other paths of
 # runastrodriz 3.11: the product row of the ASN, an _flc singleton, DRIZCORR=OMIT, a member AstroDrizzle
 # leaves out, sky matching. Each must hand back the same files, keyword for keyword and bit for bit.
-PARITY_CASES = ("pointing", "sparse", "crsplit-dither", "prod-rpt", "flc-singleton", "drizcorr-omit",
-                "ngoodpix-zero", "skymatch")
+PARITY_CASES = ("apriori-discarded", "pointing", "sparse", "crsplit-dither", "prod-rpt", "flc-singleton",
+                "drizcorr-omit", "ngoodpix-zero", "skymatch")
 # Generous: a hung child is killed rather than holding the suite; no assertion is made on time.
 RUN_TIMEOUT_S = 1800
 
@@ -64,6 +64,7 @@ def test_runastrodriz_verdicts_are_read_from_its_info_output(apriori, aposterior
                                "final": "run"}
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", PARITY_CASES)
 def test_astrodriz_sm_hands_back_what_runastrodriz_does(name, tmp_path):
     result = parity.run_case(parity.CASES[name], tmp_path, timeout=RUN_TIMEOUT_S)
