@@ -34,6 +34,7 @@ def _run(d):
     return store, fold(store.events(store.latest_run()["run_id"]))
 
 
+@pytest.mark.long
 def test_crash_harness_resumes_every_kill_point_identical(simulated, service, record_property):
     """SIGKILL at step boundaries and inside updatewcs, AstroDrizzle, source finding and fitting."""
     src, _ = simulated("harness", n_exposures=2, pointing_error=0.6)
