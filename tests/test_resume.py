@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 
+import pytest
 from astropy.io import fits
 
 from astrodriz_sm.crashtest import KILL_POINTS, harness, start_and_kill
