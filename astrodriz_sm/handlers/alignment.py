@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model import UPDATED_COPIES, StageStop, StepResult, fit_matches_name
+from ..numerics.matches import matched_pairs
 from ..statemachine import (choose_fit, conclude_stage, cosmic_ray_path, exposures_source, fit_search_ends,
                              stage_files)
 from ..statemachine.rules import FAILED_FIT_RMS, VALID_FIT_QUALITY
@@ -22,7 +23,7 @@ from ..statemachine.state import CANDIDATE, DECISION
 from .centroids import refine_catalogs
 from .common import StepContext, Timer, captured_output, copy_file, hashes, working_directory
 from .drizzle import CR_DQ_BITS, copy_into_stage, identifies_cosmic_rays
-from .matches import matched_pairs, write_matched_pairs
+from .matches import write_matched_pairs
 from .network import bounded_requests, service_timeout
 from .sources import alignment_table
 
