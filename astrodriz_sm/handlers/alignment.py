@@ -21,7 +21,8 @@ from ..statemachine import (choose_fit, conclude_stage, cosmic_ray_path, exposur
 from ..statemachine.rules import FAILED_FIT_RMS, VALID_FIT_QUALITY
 from ..statemachine.state import CANDIDATE, DECISION
 from .centroids import refine_catalogs
-from .common import StepContext, Timer, captured_output, copy_file, hashes, working_directory
+from ..plumbing import Timer, captured_output, copy_file, hashes, working_directory
+from .common import StepContext
 from .drizzle import CR_DQ_BITS, copy_into_stage, identifies_cosmic_rays
 from .matches import write_matched_pairs
 from .network import bounded_requests, service_timeout

@@ -17,7 +17,8 @@ import numpy as np
 from ..model import Product, StepResult, focus_json_name
 from ..statemachine.rules import verify_stage
 from ..statemachine.state import DECISION, VERIFICATION
-from .common import StepContext, captured_output
+from ..plumbing import captured_output
+from .common import StepContext
 from .overlap import max_overlap_diff
 
 
