@@ -21,8 +21,8 @@ from astropy.io import fits
 
 from ..errors import ProcessingError
 from ..model import Product, StepResult
-from ..statemachine.state import NOTE
 from ..plumbing import Timer, captured_output, copy_file, hashes, working_directory
+from ..statemachine.state import NOTE
 from .common import StepContext
 
 # Parameters runastrodriz imposes on every pipeline AstroDrizzle call (PIPELINE_PARS), plus the
