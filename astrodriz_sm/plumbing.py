@@ -1,4 +1,4 @@
-"""Plumbing every layer may use: file hashes, copies, captured library output, the working directory, timers.
+"""Plumbing for every layer: file hashes, copies, captured library output, working directory, timers, sizes.
 
 A leaf: it imports nothing of the package, so a view, a handler and the runner can share it without
 importing each other.
@@ -134,3 +134,10 @@ class Timer:
 
     def __exit__(self, *exc):
         self.elapsed = round(time.perf_counter() - self.start, 3)
+
+
+def size_text(n: int | None) -> str:
+    """Bytes as the console shows them (decimal units, as Dask's sizes): ``280 MB``, ``2.50 GB``."""
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.0f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
