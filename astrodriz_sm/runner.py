@@ -22,7 +22,6 @@ from pathlib import Path
 
 import structlog
 
-from . import __version__
 from .config import SERVICE_SETTINGS, RunConfig, lease_expiry_from_environment
 from .errors import AstrodrizError, ExitCode, ProcessingError, RunStateError
 from .handlers.common import StepContext, library_fallbacks, payload_logs
@@ -42,6 +41,7 @@ from .statemachine.state import (
     WARNING,
 )
 from .store.eventstore import DEFAULT_LEASE_EXPIRY_S, EventStore, StoreError
+from .version import __version__
 from .views.trailer import render_trailer
 
 # The version recorded with every run and in every step's fingerprint.
