@@ -3,10 +3,7 @@
 The Python API (:mod:`astrodriz_sm.api`): :func:`process`, :func:`resume`, :func:`replay`, :func:`explain`.
 """
 
-from importlib import metadata
-
-__version__ = metadata.version("astrodriz-sm")
-
 from .api import RunResult, explain, process, replay, resume, status
+from .version import __version__
 
 __all__ = ["RunResult", "__version__", "explain", "process", "replay", "resume", "status"]

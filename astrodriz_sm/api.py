@@ -32,7 +32,7 @@ from .store.eventstore import EventStore, StoreCorrupt, StoreError
 
 STORE_NAME = "astrodriz_sm.db"
 
-__all__ = ["STORE_NAME", "RunResult", "campaign_report", "explain", "find_run", "open_store", "process", "replay",
+__all__ = ["STORE_NAME", "RunResult", "explain", "find_run", "open_store", "process", "replay",
            "report", "resume", "run_config", "status"]
 
 
@@ -385,40 +385,6 @@ def report(run: str | None = None, *, store: str | os.PathLike | None = None,
 
     events = open_store(store, read_only=True)
     return write_report(events, find_run(events, run), output)
-
-
-def campaign_report(ledger: str | os.PathLike, *, output: str | os.PathLike | None = None):
-    """Write a campaign's report page: ``<ledger stem>_campaign_report.html``.
-
-    One self-contained HTML page from the ledger and each association's event store: outcomes by
-    state and exit class, the associations and exposures ending with each kind of WCS, the a
-    posteriori fit RMS by detector, the failures by exit class and by the step that failed, the
-    retried associations and the slowest runs, linked to their own reports where those exist.
-
-    Parameters
-    ----------
-    ledger : path
-        The campaign ledger (``campaign.db``).
-    output : path, optional
-        The directory to write into; default the ledger's directory.
-
-    Returns
-    -------
-    pathlib.Path
-        The page.
-
-    Raises
-    ------
-    LedgerError
-        No ledger at that path (exit 7).
-    LedgerCorrupt
-        The file is not a campaign ledger (exit 8).
-    InputError
-        ``output`` cannot be written.
-    """
-    from .views.report.campaign import write_campaign_report
-
-    return write_campaign_report(ledger, output)
 
 
 def explain(run: str | None = None, *, store: str | os.PathLike | None = None) -> dict:

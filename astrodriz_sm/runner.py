@@ -22,11 +22,11 @@ from pathlib import Path
 
 import structlog
 
-from . import __version__
 from .config import SERVICE_SETTINGS, RunConfig, lease_expiry_from_environment
 from .errors import AstrodrizError, ExitCode, ProcessingError, RunStateError
-from .handlers.common import StepContext, Timer, library_fallbacks, payload_logs, sha256
+from .handlers.common import StepContext, library_fallbacks, payload_logs
 from .model import STAGES, last_step, partial_name, stage_directory_name, stage_steps, step_spec, trailer_name
+from .plumbing import Timer, sha256
 from .statemachine import STOP_STAGE, fold, next_action, plan, stage_files
 from .statemachine.state import (
     LEASE_TAKEN_OVER,
@@ -41,6 +41,7 @@ from .statemachine.state import (
     WARNING,
 )
 from .store.eventstore import DEFAULT_LEASE_EXPIRY_S, EventStore, StoreError
+from .version import __version__
 from .views.trailer import render_trailer
 
 # The version recorded with every run and in every step's fingerprint.

@@ -259,7 +259,7 @@ CAMPAIGN_PAGE = """(async () => {
 def test_the_campaign_report_shows_what_the_ledger_and_the_stores_say(campaign, tmp_path):
     from urllib.parse import unquote, urlparse
 
-    from astrodriz_sm.views.report.campaign import write_campaign_report
+    from astrodriz_sm.campaign.report import campaign_report
 
     from .browser import open_page
 
@@ -329,7 +329,7 @@ def test_the_campaign_report_shows_what_the_ledger_and_the_stores_say(campaign, 
     with sqlite3.connect(gone) as db:
         db.execute("UPDATE attempts SET store = ? WHERE input = ?",
                    [str(tmp_path / "nowhere" / STORE), str(base / linked / f"{linked}_asn.fits")])
-    page = write_campaign_report(gone).read_text()
+    page = campaign_report(gone).read_text()
     assert f'data-unread="{linked}" data-store-state="store missing"' in page
     assert f'data-exposures="exposures">{sum(exposures.values()) - exposures[linked]}<' in page
 

@@ -17,13 +17,13 @@ from astropy.io import fits
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
-from astrodriz_sm.handlers.centroids import (
+from astrodriz_sm.handlers.centroids import refine_catalogs
+from astrodriz_sm.numerics.centroids import (
     FLAG_DIVERGED,
     FLAG_EDGE,
     FLAG_FAILED,
     FLAG_OK,
     estimate_sigma,
-    refine_catalogs,
     refine_positions,
 )
 from astrodriz_sm.sim.render import SKY_LEVEL, add_noise, render_stars

@@ -8,7 +8,8 @@ from astropy.io import fits
 from drizzlepac.haputils import astrometric_utils as amutils
 from scipy import ndimage
 
-from astrodriz_sm.handlers.overlap import max_overlap_diff, median_filter5
+from astrodriz_sm.handlers.overlap import max_overlap_diff
+from astrodriz_sm.numerics.overlap import median_filter5
 
 SHAPE = (230, 260)
 

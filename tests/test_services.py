@@ -23,13 +23,13 @@ import requests
 from astropy.io import fits
 from astropy.table import Table
 
+from astrodriz_sm.handlers.network import probe
 from astrodriz_sm.services import (
     CATALOG_COLUMNS,
     ServiceApp,
     ServiceDataError,
     ServiceStore,
     answer_columns,
-    probe,
     start_server,
 )
 from astrodriz_sm.services.cli import (

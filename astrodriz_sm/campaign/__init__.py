@@ -2,7 +2,9 @@
 
 ``astrodriz-sm batch`` (:func:`run_batch`) runs each association as ``astrodriz-sm start`` (or
 ``resume``) in a process of its own on a Dask worker; ``astrodriz-sm campaign status``
-(:func:`campaign_summary`) sums up the ledger. See ``docs/campaigns.md``.
+(:func:`campaign_summary`) sums up the ledger; ``astrodriz-sm report --campaign``
+(:func:`astrodriz_sm.campaign.report.campaign_report`, imported on demand: it draws with matplotlib)
+writes its report page. See ``docs/campaigns.md``.
 """
 
 from .driver import BatchResult, StartOptions, judge, plan, read_input_list, run_batch

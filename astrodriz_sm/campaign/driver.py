@@ -20,10 +20,11 @@ from pathlib import Path
 
 from ..config import LEASE_EXPIRY_VARIABLE, RECORDED_VARIABLES, RunConfig, product_differences
 from ..errors import CAMPAIGN_RETRY, FINAL, RETRY_ONCE, AstrodrizError, ExitCode, Interrupted, UsageError
-from ..statemachine import fold
-from ..store.eventstore import EventStore, StoreError, utc_now
-from .ledger import DONE, FAILED, FOUND, RETRY, SKIPPED, Attempt, Ledger, LedgerError, size_text
-from .worker import Job, Outcome, run_association, run_summary
+from ..plumbing import size_text
+from ..store.eventstore import utc_now
+from .ledger import DONE, FAILED, FOUND, RETRY, SKIPPED, Attempt, Ledger, LedgerError
+from .runs import STORE_UNREADABLE, read_run, run_summary
+from .worker import Job, Outcome, run_association
 
 # Variables of the driver's environment every association's process gets, on whichever worker: what
 # the runs record, and the lease expiry.
@@ -95,33 +96,25 @@ def plan(input: Path, planned: RunConfig | None, retry_failed: bool = False) -> 
         ``none`` for a run that ended done or skipped, or failed with a final class, with the same
         products' settings; ``resume`` for an unfinished run; ``start`` otherwise.
     """
-    path = store_of(input)
-    if not path.is_file():
+    stored = read_run(store_of(input), input=str(input))
+    if stored.state == STORE_UNREADABLE:
+        return Plan("start", None, stored.problem)  # a damaged store: start refuses it with exit 8
+    run, run_id = stored.run, stored.run_id
+    if run is None:
         return Plan("start", None, "no run yet")
-    try:
-        store = EventStore(path, read_only=True)
-    except StoreError as exc:
-        return Plan("start", None, str(exc))  # a damaged store: start refuses it with exit 8
-    try:
-        row = store.latest_run(str(input))
-        if row is None:
-            return Plan("start", None, "no run yet")
-        run = fold(store.events(row["run_id"]))
-    finally:
-        store.close()
     if not run.is_ended:
-        return Plan("resume", row["run_id"], "unfinished")
+        return Plan("resume", run_id, "unfinished")
     status, code = run.ended["status"], run.ended["exit_code"]
     differences = product_differences(run.config, planned) if planned is not None else ["configuration"]
     if differences:
-        return Plan("start", None, f"run {row['run_id']} ended {status} with other settings "
+        return Plan("start", None, f"run {run_id} ended {status} with other settings "
                                    f"({'; '.join(differences)})")
     if status in ("done", "skipped"):
-        return Plan("none", row["run_id"], f"run {row['run_id']} ended {status}")
+        return Plan("none", run_id, f"run {run_id} ended {status}")
     final = CAMPAIGN_RETRY.get(_exit_code(code), FINAL) == FINAL
     if status == "failed" and final and not retry_failed:
-        return Plan("none", row["run_id"], f"run {row['run_id']} failed with exit {code}")
-    return Plan("start", None, f"run {row['run_id']} ended {status} (exit {code})")
+        return Plan("none", run_id, f"run {run_id} failed with exit {code}")
+    return Plan("start", None, f"run {run_id} ended {status} (exit {code})")
 
 
 def _exit_code(code: int | None) -> ExitCode:

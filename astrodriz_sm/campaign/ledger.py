@@ -237,13 +237,6 @@ class Ledger:
         return [dict(zip(names, r)) for r in cur.fetchall()]
 
 
-def size_text(n: int | None) -> str:
-    """Bytes as the console shows them (decimal units, as Dask's sizes): ``280 MB``, ``2.50 GB``."""
-    if n is None:
-        return "-"
-    return f"{n / 1e6:.0f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
-
-
 def _attempt(row: tuple) -> Attempt:
     values = dict(zip(_COLUMNS, row))
     values["memory_killed"] = bool(values["memory_killed"])

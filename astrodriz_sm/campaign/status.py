@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .ledger import Ledger, process_attempts, size_text, state_of
+from ..plumbing import size_text
+from .ledger import Ledger, process_attempts, state_of
 
 STATES = ("done", "skipped", "failed", "unfinished", "pending")
 WCS_TYPE_ORDER = ("default", "a priori", "a posteriori")

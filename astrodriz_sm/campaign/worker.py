@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from ..statemachine import fold
-from ..store.eventstore import EventStore, StoreError, utc_now
+from ..store.eventstore import utc_now
+from .runs import run_summary
 
 # How often the process tree's memory is read.
 SAMPLE_INTERVAL_S = 0.2
-# WCS type of the final products, by the stage whose WCS the final decision chose.
-WCS_TYPES = {"default": "default", "apriori": "a priori", "aposteriori": "a posteriori"}
 
 
 @dataclass(frozen=True)
@@ -150,30 +148,6 @@ def _kill_tree(proc: psutil.Process) -> None:
         for p in [*proc.children(recursive=True), proc]:
             with contextlib.suppress(psutil.Error):
                 p.send_signal(signal.SIGKILL)
-
-
-def run_summary(store_path: str, input: str) -> dict:
-    """The input's latest run in its store: id, status, WCSNAME and WCS type (all None without one)."""
-    out = {"run_id": None, "run_status": None, "exit_code": None, "wcsname": None, "wcs_type": None}
-    try:
-        store = EventStore(store_path, read_only=True)
-    except StoreError:
-        return out
-    try:
-        row = store.latest_run(input)
-        if row is None:
-            return out
-        run = fold(store.events(row["run_id"]))
-    except StoreError:
-        return out
-    finally:
-        store.close()
-    chosen = run.decision("wcs")
-    done = bool(run.ended) and run.ended["status"] == "done"
-    return {"run_id": row["run_id"], "run_status": run.ended["status"] if run.ended else "unfinished",
-            "exit_code": run.ended["exit_code"] if run.ended else None,
-            "wcsname": chosen.get("chosen_wcsname") if done else None,
-            "wcs_type": WCS_TYPES.get(chosen.get("chosen_stage")) if done else None}
 
 
 def run_association(job: Job) -> Outcome:

@@ -60,7 +60,9 @@ def cmd_report(args) -> int:
     if args.campaign is not None:
         if args.run or args.store:
             raise UsageError("report --campaign LEDGER takes no RUN or --store: each run's store is in the ledger")
-        print(f"report   {api.campaign_report(args.campaign, output=args.output)}")
+        from ..campaign.report import campaign_report
+
+        print(f"report   {campaign_report(args.campaign, output=args.output)}")
         return 0
     _print_report(api.report(args.run, store=args.store, output=args.output))
     return 0

@@ -15,37 +15,25 @@ from pathlib import Path
 import numpy as np
 
 from ..model import UPDATED_COPIES, StageStop, StepResult, fit_matches_name
+from ..numerics.matches import matched_pairs
+from ..plumbing import Timer, captured_output, copy_file, hashes, working_directory
 from ..statemachine import (choose_fit, conclude_stage, cosmic_ray_path, exposures_source, fit_search_ends,
                              stage_files)
 from ..statemachine.rules import FAILED_FIT_RMS, VALID_FIT_QUALITY
 from ..statemachine.state import CANDIDATE, DECISION
 from .centroids import refine_catalogs
-from .common import StepContext, Timer, captured_output, copy_file, hashes, working_directory
+from .common import StepContext
 from .drizzle import CR_DQ_BITS, copy_into_stage, identifies_cosmic_rays
-from .matches import matched_pairs, write_matched_pairs
-from .network import bounded_requests, service_timeout
+from .matches import write_matched_pairs
+from .network import PROBE_TIMEOUT, bounded_requests, probe, service_timeout, service_url
 from .sources import alignment_table
 
-# The libraries' own defaults, used when the variables are unset (runastrodriz does the same).
-DEFAULT_URLS = {
-    "ASTROMETRY_SERVICE_URL": "https://mast.stsci.edu/portal/astrometryDB/",
-    "GSSS_WEBSERVICES_URL": "https://gsss.stsci.edu/webservices",
-    "ASTROMETRIC_CATALOG_URL": "https://gsss.stsci.edu/webservices",
-}
-# Each probe gets this long at most; a stage probes one or two services, so an unreachable
-# network costs a run under 5 s in all instead of stwcs's minutes of retries.
-PROBE_TIMEOUT = 1.5
 STAGE_SERVICES = {"apriori": ("ASTROMETRY_SERVICE_URL", "GSSS_WEBSERVICES_URL"),
                   "aposteriori": ("ASTROMETRIC_CATALOG_URL",)}
 # drizzlepac's analyze_data rules (analyze.py 3.11.0 467-570), as runastrodriz gates the a posteriori fit.
 EXCLUSION_RULE = ("drizzlepac analyze_data: not fitted when OBSTYPE is not IMAGING, MTFLAG=T, SCAN_TYP C or D, "
                   "a calibration target, EXPTIME ~ 0, CHINJECT not NONE, a BLOCK filter, or all-zero SCI")
 REQUIRED_SERVICE = {"apriori": "ASTROMETRY_SERVICE_URL", "aposteriori": "ASTROMETRIC_CATALOG_URL"}
-
-
-def service_url(ctx: StepContext, variable: str) -> str:
-    """The service URL a stage uses: the recorded environment, else the library default."""
-    return ctx.run.environment.get(variable) or DEFAULT_URLS[variable]
 
 
 def probe_service(ctx: StepContext) -> StepResult:
@@ -57,8 +45,6 @@ def probe_service(ctx: StepContext) -> StepResult:
         Per service: URL, reachable, reason. A stop when the service the stage needs does not
         answer, so the stage is skipped instead of waiting on retries.
     """
-    from ..services import probe
-
     results = {}
     for variable in STAGE_SERVICES[ctx.stage]:
         url = service_url(ctx, variable)

@@ -1,19 +1,14 @@
-"""What every handler needs: the step context, file hashes, safe FITS reads, library output capture."""
+"""What every handler needs: the step context, safe FITS reads, the fallbacks a library's log reports.
+
+Hashes, copies, captured output and timers are :mod:`astrodriz_sm.plumbing`.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import hashlib
-import io
-import logging
 import os
 import re
-import shutil
-import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,27 +69,6 @@ class StepContext:
         return self.work_dir / stage_directory_name(self.root, stage or self.stage)
 
 
-def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def hashes(directory: Path, names) -> dict:
-    """``{name: sha256}`` for files in a directory.
-
-    Two threads share the files: hashlib releases the GIL while it digests a block.
-    """
-    names = list(names)
-    if len(names) < 2:
-        return {n: sha256(directory / n) for n in names}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(names, pool.map(lambda n: sha256(directory / n), names)))
-
-
 def check_fits(path: Path, need_sci: bool = False) -> None:
     """Make sure a file is a complete, readable FITS file.
 
@@ -137,91 +111,6 @@ def primary_header(path: Path) -> fits.Header:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return fits.getheader(path, 0)
-
-
-# Errors of the side being written: a copy that fails with one of these failed on its destination.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
-
-
-def copy_file(src: Path, dest: Path) -> None:
-    """Copy a file with its metadata; a failure to write names the destination.
-
-    ``shutil.copy2`` reports a full disk against the *source* file (or against no file at all),
-    which would blame an input for a problem of the place being written. A partial destination
-    is removed.
-
-    Raises
-    ------
-    OSError
-        With ``filename`` the destination when writing it failed (no space, quota, read-only
-        file system); otherwise as ``shutil.copy2`` raised it.
-    """
-    try:
-        shutil.copy2(src, dest)
-    except OSError as exc:
-        if exc.errno not in _WRITE_ERRNOS or (exc.filename is not None and exc.filename2 is None):
-            raise  # an open or stat failure already names its own file
-        with contextlib.suppress(OSError):
-            Path(dest).unlink()
-        raise OSError(exc.errno, exc.strerror, str(dest)) from exc
-
-
-@contextlib.contextmanager
-def working_directory(path: Path):
-    """Run a library that writes to the current directory inside ``path``."""
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
-@contextlib.contextmanager
-def captured_output(loggers=("stwcs", "drizzlepac", "stsci", "tweakwcs", "astropy")):
-    """Capture what the stsci libraries print and log, so it goes into the event instead.
-
-    Records reach one buffer through the root logger, where drizzlepac also hangs its runfile
-    handler; the libraries' own console handlers are silenced for the duration.
-
-    Yields
-    ------
-    io.StringIO
-        The captured text.
-    """
-    buf = io.StringIO()
-    handler = logging.StreamHandler(buf)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    saved_root = (root.handlers[:], root.level)
-    root.handlers = [handler]
-    root.setLevel(logging.INFO)
-    names = set(loggers) | {n for n in logging.root.manager.loggerDict if n.split(".")[0] in loggers}
-    saved = []
-    for name in sorted(names):
-        lg = logging.getLogger(name)
-        saved.append((lg, lg.handlers[:], lg.propagate))
-        # A NullHandler rather than none: stwcs's headerlet logging fails on a logger without handlers.
-        lg.handlers = [logging.NullHandler()]
-        lg.propagate = True
-    try:
-        # stderr too: AstroDrizzle's logging teardown hands an exception in flight to sys.excepthook,
-        # which would print its traceback on the console; the runner reports the exception itself.
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield buf
-    finally:
-        for h in root.handlers:
-            if h not in saved_root[0] and h is not handler:
-                h.close()  # handlers the library added (its runfile) and did not remove
-        root.handlers, _ = saved_root
-        root.setLevel(saved_root[1])
-        for lg, handlers, propagate in saved:
-            for h in lg.handlers:
-                if h not in handlers:
-                    h.close()  # e.g. the headerlet.log handler stwcs attaches on the fly
-            lg.handlers = handlers
-            lg.propagate = propagate
 
 
 # A library line saying it did something other than what it was asked and carried on: drizzlepac's sky
@@ -270,14 +159,3 @@ def payload_logs(payload) -> list[str]:
     if isinstance(payload, list):
         return [text for item in payload for text in payload_logs(item)]
     return []
-
-
-class Timer:
-    """Wall time of a block, in seconds (``elapsed``)."""
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.elapsed = round(time.perf_counter() - self.start, 3)

@@ -21,8 +21,9 @@ from astropy.io import fits
 
 from ..errors import ProcessingError
 from ..model import Product, StepResult
+from ..plumbing import Timer, captured_output, copy_file, hashes, working_directory
 from ..statemachine.state import NOTE
-from .common import StepContext, Timer, captured_output, copy_file, hashes, working_directory
+from .common import StepContext
 
 # Parameters runastrodriz imposes on every pipeline AstroDrizzle call (PIPELINE_PARS), plus the
 # cosmic-ray settings of the default stage.

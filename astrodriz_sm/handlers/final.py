@@ -12,9 +12,10 @@ from astropy.io import fits
 
 from ..errors import ProcessingError
 from ..model import STAGES, StepResult, drizzles, manifest_name, original_name, partial_name, promoted_name
+from ..plumbing import Timer, captured_output, copy_file, hashes, sha256, working_directory
 from ..statemachine import choose_final_wcs, exposures_source, stage_files
 from ..statemachine.state import DECISION, NOTE
-from .common import StepContext, Timer, captured_output, copy_file, hashes, sha256, working_directory
+from .common import StepContext
 from .alignment import database_headerlets_written, exposures_directory
 from .drizzle import copy_into_stage, run_astrodrizzle
 

@@ -23,9 +23,10 @@ from ..model import (
     input_name,
     split_input_name,
 )
+from ..plumbing import captured_output, sha256
 from ..statemachine.state import NOTE, VERIFICATION
 from . import wfpc2
-from .common import StepContext, captured_output, check_fits, primary_header, sha256
+from .common import StepContext, check_fits, primary_header
 
 REFERENCE_KEYWORDS = ("IDCTAB", "NPOLFILE", "D2IMFILE", "MDRIZTAB")
 # The ASN rows that name the product, in asnutil.readASNTable's order of preference.

@@ -1,4 +1,7 @@
-"""A deadline and one retry for every HTTP request the libraries make during a step.
+"""The handlers' side of the web services: their URLs, a probe, and bounds on the libraries' requests.
+
+:func:`service_url` is where a stage finds a service: the run's recorded environment, else the
+library's default. :func:`probe` asks a service once, briefly, whether it answers.
 
 stwcs (``astrometry_utils``) and drizzlepac (``astrometric_utils``) call ``requests.get`` without a
 timeout, so a service that accepts a connection and never answers would hold a run forever.
@@ -9,13 +12,27 @@ and one retry after a pause, and records each request that still failed.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from ..config import DEFAULT_SERVICE_TIMEOUT, SERVICE_TIMEOUT_VARIABLE
+from .common import StepContext
 
 RETRIES = 1
 RETRY_PAUSE = 1.0
+# The libraries' own defaults, used when the variables are unset (runastrodriz does the same).
+DEFAULT_URLS = {
+    "ASTROMETRY_SERVICE_URL": "https://mast.stsci.edu/portal/astrometryDB/",
+    "GSSS_WEBSERVICES_URL": "https://gsss.stsci.edu/webservices",
+    "ASTROMETRIC_CATALOG_URL": "https://gsss.stsci.edu/webservices",
+}
+# Each probe gets this long at most; a stage probes one or two services, so an unreachable
+# network costs a run under 5 s in all instead of stwcs's minutes of retries.
+PROBE_TIMEOUT = 1.5
+# A catalog probe small enough to cost any catalog service nothing.
+_PROBE_QUERY = "vo/CatalogSearch.aspx?RA=0&DEC=0&SR=0.0001&FORMAT=CSV&CAT=GAIAeDR3&MINDET=5"
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,81 @@ class RequestFailure:
         return f"{what} at {self.url} failed: {self.reason} ({self.attempts} attempts)"
 
 
+def service_url(ctx: StepContext, variable: str) -> str:
+    """The service URL a stage uses: the recorded environment, else the library default."""
+    return ctx.run.environment.get(variable) or DEFAULT_URLS[variable]
+
+
+def probe(url: str, timeout: float = 2.0) -> tuple[bool, str]:
+    """Decide with one short GET whether a service answers.
+
+    An astrometry database URL (ending ``availability``, or an ``.../astrometryDB/`` base, to which
+    ``availability`` is added) is up when it answers 200, stwcs's own test. A URL with a query is
+    up when it answers 200. Any other URL is taken
+    as a GSSS base and asked a tiny catalog cone; it is up when that path exists and the server
+    works (any status but 404 and 5xx: an unknown catalog still proves the service answers).
+
+    Parameters
+    ----------
+    url : str
+        Service URL.
+    timeout : float
+        The whole probe takes at most this long, connection included; no retries.
+
+    Returns
+    -------
+    (bool, str)
+        Whether it answers, and why (e.g. ``connection refused at http://127.0.0.1:9/availability``).
+    """
+    import requests
+
+    parts = urlsplit(url)
+    if parts.path.rstrip("/").lower().endswith("availability"):
+        target, kind = url, "astrometrydb"
+    elif parts.path.endswith("/") and "astrometrydb" in parts.path.lower() and not parts.query:
+        target, kind = url + "availability", "astrometrydb"
+    elif parts.query:
+        target, kind = url, "other"
+    else:
+        target, kind = f"{url.rstrip('/')}/{_PROBE_QUERY}", "gsss"
+
+    result: list = []
+
+    def attempt():
+        try:
+            result.append(requests.get(target, timeout=timeout, allow_redirects=True))
+        except requests.exceptions.ConnectionError as exc:
+            text = str(exc).lower()
+            if "refused" in text:
+                result.append(f"connection refused at {target}")
+            elif "timed out" in text or isinstance(exc, requests.exceptions.ConnectTimeout):
+                result.append(f"no connection within {timeout:g} s to {target}")
+            elif "name or service" in text or "resolve" in text or "nodename" in text:
+                result.append(f"cannot resolve the host of {target}")
+            else:
+                result.append(f"cannot connect to {target} ({type(exc).__name__})")
+        except requests.exceptions.Timeout:
+            result.append(f"no answer within {timeout:g} s from {target}")
+        except requests.exceptions.RequestException as exc:
+            result.append(f"bad request to {target} ({type(exc).__name__}: {exc})")
+
+    # requests bounds connect and each read separately; the thread bounds the whole probe.
+    worker = threading.Thread(target=attempt, daemon=True, name="astrodriz-sm-probe")
+    worker.start()
+    worker.join(timeout)
+    if not result:
+        return False, f"no answer within {timeout:g} s from {target}"
+    answer = result[0]
+    if isinstance(answer, str):
+        return False, answer
+    status = answer.status_code
+    first = answer.text.strip().splitlines()[0][:120] if answer.text.strip() else ""
+    detail = f"HTTP {status} from {target}" + (f": {first}" if first and status != 200 else "")
+    if kind == "gsss":
+        return status < 500 and status != 404, detail
+    return status == 200, detail
+
+
 def service_timeout(environment: dict) -> float:
     """The per-request deadline, seconds: :data:`SERVICE_TIMEOUT_VARIABLE`, else the default."""
     return float(environment.get(SERVICE_TIMEOUT_VARIABLE) or DEFAULT_SERVICE_TIMEOUT)
@@ -87,8 +179,6 @@ def bounded_requests(deadline: float, retries: int = RETRIES, pause: float = RET
         failed, further requests to it in the block fail at once: a library that loops over
         exposures would otherwise wait out the deadline again for each.
     """
-    from urllib.parse import urlsplit
-
     import requests
 
     log = RequestLog()

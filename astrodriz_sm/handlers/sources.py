@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from .common import captured_output
+from ..plumbing import captured_output
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from ..model import Product, StepResult, focus_json_name
+from ..plumbing import captured_output
 from ..statemachine.rules import verify_stage
 from ..statemachine.state import DECISION, VERIFICATION
-from .common import StepContext, captured_output
+from .common import StepContext
 from .overlap import max_overlap_diff
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from ..errors import InputError, NoViableDataError, ProcessingError
 from ..model import input_name
-from .common import captured_output, check_fits, primary_header, sha256
+from ..plumbing import captured_output, sha256
+from .common import check_fits, primary_header
 
 #: Calibrated WFPC2 file, its data-quality file and its raw file, by suffix.
 C0M, C1M, D0M = "c0m", "c1m", "d0m"

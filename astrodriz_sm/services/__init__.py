@@ -2,11 +2,11 @@
 
 Load data with :class:`ServiceStore` (or ``astrodriz-sm serve-load``), serve it with
 :func:`start_server` (or ``astrodriz-sm serve``), and point stwcs and drizzlepac at it with the
-handle's ``environment``. :func:`probe` checks quickly whether a service answers.
+handle's ``environment``. The clients' side (service URLs, the probe) is :mod:`astrodriz_sm.handlers.network`.
 """
 
 from .data import CATALOG_COLUMNS, GSC_OFFSET_COLUMNS, ServiceDataError, ServiceStore, answer_columns
-from .server import ServiceApp, ServiceHandle, probe, serve_forever, service_environment, start_server
+from .server import ServiceApp, ServiceHandle, serve_forever, service_environment, start_server
 
 __all__ = [
     "CATALOG_COLUMNS",
@@ -16,7 +16,6 @@ __all__ = [
     "ServiceHandle",
     "ServiceStore",
     "answer_columns",
-    "probe",
     "serve_forever",
     "service_environment",
     "start_server",

@@ -46,7 +46,7 @@ import numpy as np
 from ..model import headerlet_name
 from .data import GSC_OFFSET_COLUMNS, ServiceStore, answer_columns
 
-__all__ = ["Response", "ServiceApp", "ServiceHandle", "probe", "serve_forever", "start_server"]
+__all__ = ["Response", "ServiceApp", "ServiceHandle", "serve_forever", "start_server"]
 
 logger = logging.getLogger("astrodriz_sm.services")
 
@@ -54,8 +54,6 @@ ASTROMETRYDB_PREFIX = "astrometrydb"
 GSSS_PREFIX = "gsss"
 MAS_PER_DEG = 3.6e6
 _ROOTNAME = re.compile(r"^[A-Za-z0-9]{1,32}$")
-# A catalog probe small enough to cost any catalog service nothing.
-_PROBE_QUERY = "vo/CatalogSearch.aspx?RA=0&DEC=0&SR=0.0001&FORMAT=CSV&CAT=GAIAeDR3&MINDET=5"
 
 
 class ClientError(Exception):
@@ -605,73 +603,3 @@ def serve_forever(db_path: str | Path, host: str = "127.0.0.1", port: int = 8765
         logger.info("stopped")
     finally:
         server.server_close()
-
-
-def probe(url: str, timeout: float = 2.0) -> tuple[bool, str]:
-    """Decide with one short GET whether a service answers.
-
-    An astrometry database URL (ending ``availability``, or an ``.../astrometryDB/`` base, to which
-    ``availability`` is added) is up when it answers 200, stwcs's own test. A URL with a query is
-    up when it answers 200. Any other URL is taken
-    as a GSSS base and asked a tiny catalog cone; it is up when that path exists and the server
-    works (any status but 404 and 5xx: an unknown catalog still proves the service answers).
-
-    Parameters
-    ----------
-    url : str
-        Service URL.
-    timeout : float
-        The whole probe takes at most this long, connection included; no retries.
-
-    Returns
-    -------
-    (bool, str)
-        Whether it answers, and why (e.g. ``connection refused at http://127.0.0.1:9/availability``).
-    """
-    import requests
-
-    parts = urlsplit(url)
-    if parts.path.rstrip("/").lower().endswith("availability"):
-        target, kind = url, "astrometrydb"
-    elif parts.path.endswith("/") and "astrometrydb" in parts.path.lower() and not parts.query:
-        target, kind = url + "availability", "astrometrydb"
-    elif parts.query:
-        target, kind = url, "other"
-    else:
-        target, kind = f"{url.rstrip('/')}/{_PROBE_QUERY}", "gsss"
-
-    result: list = []
-
-    def attempt():
-        try:
-            result.append(requests.get(target, timeout=timeout, allow_redirects=True))
-        except requests.exceptions.ConnectionError as exc:
-            text = str(exc).lower()
-            if "refused" in text:
-                result.append(f"connection refused at {target}")
-            elif "timed out" in text or isinstance(exc, requests.exceptions.ConnectTimeout):
-                result.append(f"no connection within {timeout:g} s to {target}")
-            elif "name or service" in text or "resolve" in text or "nodename" in text:
-                result.append(f"cannot resolve the host of {target}")
-            else:
-                result.append(f"cannot connect to {target} ({type(exc).__name__})")
-        except requests.exceptions.Timeout:
-            result.append(f"no answer within {timeout:g} s from {target}")
-        except requests.exceptions.RequestException as exc:
-            result.append(f"bad request to {target} ({type(exc).__name__}: {exc})")
-
-    # requests bounds connect and each read separately; the thread bounds the whole probe.
-    worker = threading.Thread(target=attempt, daemon=True, name="astrodriz-sm-probe")
-    worker.start()
-    worker.join(timeout)
-    if not result:
-        return False, f"no answer within {timeout:g} s from {target}"
-    answer = result[0]
-    if isinstance(answer, str):
-        return False, answer
-    status = answer.status_code
-    first = answer.text.strip().splitlines()[0][:120] if answer.text.strip() else ""
-    detail = f"HTTP {status} from {target}" + (f": {first}" if first and status != 200 else "")
-    if kind == "gsss":
-        return status < 500 and status != 404, detail
-    return status == 200, detail

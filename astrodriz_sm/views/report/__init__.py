@@ -2,8 +2,8 @@
 
 :mod:`.facts` gathers the numbers, :mod:`.figures` draws them, :mod:`.page` renders the page from
 the Jinja2 templates in ``templates/`` and :mod:`.qa` writes the QA JSON in drizzlepac's
-``HapDiagnostic`` layout. :mod:`.campaign` makes a campaign's page, from its ledger and each run's
-event store, with the same templates' frame and figures.
+``HapDiagnostic`` layout. :mod:`.campaign` makes a campaign's page, from the ledger's summary and each
+run's events that :mod:`astrodriz_sm.campaign.report` hands it, with the same templates' frame and figures.
 """
 
 from __future__ import annotations

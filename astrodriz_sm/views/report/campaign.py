@@ -1,9 +1,9 @@
-"""A campaign's report page, from its ledger and each association's event store.
+"""A campaign's report page, from what its ledger and each association's event store say.
 
-:func:`campaign_facts` gathers every number of the page, each derived once: the counts the ledger
-gives are those of ``campaign status`` (:func:`campaign.status.campaign_summary`), the rest comes
-from the latest run of each association as its store records it. :func:`render_campaign_page`
-only formats them; :func:`write_campaign_report` writes the page.
+:func:`campaign_facts` derives every number of the page once, from what the campaign hands in
+(:func:`astrodriz_sm.campaign.report.campaign_report`): the summary of ``campaign status``
+(:func:`astrodriz_sm.campaign.status.campaign_summary`) and, per association, its latest attempt and
+the events of the run that attempt names. :func:`render_campaign_page` only formats them.
 """
 
 from __future__ import annotations
@@ -13,91 +13,50 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from ...campaign.ledger import Ledger, process_attempts, size_text, state_of
-from ...campaign.status import campaign_summary
-from ...errors import InputError
-from ...model import partial_name, report_name
+from ...model import report_name
+from ...plumbing import size_text
 from ...statemachine import fold
 from ...statemachine.state import STEP_FAILED
-from ...store.eventstore import EventStore, StoreError
 from ..explain import explain
 from . import figures as fig
 from .facts import timeline
 from .qa import alignment_counts, exposure_rows
 
-__all__ = ["campaign_facts", "campaign_report_name", "render_campaign_page", "write_campaign_report"]
+__all__ = ["SLOWEST", "campaign_facts", "render_campaign_page"]
 
 # Runs listed as the slowest: enough to see the tail without listing a whole campaign.
 SLOWEST = 10
 # The exposure counts of drizzlepac#2157, in the order the page lists them (``alignment_counts`` keys).
 EXPOSURE_COUNTS = ("aligned_to_gaia", "aposteriori", "apriori", "pipeline_default")
-# What a run's store says when it cannot say anything about the run.
-NO_RUN, STORE_MISSING, STORE_UNREADABLE, RUN_MISSING, READ = (
-    "no run", "store missing", "store unreadable", "run not in its store", "read")
 UNKNOWN_DETECTOR = "unknown"
 
 
-def campaign_report_name(ledger: str | os.PathLike) -> str:
-    """``<ledger stem>_campaign_report.html``: the campaign's report page."""
-    return f"{Path(ledger).stem}_campaign_report.html"
-
-
-def _read_run(run_id: str | None, store: str | None) -> tuple[str, str | None, list]:
-    """A run's events: ``(what the store says, why not, events)``; events is empty unless READ."""
-    if not run_id or not store:
-        # The process stopped before it made a run (a missing ASN file, a bad name): no event log.
-        return NO_RUN, "the run never started: no event log", []
-    if not Path(store).is_file():
-        return STORE_MISSING, f"{store}: the event store is gone", []
-    try:
-        events_store = EventStore(store, read_only=True)
-    except StoreError as exc:
-        return STORE_UNREADABLE, str(exc), []
-    try:
-        events = events_store.events(run_id)
-    except StoreError as exc:
-        return STORE_UNREADABLE, str(exc), []
-    finally:
-        events_store.close()
-    if not events:
-        return RUN_MISSING, f"{store}: no run {run_id} in it", []
-    return READ, None, events
-
-
-def association_facts(row: dict, output_dir: Path) -> dict:
-    """One association: its latest attempt in the ledger and what its run's store says.
+def association_facts(entry: dict, output_dir: Path) -> dict:
+    """One association: its latest attempt in the ledger and what its run's events say.
 
     Parameters
     ----------
-    row : dict
-        An entry of :meth:`Ledger.associations` (``input``, ``root``, ``attempts``).
+    entry : dict
+        What the campaign gives of an association: ``root``, ``input``, ``state``, ``exit_class``,
+        ``exit_code``, ``message``, ``run_id``, ``store`` (of its latest attempt), ``attempts`` (the
+        ledger's process attempts), ``store_state`` and ``store_problem`` (what its store said),
+        ``events`` (the run's events; empty when the store could not give them).
     output_dir : Path
         Where the page goes: links to run reports are relative to it.
 
     Returns
     -------
     dict
-        ``root``, ``input``, ``state``, ``exit_class``, ``exit_code``, ``message``, ``run_id``,
-        ``store``, ``store_state`` (one of the module's ``NO_RUN`` ... ``READ``), ``store_problem``,
-        ``attempts`` (the ledger's process attempts), ``detector``, ``exposures`` (the run's
-        :func:`.qa.alignment_counts`, None unless read), ``wcs_stage``, ``fit`` (the align step's
+        ``entry`` without the events, and ``detector``, ``exposures`` (the run's
+        :func:`.qa.alignment_counts`, None without events), ``wcs_stage``, ``fit`` (the align step's
         chosen fit: ``catalog``, ``method``, ``rms_mas``, ``matches``, ``applied``), ``failed_step``
         (``where``, ``message`` of the last ``step.failed``), ``interrupted`` (the steps a stopped
         process was inside), ``report`` (relative link to the run's own report page, when it exists).
     """
-    attempts = row["attempts"]
-    last = attempts[-1] if attempts else None
-    out = {"root": row["root"], "input": row["input"], "state": state_of(attempts),
-           "exit_class": last.exit_class if last else None, "exit_code": last.exit_code if last else None,
-           "message": last.message if last else None, "run_id": last.run_id if last else None,
-           "store": last.store if last else None,
-           "attempts": [{"attempt": a.attempt, "action": a.action, "exit_class": a.exit_class, "verdict": a.verdict,
-                         "wall_s": a.wall_s, "peak_rss_bytes": a.peak_rss_bytes, "host": a.host}
-                        for a in process_attempts(attempts)],
+    events = entry["events"]
+    out = {**{k: v for k, v in entry.items() if k != "events"},
            "detector": UNKNOWN_DETECTOR, "exposures": None, "wcs_stage": None, "fit": None, "failed_step": None,
            "interrupted": [], "report": None}
-    state, problem, events = _read_run(out["run_id"], out["store"]) if last else (NO_RUN, "no attempt yet", [])
-    out.update(store_state=state, store_problem=problem)
     if not events:
         return out
     run = fold(events)
@@ -115,7 +74,7 @@ def association_facts(row: dict, output_dir: Path) -> dict:
         out["failed_step"] = {"where": f"{failed[-1].stage}/{failed[-1].step}",
                               "message": failed[-1].payload.get("message")}
     out["interrupted"] = [f"{a.stage}/{a.step}" for a in timeline(events)["attempts"] if a.outcome == "interrupted"]
-    page = Path(row["input"]).parent / report_name(run.root or row["root"])
+    page = Path(entry["input"]).parent / report_name(run.root or entry["root"])
     if page.is_file():
         out["report"] = Path(os.path.relpath(page, output_dir)).as_posix()
     return out
@@ -130,28 +89,30 @@ def _rms_stats(values: list[float]) -> dict:
             "median": statistics.median(values) if values else None, "max": max(values) if values else None}
 
 
-def campaign_facts(ledger: Ledger, output_dir: Path) -> dict:
+def campaign_facts(summary: dict, associations: list[dict], output_dir: Path) -> dict:
     """Everything the campaign's page shows.
 
     Parameters
     ----------
-    ledger : Ledger
+    summary : dict
+        The ledger's summary (:func:`astrodriz_sm.campaign.status.campaign_summary`, its ``slowest``
+        :data:`SLOWEST` long).
+    associations : list of dict
+        One entry per association, as :func:`association_facts` takes it.
     output_dir : Path
         The page's directory (links to run reports are relative to it).
 
     Returns
     -------
     dict
-        ``summary`` (:func:`campaign_summary`: counts by state and exit class, failed, retried,
-        slowest), ``associations`` (one :func:`association_facts` per association, by input),
+        ``summary`` (as given: counts by state and exit class, failed, retried, slowest), ``associations`` (one :func:`association_facts` per association, by input),
         ``wcs_fractions`` (associations ending with each final WCS type, of all associations),
         ``exposures`` (the runs' exposure counts summed, over ``runs_read`` runs), ``unread``
         (associations whose store could not say), ``detectors`` (per detector: associations, done,
         fits made and applied, RMS statistics of the applied fits, every fit's ``(rms, applied)``),
         ``failures_by_class``, ``failures_by_step``, ``slowest``.
     """
-    summary = campaign_summary(ledger, slowest=SLOWEST)
-    by_input = {r["input"]: association_facts(r, output_dir) for r in ledger.associations()}
+    by_input = {a["input"]: association_facts(a, output_dir) for a in associations}
     records = list(by_input.values())
     total = summary["associations"]
     read = [r for r in records if r["exposures"] is not None]
@@ -173,7 +134,7 @@ def campaign_facts(ledger: Ledger, output_dir: Path) -> dict:
         "ledger": summary["ledger"], "summary": summary, "associations": by_input,
         "wcs_fractions": {t: _fraction(n, total) for t, n in summary["by_wcs_type"].items()},
         "exposures": exposures, "runs_read": len(read),
-        "unread": [r for r in records if r["store_state"] != READ],
+        "unread": [r for r in records if r["exposures"] is None],
         "detectors": detectors,
         "failures_by_class": dict(Counter(r["exit_class"] for r in failed)),
         "failures_by_step": dict(Counter(r["failed_step"]["where"] if r["failed_step"] else
@@ -205,45 +166,3 @@ def render_campaign_page(f: dict) -> str:
     env = environment()
     env.filters["size"] = size_text
     return env.get_template("campaign.html.j2").render(f=f, figures=figures(f))
-
-
-def write_campaign_report(ledger_path: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
-    """Render a campaign's report page into ``output`` (default: the ledger's directory).
-
-    Parameters
-    ----------
-    ledger_path : path
-        The campaign ledger.
-    output : path, optional
-        The directory to write to; made when it does not exist.
-
-    Returns
-    -------
-    Path
-        ``<ledger stem>_campaign_report.html``.
-
-    Raises
-    ------
-    LedgerError
-        No ledger at ``ledger_path`` (exit 7).
-    LedgerCorrupt
-        Not a campaign ledger (exit 8).
-    InputError
-        ``output`` cannot be written.
-    """
-    ledger = Ledger(ledger_path)
-    try:
-        directory = (Path(output) if output else ledger.path.parent).resolve()
-        f = campaign_facts(ledger, directory)
-    finally:
-        ledger.close()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        html = directory / campaign_report_name(ledger.path)
-        partial = html.with_name(partial_name(html.name))
-        partial.write_text(render_campaign_page(f), encoding="utf-8")
-        os.replace(partial, html)
-    except OSError as exc:
-        where = exc.filename or str(directory)
-        raise InputError(f"{where}: cannot write the campaign report: {exc.strerror or exc}", str(where)) from None
-    return html

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import InputError
-from ...handlers.common import sha256
 from ...model import WCS_STAGES, Product, stage_directory_name, wcsname_step
+from ...plumbing import sha256
 from ...statemachine import fold
 from ...statemachine.state import (
     RUN_ENDED,

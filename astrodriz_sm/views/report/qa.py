@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import InputError
-from ...handlers.common import captured_output
 from ...model import FLC, partial_name
 from ...model.exposures import PRODUCT_SUFFIX
+from ...plumbing import captured_output
 
 DATA_SOURCE = "astrodriz-sm report"
 
