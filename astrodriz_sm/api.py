@@ -26,7 +26,7 @@ from .config import (
 )
 from .errors import InputError, Interrupted, LogCorruptError, RunStateError, UsageError
 from .logs import run_log
-from .model import trailer_name
+from .model import split_input_name, trailer_name
 from .statemachine import RunState, fold
 from .store.eventstore import EventStore, StoreCorrupt, StoreError
 
@@ -101,24 +101,52 @@ def open_store(store: str | os.PathLike | None, directory: Path | None = None, *
         raise RunStateError(str(exc), str(path)) from exc
 
 
-def find_run(store: EventStore, run: str | None) -> str:
-    """``run`` when the store has it, or the store's latest run when ``run`` is None.
+def find_run(store: EventStore, name: str | os.PathLike | None) -> str:
+    """The run a command names: its run id, an association rootname or an input file, or no name at all.
+
+    Parameters
+    ----------
+    name : str or path, optional
+        A run id (``jsim01010-20261207T120000-a1b2``); a rootname (``jsim01010``, ``j8abc1xyq``): its
+        latest run; an input file (``jsim01010_asn.fits``, ``j8abc1xyq_flt.fits``, absolute or from
+        the current directory): the latest run on that file, else on a file of that name elsewhere;
+        None: the store's latest run.
+
+    Returns
+    -------
+    str
+        The run id.
 
     Raises
     ------
     RunStateError
-        No such run, or no run at all.
+        No run of that name, or no run at all.
     """
-    if run:
-        try:
-            store.get_run(run)
-        except StoreError as exc:
-            raise RunStateError(str(exc)) from exc
-        return run
-    latest = store.latest_run()
-    if latest is None:
-        raise RunStateError(f"{store.path}: no runs in this store")
-    return latest["run_id"]
+    if not name:
+        latest = store.latest_run()
+        if latest is None:
+            raise RunStateError(f"{store.path}: no runs in this store")
+        return latest["run_id"]
+    name = os.fspath(name)
+    runs = store.runs()  # oldest first: the last match is the latest run
+    if any(r["run_id"] == name for r in runs):
+        return name
+    path = Path(name)
+    parsed = split_input_name(path.name)
+    if parsed is not None:
+        # The same file first (runs record the resolved input path), then a file of that name elsewhere.
+        matches = ([r for r in runs if r["input"] == str(path.resolve())]
+                   or [r for r in runs if Path(r["input"]).name.lower() == path.name.lower()])
+    else:
+        matches = [r for r in runs if r["root"] == name.lower()]
+    if matches:
+        return matches[-1]["run_id"]
+    # A few rootnames help; a campaign's worth would not fit on the one line.
+    roots = sorted({r["root"] for r in runs})
+    holds = f"it holds {len(runs)} run{'s' * (len(runs) != 1)}" + (f", of {', '.join(roots)}"
+                                                                  if 0 < len(roots) <= 3 else "")
+    raise RunStateError(f"{store.path}: no run, rootname or input file named {name!r} ({holds})",
+                        str(store.path))
 
 
 def _drive(runner, method: str) -> None:
@@ -305,8 +333,9 @@ def resume(run: str | None = None, *, store: str | os.PathLike | None = None,
 
     Parameters
     ----------
-    run : str, optional
-        The run id; default the store's latest run.
+    run : str or path, optional
+        The run id, an association rootname or an input file (see :func:`find_run`); default the
+        store's latest run.
     store : path, optional
         Default ``astrodriz_sm.db`` in the current directory.
     environ : mapping, optional
@@ -361,8 +390,9 @@ def report(run: str | None = None, *, store: str | os.PathLike | None = None,
 
     Parameters
     ----------
-    run : str, optional
-        The run id; default the store's latest run.
+    run : str or path, optional
+        The run id, an association rootname or an input file (see :func:`find_run`); default the
+        store's latest run.
     store : path, optional
         Default ``astrodriz_sm.db`` in the current directory.
     output : path, optional

@@ -259,6 +259,12 @@ def add_processing_options(s, num_cores_default: int | None = None) -> None:
                         "and turns alignment off (unless -a)")
 
 
+def add_run_argument(parser, default: str = "the store's latest run") -> None:
+    """The RUN argument of the commands that name a run (see :func:`astrodriz_sm.api.find_run`)."""
+    parser.add_argument("run", nargs="?", metavar="RUN",
+                        help=f"run id, association rootname or input file (its latest run); default: {default}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     width = max(len(c.name) for c in ExitCode)
     codes = "\n".join(f"  {int(c):<2d}  {c.name.lower():{width}s} {EXIT_CODE_MEANINGS[c]}" for c in ExitCode)
@@ -305,13 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_start)
 
     s = with_store(sub.add_parser("resume", help="continue an interrupted run"))
-    s.add_argument("run", nargs="?", help="run id (default: the latest run)")
+    add_run_argument(s)
     s.add_argument("--report", action="store_true",
                    help="when the run ends, write <root>_report.html and <root>_qa.json beside the products")
     s.set_defaults(func=cmd_resume)
 
     s = with_store(sub.add_parser("report", help="a run's report page (HTML) and QA JSON (drizzlepac's layout)"))
-    s.add_argument("run", nargs="?", help="run id (default: the latest run)")
+    add_run_argument(s)
     s.add_argument("-o", "--output", metavar="DIR",
                    help="write <root>_report.html and <root>_qa.json here (default: beside the products); "
                         "with --campaign, <ledger stem>_campaign_report.html (default: beside the ledger)")
@@ -320,20 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_report)
 
     s = with_store(sub.add_parser("replay", help="render a run's trailer from its events"))
-    s.add_argument("run", nargs="?")
+    add_run_argument(s)
     s.add_argument("-o", "--output", metavar="FILE")
     s.set_defaults(func=cmd_replay)
 
     s = with_store(sub.add_parser("status", help="state of one run or of every run in the store"))
-    s.add_argument("run", nargs="?")
+    add_run_argument(s, default="every run in the store")
     s.set_defaults(func=cmd_status)
 
     s = with_store(sub.add_parser("verify-log", help="check the hash chain of the event log"))
-    s.add_argument("run", nargs="?")
+    add_run_argument(s, default="every run in the store")
     s.set_defaults(func=cmd_verify_log)
 
     s = with_store(sub.add_parser("explain", help="candidate WCSs of every exposure and why one was chosen"))
-    s.add_argument("run", nargs="?", help="run id (default: the latest run)")
+    add_run_argument(s)
     s.add_argument("--json", action="store_true", help="print one JSON document instead of the report")
     s.set_defaults(func=cmd_explain)
 
