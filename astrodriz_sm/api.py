@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 from .config import (
@@ -28,12 +29,13 @@ from .errors import InputError, Interrupted, LogCorruptError, RunStateError, Usa
 from .logs import run_log
 from .model import split_input_name, trailer_name
 from .statemachine import RunState, fold
-from .store.eventstore import EventStore, StoreCorrupt, StoreError
+from .store.eventstore import EventStore, StoreCorrupt, StoreError, VerifyResult
+from .views.banner import does_not_verify, log_facts, unverified_banner
 
 STORE_NAME = "astrodriz_sm.db"
 
-__all__ = ["STORE_NAME", "RunResult", "campaign_report", "explain", "find_run", "open_store", "process", "replay",
-           "report", "resume", "run_config", "status"]
+__all__ = ["STORE_NAME", "RunResult", "RunStatus", "campaign_report", "explain", "find_run", "open_store", "process",
+           "read_run", "replay", "report", "resume", "run_config", "status"]
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,7 @@ def _result(store: EventStore, run_id: str, report: bool = False) -> RunResult:
                      products=tuple(input_dir / p for p in ended.get("products", [])),
                      trailer=input_dir / trailer_name(row["root"]), store=Path(store.path),
                      wcsname=run.decision("wcs").get("chosen_wcsname"), reason=ended.get("reason"),
-                     report=write_report(store, run_id) if report else None)
+                     report=write_report(*read_run(store, run_id, unverified=True)) if report else None)
 
 
 def run_config(input: str | os.PathLike, newpath: str | os.PathLike | None = None, *, force: bool = False,
@@ -361,25 +363,76 @@ def resume(run: str | None = None, *, store: str | os.PathLike | None = None,
         raise RunStateError(f"run {run_id} already ended {state.ended['status']}; nothing to resume")
     check = events.verify(run_id)
     if not check.ok:
-        raise LogCorruptError(f"{events.path}: run {run_id}: the event log does not verify at seq "
-                              f"{check.first_bad_seq} ({check.reason}); not resumed", str(events.path))
+        raise LogCorruptError(f"{events.path}: {does_not_verify(check)}; not resumed", str(events.path))
     with run_log(log_json, console) as log:
         _drive(Runner(events, run_id, log=log, environ=dict(os.environ if environ is None else environ),
                       observer=observer), "resume")
     return _result(events, run_id, report)
 
 
-def replay(run: str | None = None, *, store: str | os.PathLike | None = None) -> str:
-    """The run's trailer, rendered from its events alone (byte-identical to the ``.tra``)."""
+def read_run(store: EventStore, run_id: str, unverified: bool = False) -> tuple[dict, list, VerifyResult]:
+    """A run's row and events, after the check of their hash chain.
+
+    Parameters
+    ----------
+    unverified : bool
+        Return them also when the chain does not verify; the check says so, and every view of
+        them then carries its banner (:func:`astrodriz_sm.views.banner.unverified_banner`).
+
+    Returns
+    -------
+    row : dict
+    events : list of Event
+        Those the check covered (a run still going on may have appended more since).
+    check : VerifyResult
+
+    Raises
+    ------
+    LogCorruptError
+        The chain does not verify (and ``unverified`` is False), or an event cannot be read at all.
+    """
+    check = store.verify(run_id)
+    if not check.ok and not unverified:
+        raise LogCorruptError(f"{store.path}: {does_not_verify(check)}; render it anyway with --unverified",
+                              str(store.path))
+    try:
+        events = store.events(run_id)[:check.n_events]
+    except StoreError as exc:
+        raise LogCorruptError(f"{exc}; it cannot be rendered", str(store.path)) from None
+    return store.get_run(run_id), events, check
+
+
+def replay(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
+           unverified: bool = False) -> str:
+    """The run's trailer, rendered from its events alone (byte-identical to the ``.tra``).
+
+    Parameters
+    ----------
+    run : str or path, optional
+        The run id, an association rootname or an input file (see :func:`find_run`); default the
+        store's latest run.
+    store : path, optional
+        Default ``astrodriz_sm.db`` in the current directory.
+    unverified : bool
+        Render a log whose hash chain does not verify; the trailer then opens with a banner saying so.
+
+    Raises
+    ------
+    RunStateError
+        No such store or run.
+    LogCorruptError
+        The log does not verify (without ``unverified``), or the store is damaged.
+    """
     from .views.trailer import render_trailer
 
     events = open_store(store, read_only=True)
-    run_id = find_run(events, run)
-    return render_trailer(events.get_run(run_id), events.events(run_id))
+    row, log, check = read_run(events, find_run(events, run), unverified)
+    banner = unverified_banner(check)
+    return (f"{banner}\n" if banner else "") + render_trailer(row, log)
 
 
-def report(run: str | None = None, *, store: str | os.PathLike | None = None,
-           output: str | os.PathLike | None = None):
+def report(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
+           output: str | os.PathLike | None = None, unverified: bool = False):
     """Write a run's report: ``<root>_report.html`` and ``<root>_qa.json``.
 
     The page is one self-contained HTML file (figures embedded as PNG data URIs): the outcome and
@@ -397,6 +450,9 @@ def report(run: str | None = None, *, store: str | os.PathLike | None = None,
         Default ``astrodriz_sm.db`` in the current directory.
     output : path, optional
         The directory to write into; default the run's input directory.
+    unverified : bool
+        Render a log whose hash chain does not verify; the page then opens with a banner saying so
+        and the QA JSON's ``run`` item carries it (``log_banner``).
 
     Returns
     -------
@@ -407,6 +463,8 @@ def report(run: str | None = None, *, store: str | os.PathLike | None = None,
     ------
     RunStateError
         No such store or run.
+    LogCorruptError
+        The log does not verify (without ``unverified``), or the store is damaged.
     InputError
         A product or the fit's matched pairs the log lists is missing or changed, or ``output``
         cannot be written.
@@ -414,7 +472,7 @@ def report(run: str | None = None, *, store: str | os.PathLike | None = None,
     from .views.report import write_report
 
     events = open_store(store, read_only=True)
-    return write_report(events, find_run(events, run), output)
+    return write_report(*read_run(events, find_run(events, run), unverified), output)
 
 
 def campaign_report(ledger: str | os.PathLike, *, output: str | os.PathLike | None = None):
@@ -451,16 +509,59 @@ def campaign_report(ledger: str | os.PathLike, *, output: str | os.PathLike | No
     return write_campaign_report(ledger, output)
 
 
-def explain(run: str | None = None, *, store: str | os.PathLike | None = None) -> dict:
-    """Every candidate WCS of every exposure, the one chosen and the rule (see :func:`views.explain.explain`)."""
+def explain(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
+            unverified: bool = False) -> dict:
+    """Every candidate WCS of every exposure, the one chosen and the rule (see :func:`views.explain.explain`).
+
+    Parameters
+    ----------
+    run, store, unverified
+        As for :func:`replay`.
+
+    Returns
+    -------
+    dict
+        :func:`views.explain.explain`'s document, and ``log``: the check of the hash chain
+        (``verified``, ``events``, ``first_bad_seq``, ``reason``, ``banner``: None when it verifies).
+
+    Raises
+    ------
+    RunStateError, LogCorruptError
+        As :func:`replay`.
+    """
     from .views.explain import explain as explain_run
 
     events = open_store(store, read_only=True)
-    return explain_run(fold(events.events(find_run(events, run))))
+    _, log, check = read_run(events, find_run(events, run), unverified)
+    return {**explain_run(fold(log)), "log": log_facts(check)}
 
 
-def status(run: str | None = None, *, store: str | os.PathLike | None = None) -> list[tuple[dict, RunState]]:
-    """``(run row, folded state)`` of one run, or of every run in the store."""
+class RunStatus(NamedTuple):
+    """One run as :func:`status` reports it: its row, its folded state and the check of its log."""
+
+    row: dict
+    state: RunState
+    log: VerifyResult
+
+
+def status(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
+           unverified: bool = False) -> list[RunStatus]:
+    """One run, or every run in the store.
+
+    Parameters
+    ----------
+    run, store, unverified
+        As for :func:`replay`; without ``run``, every run (each one's log checked).
+
+    Raises
+    ------
+    RunStateError, LogCorruptError
+        As :func:`replay`.
+    """
     events = open_store(store, read_only=True)
     ids = [find_run(events, run)] if run else [r["run_id"] for r in events.runs()]
-    return [(events.get_run(rid), fold(events.events(rid))) for rid in ids]
+    out = []
+    for rid in ids:
+        row, log, check = read_run(events, rid, unverified)
+        out.append(RunStatus(row, fold(log), check))
+    return out

@@ -15,6 +15,7 @@ from ..api import STORE_NAME
 from ..config import CENTROID_METHODS
 from ..errors import EXIT_CODE_MEANINGS, AstrodrizError, ExitCode, InputError, Interrupted, UsageError
 from ..store.eventstore import StoreCorrupt, StoreError
+from ..views.banner import unverified_banner
 
 
 def _report_end(result: api.RunResult, show_report: bool = True) -> int:
@@ -48,7 +49,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    text = api.replay(args.run, store=args.store)
+    text = api.replay(args.run, store=args.store, unverified=args.unverified)
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -58,16 +59,19 @@ def cmd_replay(args) -> int:
 
 def cmd_report(args) -> int:
     if args.campaign is not None:
-        if args.run or args.store:
-            raise UsageError("report --campaign LEDGER takes no RUN or --store: each run's store is in the ledger")
+        if args.run or args.store or args.unverified:
+            raise UsageError("report --campaign LEDGER takes no RUN, --store or --unverified: each run's store is "
+                             "in the ledger")
         print(f"report   {api.campaign_report(args.campaign, output=args.output)}")
         return 0
-    _print_report(api.report(args.run, store=args.store, output=args.output))
+    _print_report(api.report(args.run, store=args.store, output=args.output, unverified=args.unverified))
     return 0
 
 
 def cmd_status(args) -> int:
-    for row, run in api.status(args.run, store=args.store):
+    for row, run, check in api.status(args.run, store=args.store, unverified=args.unverified):
+        if (banner := unverified_banner(check)) is not None:
+            print(banner)
         if run.is_ended:
             status = f"{run.ended['status']} (exit {run.ended['exit_code']})"
         elif run.in_progress:
@@ -98,7 +102,7 @@ def cmd_verify_log(args) -> int:
 def cmd_explain(args) -> int:
     from ..views.explain import render_explain
 
-    doc = api.explain(args.run, store=args.store)
+    doc = api.explain(args.run, store=args.store, unverified=args.unverified)
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n" if args.json else render_explain(doc))
     return 0
 
@@ -294,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = _Sub()
 
+    def unverified(sp):
+        sp.add_argument("--unverified", action="store_true",
+                        help="render a log whose hash chain does not verify (exit 8 without it), under a banner "
+                             "saying so")
+        return sp
+
     def with_store(sp):
         sp.add_argument("--store", metavar="PATH", help=f"event store (default: {STORE_NAME} in the input's "
                                                         "directory for start, the current directory otherwise)")
@@ -316,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when the run ends, write <root>_report.html and <root>_qa.json beside the products")
     s.set_defaults(func=cmd_resume)
 
-    s = with_store(sub.add_parser("report", help="a run's report page (HTML) and QA JSON (drizzlepac's layout)"))
+    s = unverified(with_store(sub.add_parser("report",
+                                             help="a run's report page (HTML) and QA JSON (drizzlepac's layout)")))
     add_run_argument(s)
     s.add_argument("-o", "--output", metavar="DIR",
                    help="write <root>_report.html and <root>_qa.json here (default: beside the products); "
@@ -325,12 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a campaign's report page instead, from its ledger and each run's event store")
     s.set_defaults(func=cmd_report)
 
-    s = with_store(sub.add_parser("replay", help="render a run's trailer from its events"))
+    s = unverified(with_store(sub.add_parser("replay", help="render a run's trailer from its events")))
     add_run_argument(s)
     s.add_argument("-o", "--output", metavar="FILE")
     s.set_defaults(func=cmd_replay)
 
-    s = with_store(sub.add_parser("status", help="state of one run or of every run in the store"))
+    s = unverified(with_store(sub.add_parser("status", help="state of one run or of every run in the store")))
     add_run_argument(s, default="every run in the store")
     s.set_defaults(func=cmd_status)
 
@@ -338,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_argument(s, default="every run in the store")
     s.set_defaults(func=cmd_verify_log)
 
-    s = with_store(sub.add_parser("explain", help="candidate WCSs of every exposure and why one was chosen"))
+    s = unverified(with_store(sub.add_parser("explain",
+                                             help="candidate WCSs of every exposure and why one was chosen")))
     add_run_argument(s)
     s.add_argument("--json", action="store_true", help="print one JSON document instead of the report")
     s.set_defaults(func=cmd_explain)
