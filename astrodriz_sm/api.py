@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 from .config import (
     CENTROID_METHODS,
@@ -328,7 +328,7 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
     return _result(events, run_id, report)
 
 
-def resume(run: str | None = None, *, store: str | os.PathLike | None = None,
+def resume(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
            environ: Mapping[str, str] | None = None, log_json: str | os.PathLike | None = None,
            console: bool = True, observer=None, report: bool = False) -> RunResult:
     """Continue an interrupted run.
@@ -426,9 +426,9 @@ def replay(run: str | os.PathLike | None = None, *, store: str | os.PathLike | N
     from .views.trailer import render_trailer
 
     events = open_store(store, read_only=True)
-    row, log, check = read_run(events, find_run(events, run), unverified)
+    row, recorded, check = read_run(events, find_run(events, run), unverified)
     banner = unverified_banner(check)
-    return (f"{banner}\n" if banner else "") + render_trailer(row, log)
+    return (f"{banner}\n" if banner else "") + render_trailer(row, recorded)
 
 
 def report(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
@@ -532,8 +532,8 @@ def explain(run: str | os.PathLike | None = None, *, store: str | os.PathLike | 
     from .views.explain import explain as explain_run
 
     events = open_store(store, read_only=True)
-    _, log, check = read_run(events, find_run(events, run), unverified)
-    return {**explain_run(fold(log)), "log": log_facts(check)}
+    _, recorded, check = read_run(events, find_run(events, run), unverified)
+    return {**explain_run(fold(recorded)), "log": log_facts(check)}
 
 
 class RunStatus(NamedTuple):
@@ -541,7 +541,7 @@ class RunStatus(NamedTuple):
 
     row: dict
     state: RunState
-    log: VerifyResult
+    check: VerifyResult
 
 
 def status(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
@@ -562,6 +562,6 @@ def status(run: str | os.PathLike | None = None, *, store: str | os.PathLike | N
     ids = [find_run(events, run)] if run else [r["run_id"] for r in events.runs()]
     out = []
     for rid in ids:
-        row, log, check = read_run(events, rid, unverified)
-        out.append(RunStatus(row, fold(log), check))
+        row, recorded, check = read_run(events, rid, unverified)
+        out.append(RunStatus(row, fold(recorded), check))
     return out

@@ -103,13 +103,13 @@ def test_status_of_every_run_refuses_the_store_when_one_log_does_not_verify(thre
     with pytest.raises(LogCorruptError, match=r"; render it anyway with --unverified$") as raised:
         api.status()
     assert str(raised.value).startswith(line)
-    assert [s.log.ok for s in api.status(unverified=True)] == [False, True, True]
+    assert [s.check.ok for s in api.status(unverified=True)] == [False, True, True]
     assert main(["status", "--unverified"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("WARNING: run jsm001010-1: the log does not verify (first bad event: seq 1:")
     assert out[1].startswith("jsm001010-1  ") and out[2].startswith("jsm001010-2  ")
     # The other runs are read as they are.
-    assert api.status("jsm001010-2")[0].log.ok
+    assert api.status("jsm001010-2")[0].check.ok
 
 
 def test_an_event_that_is_not_json_cannot_be_rendered_even_unverified(three_runs):
