@@ -166,7 +166,7 @@ def test_a_forged_decision_is_refused_by_every_view_and_shown_only_under_the_ban
             "(content altered))"
     out_dir = tmp_path / "report"
 
-    for command in (["replay"], ["explain"], ["explain", "--json"], ["status"], ["report", "-o", out_dir]):
+    for command in (["replay"], ["explain"], ["explain", "--json"], ["status"], ["report", "-o", str(out_dir)]):
         assert main([*command, ROOT, "--store", str(db)]) == ExitCode.LOG_CORRUPT == 8, command
         shown = capsys.readouterr()
         assert shown.out == "", command
