@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .config import (
     CENTROID_METHODS,
@@ -26,14 +27,15 @@ from .config import (
 )
 from .errors import InputError, Interrupted, LogCorruptError, RunStateError, UsageError
 from .logs import run_log
-from .model import trailer_name
+from .model import split_input_name, trailer_name
 from .statemachine import RunState, fold
-from .store.eventstore import EventStore, StoreCorrupt, StoreError
+from .store.eventstore import EventStore, StoreCorrupt, StoreError, VerifyResult
+from .views.banner import does_not_verify, log_facts, unverified_banner
 
 STORE_NAME = "astrodriz_sm.db"
 
-__all__ = ["STORE_NAME", "RunResult", "explain", "find_run", "open_store", "process", "replay",
-           "report", "resume", "run_config", "status"]
+__all__ = ["STORE_NAME", "RunResult", "RunStatus", "explain", "find_run", "open_store", "process", "read_run",
+           "replay", "report", "resume", "run_config", "status"]
 
 
 @dataclass(frozen=True)
@@ -101,24 +103,52 @@ def open_store(store: str | os.PathLike | None, directory: Path | None = None, *
         raise RunStateError(str(exc), str(path)) from exc
 
 
-def find_run(store: EventStore, run: str | None) -> str:
-    """``run`` when the store has it, or the store's latest run when ``run`` is None.
+def find_run(store: EventStore, name: str | os.PathLike | None) -> str:
+    """The run a command names: its run id, an association rootname or an input file, or no name at all.
+
+    Parameters
+    ----------
+    name : str or path, optional
+        A run id (``jsim01010-20261207T120000-a1b2``); a rootname (``jsim01010``, ``j8abc1xyq``): its
+        latest run; an input file (``jsim01010_asn.fits``, ``j8abc1xyq_flt.fits``, absolute or from
+        the current directory): the latest run on that file, else on a file of that name elsewhere;
+        None: the store's latest run.
+
+    Returns
+    -------
+    str
+        The run id.
 
     Raises
     ------
     RunStateError
-        No such run, or no run at all.
+        No run of that name, or no run at all.
     """
-    if run:
-        try:
-            store.get_run(run)
-        except StoreError as exc:
-            raise RunStateError(str(exc)) from exc
-        return run
-    latest = store.latest_run()
-    if latest is None:
-        raise RunStateError(f"{store.path}: no runs in this store")
-    return latest["run_id"]
+    if not name:
+        latest = store.latest_run()
+        if latest is None:
+            raise RunStateError(f"{store.path}: no runs in this store")
+        return latest["run_id"]
+    name = os.fspath(name)
+    runs = store.runs()  # oldest first: the last match is the latest run
+    if any(r["run_id"] == name for r in runs):
+        return name
+    path = Path(name)
+    parsed = split_input_name(path.name)
+    if parsed is not None:
+        # The same file first (runs record the resolved input path), then a file of that name elsewhere.
+        matches = ([r for r in runs if r["input"] == str(path.resolve())]
+                   or [r for r in runs if Path(r["input"]).name.lower() == path.name.lower()])
+    else:
+        matches = [r for r in runs if r["root"] == name.lower()]
+    if matches:
+        return matches[-1]["run_id"]
+    # A few rootnames help; a campaign's worth would not fit on the one line.
+    roots = sorted({r["root"] for r in runs})
+    holds = f"it holds {len(runs)} run{'s' * (len(runs) != 1)}" + (f", of {', '.join(roots)}"
+                                                                  if 0 < len(roots) <= 3 else "")
+    raise RunStateError(f"{store.path}: no run, rootname or input file named {name!r} ({holds})",
+                        str(store.path))
 
 
 def _drive(runner, method: str) -> None:
@@ -149,7 +179,7 @@ def _result(store: EventStore, run_id: str, report: bool = False) -> RunResult:
                      products=tuple(input_dir / p for p in ended.get("products", [])),
                      trailer=input_dir / trailer_name(row["root"]), store=Path(store.path),
                      wcsname=run.decision("wcs").get("chosen_wcsname"), reason=ended.get("reason"),
-                     report=write_report(store, run_id) if report else None)
+                     report=write_report(*read_run(store, run_id, unverified=True)) if report else None)
 
 
 def run_config(input: str | os.PathLike, newpath: str | os.PathLike | None = None, *, force: bool = False,
@@ -298,15 +328,16 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
     return _result(events, run_id, report)
 
 
-def resume(run: str | None = None, *, store: str | os.PathLike | None = None,
+def resume(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
            environ: Mapping[str, str] | None = None, log_json: str | os.PathLike | None = None,
            console: bool = True, observer=None, report: bool = False) -> RunResult:
     """Continue an interrupted run.
 
     Parameters
     ----------
-    run : str, optional
-        The run id; default the store's latest run.
+    run : str or path, optional
+        The run id, an association rootname or an input file (see :func:`find_run`); default the
+        store's latest run.
     store : path, optional
         Default ``astrodriz_sm.db`` in the current directory.
     environ : mapping, optional
@@ -332,25 +363,76 @@ def resume(run: str | None = None, *, store: str | os.PathLike | None = None,
         raise RunStateError(f"run {run_id} already ended {state.ended['status']}; nothing to resume")
     check = events.verify(run_id)
     if not check.ok:
-        raise LogCorruptError(f"{events.path}: run {run_id}: the event log does not verify at seq "
-                              f"{check.first_bad_seq} ({check.reason}); not resumed", str(events.path))
+        raise LogCorruptError(f"{events.path}: {does_not_verify(check)}; not resumed", str(events.path))
     with run_log(log_json, console) as log:
         _drive(Runner(events, run_id, log=log, environ=dict(os.environ if environ is None else environ),
                       observer=observer), "resume")
     return _result(events, run_id, report)
 
 
-def replay(run: str | None = None, *, store: str | os.PathLike | None = None) -> str:
-    """The run's trailer, rendered from its events alone (byte-identical to the ``.tra``)."""
+def read_run(store: EventStore, run_id: str, unverified: bool = False) -> tuple[dict, list, VerifyResult]:
+    """A run's row and events, after the check of their hash chain.
+
+    Parameters
+    ----------
+    unverified : bool
+        Return them also when the chain does not verify; the check says so, and every view of
+        them then carries its banner (:func:`astrodriz_sm.views.banner.unverified_banner`).
+
+    Returns
+    -------
+    row : dict
+    events : list of Event
+        Those the check covered (a run still going on may have appended more since).
+    check : VerifyResult
+
+    Raises
+    ------
+    LogCorruptError
+        The chain does not verify (and ``unverified`` is False), or an event cannot be read at all.
+    """
+    check = store.verify(run_id)
+    if not check.ok and not unverified:
+        raise LogCorruptError(f"{store.path}: {does_not_verify(check)}; render it anyway with --unverified",
+                              str(store.path))
+    try:
+        events = store.events(run_id)[:check.n_events]
+    except StoreError as exc:
+        raise LogCorruptError(f"{exc}; it cannot be rendered", str(store.path)) from None
+    return store.get_run(run_id), events, check
+
+
+def replay(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
+           unverified: bool = False) -> str:
+    """The run's trailer, rendered from its events alone (byte-identical to the ``.tra``).
+
+    Parameters
+    ----------
+    run : str or path, optional
+        The run id, an association rootname or an input file (see :func:`find_run`); default the
+        store's latest run.
+    store : path, optional
+        Default ``astrodriz_sm.db`` in the current directory.
+    unverified : bool
+        Render a log whose hash chain does not verify; the trailer then opens with a banner saying so.
+
+    Raises
+    ------
+    RunStateError
+        No such store or run.
+    LogCorruptError
+        The log does not verify (without ``unverified``), or the store is damaged.
+    """
     from .views.trailer import render_trailer
 
     events = open_store(store, read_only=True)
-    run_id = find_run(events, run)
-    return render_trailer(events.get_run(run_id), events.events(run_id))
+    row, recorded, check = read_run(events, find_run(events, run), unverified)
+    banner = unverified_banner(check)
+    return (f"{banner}\n" if banner else "") + render_trailer(row, recorded)
 
 
-def report(run: str | None = None, *, store: str | os.PathLike | None = None,
-           output: str | os.PathLike | None = None):
+def report(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
+           output: str | os.PathLike | None = None, unverified: bool = False):
     """Write a run's report: ``<root>_report.html`` and ``<root>_qa.json``.
 
     The page is one self-contained HTML file (figures embedded as PNG data URIs): the outcome and
@@ -361,12 +443,16 @@ def report(run: str | None = None, *, store: str | os.PathLike | None = None,
 
     Parameters
     ----------
-    run : str, optional
-        The run id; default the store's latest run.
+    run : str or path, optional
+        The run id, an association rootname or an input file (see :func:`find_run`); default the
+        store's latest run.
     store : path, optional
         Default ``astrodriz_sm.db`` in the current directory.
     output : path, optional
         The directory to write into; default the run's input directory.
+    unverified : bool
+        Render a log whose hash chain does not verify; the page then opens with a banner saying so
+        and the QA JSON's ``run`` item carries it (``log_banner``).
 
     Returns
     -------
@@ -377,6 +463,8 @@ def report(run: str | None = None, *, store: str | os.PathLike | None = None,
     ------
     RunStateError
         No such store or run.
+    LogCorruptError
+        The log does not verify (without ``unverified``), or the store is damaged.
     InputError
         A product or the fit's matched pairs the log lists is missing or changed, or ``output``
         cannot be written.
@@ -384,19 +472,62 @@ def report(run: str | None = None, *, store: str | os.PathLike | None = None,
     from .views.report import write_report
 
     events = open_store(store, read_only=True)
-    return write_report(events, find_run(events, run), output)
+    return write_report(*read_run(events, find_run(events, run), unverified), output)
 
 
-def explain(run: str | None = None, *, store: str | os.PathLike | None = None) -> dict:
-    """Every candidate WCS of every exposure, the one chosen and the rule (see :func:`views.explain.explain`)."""
+def explain(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
+            unverified: bool = False) -> dict:
+    """Every candidate WCS of every exposure, the one chosen and the rule (see :func:`views.explain.explain`).
+
+    Parameters
+    ----------
+    run, store, unverified
+        As for :func:`replay`.
+
+    Returns
+    -------
+    dict
+        :func:`views.explain.explain`'s document, and ``log``: the check of the hash chain
+        (``verified``, ``events``, ``first_bad_seq``, ``reason``, ``banner``: None when it verifies).
+
+    Raises
+    ------
+    RunStateError, LogCorruptError
+        As :func:`replay`.
+    """
     from .views.explain import explain as explain_run
 
     events = open_store(store, read_only=True)
-    return explain_run(fold(events.events(find_run(events, run))))
+    _, recorded, check = read_run(events, find_run(events, run), unverified)
+    return {**explain_run(fold(recorded)), "log": log_facts(check)}
 
 
-def status(run: str | None = None, *, store: str | os.PathLike | None = None) -> list[tuple[dict, RunState]]:
-    """``(run row, folded state)`` of one run, or of every run in the store."""
+class RunStatus(NamedTuple):
+    """One run as :func:`status` reports it: its row, its folded state and the check of its log."""
+
+    row: dict
+    state: RunState
+    check: VerifyResult
+
+
+def status(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
+           unverified: bool = False) -> list[RunStatus]:
+    """One run, or every run in the store.
+
+    Parameters
+    ----------
+    run, store, unverified
+        As for :func:`replay`; without ``run``, every run (each one's log checked).
+
+    Raises
+    ------
+    RunStateError, LogCorruptError
+        As :func:`replay`.
+    """
     events = open_store(store, read_only=True)
     ids = [find_run(events, run)] if run else [r["run_id"] for r in events.runs()]
-    return [(events.get_run(rid), fold(events.events(rid))) for rid in ids]
+    out = []
+    for rid in ids:
+        row, recorded, check = read_run(events, rid, unverified)
+        out.append(RunStatus(row, fold(recorded), check))
+    return out

@@ -15,6 +15,7 @@ from ..api import STORE_NAME
 from ..config import CENTROID_METHODS
 from ..errors import EXIT_CODE_MEANINGS, AstrodrizError, ExitCode, InputError, Interrupted, UsageError
 from ..store.eventstore import StoreCorrupt, StoreError
+from ..views.banner import unverified_banner
 
 
 def _report_end(result: api.RunResult, show_report: bool = True) -> int:
@@ -48,7 +49,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    text = api.replay(args.run, store=args.store)
+    text = api.replay(args.run, store=args.store, unverified=args.unverified)
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -58,18 +59,21 @@ def cmd_replay(args) -> int:
 
 def cmd_report(args) -> int:
     if args.campaign is not None:
-        if args.run or args.store:
-            raise UsageError("report --campaign LEDGER takes no RUN or --store: each run's store is in the ledger")
+        if args.run or args.store or args.unverified:
+            raise UsageError("report --campaign LEDGER takes no RUN, --store or --unverified: each run's store is "
+                             "in the ledger")
         from ..campaign.report import campaign_report
 
         print(f"report   {campaign_report(args.campaign, output=args.output)}")
         return 0
-    _print_report(api.report(args.run, store=args.store, output=args.output))
+    _print_report(api.report(args.run, store=args.store, output=args.output, unverified=args.unverified))
     return 0
 
 
 def cmd_status(args) -> int:
-    for row, run in api.status(args.run, store=args.store):
+    for row, run, check in api.status(args.run, store=args.store, unverified=args.unverified):
+        if (banner := unverified_banner(check)) is not None:
+            print(banner)
         if run.is_ended:
             status = f"{run.ended['status']} (exit {run.ended['exit_code']})"
         elif run.in_progress:
@@ -100,7 +104,7 @@ def cmd_verify_log(args) -> int:
 def cmd_explain(args) -> int:
     from ..views.explain import render_explain
 
-    doc = api.explain(args.run, store=args.store)
+    doc = api.explain(args.run, store=args.store, unverified=args.unverified)
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n" if args.json else render_explain(doc))
     return 0
 
@@ -261,6 +265,12 @@ def add_processing_options(s, num_cores_default: int | None = None) -> None:
                         "and turns alignment off (unless -a)")
 
 
+def add_run_argument(parser, default: str = "the store's latest run") -> None:
+    """The RUN argument of the commands that name a run (see :func:`astrodriz_sm.api.find_run`)."""
+    parser.add_argument("run", nargs="?", metavar="RUN",
+                        help=f"run id, association rootname or input file (its latest run); default: {default}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     width = max(len(c.name) for c in ExitCode)
     codes = "\n".join(f"  {int(c):<2d}  {c.name.lower():{width}s} {EXIT_CODE_MEANINGS[c]}" for c in ExitCode)
@@ -290,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = _Sub()
 
+    def unverified(sp):
+        sp.add_argument("--unverified", action="store_true",
+                        help="render a log whose hash chain does not verify (exit 8 without it), under a banner "
+                             "saying so")
+        return sp
+
     def with_store(sp):
         sp.add_argument("--store", metavar="PATH", help=f"event store (default: {STORE_NAME} in the input's "
                                                         "directory for start, the current directory otherwise)")
@@ -307,13 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_start)
 
     s = with_store(sub.add_parser("resume", help="continue an interrupted run"))
-    s.add_argument("run", nargs="?", help="run id (default: the latest run)")
+    add_run_argument(s)
     s.add_argument("--report", action="store_true",
                    help="when the run ends, write <root>_report.html and <root>_qa.json beside the products")
     s.set_defaults(func=cmd_resume)
 
-    s = with_store(sub.add_parser("report", help="a run's report page (HTML) and QA JSON (drizzlepac's layout)"))
-    s.add_argument("run", nargs="?", help="run id (default: the latest run)")
+    s = unverified(with_store(sub.add_parser("report",
+                                             help="a run's report page (HTML) and QA JSON (drizzlepac's layout)")))
+    add_run_argument(s)
     s.add_argument("-o", "--output", metavar="DIR",
                    help="write <root>_report.html and <root>_qa.json here (default: beside the products); "
                         "with --campaign, <ledger stem>_campaign_report.html (default: beside the ledger)")
@@ -321,21 +338,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a campaign's report page instead, from its ledger and each run's event store")
     s.set_defaults(func=cmd_report)
 
-    s = with_store(sub.add_parser("replay", help="render a run's trailer from its events"))
-    s.add_argument("run", nargs="?")
+    s = unverified(with_store(sub.add_parser("replay", help="render a run's trailer from its events")))
+    add_run_argument(s)
     s.add_argument("-o", "--output", metavar="FILE")
     s.set_defaults(func=cmd_replay)
 
-    s = with_store(sub.add_parser("status", help="state of one run or of every run in the store"))
-    s.add_argument("run", nargs="?")
+    s = unverified(with_store(sub.add_parser("status", help="state of one run or of every run in the store")))
+    add_run_argument(s, default="every run in the store")
     s.set_defaults(func=cmd_status)
 
     s = with_store(sub.add_parser("verify-log", help="check the hash chain of the event log"))
-    s.add_argument("run", nargs="?")
+    add_run_argument(s, default="every run in the store")
     s.set_defaults(func=cmd_verify_log)
 
-    s = with_store(sub.add_parser("explain", help="candidate WCSs of every exposure and why one was chosen"))
-    s.add_argument("run", nargs="?", help="run id (default: the latest run)")
+    s = unverified(with_store(sub.add_parser("explain",
+                                             help="candidate WCSs of every exposure and why one was chosen")))
+    add_run_argument(s)
     s.add_argument("--json", action="store_true", help="print one JSON document instead of the report")
     s.set_defaults(func=cmd_explain)
 

@@ -267,16 +267,19 @@ def render_explain(doc: dict) -> str:
     Parameters
     ----------
     doc : dict
-        The result of :func:`explain`.
+        The result of :func:`explain`, with ``log`` (the check of the hash chain) when the API made it.
 
     Returns
     -------
     str
-        A block per exposure listing its candidate WCSs (the chosen one marked with ``'*'``), then
+        The banner of a log that does not verify first, then a block per exposure listing its candidate WCSs (the chosen one marked with ``'*'``), then
         the stages with their outcome and reason, the a posteriori fits and the rules.
     """
     chosen = doc["chosen"]
-    lines = [f"run {doc['run_id']}: {doc['status']}"]
+    # A log that does not verify is shown only under its banner (the API adds ``log``).
+    banner = (doc.get("log") or {}).get("banner")
+    lines = [banner] if banner else []
+    lines.append(f"run {doc['run_id']}: {doc['status']}")
     if chosen.get("stage"):
         lines.append(f"chosen WCS: {chosen['wcsname']} ({chosen['stage']} stage"
                      + (f", catalog {chosen['catalog']})" if chosen.get("catalog") else ")"))

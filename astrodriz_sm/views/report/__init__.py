@@ -34,13 +34,18 @@ class ReportFiles:
     qa_json: Path
 
 
-def write_report(store, run_id: str, output: str | os.PathLike | None = None) -> ReportFiles:
+def write_report(row: dict, events, check, output: str | os.PathLike | None = None) -> ReportFiles:
     """Render a run's report page and QA JSON into ``output`` (default: the run's input directory).
 
     Parameters
     ----------
-    store : EventStore
-    run_id : str
+    row : dict
+        The run's row of the store (``run_id``, ``input``, ``root``).
+    events : sequence of Event
+        The run's events.
+    check : VerifyResult
+        The store's check of their hash chain; when it failed, the page opens with a banner saying
+        so and the QA JSON carries it.
     output : path, optional
         The directory to write to; made when it does not exist.
 
@@ -57,9 +62,7 @@ def write_report(store, run_id: str, output: str | os.PathLike | None = None) ->
     from .page import render_run_page
     from .qa import write_qa_json
 
-    row = store.get_run(run_id)
-    events = store.events(run_id)
-    facts = run_facts(row, events, store.verify(run_id))
+    facts = run_facts(row, events, check)
     directory = Path(output) if output else Path(row["input"]).parent
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from ...statemachine.state import (
     STEP_INVALIDATED,
     STEP_STARTED,
 )
+from ..banner import log_facts
 from ..explain import STAGE_LABELS, explain
 
 # The focus check's floor: a product's focus index above this share of the singles' mean passes
@@ -283,7 +284,7 @@ def run_facts(run_row: dict, events, verified) -> dict:
     dict
         ``run_id``, ``root``, ``input``, ``status``, ``exit_code``, ``reason``, ``wcsname``,
         ``chosen_stage``, ``rule``, ``version``, ``libraries``, ``log`` (verified, events, first bad
-        seq, reason), ``started_utc``, ``ended_utc``, ``explain`` (:func:`views.explain.explain`),
+        seq, reason, banner), ``started_utc``, ``ended_utc``, ``explain`` (:func:`views.explain.explain`),
         ``fits`` (:func:`fits_with_reasons`), ``fit_margin``, ``fit_applied`` (the align step's
         chosen catalog, method, RMS and matches), ``timeline``, ``checks``, ``products``,
         ``fit_matches``, ``stage_labels``.
@@ -306,8 +307,7 @@ def run_facts(run_row: dict, events, verified) -> dict:
         "status": ended.get("status", "unfinished"), "exit_code": ended.get("exit_code"),
         "reason": ended.get("reason"), "wcsname": wcs.get("chosen_wcsname"), "chosen_stage": wcs.get("chosen_stage"),
         "rule": wcs.get("rule"), "version": started.get("version"), "libraries": started.get("libraries", {}),
-        "log": {"verified": verified.ok, "events": verified.n_events, "first_bad_seq": verified.first_bad_seq,
-                "reason": verified.reason},
+        "log": log_facts(verified),
         "started_utc": events[0].utc if events else None,
         "ended_utc": events[-1].utc if events and events[-1].kind == RUN_ENDED else None,
         "explain": doc, "fits": fits, "fit_margin": fit_margin(fits),

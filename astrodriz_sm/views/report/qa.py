@@ -121,7 +121,8 @@ def qa_diagnostic(f: dict):
     diag.add_data_item({"run_id": f["run_id"], "status": f["status"], "exit_code": f["exit_code"],
                         "reason": f["reason"], "final_wcsname": f["wcsname"], "chosen_stage": f["chosen_stage"],
                         "rule": f["rule"], "astrodriz_sm": f["version"], "libraries": f["libraries"],
-                        "log_verified": f["log"]["verified"], "events": f["log"]["events"],
+                        "log_verified": f["log"]["verified"], "log_first_bad_seq": f["log"]["first_bad_seq"],
+                        "log_banner": f["log"]["banner"], "events": f["log"]["events"],
                         "processes": len(f["timeline"]["processes"]), "fit": f["fit_applied"],
                         "fit_margin": f["fit_margin"]},
                        "run", item_description="outcome of the run and the rule that chose its WCS")
