@@ -272,9 +272,9 @@ def test_explain_of_a_real_run_shows_the_first_quality_1_fit_chosen(simulated, s
 
     proc = run_cli("explain", "no-such-run", cwd=d)
     assert proc.returncode == 7
-    assert proc.stderr.strip().splitlines() == [
+    assert proc.stderr.strip().splitlines() == [(
         f"astrodriz-sm: error: {d / 'astrodriz_sm.db'}: no run, rootname or input file named 'no-such-run' "
-        f"(it holds 1 run, of {ROOT})"]
+        f"(it holds 1 run, of {ROOT})")]
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = run_cli("explain", cwd=empty)

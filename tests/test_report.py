@@ -150,9 +150,9 @@ def test_demo_report_in_a_browser_shows_the_logged_wcsname_and_fit_rms(tmp_path)
     # Bad input: one line naming the run or the file, and the exit code of errors.py.
     proc = run_cli("report", "nosuchrun", "--store", data / "astrodriz_sm.db")
     assert proc.returncode == 7
-    assert proc.stderr.strip().splitlines() == [
+    assert proc.stderr.strip().splitlines() == [(
         f"astrodriz-sm: error: {data / 'astrodriz_sm.db'}: no run, rootname or input file named 'nosuchrun' "
-        f"(it holds 1 run, of {ROOT})"]
+        f"(it holds 1 run, of {ROOT})")]
     product = data / products[0]
     product.rename(tmp_path / "moved.fits")
     proc = run_cli("report", "--store", data / "astrodriz_sm.db", "-o", tmp_path / "missing")
