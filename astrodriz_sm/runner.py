@@ -28,7 +28,9 @@ from .errors import AstrodrizError, ExitCode, ProcessingError, RunStateError
 from .handlers.common import StepContext, Timer, library_fallbacks, payload_logs, sha256
 from .model import STAGES, last_step, partial_name, stage_directory_name, stage_steps, step_spec, trailer_name
 from .statemachine import STOP_STAGE, fold, next_action, plan, stage_files
+from .statemachine.rules import HANDLER_RULES, decisions_after, decisions_before
 from .statemachine.state import (
+    DECISION,
     LEASE_TAKEN_OVER,
     RUN_ENDED,
     RUN_RESUMED,
@@ -414,7 +416,7 @@ class Runner:
             elif action.kind == "end":
                 self._end(run)
 
-    def _context(self, run, stage: str, step: str) -> StepContext:
+    def _context(self, run, stage: str, step: str, decisions: dict | None = None) -> StepContext:
         input_dir = Path(run.config["input"]).parent
         work_dir = Path(run.config["newpath"]) / run.root if run.config.get("newpath") else input_dir
 
@@ -424,7 +426,7 @@ class Runner:
                 self._observe(stage, step, point)
 
         return StepContext(run=run, stage=stage, step=step, input_dir=input_dir, work_dir=work_dir,
-                           progress=progress)
+                           progress=progress, decisions=dict(decisions or {}), rules=HANDLER_RULES)
 
     def _failed(self, stage: str, step: str, payload: dict) -> None:
         self.log.error("step failed", stage=stage, step=step, error=payload["message"])
@@ -434,7 +436,10 @@ class Runner:
         handler = self.handlers[(stage, step)]
         self.append(stage, step, STEP_STARTED, {"fingerprint": fingerprint(run)})
         self.log.info("step started", stage=stage, step=step)
-        ctx = self._context(run, stage, step)
+        # The rules this step works from: pure functions of the state before it, so a retried step
+        # recomputes the same payloads.
+        before = decisions_before(run, stage, step)
+        ctx = self._context(run, stage, step, {d["decision"]: d for d in before})
         try:
             # Handlers see the environment recorded with the run, also on resume in another shell.
             with Timer() as t, isolated(self.environ, run.environment):
@@ -458,7 +463,17 @@ class Runner:
         payload.setdefault("seconds", t.elapsed)
         if result.stop is not None:
             payload[STOP_STAGE] = result.stop.reason
-        facts = list(result.facts)
+        facts = [(DECISION, d) for d in before] + list(result.facts)
+        # The rules that decide from what the step measured, on the state with its results folded in.
+        after = decisions_after(run.after_step(stage, step, facts, payload), stage, step)
+        facts += [(DECISION, d) for d in after]
+        stop = next((d[STOP_STAGE] for d in before + after if d.get(STOP_STAGE)), None)
+        if stop is not None:
+            if not step_spec(stage, step).may_stop:
+                return self._failed(stage, step, {
+                    "error": "RuntimeError", "message": f"{stage}/{step}: a rule stopped its stage, which this step "
+                    "may not do", "path": None, "exit_code": int(ExitCode.INTERNAL), "traceback": None})
+            payload[STOP_STAGE] = stop
         # A library that substituted another method says so only in its log: make it a fact of the step.
         warned = set()
         for text in payload_logs(payload):

@@ -111,11 +111,14 @@ def test_facts_are_recorded_with_their_step_and_only_then(store):
                                                                        facts=[("verification", focus)])})
     events = store.events(run_id)
     i = next(i for i, e in enumerate(events) if e.kind == "verification")
-    assert [(e.stage, e.step, e.kind) for e in events[i - 1:i + 2]] == [
+    # The verification rule's decision, taken by the runner from the recorded check, comes with them.
+    assert [(e.stage, e.step, e.kind) for e in events[i - 1:i + 3]] == [
         ("default", "verify_alignment", "step.started"), ("default", "verify_alignment", "verification"),
-        ("default", "verify_alignment", "step.completed")]
-    assert events[i].utc == events[i + 1].utc  # one transaction
-    assert fold(events).verifications == {"default": [focus]}
+        ("default", "verify_alignment", "decision"), ("default", "verify_alignment", "step.completed")]
+    assert events[i].utc == events[i + 2].utc  # one transaction
+    run = fold(events)
+    assert run.verifications == {"default": [focus]}
+    assert run.decision("default_verification")["reason"] == "verification failed: overlap_similarity not measured"
 
 
 def test_flt_only_basic_mode_has_no_headerlets(store):

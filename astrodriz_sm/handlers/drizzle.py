@@ -21,7 +21,7 @@ from astropy.io import fits
 
 from ..errors import ProcessingError
 from ..model import Product, StepResult
-from ..statemachine.state import NOTE
+from ..model.events import NOTE
 from .common import StepContext, Timer, captured_output, copy_file, hashes, working_directory
 
 # Parameters runastrodriz imposes on every pipeline AstroDrizzle call (PIPELINE_PARS), plus the
@@ -78,12 +78,10 @@ def stage_inputs(ctx: StepContext) -> StepResult:
     """
     from drizzlepac import resetbits
 
-    from ..statemachine.machine import alignment_follows
-
     staged = copy_into_stage(ctx, ctx.input_dir, ctx.inputs.input_hashes)
     names = ctx.inputs.exposures.names
     d = ctx.stage_dir()
-    if alignment_follows(ctx.run):
+    if ctx.decisions["alignment_follows"]["follows"]:
         # runastrodriz 3.11 verifies the default products when an alignment stage follows, on the
         # cosmic-ray path: the verified list's cosmic-ray flags (4096, 8192) are cleared first, in
         # the files it hands back (verify_alignment's find_crs=True).
@@ -209,8 +207,13 @@ def updatewcs(ctx: StepContext) -> StepResult:
 
 
 def identifies_cosmic_rays(run, stage: str) -> bool:
-    """The ``<stage>_cosmic_rays`` decision of an alignment stage (``statemachine.cosmic_ray_path``)."""
+    """The recorded ``<stage>_cosmic_rays`` decision of an alignment stage: cosmic rays identified again."""
     return bool(run.decision(f"{stage}_cosmic_rays").get("identify"))
+
+
+def alignment_follows(run) -> bool:
+    """The recorded ``alignment_follows`` decision (the default stage's copies): an alignment stage follows."""
+    return bool(run.decision("alignment_follows").get("follows"))
 
 
 def no_cr_parameters(good_bits: int) -> dict:
@@ -230,8 +233,6 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
     and clean up.
     """
     from drizzlepac import mdzhandler
-
-    from ..statemachine.machine import alignment_follows
 
     mdriztab = ctx.inputs.reference_paths.get("MDRIZTAB")
     wfpc2 = ctx.inputs.instrument == "WFPC2"
@@ -452,8 +453,6 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> StepResult:
     StepResult
         Per product: inputs, parameters, output hash, wall time and the AstroDrizzle log.
     """
-    from ..statemachine.machine import alignment_follows
-
     d = ctx.stage_dir()
     products = ctx.inputs.products(ctx.stage, ctx.stage == "default" and alignment_follows(ctx.run))
     entries, jobs = {}, []

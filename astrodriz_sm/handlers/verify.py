@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model import Product, StepResult, focus_json_name
-from ..statemachine.rules import verify_stage
-from ..statemachine.state import DECISION, VERIFICATION
+from ..model.events import VERIFICATION
 from .common import StepContext, captured_output
 from .overlap import max_overlap_diff
 
@@ -162,7 +161,8 @@ def verify_alignment(ctx: StepContext) -> StepResult:
     As runastrodriz 3.11 does (``verify_alignment``, ``run_driz``): the FLC product is checked when
     there is one (CTE-corrected data); with two exposures or more the focus and the overlap
     difference are measured; the alignment stages also measure the similarity to the
-    pipeline-default product. Which of them decide is :func:`statemachine.verify_stage`'s rule.
+    pipeline-default product. Which of them decide is the verification rule's (``ctx.rules.verify_stage``);
+    the runner records its ``<stage>_verification`` decision from the checks recorded here.
     """
     product = ctx.inputs.verified_product
     d = ctx.stage_dir()
@@ -183,8 +183,8 @@ def verify_alignment(ctx: StepContext) -> StepResult:
     if ctx.stage != "default":
         results.append(similarity_to_default(d, ctx.stage_dir("default"), product.name))
     matched = ctx.run.output(ctx.stage, "align").get("matched") if ctx.stage == "aposteriori" else None
-    decision = verify_stage(ctx.stage, results, n_drizzled, matched)
+    decision = ctx.rules.verify_stage(ctx.stage, results, n_drizzled, matched)
     for r in results:
         r["decides"] = r["check"] in decision["deciding"]
     return StepResult({"verdicts": {r["check"]: r["verdict"] for r in results}, "verified": decision["verified"]},
-                      facts=[*((VERIFICATION, r) for r in results), (DECISION, decision)])
+                      facts=[(VERIFICATION, r) for r in results])

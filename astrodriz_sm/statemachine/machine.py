@@ -78,12 +78,6 @@ class _Guards:
         return self._alignment_possible("aposteriori_possible", "compute_aposteriori", ENV_COMPUTE_APOSTERIORI)
 
 
-def alignment_follows(run: RunState) -> bool:
-    """Whether an alignment stage will be entered after the default stage (its guards, unrecorded)."""
-    guards = _Guards(run)
-    return guards.apriori_possible() or guards.aposteriori_possible()
-
-
 def _machine(model: _Guards) -> Machine:
     return Machine(model=model, states=list(STATES), transitions=TRANSITIONS, initial=model.state,
                    auto_transitions=False, ignore_invalid_triggers=False)
@@ -176,12 +170,5 @@ def next_action(run: RunState) -> Action:
 
 
 def stage_files(run: RunState, stage: str) -> dict:
-    """``{file: sha256}`` a stage directory must hold after the stage's completed steps.
-
-    Each step that changes the directory records its files; later steps override earlier ones.
-    """
-    expected = {}
-    for spec in stage_steps(stage):
-        if spec.files_in == "stage" and run.is_completed(stage, spec.step):
-            expected.update(run.output(stage, spec.step).get("files", {}))
-    return expected
+    """``{file: sha256}`` a stage directory must hold after the stage's completed steps (:meth:`RunState.stage_files`)."""
+    return run.stage_files(stage)

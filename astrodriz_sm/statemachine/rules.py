@@ -6,9 +6,12 @@ the rule's text, so that ``explain`` and the trailer can say why without derivin
 
 from __future__ import annotations
 
-from ..model import last_step, stage_steps, wcsname_step
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..model import drizzles, last_step, stage_steps, wcsname_step
 from .machine import STOP_STAGE
-from .state import RunState
+from .state import VERIFICATION, RunState
 
 # WCS preference, best first, as drizzlepac's runastrodriz orders WCSNAMEs: a posteriori fits, then
 # a priori, then the pipeline default.
@@ -276,3 +279,203 @@ def choose_final_wcs(run: RunState) -> dict:
                   next(c for c in candidates if c["stage"] == "default"))
     return {"decision": "wcs", "chosen_stage": chosen["stage"], "chosen_wcsname": chosen["wcsname"],
             "rule": WCS_RULE, "candidates": candidates}
+
+
+# --- The service a stage relies on -------------------------------------------------------------------
+
+# The service without which a stage cannot go on (the others are probed for the record).
+REQUIRED_SERVICE = {"apriori": "ASTROMETRY_SERVICE_URL", "aposteriori": "ASTROMETRIC_CATALOG_URL"}
+SERVICE_RULE = ("an alignment stage goes on only when the service it needs answers its probe: the astrometry "
+                "database for the a priori stage, the catalog service for the a posteriori one; otherwise "
+                "the stage is skipped rather than left waiting on the libraries' retries")
+UNANSWERED_RULE = "a service that stopped answering in the middle of a step skips the stage"
+
+
+def service_reachable(run: RunState, stage: str) -> dict:
+    """Whether the service ``stage`` needs answered its probe, by :data:`SERVICE_RULE`.
+
+    Returns
+    -------
+    dict
+        Payload of the ``<stage>_service`` decision: ``service``, ``url``, ``reachable``, ``reason``,
+        ``rule``, and ``stop_stage`` when the stage stops.
+    """
+    service = REQUIRED_SERVICE[stage]
+    probed = run.output(stage, "probe_service")["services"][service]
+    decision = {"decision": f"{stage}_service", "service": service, "url": probed["url"],
+                "reachable": probed["reachable"], "reason": probed["reason"], "rule": SERVICE_RULE}
+    if not probed["reachable"]:
+        decision[STOP_STAGE] = f"{service} unreachable ({probed['reason']}): stage skipped"
+    return decision
+
+
+def _probe_outcome(run: RunState, stage: str) -> list[dict]:
+    """The ``<stage>_service`` decision, when the probe recorded the services it tried."""
+    return [service_reachable(run, stage)] if "services" in run.output(stage, "probe_service") else []
+
+
+def _unanswered(run: RunState, stage: str, step: str) -> list[dict]:
+    """The ``<stage>_unanswered`` decision when the step's service stopped answering (its ``unanswered``)."""
+    what = run.output(stage, step).get("unanswered")
+    if not what:
+        return []
+    return [{"decision": f"{stage}_unanswered", "step": step, "unanswered": what, "rule": UNANSWERED_RULE,
+             STOP_STAGE: f"{what}: stage skipped"}]
+
+
+def apriori_update_outcome(run: RunState, stage: str) -> list[dict]:
+    """The decisions from the a priori update: a stop when its services stopped answering."""
+    return _unanswered(run, stage, "updatewcs")
+
+
+# --- The a posteriori fit ------------------------------------------------------------------------------
+
+# drizzlepac's analyze_data rules (analyze.py 3.11.0 467-570), as runastrodriz gates the a posteriori fit.
+EXCLUSION_RULE = ("drizzlepac analyze_data: not fitted when OBSTYPE is not IMAGING, MTFLAG=T, SCAN_TYP C or D, "
+                  "a calibration target, EXPTIME ~ 0, CHINJECT not NONE, a BLOCK filter, or all-zero SCI")
+SOURCES_RULE = ("drizzlepac 3.11 perform_align: no fit when analyze_data leaves no exposure to align, or when "
+                "an exposure has fewer sources than MIN_OBSERVABLE_THRESHOLD")
+
+
+def candidate_valid(quality: int, rms_mas: float | None) -> bool:
+    """Whether a fit can be applied at all: drizzlepac's quality 1-4 and an RMS (a failed fit has none)."""
+    return quality in VALID_FIT_QUALITY and rms_mas is not None
+
+
+def too_few_sources(alignable: int, found: dict, threshold: int) -> str | None:
+    """Why no fit is tried, by :data:`SOURCES_RULE`, or None when the fit search goes on.
+
+    Parameters
+    ----------
+    alignable : int
+        Exposures analyze_data left to align.
+    found : dict
+        Exposure -> sources found in it.
+    threshold : int
+        drizzlepac's ``MIN_OBSERVABLE_THRESHOLD``.
+    """
+    if not alignable:
+        return "no exposure can be aligned (drizzlepac analyze excluded them all)"
+    sparse = {n: k for n, k in found.items() if k < threshold}
+    if sparse:
+        return f"not enough sources for a fit: {sparse} found, at least {threshold} needed per exposure"
+    return None
+
+
+def catalog_search_ends(candidates: list[dict]) -> bool:
+    """After one catalog's fit: True when perform_align tries no further catalog (a quality-1 fit)."""
+    return bool(candidates) and candidates[-1]["fit_quality"] == 1
+
+
+def align_outcome(run: RunState, stage: str) -> list[dict]:
+    """The decisions from the a posteriori fit step, from its recorded measurements and candidates.
+
+    In order: each exposure analyze_data excluded (``aposteriori_exclusion``), whether there are sources
+    enough to fit (``aposteriori_sources``), a stop when the catalog service stopped answering, and the
+    choice of fit (``aposteriori_fit``, :func:`choose_fit`). The first that stops the stage ends the list.
+    """
+    done = run.output(stage, "align")
+    if "fit_limits" not in done:
+        return []  # nothing measured, nothing to decide
+    limits = done["fit_limits"]
+    decisions = [{"decision": "aposteriori_exclusion", "exposure": name, "reason": why, "rule": EXCLUSION_RULE}
+                 for name, why in done["excluded"].items()]
+    stop = too_few_sources(limits["alignable"], done["sources_found"], limits["min_sources"])
+    sources = {"decision": "aposteriori_sources", "alignable": limits["alignable"],
+               "sources_found": done["sources_found"], "min_sources": limits["min_sources"], "rule": SOURCES_RULE}
+    if stop:
+        return [*decisions, {**sources, STOP_STAGE: stop}]
+    decisions.append(sources)
+    unanswered = _unanswered(run, stage, "align")
+    if unanswered:
+        return decisions + unanswered
+    fit = choose_fit(run.candidates.get(stage, []), limits["max_rms_mas"], done.get("abandoned"))
+    if fit["chosen_catalog"] is None:
+        fit[STOP_STAGE] = fit["reason"]
+    return [*decisions, fit]
+
+
+# --- Verification, conclusion, the final WCS ---------------------------------------------------------
+
+
+def stage_verification(run: RunState, stage: str) -> list[dict]:
+    """The ``<stage>_verification`` decision from the checks the step recorded (:func:`verify_stage`)."""
+    checks = [p for kind, p in run.facts.get((stage, "verify_alignment"), []) if kind == VERIFICATION]
+    if not checks:
+        return []  # nothing measured, nothing to decide
+    matched = run.output(stage, "align").get("matched") if stage == "aposteriori" else None
+    return [verify_stage(stage, checks, len(run.inputs.verified_product.drizzled), matched)]
+
+
+ALIGNMENT_FOLLOWS_RULE = ("runastrodriz 3.11 verifies the default products, on the cosmic-ray path, only when an "
+                          "alignment stage follows; otherwise it drizzles its final products at once")
+
+
+def alignment_follows_decision(run: RunState, stage: str) -> dict:
+    """Whether an alignment stage follows the default stage, by the transition guards (:data:`ALIGNMENT_FOLLOWS_RULE`).
+
+    Returns
+    -------
+    dict
+        Payload of the ``alignment_follows`` decision: ``follows``, ``guards`` (each guard's result and
+        reason), ``rule``.
+    """
+    from .machine import _Guards
+
+    guards = _Guards(run)
+    follows = guards.apriori_possible() or guards.aposteriori_possible()
+    return {"decision": "alignment_follows", "follows": follows, "guards": guards.evaluated,
+            "rule": ALIGNMENT_FOLLOWS_RULE}
+
+
+def _final_source(run: RunState, stage: str) -> dict | None:
+    # DRIZCORR=OMIT: the exposures as delivered; no stage's exposures to choose.
+    return exposures_source(run, stage) if drizzles(run.inputs, run.config) else None
+
+
+# --- Which rule the runner evaluates for which step -----------------------------------------------------
+
+_ALIGNMENT_STAGES = ("apriori", "aposteriori")
+# Evaluated on the state before the step: ``rule(run, stage) -> payload or None``. The handler reads the
+# payloads in ``ctx.decisions``; the runner records them with the step's facts.
+BEFORE_STEP = {
+    ("default", "stage_inputs"): (alignment_follows_decision,),
+    **{(s, "stage_inputs"): (exposures_source, cosmic_ray_path) for s in _ALIGNMENT_STAGES},
+    **{(s, "conclude"): (conclude_stage,) for s in _ALIGNMENT_STAGES},
+    ("final", "choose_wcs"): (lambda run, stage: choose_final_wcs(run),),
+    ("final", "stage_inputs"): (_final_source,),
+}
+# Evaluated on the state with the step's facts and result folded in: ``rule(run, stage) -> [payload, ...]``.
+# A payload with ``stop_stage`` stops the stage.
+AFTER_STEP = {
+    **{(s, "probe_service"): (_probe_outcome,) for s in _ALIGNMENT_STAGES},
+    ("apriori", "updatewcs"): (apriori_update_outcome,),
+    ("aposteriori", "align"): (align_outcome,),
+    **{(s, "verify_alignment"): (stage_verification,) for s in ("default", *_ALIGNMENT_STAGES)},
+}
+
+
+def decisions_before(run: RunState, stage: str, step: str) -> list[dict]:
+    """The decisions a step works from, by the rules of :data:`BEFORE_STEP`."""
+    return [d for rule in BEFORE_STEP.get((stage, step), ()) if (d := rule(run, stage)) is not None]
+
+
+def decisions_after(run: RunState, stage: str, step: str) -> list[dict]:
+    """The decisions from a step's results (``run`` has them folded in), by the rules of :data:`AFTER_STEP`."""
+    return [d for rule in AFTER_STEP.get((stage, step), ()) for d in rule(run, stage)]
+
+
+@dataclass(frozen=True)
+class HandlerRules:
+    """The rules a handler applies in the middle of its work; the runner records their outcome afterwards."""
+
+    candidate_valid: Callable = candidate_valid
+    too_few_sources: Callable = too_few_sources
+    catalog_search_ends: Callable = catalog_search_ends
+    fit_search_ends: Callable = fit_search_ends
+    choose_fit: Callable = choose_fit
+    verify_stage: Callable = verify_stage
+    failed_fit_rms: float = FAILED_FIT_RMS
+
+
+HANDLER_RULES = HandlerRules()
