@@ -164,3 +164,125 @@ def test_cosmic_rays_are_identified_again_only_after_an_unverified_alignment():
     assert cosmic_ray_path(_run(apriori_kept, unverified), "aposteriori")["identify"] is False
     decision = cosmic_ray_path(_run(facts=verified), "apriori")
     assert (decision["decision"], decision["identify"]) == ("apriori_cosmic_rays", False)
+
+
+# --- The rules the runner evaluates around a step (statemachine.rules.BEFORE_STEP / AFTER_STEP) ---------
+
+from astrodriz_sm.model import Exposure, ExposureSet, Inputs  # noqa: E402
+from astrodriz_sm.statemachine.rules import (  # noqa: E402
+    AFTER_STEP,
+    BEFORE_STEP,
+    SOURCES_RULE,
+    align_outcome,
+    alignment_follows_decision,
+    bad_guiding,
+    catalog_search_ends,
+    decisions_after,
+    decisions_before,
+    service_reachable,
+    too_few_sources,
+)
+
+
+def _inputs(n=3, no_alignment=None):
+    flc = tuple(Exposure(f"jsm001a{i}q", "flc", "ACS", "WFC", 400.0) for i in range(1, n + 1))
+    return Inputs(root="jsm001010", kind="asn", exposures=ExposureSet((), flc), drizcorr="PERFORM",
+                  drizcorr_file="jsm001a1q_raw.fits", no_alignment=no_alignment)
+
+
+def test_the_probe_of_the_needed_service_decides_and_says_why_it_stops():
+    services = {"ASTROMETRIC_CATALOG_URL": {"url": "http://127.0.0.1:9/", "reachable": False,
+                                            "reason": "connection refused"}}
+    run = _run({("aposteriori", "probe_service"): {"services": services}})
+    decision = service_reachable(run, "aposteriori")
+    assert decision == {"decision": "aposteriori_service", "service": "ASTROMETRIC_CATALOG_URL",
+                        "url": "http://127.0.0.1:9/", "reachable": False, "reason": "connection refused",
+                        "rule": decision["rule"],
+                        "stop_stage": "ASTROMETRIC_CATALOG_URL unreachable (connection refused): stage skipped"}
+    services["ASTROMETRIC_CATALOG_URL"].update(reachable=True, reason="HTTP 200")
+    assert "stop_stage" not in service_reachable(run, "aposteriori")
+    # A probe that recorded no services (nothing measured) decides nothing.
+    assert decisions_after(_run({("aposteriori", "probe_service"): {}}), "aposteriori", "probe_service") == []
+
+
+def test_too_few_sources_names_the_sparse_exposures_and_the_threshold():
+    assert too_few_sources(0, {}, 10) == "no exposure can be aligned (drizzlepac analyze excluded them all)"
+    assert too_few_sources(2, {"a_flc.fits": 4, "b_flc.fits": 40}, 10) == (
+        "not enough sources for a fit: {'a_flc.fits': 4} found, at least 10 needed per exposure")
+    assert too_few_sources(2, {"a_flc.fits": 14, "b_flc.fits": 40}, 10) is None
+    assert catalog_search_ends([_fit("GAIAeDR3", 2, 8.0, 30), _fit("GSC242", 1, 5.0, 40)])
+    assert not catalog_search_ends([_fit("GAIAeDR3", 2, 8.0, 30)])
+    assert not catalog_search_ends([])
+
+
+def _aligned(excluded=None, found=None, candidates=(), **extra):
+    limits = {"alignable": 2, "min_sources": 10, "max_rms_mas": 150}
+    done = {"excluded": excluded or {}, "sources_found": found or {"a_flc.fits": 40, "b_flc.fits": 50},
+            "fit_limits": limits, **extra}
+    return _run({("aposteriori", "align"): done},
+                {("aposteriori", "align"): [("candidate", c) for c in candidates]})
+
+
+def test_the_fit_step_decisions_come_in_order_and_the_first_stop_ends_them():
+    run = _aligned({"c_flc.fits": "EXPTIME = 0"}, candidates=[_fit("GAIAeDR3", 1, 8.0, 30)])
+    kinds = [(d["decision"], d.get("stop_stage")) for d in align_outcome(run, "aposteriori")]
+    assert kinds == [("aposteriori_exclusion", None), ("aposteriori_sources", None), ("aposteriori_fit", None)]
+    fit = align_outcome(run, "aposteriori")[-1]
+    assert (fit["chosen_catalog"], fit["max_rms_mas"]) == ("GAIAeDR3", 150)
+    sparse = align_outcome(_aligned(found={"a_flc.fits": 4, "b_flc.fits": 50}), "aposteriori")
+    assert sparse == [{"decision": "aposteriori_sources", "alignable": 2, "sources_found": {"a_flc.fits": 4,
+                       "b_flc.fits": 50}, "min_sources": 10, "rule": SOURCES_RULE,
+                       "stop_stage": "not enough sources for a fit: {'a_flc.fits': 4} found, at least 10 needed "
+                                     "per exposure"}]
+    silent = align_outcome(_aligned(unanswered="the GAIAeDR3 catalog at http://x/ did not answer"), "aposteriori")
+    assert [(d["decision"], d["stop_stage"]) for d in silent[1:]] == [
+        ("aposteriori_unanswered", "the GAIAeDR3 catalog at http://x/ did not answer: stage skipped")]
+    rejected = align_outcome(_aligned(candidates=[_fit("2MASS", 4, 160.0, 12)]), "aposteriori")[-1]
+    assert rejected["stop_stage"] == rejected["reason"] == (
+        "the best fit, 2MASS relative, has an RMS of 160 mas, outside (0, 150) mas")
+
+
+def test_bad_guiding_removes_the_exposure_unless_f_and_turns_alignment_off_unless_a():
+    bad, removed = ["b_flc.fits"], ["b_flt.fits", "b_flc.fits"]
+    assert [(d["decision"], d["reason"]) for d in bad_guiding(bad, removed, False, False)] == [
+        ("guiding_removal", "-v: removed from processing for bad guiding: b_flt.fits, b_flc.fits"),
+        ("guiding_alignment", "-v: bad guiding in b_flc.fits: no alignment")]
+    assert [(d["decision"], d["alignment"]) for d in bad_guiding(bad, [], True, True)] == [
+        ("guiding_alignment", True)]
+    assert bad_guiding([], [], False, False) == []
+
+
+def test_alignment_follows_the_default_stage_by_the_transition_guards():
+    run = RunState(state="default", config={}, inputs=_inputs())
+    decision = alignment_follows_decision(run, "default")
+    assert (decision["decision"], decision["follows"]) == ("alignment_follows", True)
+    assert decision["guards"] == [{"guard": "apriori_possible", "result": True,
+                                   "reason": "ASTROMETRY_APPLY_APRIORI is on"}]
+    off = alignment_follows_decision(RunState(state="default", config={}, inputs=_inputs(no_alignment="WFPC2")),
+                                     "default")
+    assert (off["follows"], [g["reason"] for g in off["guards"]]) == (False, ["WFPC2", "WFPC2"])
+
+
+def test_the_runner_evaluates_the_verification_rule_on_the_checks_the_step_recorded():
+    checks = [("verification", FOCUS_FAIL), ("verification", OVERLAP_PASS)]
+    run = RunState(state="default", inputs=_inputs(), facts={("default", "verify_alignment"): checks})
+    [decision] = decisions_after(run, "default", "verify_alignment")
+    assert (decision["decision"], decision["verified"], decision["deciding"]) == (
+        "default_verification", True, ["overlap_similarity"])
+    # Nothing measured: no decision.
+    assert decisions_after(RunState(state="default", inputs=_inputs()), "default", "verify_alignment") == []
+
+
+def test_every_step_with_rules_is_a_step_of_the_table_and_the_decisions_before_a_step_are_recorded_as_taken():
+    from astrodriz_sm.model import step_spec
+
+    for stage, step in [*BEFORE_STEP, *AFTER_STEP]:
+        assert step_spec(stage, step).step == step
+    restored = {("apriori", "conclude"): {"kept": False, "reason": "verification failed",
+                                          "restored": {"a_flc.fits": "0" * 64}}}
+    run = _run(restored)
+    run.inputs = _inputs()
+    assert [d["decision"] for d in decisions_before(run, "aposteriori", "stage_inputs")] == [
+        "aposteriori_source", "aposteriori_cosmic_rays"]
+    assert [d["decision"] for d in decisions_before(run, "final", "choose_wcs")] == ["wcs"]
+    assert decisions_before(run, "final", "stage_inputs") == [exposures_source(run, "final")]

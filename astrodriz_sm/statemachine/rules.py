@@ -433,6 +433,53 @@ def _final_source(run: RunState, stage: str) -> dict | None:
     return exposures_source(run, stage) if drizzles(run.inputs, run.config) else None
 
 
+# --- Guiding (-v) ------------------------------------------------------------------------------------
+
+GUIDING_RULE = ("runastrodriz 3.11 -v: an exposure with bad guiding is removed from processing with its FLT and "
+                "FLC files, unless -f; alignment is switched off, unless -a")
+
+
+def bad_guiding(bad: list[str], removed: list[str], force: bool, force_alignment: bool) -> list[dict]:
+    """What bad guiding changes, by :data:`GUIDING_RULE`.
+
+    Parameters
+    ----------
+    bad : list of str
+        Exposures whose guiding failed, in the order checked.
+    removed : list of str
+        The files those exposures take out of processing (their FLT and FLC).
+    force, force_alignment : bool
+        ``-f`` and ``-a``.
+
+    Returns
+    -------
+    list of dict
+        Payloads of the ``guiding_removal`` decision (without ``-f``) and the ``guiding_alignment``
+        decision (``alignment`` on or off); empty when every exposure's guiding was good.
+    """
+    if not bad:
+        return []
+    names = ", ".join(bad)
+    out = []
+    if not force:
+        out.append({"decision": "guiding_removal", "bad": bad, "removed": removed,
+                    "reason": f"-v: removed from processing for bad guiding: {', '.join(removed)}",
+                    "rule": GUIDING_RULE})
+    reason = (f"-v: bad guiding in {names}: alignment kept on (-a)" if force_alignment
+              else f"-v: bad guiding in {names}: no alignment")
+    out.append({"decision": "guiding_alignment", "bad": bad, "alignment": force_alignment, "reason": reason,
+                "rule": GUIDING_RULE})
+    return out
+
+
+def guiding_outcome(run: RunState, stage: str) -> list[dict]:
+    """The guiding decisions from the checks the ``verify_guiding`` step recorded (:func:`bad_guiding`)."""
+    checks = [p for kind, p in run.facts.get((stage, "verify_guiding"), []) if kind == VERIFICATION]
+    bad = [c["file"] for c in checks if c.get("guiding") == "bad"]
+    return bad_guiding(bad, run.output(stage, "verify_guiding").get("removed", []),
+                       bool(run.config.get("force")), bool(run.config.get("force_alignment")))
+
+
 # --- Which rule the runner evaluates for which step -----------------------------------------------------
 
 _ALIGNMENT_STAGES = ("apriori", "aposteriori")
@@ -448,6 +495,7 @@ BEFORE_STEP = {
 # Evaluated on the state with the step's facts and result folded in: ``rule(run, stage) -> [payload, ...]``.
 # A payload with ``stop_stage`` stops the stage.
 AFTER_STEP = {
+    ("init", "verify_guiding"): (guiding_outcome,),
     **{(s, "probe_service"): (_probe_outcome,) for s in _ALIGNMENT_STAGES},
     ("apriori", "updatewcs"): (apriori_update_outcome,),
     ("aposteriori", "align"): (align_outcome,),
@@ -475,6 +523,7 @@ class HandlerRules:
     fit_search_ends: Callable = fit_search_ends
     choose_fit: Callable = choose_fit
     verify_stage: Callable = verify_stage
+    bad_guiding: Callable = bad_guiding
     failed_fit_rms: float = FAILED_FIT_RMS
 
 

@@ -164,7 +164,10 @@ class RunState:
         completed[(stage, step)] = payload
         recorded = {k: v for k, v in self.facts.items() if k != (stage, step)}
         recorded[(stage, step)] = list(facts)
-        return replace(self, completed=completed, facts=recorded, in_progress=self.in_progress - {(stage, step)})
+        # As fold reads a step.completed.
+        inputs = Inputs.from_payload(payload["inputs"]) if stage == "init" and "inputs" in payload else self.inputs
+        return replace(self, completed=completed, facts=recorded, in_progress=self.in_progress - {(stage, step)},
+                       environment={**self.environment, **payload.get("environment_update", {})}, inputs=inputs)
 
 
 def fold(events: Iterable) -> RunState:
