@@ -104,7 +104,7 @@ def _verified(stage, checks, n=3):
 def test_conclude_keeps_a_verified_stage():
     run = _run({("apriori", "updatewcs"): {"wcsname": "IDC_x-GSC240"}},
                {("apriori", "verify_alignment"): _verified("apriori", [FOCUS_FAIL, OVERLAP_PASS, SIMILAR])})
-    assert conclude_stage(run, "apriori") == {"decision": "apriori_stage", "kept": True, "quality": 0,
+    assert conclude_stage(run, "apriori") == {"decision": "apriori_stage", "kept": True, "outcome": "kept", "quality": 0,
                                               "reason": "alignment verified: overlap_similarity pass",
                                               "wcsname": "IDC_x-GSC240"}
 
@@ -112,14 +112,15 @@ def test_conclude_keeps_a_verified_stage():
 def test_conclude_discards_a_stage_that_failed_a_check():
     run = _run(facts={("aposteriori", "verify_alignment"): _verified("aposteriori", [PASS, OVERLAP_FAIL, SIMILAR])})
     decision = conclude_stage(run, "aposteriori")
-    assert (decision["kept"], decision["reason"], decision["quality"]) == (
-        False, "verification failed: overlap_similarity fail", 6)
+    assert (decision["kept"], decision["outcome"], decision["reason"], decision["quality"]) == (
+        False, "discarded", "verification failed: overlap_similarity fail", 6)
 
 
 def test_conclude_gives_the_stop_reason_first():
     run = _run({("aposteriori", "align"): {"stop_stage": "not enough sources for a fit"}},
                {("aposteriori", "verify_alignment"): _verified("aposteriori", [PASS, OVERLAP_PASS])})
     assert conclude_stage(run, "aposteriori")["reason"] == "not enough sources for a fit"
+    assert conclude_stage(run, "aposteriori")["outcome"] == "skipped"
 
 
 def test_final_wcs_is_the_most_refined_kept_stage():
@@ -168,8 +169,8 @@ def test_cosmic_rays_are_identified_again_only_after_an_unverified_alignment():
 
 # --- The rules the runner evaluates around a step (statemachine.rules.BEFORE_STEP / AFTER_STEP) ---------
 
-from astrodriz_sm.model import Exposure, ExposureSet, Inputs  # noqa: E402
-from astrodriz_sm.statemachine.rules import (  # noqa: E402
+from astrodriz_sm.model import Exposure, ExposureSet, Inputs
+from astrodriz_sm.statemachine.rules import (
     AFTER_STEP,
     BEFORE_STEP,
     SOURCES_RULE,
@@ -286,3 +287,19 @@ def test_every_step_with_rules_is_a_step_of_the_table_and_the_decisions_before_a
         "aposteriori_source", "aposteriori_cosmic_rays"]
     assert [d["decision"] for d in decisions_before(run, "final", "choose_wcs")] == ["wcs"]
     assert decisions_before(run, "final", "stage_inputs") == [exposures_source(run, "final")]
+
+
+def test_the_fit_decision_carries_the_wcsnames_the_ranking_and_the_margin_the_views_show():
+    fits = [_fit("GAIAeDR3", 2, 3.0, 120), _fit("GSC242", 1, 14.0, 40), _fit("2MASS", 3, 9.0, 30),
+            _fit("GAIADR2", 5)]
+    decision = choose_fit(fits, 150, default_wcsname=["IDC_x", "IDC_x"])
+    assert decision["chosen_wcsname"] == "IDC_x-FIT_REL_GSC242"
+    assert [c["wcsname"] for c in decision["candidates"]] == [
+        "IDC_x-FIT_REL_GAIAeDR3", "IDC_x-FIT_REL_GSC242", "IDC_x-FIT_REL_2MASS", "IDC_x-FIT_REL_GAIADR2"]
+    assert decision["ranking"] == [["GSC242", "relative"], ["GAIAeDR3", "relative"], ["2MASS", "relative"]]
+    margin = decision["margin"]
+    assert (margin["chosen"]["catalog"], margin["next_best"]["catalog"], margin["rms_mas"], margin["matches"]) == (
+        "GSC242", "GAIAeDR3", -11.0, 80)
+    # No fit applied: no margin, no WCSNAME chosen.
+    none = choose_fit([_fit("GAIADR2", 5)], 150, default_wcsname="IDC_x")
+    assert (none["margin"], none.get("chosen_wcsname"), none["ranking"]) == (None, None, [])

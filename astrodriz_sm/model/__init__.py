@@ -31,6 +31,7 @@ from .exposures import (
 from .inputs import Inputs
 from .steps import (
     ENDS,
+    STAGE_LABELS,
     STAGES,
     STATES,
     STEPS,
@@ -49,6 +50,7 @@ __all__ = [
     "CALIBRATED_KINDS",
     "DETECTORS",
     "ENDS",
+    "STAGE_LABELS",
     "FLC",
     "FLT",
     "INPUT_KINDS",

@@ -87,7 +87,8 @@ def conclude_stage(run: RunState, stage: str) -> dict:
     Returns
     -------
     dict
-        Payload of the ``<stage>_stage`` decision: ``kept``, ``reason``, ``wcsname``.
+        Payload of the ``<stage>_stage`` decision: ``kept``, ``outcome`` (``'kept'``, ``'discarded'``:
+        not verified, or ``'skipped'``: a step stopped the stage), ``reason``, ``quality``, ``wcsname``.
     """
     stop = stop_reason(run, stage)
     verification = run.decision(f"{stage}_verification")
@@ -96,7 +97,8 @@ def conclude_stage(run: RunState, stage: str) -> dict:
     else:
         kept = bool(verification.get("verified"))
         reason = verification.get("reason", "not verified")
-    return {"decision": f"{stage}_stage", "kept": kept, "reason": reason,
+    return {"decision": f"{stage}_stage", "kept": kept,
+            "outcome": "kept" if kept else "skipped" if stop else "discarded", "reason": reason,
             "quality": verification.get("quality"),
             "wcsname": run.output(stage, wcsname_step(stage)).get("wcsname")}
 
@@ -199,7 +201,34 @@ def fit_search_ends(candidates: list[dict], method: str) -> bool:
         best is not None and best["fit_quality"] in (2, 3, 4) and method == "relative"))
 
 
-def choose_fit(candidates: list[dict], max_rms: float, abandoned: str | None = None) -> dict:
+def fit_wcsname(default_wcsname, catalog: str, method: str) -> str | None:
+    """The WCSNAME drizzlepac gives a fit: ``<default>-FIT_REL_<catalog>`` or ``<default>-FIT_IMG_<catalog>``."""
+    base = default_wcsname[0] if isinstance(default_wcsname, list) else default_wcsname
+    if not base:
+        return None
+    return f"{base}-FIT_{'REL' if method == 'relative' else 'IMG'}_{catalog}"
+
+
+def _merit(candidate: dict) -> tuple:
+    # drizzlepac's order of merit among valid fits: lower quality first, then more matches, then lower RMS.
+    return candidate["fit_quality"], -(candidate.get("matches") or 0), _rms(candidate)
+
+
+def _margin(chosen: dict, ranking: list[dict]) -> dict:
+    """By how much the chosen fit won: its numbers against the best of the other valid fits."""
+    numbers = (lambda c: {"catalog": c["catalog"], "method": c["method"], "fit_quality": c["fit_quality"],
+                          "rms_mas": c.get("rms_mas"), "matches": c.get("matches")})
+    runner_up = next((c for c in ranking if (c["catalog"], c["method"]) != (chosen["catalog"], chosen["method"])),
+                     None)
+    margin = {"chosen": numbers(chosen), "next_best": numbers(runner_up) if runner_up else None}
+    if runner_up is not None:
+        margin.update(rms_mas=(runner_up.get("rms_mas") or 0) - (chosen.get("rms_mas") or 0),
+                      matches=(runner_up.get("matches") or 0) - (chosen.get("matches") or 0))
+    return margin
+
+
+def choose_fit(candidates: list[dict], max_rms: float, abandoned: str | None = None,
+               default_wcsname=None) -> dict:
     """Choose the a posteriori fit among the candidates, by :data:`FIT_RULE`.
 
     Parameters
@@ -211,17 +240,23 @@ def choose_fit(candidates: list[dict], max_rms: float, abandoned: str | None = N
         drizzlepac's ``MAX_FIT_LIMIT`` (mas): a best fit with this RMS or more is not applied.
     abandoned : str, optional
         Why perform_align gave up the search before choosing (no source in the last catalog).
+    default_wcsname : str or list, optional
+        The pipeline-default WCSNAME the fits' WCSNAMEs are made from.
 
     Returns
     -------
     dict
         Payload of the ``aposteriori_fit`` decision. ``chosen_catalog`` and ``chosen_method`` are
-        None, with a ``reason``, when no fit is applied.
+        None, with a ``reason``, when no fit is applied. ``candidates`` carry each fit's ``wcsname``;
+        ``ranking`` lists the valid fits (catalog, method) in drizzlepac's order of merit, and
+        ``margin`` (for a chosen fit) its numbers against the best of the others and the differences.
     """
-    summary = [{k: c.get(k) for k in ("catalog", "method", "fit_quality", "rms_mas", "matches", "valid")}
-               for c in candidates]
+    summary = [{**{k: c.get(k) for k in ("catalog", "method", "fit_quality", "rms_mas", "matches", "valid")},
+                "wcsname": fit_wcsname(default_wcsname, c.get("catalog"), c.get("method"))} for c in candidates]
+    ranked = sorted((c for c in candidates if c.get("valid")), key=_merit)
     decision = {"decision": "aposteriori_fit", "chosen_catalog": None, "chosen_method": None, "rule": FIT_RULE,
-                "max_rms_mas": max_rms, "candidates": summary}
+                "max_rms_mas": max_rms, "candidates": summary,
+                "ranking": [[c["catalog"], c["method"]] for c in ranked], "margin": None}
     best = best_fit(candidates)
     if abandoned:
         decision["reason"] = abandoned
@@ -237,7 +272,9 @@ def choose_fit(candidates: list[dict], max_rms: float, abandoned: str | None = N
             decision["reason"] = (f"the best fit, {best['catalog']} {best['method']}, could not align "
                                   f"{', '.join(invalid)} to the absolute astrometric frame")
         else:
-            decision.update(chosen_catalog=best["catalog"], chosen_method=best["method"])
+            decision.update(chosen_catalog=best["catalog"], chosen_method=best["method"],
+                            chosen_wcsname=fit_wcsname(default_wcsname, best["catalog"], best["method"]),
+                            margin=_margin(best, ranked))
     return decision
 
 
@@ -389,7 +426,8 @@ def align_outcome(run: RunState, stage: str) -> list[dict]:
     unanswered = _unanswered(run, stage, "align")
     if unanswered:
         return decisions + unanswered
-    fit = choose_fit(run.candidates.get(stage, []), limits["max_rms_mas"], done.get("abandoned"))
+    fit = choose_fit(run.candidates.get(stage, []), limits["max_rms_mas"], done.get("abandoned"),
+                     run.output("default", "updatewcs").get("wcsname"))
     if fit["chosen_catalog"] is None:
         fit[STOP_STAGE] = fit["reason"]
     return [*decisions, fit]
