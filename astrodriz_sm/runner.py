@@ -436,18 +436,23 @@ class Runner:
         handler = self.handlers[(stage, step)]
         self.append(stage, step, STEP_STARTED, {"fingerprint": fingerprint(run)})
         self.log.info("step started", stage=stage, step=step)
-        # The rules this step works from: pure functions of the state before it, so a retried step
-        # recomputes the same payloads.
-        before = decisions_before(run, stage, step)
-        ctx = self._context(run, stage, step, {d["decision"]: d for d in before})
         try:
+            # The rules this step works from: pure functions of the state before it, so a retried step
+            # recomputes the same payloads.
+            before = decisions_before(run, stage, step)
+            ctx = self._context(run, stage, step, {d["decision"]: d for d in before})
             # Handlers see the environment recorded with the run, also on resume in another shell.
             with Timer() as t, isolated(self.environ, run.environment):
                 if ctx.work_dir != ctx.input_dir:
                     ctx.work_dir.mkdir(parents=True, exist_ok=True)
                 result = handler(ctx)
-            if result.stop is not None and not step_spec(stage, step).may_stop:
-                raise RuntimeError(f"handler of {stage}/{step} stopped its stage, which this step may not do")
+            if any(kind == DECISION for kind, _ in result.facts):
+                raise RuntimeError(f"the handler of {stage}/{step} returned a decision: decisions are the rules'")
+            payload = dict(result.payload)
+            payload.setdefault("seconds", t.elapsed)
+            facts = [(DECISION, d) for d in before] + list(result.facts)
+            # The rules that decide from what the step measured, on the state with its results folded in.
+            after = decisions_after(run.after_step(stage, step, facts, payload), stage, step)
         except AstrodrizError as exc:
             return self._failed(stage, step, exc.as_payload())
         except OSError as exc:
@@ -459,13 +464,6 @@ class Runner:
             return self._failed(stage, step, {
                 "error": type(exc).__name__, "message": f"{stage}/{step}: unexpected error: {exc}",
                 "path": None, "exit_code": int(ExitCode.INTERNAL), "traceback": traceback.format_exc()})
-        payload = dict(result.payload)
-        payload.setdefault("seconds", t.elapsed)
-        if result.stop is not None:
-            payload[STOP_STAGE] = result.stop.reason
-        facts = [(DECISION, d) for d in before] + list(result.facts)
-        # The rules that decide from what the step measured, on the state with its results folded in.
-        after = decisions_after(run.after_step(stage, step, facts, payload), stage, step)
         facts += [(DECISION, d) for d in after]
         stop = next((d[STOP_STAGE] for d in before + after if d.get(STOP_STAGE)), None)
         if stop is not None:

@@ -174,12 +174,16 @@ from astrodriz_sm.statemachine.rules import (
     AFTER_STEP,
     BEFORE_STEP,
     SOURCES_RULE,
+    _exptimes_differ,
     align_outcome,
     alignment_follows_decision,
     bad_guiding,
     catalog_search_ends,
     decisions_after,
     decisions_before,
+    drizzle_plan,
+    final_reuse,
+    reusable_product,
     service_reachable,
     too_few_sources,
 )
@@ -303,3 +307,56 @@ def test_the_fit_decision_carries_the_wcsnames_the_ranking_and_the_margin_the_vi
     # No fit applied: no margin, no WCSNAME chosen.
     none = choose_fit([_fit("GAIADR2", 5)], 150, default_wcsname="IDC_x")
     assert (none["margin"], none.get("chosen_wcsname"), none["ranking"]) == (None, None, [])
+
+
+def _mixed_inputs(exptimes=(400.0, 400.0, 100.0), instrument="ACS"):
+    flc = tuple(Exposure(f"jsm001a{i}q", "flc", instrument, "WFC", t) for i, t in enumerate(exptimes, 1))
+    return Inputs(root="jsm001010", kind="asn", exposures=ExposureSet((), flc), drizcorr="PERFORM",
+                  drizcorr_file="jsm001a1q_raw.fits")
+
+
+def _decided(*decisions, inputs=None):
+    return RunState(state="default", inputs=inputs or _mixed_inputs(),
+                    facts={("x", "y"): [("decision", d) for d in decisions]})
+
+
+def test_how_a_stage_drizzles_follows_what_comes_after_it_and_its_cosmic_ray_decision():
+    follows = {"decision": "alignment_follows", "follows": True}
+    default = drizzle_plan(_decided(follows), "default")
+    assert (default["parameters"], default["no_cr_parameters"], default["passes"]) == ("verification", False, 2)
+    # EXPTIMEs 400 and 100: over a factor of 2, a median for the verification drizzle.
+    assert default["median_combine"] == {"jsm001010_drc.fits": True}
+    alone = drizzle_plan(_decided({"decision": "alignment_follows", "follows": False},
+                                  inputs=_mixed_inputs((400.0, 300.0))), "default")
+    assert (alone["parameters"], alone["passes"], alone["median_combine"]) == ("final", 1, {"jsm001010_drc.fits": False})
+    kept_flags = drizzle_plan(_decided(follows, {"decision": "aposteriori_cosmic_rays", "identify": False}),
+                              "aposteriori")
+    assert (kept_flags["parameters"], kept_flags["no_cr_parameters"], kept_flags["passes"]) == (
+        "verification", True, 1)
+    again = drizzle_plan(_decided(follows, {"decision": "apriori_cosmic_rays", "identify": True}), "apriori")
+    assert (again["no_cr_parameters"], again["passes"]) == (False, 2)
+    final = drizzle_plan(_decided(follows), "final")
+    assert (final["parameters"], final["median_combine"], final["passes"]) == ("final", {}, 1)
+    # An EXPTIME of 0 among others is an infinite ratio (a median); all zero is none.
+    assert _exptimes_differ([0.0, 400.0]) and not _exptimes_differ([0.0, 0.0]) and not _exptimes_differ([400.0, 200.0])
+
+
+def test_a_final_product_is_reused_only_with_the_same_inputs_parameters_and_bytes():
+    pars = {"final_scale": 0.05, "clean": False, "num_cores": 2}
+    entry = {"product": "jsm001010_drc.fits", "inputs": ["a_flc.fits", "b_flc.fits"], "parameters": pars,
+             "sha256": "f" * 64}
+    completed = {("default", "astrodrizzle"): {"products": [entry], "files": {"a_flc.fits": "1", "b_flc.fits": "2"}},
+                 ("final", "stage_inputs"): {"files": {"a_flc.fits": "1", "b_flc.fits": "2"}}}
+    run = RunState(state="final", completed=completed,
+                   facts={("final", "choose_wcs"): [("decision", {"decision": "wcs", "chosen_stage": "default"})]})
+    final_pars = {"final_scale": 0.05, "clean": True, "num_cores": None, "in_memory": True}
+    reuse = reusable_product(run, "jsm001010_drc.fits", ["a_flc.fits", "b_flc.fits"], final_pars)
+    assert reuse["reusable_from"] == {**entry, "stage": "default"}
+    other = reusable_product(run, "jsm001010_drc.fits", ["a_flc.fits", "b_flc.fits"], {**final_pars, "final_scale": 0.04})
+    assert other == {"reusable_from": None, "reason": "the default stage drizzled jsm001010_drc.fits with other parameters"}
+    completed[("final", "stage_inputs")]["files"]["b_flc.fits"] = "3"
+    changed = reusable_product(run, "jsm001010_drc.fits", ["a_flc.fits", "b_flc.fits"], final_pars)
+    assert changed["reason"] == "the exposures differ from those the default stage drizzled"
+    completed[("final", "astrodrizzle")] = {"products": [{**entry, "parameters": final_pars}]}
+    [decision] = final_reuse(run, "final")
+    assert decision["products"] == {"jsm001010_drc.fits": {"reusable_from": None, "reason": changed["reason"]}}

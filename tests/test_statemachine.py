@@ -6,7 +6,8 @@ import pytest
 
 from astrodriz_sm.config import RunConfig, parse_switch, switches_from_environment
 from astrodriz_sm.errors import ConfigError, ProcessingError
-from astrodriz_sm.model import STEPS, Exposure, ExposureSet, Inputs, StageStop, StepResult
+from astrodriz_sm.model import STEPS, Exposure, ExposureSet, Inputs, StepResult
+from astrodriz_sm.statemachine import rules
 from astrodriz_sm.runner import Runner, start_run
 from astrodriz_sm.statemachine import choose_final_wcs, fold, next_action
 from astrodriz_sm.store.eventstore import EventStore
@@ -80,27 +81,37 @@ def test_full_sequence_with_flt_and_flc(store):
     assert fold(store.events(run_id)).ended["exit_code"] == 0
 
 
-def test_stop_stage_cuts_a_stage_to_its_conclusion(store):
+def test_a_rule_that_stops_a_stage_cuts_it_to_its_conclusion(store):
     run_id = _start(store)
-    stop = StageStop("ASTROMETRY_SERVICE_URL unreachable (connection refused): stage skipped")
+    refused = {"ASTROMETRY_SERVICE_URL": {"url": "http://127.0.0.1:9/", "reachable": False,
+                                          "reason": "connection refused"}}
+    sparse = {"excluded": {}, "sources_found": {"jsm001a1q_flc.fits": 3, "jsm001a2q_flc.fits": 40},
+              "fit_limits": {"alignable": 2, "min_sources": 10, "max_rms_mas": 150}}
     trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs(),
-                                   ("apriori", "probe_service"): StepResult(stop=stop),
-                                   ("aposteriori", "align"): StepResult(stop=StageStop("not enough sources"))})
+                                   ("apriori", "probe_service"): StepResult({"services": refused}),
+                                   ("aposteriori", "align"): StepResult(sparse)})
     assert trail[trail.index("default->apriori") + 1:trail.index("aposteriori->final")] == [
         "apriori/probe_service", "apriori/conclude", "apriori->aposteriori",
         "aposteriori/probe_service", "aposteriori/stage_inputs", "aposteriori/align", "aposteriori/conclude"]
     run = fold(store.events(run_id))
-    assert run.output("apriori", "probe_service")["stop_stage"] == stop.reason
+    stop = "ASTROMETRY_SERVICE_URL unreachable (connection refused): stage skipped"
+    assert run.output("apriori", "probe_service")["stop_stage"] == stop
+    assert run.decision("apriori_service")["stop_stage"] == stop
+    assert run.decision("apriori_stage")["reason"] == stop
+    few = ("not enough sources for a fit: {'jsm001a1q_flc.fits': 3} found, at least 10 needed per exposure")
+    assert run.output("aposteriori", "align")["stop_stage"] == run.decision("aposteriori_sources")["stop_stage"] == few
+    assert (run.decision("aposteriori_stage")["outcome"], run.decision("aposteriori_stage")["reason"]) == (
+        "skipped", few)
 
 
-def test_a_step_that_may_not_stop_its_stage_fails_the_run_when_it_tries(store):
+def test_a_rule_that_stops_a_step_that_may_not_stop_its_stage_fails_the_run(store, monkeypatch):
+    monkeypatch.setitem(rules.AFTER_STEP, ("default", "astrodrizzle"),
+                        (lambda run, stage: [{"decision": "default_test", "stop_stage": "no"}],))
     run_id = _start(store)
-    trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs(),
-                                   ("default", "astrodrizzle"): StepResult(stop=StageStop("no"))})
+    trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs()})
     assert trail[-3:] == ["default/astrodrizzle", "default->failed", "end:failed"]
     run = fold(store.events(run_id))
-    assert run.failure["message"] == ("default/astrodrizzle: unexpected error: handler of default/astrodrizzle "
-                                      "stopped its stage, which this step may not do")
+    assert run.failure["message"] == "default/astrodrizzle: a rule stopped its stage, which this step may not do"
 
 
 def test_facts_are_recorded_with_their_step_and_only_then(store):

@@ -14,7 +14,7 @@ from ..model import ENDS, STAGES, STATES, stage_steps
 from ..model.switches import ENV_APPLY_APRIORI, ENV_COMPUTE_APOSTERIORI
 from .state import RunState
 
-# The key of a completed step's payload that stopped its stage early (see StageStop).
+# The key of a completed step's payload (and of the decision) that stopped its stage early.
 STOP_STAGE = "stop_stage"
 
 # Guarded transitions, tried in order for the trigger 'advance': the first whose guards hold fires.

@@ -466,6 +466,103 @@ def alignment_follows_decision(run: RunState, stage: str) -> dict:
             "rule": ALIGNMENT_FOLLOWS_RULE}
 
 
+DRIZZLE_RULE = ("runastrodriz 3.11: the final parameters for the final products, and for the default stage's when no "
+                "alignment stage follows; its verification parameters otherwise (RA 576-593), with no new cosmic-ray "
+                "identification (reset_mdriztab_nocr) in an alignment stage whose starting alignment was verified; "
+                "a verification drizzle (and every drizzle of WFPC2) of exposures whose EXPTIMEs differ by more "
+                "than a factor of 2 combines with a median; on the cosmic-ray path a stage drizzles twice")
+
+
+def _exptimes_differ(exptimes: list[float]) -> bool:
+    """EXPTIMEs spread over more than a factor of 2 (a zero EXPTIME among others counts; all zero does not)."""
+    low, high = min(exptimes), max(exptimes)
+    return high / low > 2 if low > 0 else high > 0
+
+
+def drizzle_plan(run: RunState, stage: str) -> dict:
+    """How a stage drizzles, by :data:`DRIZZLE_RULE`.
+
+    Returns
+    -------
+    dict
+        Payload of the ``<stage>_drizzle`` decision: ``parameters`` (``'final'`` or ``'verification'``),
+        ``no_cr_parameters``, ``median_combine`` (product -> bool, for the products it applies to),
+        ``passes``, ``reason``, ``rule``.
+    """
+    follows = bool(run.decision("alignment_follows").get("follows"))
+    identify = bool(run.decision(f"{stage}_cosmic_rays").get("identify"))
+    alignment = stage in ("apriori", "aposteriori")
+    if stage == "final":
+        parameters, reason = "final", "the final products"
+    elif stage == "default" and not follows:
+        parameters, reason = "final", "no alignment stage follows: the default stage drizzles as the final one"
+    else:
+        parameters = "verification"
+        reason = ("an alignment stage follows: verification drizzles" if stage == "default"
+                  else "verification drizzles of an alignment stage")
+    no_cr = parameters == "verification" and alignment and not identify
+    median = {}
+    if stage != "final" or run.inputs.instrument == "WFPC2":
+        median = {p.name: _exptimes_differ([e.exptime for e in p.exposures])
+                  for p in run.inputs.products(stage, stage == "default" and follows)}
+    passes = 2 if (stage == "default" and follows) or (alignment and identify) else 1
+    return {"decision": f"{stage}_drizzle", "parameters": parameters, "no_cr_parameters": no_cr,
+            "median_combine": median, "passes": passes, "reason": reason, "rule": DRIZZLE_RULE}
+
+
+# Parameters that change how AstroDrizzle runs, not what it writes into the product.
+OPERATIONAL_PARS = ("clean", "in_memory", "num_cores")
+REUSE_RULE = ("a final product is copied from the chosen stage when that stage drizzled the same product, with the "
+              "same parameters (but for clean, in_memory, num_cores), from exposures byte-identical to the "
+              "final stage's copies")
+
+
+def reusable_product(run: RunState, product: str, inputs: list[str], parameters: dict) -> dict:
+    """Whether the final stage may copy ``product`` from the chosen stage, by :data:`REUSE_RULE`.
+
+    Parameters
+    ----------
+    run : RunState
+        With the final stage's copies recorded (``stage_inputs``).
+    product : str
+    inputs : list of str
+        The exposures it is drizzled from.
+    parameters : dict
+        The final stage's AstroDrizzle parameters for it.
+
+    Returns
+    -------
+    dict
+        ``reusable_from`` (the chosen stage's product entry, with its ``stage``, or None) and ``reason``.
+    """
+    chosen = run.decision("wcs").get("chosen_stage")
+    done = run.output(chosen, "astrodrizzle") if chosen else {}
+    entry = next((p for p in done.get("products", []) if p["product"] == product and not p.get("reused_from")), None)
+    effective = (lambda pars: {k: v for k, v in pars.items() if k not in OPERATIONAL_PARS})
+    staged = run.output("final", "stage_inputs").get("files", {})
+    if entry is None or entry["inputs"] != inputs:
+        reason = f"the {chosen} stage drizzled no {product} from these exposures"
+    elif effective(entry["parameters"]) != effective(parameters):
+        reason = f"the {chosen} stage drizzled {product} with other parameters"
+    elif any(done["files"].get(n) != staged.get(n) for n in inputs):
+        reason = f"the exposures differ from those the {chosen} stage drizzled"
+    else:
+        return {"reusable_from": {**entry, "stage": chosen}, "reason": f"the {chosen} stage's {product}: same "
+                "inputs (sha256) and parameters"}
+    return {"reusable_from": None, "reason": reason}
+
+
+def final_reuse(run: RunState, stage: str) -> list[dict]:
+    """The ``final_reuse`` decision from the final drizzle's recorded parameters (:func:`reusable_product`)."""
+    products = {}
+    for entry in run.output(stage, "astrodrizzle").get("products", []):
+        verdict = reusable_product(run, entry["product"], entry["inputs"], entry["parameters"])
+        source = verdict["reusable_from"]
+        products[entry["product"]] = {"reusable_from": f"{source['stage']}/{entry['product']}" if source else None,
+                                      "reason": verdict["reason"]}
+    return [{"decision": "final_reuse", "products": products, "rule": REUSE_RULE}] if products else []
+
+
 def _final_source(run: RunState, stage: str) -> dict | None:
     # DRIZCORR=OMIT: the exposures as delivered; no stage's exposures to choose.
     return exposures_source(run, stage) if drizzles(run.inputs, run.config) else None
@@ -529,6 +626,7 @@ BEFORE_STEP = {
     **{(s, "conclude"): (conclude_stage,) for s in _ALIGNMENT_STAGES},
     ("final", "choose_wcs"): (lambda run, stage: choose_final_wcs(run),),
     ("final", "stage_inputs"): (_final_source,),
+    **{(s, "astrodrizzle"): (drizzle_plan,) for s in ("default", *_ALIGNMENT_STAGES, "final")},
 }
 # Evaluated on the state with the step's facts and result folded in: ``rule(run, stage) -> [payload, ...]``.
 # A payload with ``stop_stage`` stops the stage.
@@ -538,6 +636,7 @@ AFTER_STEP = {
     ("apriori", "updatewcs"): (apriori_update_outcome,),
     ("aposteriori", "align"): (align_outcome,),
     **{(s, "verify_alignment"): (stage_verification,) for s in ("default", *_ALIGNMENT_STAGES)},
+    ("final", "astrodrizzle"): (final_reuse,),
 }
 
 
@@ -562,6 +661,7 @@ class HandlerRules:
     choose_fit: Callable = choose_fit
     verify_stage: Callable = verify_stage
     bad_guiding: Callable = bad_guiding
+    reusable_product: Callable = reusable_product
     failed_fit_rms: float = FAILED_FIT_RMS
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from ..model import ENDS, STAGES, STATES, Inputs, stage_steps, trailer_name
+from ..model import ENDS, STAGES, STATES, Inputs, stage_steps, trailer_name  # noqa: F401 - re-exported
 
 # Event kinds: the whole vocabulary of the log, named in the model (handlers return facts by kind).
-from ..model.events import (
+from ..model.events import (  # noqa: F401 - re-exported
     CANDIDATE,
     DECISION,
     EVENT_KINDS,
