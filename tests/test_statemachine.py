@@ -255,3 +255,34 @@ def test_step_control_is_stwcs_switch_not_the_apriori_stage():
     for value in ("yes", "true", "0"):
         with pytest.raises(ConfigError, match=f"ASTROMETRY_STEP_CONTROL='{value}': stwcs accepts on or off only"):
             switches_from_environment({"ASTROMETRY_STEP_CONTROL": value})
+
+
+def test_the_decisions_a_step_works_from_reach_its_handler_and_are_recorded_with_its_facts(store):
+    seen = {}
+
+    def stage_inputs(ctx):
+        seen.update(ctx.decisions)
+        return StepResult({"files": {}}, facts=[("note", {"message": "copied"})])
+
+    handlers = {(s.stage, s.step): (lambda ctx: StepResult()) for s in STEPS}
+    handlers[("init", "resolve_inputs")] = lambda ctx: _inputs()
+    handlers[("aposteriori", "stage_inputs")] = stage_inputs
+    run_id = _start(store, apply_apriori=False)
+    Runner(store, run_id, handlers=handlers).run()
+    assert list(seen) == ["aposteriori_source", "aposteriori_cosmic_rays"]
+    events = [e for e in store.events(run_id) if (e.stage, e.step) == ("aposteriori", "stage_inputs")]
+    assert [(e.kind, e.payload.get("decision")) for e in events] == [
+        ("step.started", None), ("decision", "aposteriori_source"), ("decision", "aposteriori_cosmic_rays"),
+        ("note", None), ("step.completed", None)]
+    assert [e.payload for e in events[1:3]] == list(seen.values())
+    assert len({e.utc for e in events[1:]}) == 1  # one transaction
+
+
+def test_a_handler_that_returns_a_decision_fails_its_step(store):
+    run_id = _start(store)
+    trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs(),
+                                   ("default", "updatewcs"): StepResult(facts=[("decision", {"decision": "mine"})])})
+    assert trail[-3:] == ["default/updatewcs", "default->failed", "end:failed"]
+    assert fold(store.events(run_id)).failure["message"] == (
+        "default/updatewcs: unexpected error: the handler of default/updatewcs returned a decision: "
+        "decisions are the rules'")
