@@ -397,7 +397,7 @@ def align(ctx: StepContext) -> StepResult:
             "sat_flags": 256 + 2048 + (0 if identifies_cosmic_rays(ctx.run, ctx.stage) else 4096 + 8192)}
     pars.update(apars)
     rules = ctx.rules
-    stop, facts, decision, methods, centroids, abandoned = None, [], None, [], None, None
+    stop, facts, decision, methods, centroids, abandoned, unanswered = None, [], None, [], None, None, None
     limits = {"alignable": 0, "min_sources": quality_pars["MIN_OBSERVABLE_THRESHOLD"],
               "max_rms_mas": quality_pars["MAX_FIT_LIMIT"]}
     with Timer() as t, captured_output() as out, working_directory(d), \
@@ -437,7 +437,7 @@ def align(ctx: StepContext) -> StepResult:
                                     "reason": f"reference catalog unavailable: {exc}"}
                         if requests_log.failures:
                             # The service itself did not answer: the other catalogs are on it too.
-                            stop = requests_log.failures[0].describe(f"the {catalog} catalog")
+                            stop = unanswered = requests_log.failures[0].describe(f"the {catalog} catalog")
                             break
                         if cand.get("reference_sources") == 0:
                             reply = requests_log.last_reply(amutils.SERVICELOCATION)
@@ -479,8 +479,8 @@ def align(ctx: StepContext) -> StepResult:
                "requests_failed": [f.__dict__ for f in requests_log.failures]}
     if abandoned:
         payload["abandoned"] = abandoned
-    if requests_log.failures:
-        payload["unanswered"] = stop
+    if unanswered:
+        payload["unanswered"] = unanswered
     if stop is not None:
         # The decisions the runner takes from this payload and the candidates say why the stage stops.
         return StepResult(payload, facts=facts)
