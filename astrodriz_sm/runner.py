@@ -28,7 +28,9 @@ from .handlers.common import StepContext, library_fallbacks, payload_logs
 from .model import STAGES, last_step, partial_name, stage_directory_name, stage_steps, step_spec, trailer_name
 from .plumbing import Timer, sha256
 from .statemachine import STOP_STAGE, fold, next_action, plan, stage_files
+from .statemachine.rules import HANDLER_RULES, decisions_after, decisions_before
 from .statemachine.state import (
+    DECISION,
     LEASE_TAKEN_OVER,
     RUN_ENDED,
     RUN_RESUMED,
@@ -415,7 +417,7 @@ class Runner:
             elif action.kind == "end":
                 self._end(run)
 
-    def _context(self, run, stage: str, step: str) -> StepContext:
+    def _context(self, run, stage: str, step: str, decisions: dict | None = None) -> StepContext:
         input_dir = Path(run.config["input"]).parent
         work_dir = Path(run.config["newpath"]) / run.root if run.config.get("newpath") else input_dir
 
@@ -425,7 +427,7 @@ class Runner:
                 self._observe(stage, step, point)
 
         return StepContext(run=run, stage=stage, step=step, input_dir=input_dir, work_dir=work_dir,
-                           progress=progress)
+                           progress=progress, decisions=dict(decisions or {}), rules=HANDLER_RULES)
 
     def _failed(self, stage: str, step: str, payload: dict) -> None:
         self.log.error("step failed", stage=stage, step=step, error=payload["message"])
@@ -435,15 +437,23 @@ class Runner:
         handler = self.handlers[(stage, step)]
         self.append(stage, step, STEP_STARTED, {"fingerprint": fingerprint(run)})
         self.log.info("step started", stage=stage, step=step)
-        ctx = self._context(run, stage, step)
         try:
+            # The rules this step works from: pure functions of the state before it, so a retried step
+            # recomputes the same payloads.
+            before = decisions_before(run, stage, step)
+            ctx = self._context(run, stage, step, {d["decision"]: d for d in before})
             # Handlers see the environment recorded with the run, also on resume in another shell.
             with Timer() as t, isolated(self.environ, run.environment):
                 if ctx.work_dir != ctx.input_dir:
                     ctx.work_dir.mkdir(parents=True, exist_ok=True)
                 result = handler(ctx)
-            if result.stop is not None and not step_spec(stage, step).may_stop:
-                raise RuntimeError(f"handler of {stage}/{step} stopped its stage, which this step may not do")
+            if any(kind == DECISION for kind, _ in result.facts):
+                raise RuntimeError(f"the handler of {stage}/{step} returned a decision: decisions are the rules'")
+            payload = dict(result.payload)
+            payload.setdefault("seconds", t.elapsed)
+            facts = [(DECISION, d) for d in before] + list(result.facts)
+            # The rules that decide from what the step measured, on the state with its results folded in.
+            after = decisions_after(run.after_step(stage, step, facts, payload), stage, step)
         except AstrodrizError as exc:
             return self._failed(stage, step, exc.as_payload())
         except OSError as exc:
@@ -455,11 +465,14 @@ class Runner:
             return self._failed(stage, step, {
                 "error": type(exc).__name__, "message": f"{stage}/{step}: unexpected error: {exc}",
                 "path": None, "exit_code": int(ExitCode.INTERNAL), "traceback": traceback.format_exc()})
-        payload = dict(result.payload)
-        payload.setdefault("seconds", t.elapsed)
-        if result.stop is not None:
-            payload[STOP_STAGE] = result.stop.reason
-        facts = list(result.facts)
+        facts += [(DECISION, d) for d in after]
+        stop = next((d[STOP_STAGE] for d in before + after if d.get(STOP_STAGE)), None)
+        if stop is not None:
+            if not step_spec(stage, step).may_stop:
+                return self._failed(stage, step, {
+                    "error": "RuntimeError", "message": f"{stage}/{step}: a rule stopped its stage, which this step "
+                    "may not do", "path": None, "exit_code": int(ExitCode.INTERNAL), "traceback": None})
+            payload[STOP_STAGE] = stop
         # A library that substituted another method says so only in its log: make it a fact of the step.
         warned = set()
         for text in payload_logs(payload):

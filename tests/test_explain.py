@@ -7,7 +7,7 @@ import json
 import pytest
 
 from astrodriz_sm.model import Exposure, ExposureSet, Inputs
-from astrodriz_sm.statemachine import FIT_RULE, choose_final_wcs, fold, verify_stage
+from astrodriz_sm.statemachine import FIT_RULE, choose_final_wcs, choose_fit, fold, verify_stage
 from astrodriz_sm.store.eventstore import EventStore
 from astrodriz_sm.views.explain import explain, render_explain
 
@@ -108,7 +108,7 @@ def hand_made_run(tmp_path):
     _verify(log, "apriori", [_focus("pass"), _overlap("fail"), _similarity("pass")])
     discarded = "verification failed: overlap_similarity fail"
     log.step("apriori", "conclude", {"kept": False, "reason": discarded},
-             emits=[("decision", {"decision": "apriori_stage", "kept": False, "reason": discarded,
+             emits=[("decision", {"decision": "apriori_stage", "kept": False, "outcome": "discarded", "reason": discarded,
                                   "directory_removed": True, "wcsname": APRIORI})])
     log.transition("apriori", "aposteriori",
                    [_guard("aposteriori_possible", True, "ASTROMETRY_COMPUTE_APOSTERIORI is on")])
@@ -118,9 +118,9 @@ def hand_made_run(tmp_path):
             _fit("GSC242", 2, 6.5, 80, [(41, 6.5), (39, 6.5)]),
             _fit("2MASS", 1, 14.25, 78, [(40, 14.25), (38, 14.25)])]
     chosen = f"{DEFAULT}-FIT_REL_2MASS"
-    decision = {"decision": "aposteriori_fit", "chosen_catalog": "2MASS", "chosen_method": "relative",
-                "rule": FIT_RULE, "candidates": [{k: c.get(k) for k in ("catalog", "fit_quality", "rms_mas",
-                                                                       "matches", "valid")} for c in fits]}
+    # As the runner records it: the fit rule on the candidates.
+    decision = choose_fit(fits, 150, default_wcsname=DEFAULT)
+    assert (decision["chosen_catalog"], decision["chosen_wcsname"]) == ("2MASS", chosen)
     log.step("aposteriori", "align",
              {"catalogs": ["GAIAeDR3", "GSC242", "2MASS"], "methods": ["relative", "2dhist", "default"],
               "chosen_catalog": "2MASS", "chosen_method": "relative", "rms_mas": 14.25, "matches": 78, "wcsname": chosen,
@@ -128,7 +128,7 @@ def hand_made_run(tmp_path):
              emits=[("candidate", c) for c in fits] + [("decision", decision)])
     _verify(log, "aposteriori", [_focus("pass"), _overlap("pass"), _similarity("pass")])
     log.step("aposteriori", "conclude", {"kept": True, "reason": KEPT},
-             emits=[("decision", {"decision": "aposteriori_stage", "kept": True, "reason": KEPT,
+             emits=[("decision", {"decision": "aposteriori_stage", "kept": True, "outcome": "kept", "reason": KEPT,
                                   "directory_removed": False, "wcsname": chosen})])
     log.transition("aposteriori", "final")
     wcs = choose_final_wcs(log.run())

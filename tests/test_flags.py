@@ -118,6 +118,10 @@ def _notes(run, stage: str, step: str) -> list[str]:
     return [p["message"] for kind, p in run.facts[(stage, step)] if kind == "note"]
 
 
+def _guiding_decisions(run) -> list[tuple[str, str]]:
+    return [(p["decision"], p["reason"]) for kind, p in run.facts[("init", "verify_guiding")] if kind == "decision"]
+
+
 def _guards(run) -> dict:
     return {(t["from"], g["guard"]): (g["result"], g["reason"]) for t in run.transitions for g in t["guards"]}
 
@@ -145,9 +149,10 @@ def test_v_leaves_out_an_exposure_with_trailed_stars_and_turns_alignment_off(sim
                              (f"{a2}_flc.fits", "bad", "fail", "removed from processing with its FLT and FLC files"),
                              (f"{a3}_flc.fits", "good", "pass", None)]
     assert run.verifications["init"][1]["reason"] == f"Image {a2}_flc.fits's GUIDING detected as: BAD."
-    assert _notes(run, "init", "verify_guiding") == [
-        f"-v: removed from processing for bad guiding: {a2}_flt.fits, {a2}_flc.fits",
-        f"-v: bad guiding in {a2}_flc.fits: no alignment"]
+    assert _notes(run, "init", "verify_guiding") == []
+    assert _guiding_decisions(run) == [
+        ("guiding_removal", f"-v: removed from processing for bad guiding: {a2}_flt.fits, {a2}_flc.fits"),
+        ("guiding_alignment", f"-v: bad guiding in {a2}_flc.fits: no alignment")]
     guards = _guards(run)
     for guard in ("apriori_possible", "aposteriori_possible"):
         assert guards[("default", guard)] == (False, f"-v: bad guiding in {a2}_flc.fits: no alignment")
@@ -176,7 +181,7 @@ def test_v_with_f_keeps_the_exposure_and_still_turns_alignment_off(simulated):
     a2 = src.members[1]
     assert _guiding(run)[1] == (f"{a2}_flc.fits", "bad", "fail", "kept: -f")
     assert run.output("init", "verify_guiding")["removed"] == []
-    assert _notes(run, "init", "verify_guiding") == [f"-v: bad guiding in {a2}_flc.fits: no alignment"]
+    assert _guiding_decisions(run) == [("guiding_alignment", f"-v: bad guiding in {a2}_flc.fits: no alignment")]
     assert _guards(run)[("default", "apriori_possible")] == (False, f"-v: bad guiding in {a2}_flc.fits: no alignment")
     assert [p["inputs"] for p in run.output("final", "astrodrizzle")["products"]] == [
         [f"{m}_{k}.fits" for m in src.members] for k in ("flt", "flc")]
@@ -192,7 +197,7 @@ def test_v_with_a_aligns_the_rest_and_quality_testing_examines_the_final_exposur
     _, run = _run(d)
     a1, a2, a3 = src.members
     assert run.output("init", "verify_guiding")["removed"] == [f"{a2}_flt.fits", f"{a2}_flc.fits"]
-    assert _notes(run, "init", "verify_guiding")[1] == f"-v: bad guiding in {a2}_flc.fits: alignment kept on (-a)"
+    assert _guiding_decisions(run)[1] == ("guiding_alignment", f"-v: bad guiding in {a2}_flc.fits: alignment kept on (-a)")
     guards = _guards(run)
     assert guards[("default", "apriori_possible")] == (True, "ASTROMETRY_APPLY_APRIORI is on")
     assert guards[("apriori", "aposteriori_possible")] == (True, "ASTROMETRY_COMPUTE_APOSTERIORI is on")

@@ -6,7 +6,8 @@ import pytest
 
 from astrodriz_sm.config import RunConfig, parse_switch, switches_from_environment
 from astrodriz_sm.errors import ConfigError, ProcessingError
-from astrodriz_sm.model import STEPS, Exposure, ExposureSet, Inputs, StageStop, StepResult
+from astrodriz_sm.model import STEPS, Exposure, ExposureSet, Inputs, StepResult
+from astrodriz_sm.statemachine import rules
 from astrodriz_sm.runner import Runner, start_run
 from astrodriz_sm.statemachine import choose_final_wcs, fold, next_action
 from astrodriz_sm.store.eventstore import EventStore
@@ -80,27 +81,37 @@ def test_full_sequence_with_flt_and_flc(store):
     assert fold(store.events(run_id)).ended["exit_code"] == 0
 
 
-def test_stop_stage_cuts_a_stage_to_its_conclusion(store):
+def test_a_rule_that_stops_a_stage_cuts_it_to_its_conclusion(store):
     run_id = _start(store)
-    stop = StageStop("ASTROMETRY_SERVICE_URL unreachable (connection refused): stage skipped")
+    refused = {"ASTROMETRY_SERVICE_URL": {"url": "http://127.0.0.1:9/", "reachable": False,
+                                          "reason": "connection refused"}}
+    sparse = {"excluded": {}, "sources_found": {"jsm001a1q_flc.fits": 3, "jsm001a2q_flc.fits": 40},
+              "fit_limits": {"alignable": 2, "min_sources": 10, "max_rms_mas": 150}}
     trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs(),
-                                   ("apriori", "probe_service"): StepResult(stop=stop),
-                                   ("aposteriori", "align"): StepResult(stop=StageStop("not enough sources"))})
+                                   ("apriori", "probe_service"): StepResult({"services": refused}),
+                                   ("aposteriori", "align"): StepResult(sparse)})
     assert trail[trail.index("default->apriori") + 1:trail.index("aposteriori->final")] == [
         "apriori/probe_service", "apriori/conclude", "apriori->aposteriori",
         "aposteriori/probe_service", "aposteriori/stage_inputs", "aposteriori/align", "aposteriori/conclude"]
     run = fold(store.events(run_id))
-    assert run.output("apriori", "probe_service")["stop_stage"] == stop.reason
+    stop = "ASTROMETRY_SERVICE_URL unreachable (connection refused): stage skipped"
+    assert run.output("apriori", "probe_service")["stop_stage"] == stop
+    assert run.decision("apriori_service")["stop_stage"] == stop
+    assert run.decision("apriori_stage")["reason"] == stop
+    few = ("not enough sources for a fit: {'jsm001a1q_flc.fits': 3} found, at least 10 needed per exposure")
+    assert run.output("aposteriori", "align")["stop_stage"] == run.decision("aposteriori_sources")["stop_stage"] == few
+    assert (run.decision("aposteriori_stage")["outcome"], run.decision("aposteriori_stage")["reason"]) == (
+        "skipped", few)
 
 
-def test_a_step_that_may_not_stop_its_stage_fails_the_run_when_it_tries(store):
+def test_a_rule_that_stops_a_step_that_may_not_stop_its_stage_fails_the_run(store, monkeypatch):
+    monkeypatch.setitem(rules.AFTER_STEP, ("default", "astrodrizzle"),
+                        (lambda run, stage: [{"decision": "default_test", "stop_stage": "no"}],))
     run_id = _start(store)
-    trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs(),
-                                   ("default", "astrodrizzle"): StepResult(stop=StageStop("no"))})
+    trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs()})
     assert trail[-3:] == ["default/astrodrizzle", "default->failed", "end:failed"]
     run = fold(store.events(run_id))
-    assert run.failure["message"] == ("default/astrodrizzle: unexpected error: handler of default/astrodrizzle "
-                                      "stopped its stage, which this step may not do")
+    assert run.failure["message"] == "default/astrodrizzle: a rule stopped its stage, which this step may not do"
 
 
 def test_facts_are_recorded_with_their_step_and_only_then(store):
@@ -111,11 +122,14 @@ def test_facts_are_recorded_with_their_step_and_only_then(store):
                                                                        facts=[("verification", focus)])})
     events = store.events(run_id)
     i = next(i for i, e in enumerate(events) if e.kind == "verification")
-    assert [(e.stage, e.step, e.kind) for e in events[i - 1:i + 2]] == [
+    # The verification rule's decision, taken by the runner from the recorded check, comes with them.
+    assert [(e.stage, e.step, e.kind) for e in events[i - 1:i + 3]] == [
         ("default", "verify_alignment", "step.started"), ("default", "verify_alignment", "verification"),
-        ("default", "verify_alignment", "step.completed")]
-    assert events[i].utc == events[i + 1].utc  # one transaction
-    assert fold(events).verifications == {"default": [focus]}
+        ("default", "verify_alignment", "decision"), ("default", "verify_alignment", "step.completed")]
+    assert events[i].utc == events[i + 2].utc  # one transaction
+    run = fold(events)
+    assert run.verifications == {"default": [focus]}
+    assert run.decision("default_verification")["reason"] == "verification failed: overlap_similarity not measured"
 
 
 def test_flt_only_basic_mode_has_no_headerlets(store):
@@ -241,3 +255,34 @@ def test_step_control_is_stwcs_switch_not_the_apriori_stage():
     for value in ("yes", "true", "0"):
         with pytest.raises(ConfigError, match=f"ASTROMETRY_STEP_CONTROL='{value}': stwcs accepts on or off only"):
             switches_from_environment({"ASTROMETRY_STEP_CONTROL": value})
+
+
+def test_the_decisions_a_step_works_from_reach_its_handler_and_are_recorded_with_its_facts(store):
+    seen = {}
+
+    def stage_inputs(ctx):
+        seen.update(ctx.decisions)
+        return StepResult({"files": {}}, facts=[("note", {"message": "copied"})])
+
+    handlers = {(s.stage, s.step): (lambda ctx: StepResult()) for s in STEPS}
+    handlers[("init", "resolve_inputs")] = lambda ctx: _inputs()
+    handlers[("aposteriori", "stage_inputs")] = stage_inputs
+    run_id = _start(store, apply_apriori=False)
+    Runner(store, run_id, handlers=handlers).run()
+    assert list(seen) == ["aposteriori_source", "aposteriori_cosmic_rays"]
+    events = [e for e in store.events(run_id) if (e.stage, e.step) == ("aposteriori", "stage_inputs")]
+    assert [(e.kind, e.payload.get("decision")) for e in events] == [
+        ("step.started", None), ("decision", "aposteriori_source"), ("decision", "aposteriori_cosmic_rays"),
+        ("note", None), ("step.completed", None)]
+    assert [e.payload for e in events[1:3]] == list(seen.values())
+    assert len({e.utc for e in events[1:]}) == 1  # one transaction
+
+
+def test_a_handler_that_returns_a_decision_fails_its_step(store):
+    run_id = _start(store)
+    trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs(),
+                                   ("default", "updatewcs"): StepResult(facts=[("decision", {"decision": "mine"})])})
+    assert trail[-3:] == ["default/updatewcs", "default->failed", "end:failed"]
+    assert fold(store.events(run_id)).failure["message"] == (
+        "default/updatewcs: unexpected error: the handler of default/updatewcs returned a decision: "
+        "decisions are the rules'")

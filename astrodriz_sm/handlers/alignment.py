@@ -14,13 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model import UPDATED_COPIES, StageStop, StepResult, fit_matches_name
+from ..model import UPDATED_COPIES, StepResult, fit_matches_name
+from ..model.events import CANDIDATE
 from ..numerics.matches import matched_pairs
 from ..plumbing import Timer, captured_output, copy_file, hashes, working_directory
-from ..statemachine import (choose_fit, conclude_stage, cosmic_ray_path, exposures_source, fit_search_ends,
-                             stage_files)
-from ..statemachine.rules import FAILED_FIT_RMS, VALID_FIT_QUALITY
-from ..statemachine.state import CANDIDATE, DECISION
 from .centroids import refine_catalogs
 from .common import StepContext
 from .drizzle import CR_DQ_BITS, copy_into_stage, identifies_cosmic_rays
@@ -30,10 +27,6 @@ from .sources import alignment_table
 
 STAGE_SERVICES = {"apriori": ("ASTROMETRY_SERVICE_URL", "GSSS_WEBSERVICES_URL"),
                   "aposteriori": ("ASTROMETRIC_CATALOG_URL",)}
-# drizzlepac's analyze_data rules (analyze.py 3.11.0 467-570), as runastrodriz gates the a posteriori fit.
-EXCLUSION_RULE = ("drizzlepac analyze_data: not fitted when OBSTYPE is not IMAGING, MTFLAG=T, SCAN_TYP C or D, "
-                  "a calibration target, EXPTIME ~ 0, CHINJECT not NONE, a BLOCK filter, or all-zero SCI")
-REQUIRED_SERVICE = {"apriori": "ASTROMETRY_SERVICE_URL", "aposteriori": "ASTROMETRIC_CATALOG_URL"}
 
 
 def probe_service(ctx: StepContext) -> StepResult:
@@ -42,8 +35,8 @@ def probe_service(ctx: StepContext) -> StepResult:
     Returns
     -------
     StepResult
-        Per service: URL, reachable, reason. A stop when the service the stage needs does not
-        answer, so the stage is skipped instead of waiting on retries.
+        Per service: URL, reachable, reason. Whether the stage goes on is the ``<stage>_service``
+        decision the runner takes from them by its rule.
     """
     results = {}
     for variable in STAGE_SERVICES[ctx.stage]:
@@ -52,33 +45,26 @@ def probe_service(ctx: StepContext) -> StepResult:
         with Timer() as t:
             ok, reason = probe(target, timeout=PROBE_TIMEOUT)
         results[variable] = {"url": url, "reachable": ok, "reason": reason, "seconds": t.elapsed}
-    payload = {"services": results,
-               "environment_update": {v: r["url"] for v, r in results.items()}}
-    needed = results[REQUIRED_SERVICE[ctx.stage]]
-    stop = None
-    if not needed["reachable"]:
-        stop = StageStop(f"{REQUIRED_SERVICE[ctx.stage]} unreachable ({needed['reason']}): stage skipped")
-    return StepResult(payload, stop=stop)
+    return StepResult({"services": results, "environment_update": {v: r["url"] for v, r in results.items()}})
 
 
 def stage_inputs(ctx: StepContext) -> StepResult:
     """Copy the exposures of the best verified stage so far into this stage's directory.
 
-    Which stage that is and whether the cosmic rays are identified again are two decisions
-    (:func:`statemachine.exposures_source`, :func:`statemachine.cosmic_ray_path`).
+    Which stage that is and whether the cosmic rays are identified again are the ``<stage>_source``
+    and ``<stage>_cosmic_rays`` decisions the runner took before the step.
     """
-    decision = exposures_source(ctx.run, ctx.stage)
-    source = decision["source_stage"]
+    decision = ctx.decisions[f"{ctx.stage}_source"]
     source_dir, expected = exposures_directory(ctx, decision)
     payload = copy_into_stage(ctx, source_dir, expected)
-    payload["source_stage"] = source
-    crs = cosmic_ray_path(ctx.run, ctx.stage)
+    payload["source_stage"] = decision["source_stage"]
+    crs = ctx.decisions[f"{ctx.stage}_cosmic_rays"]
     # The a priori stage clears them after its update (apriori_updatewcs), whose result a discarded
     # stage hands on as 3.11 leaves it beside the inputs: without this stage's clearing.
     if crs["identify"] and ctx.stage != "apriori":
         payload["dq_bits_reset"] = clear_cosmic_ray_flags(ctx)
         payload["files"] = hashes(ctx.stage_dir(), ctx.inputs.exposures.names)
-    return StepResult(payload, facts=[(DECISION, decision), (DECISION, crs)])
+    return StepResult(payload)
 
 
 def clear_cosmic_ray_flags(ctx: StepContext) -> dict:
@@ -102,7 +88,7 @@ def exposures_directory(ctx: StepContext, decision: dict) -> tuple[Path, dict]:
     stage = decision["source_stage"]
     if decision["restored"]:
         return ctx.stage_dir(stage) / UPDATED_COPIES, ctx.run.output(stage, "conclude")["restored"]
-    return ctx.stage_dir(stage), stage_files(ctx.run, stage)
+    return ctx.stage_dir(stage), ctx.run.stage_files(stage)
 
 
 def _wcs_summary(path: Path) -> dict:
@@ -213,11 +199,11 @@ def apriori_updatewcs(ctx: StepContext) -> StepResult:
             for name, change in part["renamed"].items():
                 checks["renamed"].setdefault(name, change)
     if failures:
+        # The runner's apriori_unanswered decision stops the stage on it.
         first = failures[0]
         what = next((w for url, w in services.items() if first.url.startswith(url)), "a service")
         return StepResult({"seconds": t.elapsed, "log": out.getvalue(),
-                           "requests_failed": [f.__dict__ for f in failures]},
-                          stop=StageStop(f"{first.describe(what)}: stage skipped"))
+                           "requests_failed": [f.__dict__ for f in failures], "unanswered": first.describe(what)})
     names = sorted({w for s in checks["exposures"].values() for w in s["wcsnames"]})
     written = database_headerlets(d, ctx.inputs.exposures.all)
     # The exposures as 3.11 leaves them beside the inputs before it drizzles this stage: what a
@@ -242,7 +228,7 @@ def apriori_updatewcs(ctx: StepContext) -> StepResult:
     return StepResult(payload)
 
 
-def _fit_candidate(catalog: str, method: str, imglist, quality: int, rms: float, n_matches: int,
+def _fit_candidate(rules, catalog: str, method: str, imglist, quality: int, rms: float, n_matches: int,
                    ref_count: int, status: dict) -> dict:
     per_image = {}
     for item in imglist:
@@ -255,10 +241,10 @@ def _fit_candidate(catalog: str, method: str, imglist, quality: int, rms: float,
             "reason": str(verdict.get("reason", "")),
         }
     # drizzlepac reports a fit that failed with a sentinel RMS (1e9 mas): that is no RMS at all.
-    rms = float(rms) if np.isfinite(rms) and float(rms) < FAILED_FIT_RMS else None
+    rms = float(rms) if np.isfinite(rms) and float(rms) < rules.failed_fit_rms else None
     cand = {"catalog": catalog, "method": method, "fit_quality": int(quality), "rms_mas": rms,
             "matches": int(n_matches), "reference_sources": int(ref_count),
-            "valid": int(quality) in VALID_FIT_QUALITY and rms is not None, "exposures": per_image}
+            "valid": rules.candidate_valid(int(quality), rms), "exposures": per_image}
     if rms is None:
         cand["reason"] = "the fit failed (drizzlepac reported no RMS)"
     return cand
@@ -274,7 +260,7 @@ def _reference_catalog(table, catalog: str) -> list:
     return table.reference_catalogs[catalog]
 
 
-def _fit_to(table, catalog: str, method: str, apars: dict, last: bool) -> dict:
+def _fit_to(rules, table, catalog: str, method: str, apars: dict, last: bool) -> dict:
     """The candidate of one reference catalog and fit method: its fit, or why there is none.
 
     As perform_align does it: ``configure_fit`` first (a fresh WCS list for every fit), group IDs
@@ -308,7 +294,7 @@ def _fit_to(table, catalog: str, method: str, apars: dict, last: bool) -> dict:
     for item in table.fit_dict[(catalog, method)]:
         item.meta["fit method"] = method
         item.meta["fit quality"] = quality
-    return _fit_candidate(catalog, method, table.imglist, quality, rms, n_matches, len(reference), status)
+    return _fit_candidate(rules, catalog, method, table.imglist, quality, rms, n_matches, len(reference), status)
 
 
 def common_wcs(d: Path, files: list[str]) -> dict:
@@ -367,15 +353,16 @@ def apply_fit_to_flt(d: Path, fitted, others) -> dict:
 def align(ctx: StepContext) -> StepResult:
     """A posteriori fit of the exposures to the reference catalogs, as drizzlepac 3.11's perform_align.
 
-    Each fit is a ``candidate`` fact and the choice among them (:func:`statemachine.choose_fit`) a
-    ``decision`` fact.
+    Each fit is a ``candidate`` fact. The rules that end the search and choose the fit come with the
+    context (``ctx.rules``); the runner records their outcome, from the candidates and ``fit_limits``,
+    as the ``aposteriori_exclusion``, ``aposteriori_sources`` and ``aposteriori_fit`` decisions.
 
     Returns
     -------
     StepResult
         The chosen catalog and method, the WCSNAME, the matched sources the verification needs and
         ``fit_matches`` (the ECSV file of the chosen fit's matched pairs, its sha256, the numbers of
-        pairs and the RMS they give), or a stop with the reason no fit was applied.
+        pairs and the RMS they give); without a fit, what was measured until the search ended.
     """
     from drizzlepac import align as dp_align
     from drizzlepac.haputils import astrometric_utils as amutils
@@ -395,22 +382,22 @@ def align(ctx: StepContext) -> StepResult:
             # Verified default products mean trustworthy cosmic-ray flags: mask them too (runastrodriz).
             "sat_flags": 256 + 2048 + (0 if identifies_cosmic_rays(ctx.run, ctx.stage) else 4096 + 8192)}
     pars.update(apars)
-    stop, facts, decision, methods, centroids = None, [], None, [], None
+    rules = ctx.rules
+    stop, facts, decision, methods, centroids, abandoned, unanswered = None, [], None, [], None, None, None
+    limits = {"alignable": 0, "min_sources": quality_pars["MIN_OBSERVABLE_THRESHOLD"],
+              "max_rms_mas": quality_pars["MAX_FIT_LIMIT"]}
     with Timer() as t, captured_output() as out, working_directory(d), \
             bounded_requests(service_timeout(ctx.run.environment)) as requests_log:
         wcs = common_wcs(d, files)
         ctx.progress(f"source finding in {len(files)} exposures")
         table = alignment_table(files, workers=ctx.cores, **pars)
         try:
-            if table.process_list is None:
-                stop = "no exposure can be aligned (drizzlepac analyze excluded them all)"
+            limits["alignable"] = len(table.process_list or [])
             # doProcess says it (status is the later fit's, 9999 until a fit sets it).
             excluded = {str(r["imageName"]): str(r["processMsg"]) for r in table.filtered_table
                         if not r["doProcess"]}
-            facts += [(DECISION, {"decision": "aposteriori_exclusion", "exposure": name, "reason": why,
-                                  "rule": EXCLUSION_RULE}) for name, why in excluded.items()]
             found = {}
-            if stop is None:
+            if limits["alignable"]:
                 methods = table.get_fit_methods()
                 if len(table.process_list) == 1:
                     methods.remove("relative")
@@ -421,26 +408,22 @@ def align(ctx: StepContext) -> StepResult:
                     centroids = {name: {str(chip): v for chip, v in chips.items()} for name, chips in refined.items()}
                 for name, chips in table.extracted_sources.items():
                     found[name] = int(sum(len(c) for c in (chips or {}).values() if c is not None))
-                threshold = quality_pars["MIN_OBSERVABLE_THRESHOLD"]
-                sparse = {n: k for n, k in found.items() if k < threshold}
-                if sparse:
-                    stop = (f"not enough sources for a fit: {sparse} found, at least {threshold} "
-                            "needed per exposure")
-            candidates, abandoned = [], None
+            stop = rules.too_few_sources(limits["alignable"], found, limits["min_sources"])
+            candidates = []
             if stop is None:
                 for method in methods:
                     for i, catalog in enumerate(catalogs):
                         last = i == len(catalogs) - 1
                         ctx.progress(f"reference catalog {catalog} and {method} fit")
                         try:
-                            cand = _fit_to(table, catalog, method, apars, last=last)
+                            cand = _fit_to(rules, table, catalog, method, apars, last=last)
                         except Exception as exc:  # noqa: BLE001 - a catalog the service lacks is one bad candidate
                             cand = {"catalog": catalog, "method": method, "fit_quality": 5, "valid": False,
                                     "rms_mas": None, "matches": None,
                                     "reason": f"reference catalog unavailable: {exc}"}
                         if requests_log.failures:
                             # The service itself did not answer: the other catalogs are on it too.
-                            stop = f"{requests_log.failures[0].describe(f'the {catalog} catalog')}: stage skipped"
+                            stop = unanswered = requests_log.failures[0].describe(f"the {catalog} catalog")
                             break
                         if cand.get("reference_sources") == 0:
                             reply = requests_log.last_reply(amutils.SERVICELOCATION)
@@ -457,13 +440,12 @@ def align(ctx: StepContext) -> StepResult:
                             abandoned = (f"only {cand['reference_sources']} sources in {catalog}, the last "
                                          "reference catalog: drizzlepac abandons the alignment")
                             break
-                        if cand["fit_quality"] == 1:
+                        if rules.catalog_search_ends(candidates):
                             break
-                    if stop is not None or abandoned or fit_search_ends(candidates, method):
+                    if stop is not None or abandoned or rules.fit_search_ends(candidates, method):
                         break
                 if stop is None:
-                    decision = choose_fit(candidates, quality_pars["MAX_FIT_LIMIT"], abandoned)
-                    facts.append((DECISION, decision))
+                    decision = rules.choose_fit(candidates, limits["max_rms_mas"], abandoned)
                     if decision["chosen_catalog"] is None:
                         stop = decision["reason"]
             matched = pairs = None
@@ -479,10 +461,15 @@ def align(ctx: StepContext) -> StepResult:
             table.close()
     payload = {"excluded": excluded, "sources_found": found, "catalogs": catalogs, "methods": methods,
                "centroids": {"method": ctx.config.get("centroids") or "drizzlepac", "refined": centroids},
-               "common_wcs": wcs, "seconds": t.elapsed, "log": out.getvalue(),
+               "common_wcs": wcs, "fit_limits": limits, "seconds": t.elapsed, "log": out.getvalue(),
                "requests_failed": [f.__dict__ for f in requests_log.failures]}
+    if abandoned:
+        payload["abandoned"] = abandoned
+    if unanswered:
+        payload["unanswered"] = unanswered
     if stop is not None:
-        return StepResult(payload, facts=facts, stop=StageStop(stop))
+        # The decisions the runner takes from this payload and the candidates say why the stage stops.
+        return StepResult(payload, facts=facts)
     # Exposures of the other kind (FLT when FLC were fitted) take the same WCS, as runastrodriz 3.11
     # gives it: the fit keywords copied, the FLC's headerlet applied as primary, the old WCS archived.
     applied = {}
@@ -517,14 +504,14 @@ def database_headerlets_written(run) -> list[str]:
 
 
 def conclude(ctx: StepContext) -> StepResult:
-    """Keep the stage's WCS or discard its directory, as :func:`statemachine.conclude_stage` decides.
+    """Keep the stage's WCS or discard its directory, as the ``<stage>_stage`` decision taken before the step says.
 
     A discarded a priori stage keeps only the database headerlets its update wrote: the final stage
     hands them back.
     """
     from drizzlepac import runastrodriz
 
-    decision = conclude_stage(ctx.run, ctx.stage)
+    decision = ctx.decisions[f"{ctx.stage}_stage"]
     d = ctx.stage_dir()
     discarded, kept_files, restored = False, [], None
     updated = d / UPDATED_COPIES
@@ -555,4 +542,4 @@ def conclude(ctx: StepContext) -> StepResult:
                "kept_files": kept_files}
     if restored is not None:
         payload["restored"] = restored
-    return StepResult(payload, facts=[(DECISION, decision)])
+    return StepResult(payload)

@@ -10,13 +10,13 @@ import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from astropy.io import fits
 
 from ..errors import InputError
 from ..model import Inputs, stage_directory_name
-from ..statemachine import RunState
 
 
 @dataclass
@@ -35,14 +35,23 @@ class StepContext:
     progress : callable
         ``progress(message, point=None)`` tells the user what a long step is doing; ``point`` names
         the moment for the runner's observer (for example ``'fitted'`` after each fit).
+    decisions : dict
+        ``kind -> payload`` of the decisions the runner took, by their rules, before the step: what the
+        handler works from (which stage's exposures, whether cosmic rays are identified again, ...).
+        The runner records them with the step's facts.
+    rules : object
+        The rules a handler needs in the middle of its work (where a fit search ends, which fit is
+        applied), as attributes; the runner records their outcome from the candidates the step returns.
     """
 
-    run: RunState
+    run: Any  # the folded RunState
     stage: str
     step: str
     input_dir: Path
     work_dir: Path
     progress: Callable[..., None] = field(default=lambda message, point=None: None)
+    decisions: dict = field(default_factory=dict)
+    rules: Any = None
 
     @property
     def config(self) -> dict:

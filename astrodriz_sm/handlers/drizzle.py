@@ -21,8 +21,8 @@ from astropy.io import fits
 
 from ..errors import ProcessingError
 from ..model import Product, StepResult
+from ..model.events import NOTE
 from ..plumbing import Timer, captured_output, copy_file, hashes, working_directory
-from ..statemachine.state import NOTE
 from .common import StepContext
 
 # Parameters runastrodriz imposes on every pipeline AstroDrizzle call (PIPELINE_PARS), plus the
@@ -79,12 +79,10 @@ def stage_inputs(ctx: StepContext) -> StepResult:
     """
     from drizzlepac import resetbits
 
-    from ..statemachine.machine import alignment_follows
-
     staged = copy_into_stage(ctx, ctx.input_dir, ctx.inputs.input_hashes)
     names = ctx.inputs.exposures.names
     d = ctx.stage_dir()
-    if alignment_follows(ctx.run):
+    if ctx.decisions["alignment_follows"]["follows"]:
         # runastrodriz 3.11 verifies the default products when an alignment stage follows, on the
         # cosmic-ray path: the verified list's cosmic-ray flags (4096, 8192) are cleared first, in
         # the files it hands back (verify_alignment's find_crs=True).
@@ -210,8 +208,13 @@ def updatewcs(ctx: StepContext) -> StepResult:
 
 
 def identifies_cosmic_rays(run, stage: str) -> bool:
-    """The ``<stage>_cosmic_rays`` decision of an alignment stage (``statemachine.cosmic_ray_path``)."""
+    """The recorded ``<stage>_cosmic_rays`` decision of an alignment stage: cosmic rays identified again."""
     return bool(run.decision(f"{stage}_cosmic_rays").get("identify"))
+
+
+def alignment_follows(run) -> bool:
+    """The recorded ``alignment_follows`` decision (the default stage's copies): an alignment stage follows."""
+    return bool(run.decision("alignment_follows").get("follows"))
 
 
 def no_cr_parameters(good_bits: int) -> dict:
@@ -228,12 +231,12 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
     own defaults apply. WFPC2 takes drizzlepac's own WFPC2 configuration instead, and runastrodriz
     3.11 drizzles it with its verification parameters every time, the final products included.
     Stage products keep their single-drizzle images for verification; final products honour ``-i``
-    and clean up.
+    and clean up. Which parameters (final or verification, without a new cosmic-ray identification,
+    a median combine) is the stage's ``<stage>_drizzle`` decision, taken before the step.
     """
     from drizzlepac import mdzhandler
 
-    from ..statemachine.machine import alignment_follows
-
+    plan = ctx.decisions[f"{ctx.stage}_drizzle"]
     mdriztab = ctx.inputs.reference_paths.get("MDRIZTAB")
     wfpc2 = ctx.inputs.instrument == "WFPC2"
     d = ctx.stage_dir()
@@ -258,10 +261,10 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
         pars.update(final_fillval="INDEF", driz_sep_kernel="turbo", driz_sep_fillval=0.0, resetbits=0)
     if final:
         pars.update(in_memory=bool(ctx.config.get("inmemory")), clean=True)
-    elif ctx.stage == "default" and not alignment_follows(ctx.run):
+    elif plan["parameters"] == "final":
         # No alignment stage follows: runastrodriz 3.11 verifies nothing and drizzles its final products
         # at once. The default stage drizzles exactly as the final stage does, keeping its intermediate
-        # files for its own check, so that the final stage reuses its products (reusable_product).
+        # files for its own check, so that the final stage reuses its products (the reuse rule).
         pars.update(in_memory=False, clean=False)
     else:
         # runastrodriz 3.11's verification drizzles (RA 576-593): the default stage's when an alignment
@@ -270,53 +273,17 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
         # flags of the first).
         pars.update(in_memory=False, clean=False, final_fillval="INDEF",
                     driz_sep_kernel="turbo", driz_sep_fillval=0.0, resetbits=0)
-        if ctx.stage != "default" and not identifies_cosmic_rays(ctx.run, ctx.stage):
+        if plan["no_cr_parameters"]:
             # The alignment this stage starts from was verified, so its cosmic-ray flags hold: keep them
             # (resetbits 0) and drizzle without a new identification, as runastrodriz's reset_mdriztab_nocr.
             pars.update(no_cr_parameters(ctx.inputs.detector_parameters.verification_good_bits(ctx.stage)))
             source += "; no new cosmic-ray identification (the alignment it starts from was verified)"
-    if not final or wfpc2:
-        # runastrodriz 3.11 applies this to its verification drizzles only (the default stage's too; all of WFPC2's),
-        # over every exposure: a zero EXPTIME makes the ratio infinite, hence a median. The final
-        # stage then drizzles again rather than reuse the default stage's product.
-        exptimes = np.array([e.exptime for e in product.exposures])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if exptimes.max() / exptimes.min() > 2:
-                pars.update(combine_type="median", combine_nhigh=0)
+    if plan["median_combine"].get(product.name):
+        # runastrodriz 3.11's verification drizzles (the default stage's too; all of WFPC2's) of exposures
+        # whose EXPTIMEs differ by more than a factor 2. The final stage then drizzles again rather than
+        # reuse the default stage's product.
+        pars.update(combine_type="median", combine_nhigh=0)
     return {"parameters": pars, "source": source}
-
-
-# Parameters that change how AstroDrizzle runs, not what it writes into the product.
-OPERATIONAL_PARS = ("clean", "in_memory", "num_cores")
-
-
-def reusable_product(ctx: StepContext, product: Product, parameters: dict) -> dict | None:
-    """The chosen stage's product, when drizzling again here would write the same product.
-
-    That holds when the chosen stage drizzled the same product with the same parameters (apart from
-    :data:`OPERATIONAL_PARS`) from exposures byte-identical to the ones in this directory now. The
-    default stage drizzles with the final parameters, so its product is reused whenever the
-    pipeline-default WCS is chosen; the alignment stages' products (no new cosmic-ray
-    identification) never qualify.
-
-    Returns
-    -------
-    dict or None
-        The chosen stage's product entry, or None when the product must be drizzled.
-    """
-    chosen = ctx.run.output("final", "choose_wcs").get("chosen_stage")
-    done = ctx.run.output(chosen, "astrodrizzle") if chosen else {}
-    entry = next((p for p in done.get("products", []) if p["product"] == product.name and not p.get("reused_from")),
-                 None)
-    if entry is None or entry["inputs"] != product.inputs or not (ctx.stage_dir(chosen) / product.name).exists():
-        return None
-    effective = (lambda pars: {k: v for k, v in pars.items() if k not in OPERATIONAL_PARS})
-    if effective(entry["parameters"]) != effective(parameters):
-        return None
-    now = hashes(ctx.stage_dir(), product.inputs)
-    if any(done["files"].get(n) != digest for n, digest in now.items()):
-        return None
-    return {**entry, "stage": chosen}
 
 
 def _astrodrizzle(group: list[str], root: str, runfile: str, parameters: dict) -> str:
@@ -443,9 +410,9 @@ def _drizzle_singles(ctx: StepContext, products: list[Product], entries: dict) -
 def run_astrodrizzle(ctx: StepContext, final: bool = False) -> StepResult:
     """Drizzle this stage's exposure lists: the FLT list into DRZ, the FLC list into DRC.
 
-    In the final stage a product the chosen stage already drizzled identically is copied instead
-    (:func:`reusable_product`); its entry says ``reused_from``. Two lists to drizzle run
-    concurrently (:func:`_drizzle_concurrently`) when the step has a core for each; otherwise they run
+    In the final stage a product the chosen stage already drizzled identically is copied instead (by
+    the reuse rule, recorded as the ``final_reuse`` decision); its entry says ``reused_from``. Two
+    lists to drizzle run concurrently (:func:`_drizzle_concurrently`) when the step has a core for each; otherwise they run
     one after the other in this process.
 
     Returns
@@ -453,8 +420,6 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> StepResult:
     StepResult
         Per product: inputs, parameters, output hash, wall time and the AstroDrizzle log.
     """
-    from ..statemachine.machine import alignment_follows
-
     d = ctx.stage_dir()
     products = ctx.inputs.products(ctx.stage, ctx.stage == "default" and alignment_follows(ctx.run))
     entries, jobs = {}, []
@@ -462,8 +427,10 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> StepResult:
         pars = drizzle_parameters(ctx, product, final)
         entries[product.name] = {"product": product.name, "inputs": product.inputs,
                                  "parameters": pars["parameters"], "parameter_source": pars["source"]}
-        reuse = reusable_product(ctx, product, pars["parameters"]) if final else None
-        if reuse is not None:
+        # The reuse rule judges by the record; the chosen stage's file must still be there as recorded.
+        reuse = (ctx.rules.reusable_product(ctx.run, product.name, product.inputs, pars["parameters"])["reusable_from"]
+                 if final else None)
+        if reuse is not None and (ctx.stage_dir(reuse["stage"]) / product.name).exists():
             source = ctx.stage_dir(reuse["stage"]) / product.name
             with Timer() as t:
                 copy_file(source, d / product.name)
@@ -485,8 +452,7 @@ def run_astrodrizzle(ctx: StepContext, final: bool = False) -> StepResult:
     # On the cosmic-ray path runastrodriz 3.11 drizzles a verified stage twice (verify_alignment's
     # find_crs run, then the verification run), with resetbits 0: the second identification starts
     # from the flags of the first. The default stage takes that path whenever an alignment stage follows.
-    passes = 2 if (ctx.stage == "default" and alignment_follows(ctx.run)) or (
-        ctx.stage in ("apriori", "aposteriori") and identifies_cosmic_rays(ctx.run, ctx.stage)) else 1
+    passes = ctx.decisions[f"{ctx.stage}_drizzle"]["passes"]
     if concurrent:
         # The lists share the cores (``-n`` or all usable ones): two drizzles each starting a worker
         # per core would only compete for them, and hold twice the memory.

@@ -12,19 +12,17 @@ from astropy.io import fits
 
 from ..errors import ProcessingError
 from ..model import STAGES, StepResult, drizzles, manifest_name, original_name, partial_name, promoted_name
+from ..model.events import NOTE
 from ..plumbing import Timer, captured_output, copy_file, hashes, sha256, working_directory
-from ..statemachine import choose_final_wcs, exposures_source, stage_files
-from ..statemachine.state import DECISION, NOTE
 from .common import StepContext
 from .alignment import database_headerlets_written, exposures_directory
 from .drizzle import copy_into_stage, run_astrodrizzle
 
 
 def choose_wcs(ctx: StepContext) -> StepResult:
-    """Record the choice of WCS as one decision (see :func:`statemachine.choose_final_wcs`)."""
-    decision = choose_final_wcs(ctx.run)
-    return StepResult({"chosen_stage": decision["chosen_stage"], "chosen_wcsname": decision["chosen_wcsname"]},
-                      facts=[(DECISION, decision)])
+    """The chosen WCS: the ``wcs`` decision the runner took, by its rule, before the step."""
+    decision = ctx.decisions["wcs"]
+    return StepResult({"chosen_stage": decision["chosen_stage"], "chosen_wcsname": decision["chosen_wcsname"]})
 
 
 def stage_inputs(ctx: StepContext) -> StepResult:
@@ -39,7 +37,7 @@ def stage_inputs(ctx: StepContext) -> StepResult:
     chosen = ctx.run.output("final", "choose_wcs")["chosen_stage"]
     # The chosen stage's exposures; after a discarded a priori stage, the ones it restored (with the
     # database's headerlets) even when the pipeline-default WCS is chosen.
-    source = exposures_source(ctx.run, "final")
+    source = ctx.decisions["final_source"]
     payload = copy_into_stage(ctx, *exposures_directory(ctx, source))
     payload["source_stage"] = source["source_stage"]
 
@@ -66,7 +64,7 @@ def stage_inputs(ctx: StepContext) -> StepResult:
     payload["database_headerlets"] = database_headerlets_written(ctx.run)
     for name in payload["database_headerlets"]:
         copy_recorded("apriori", name, ctx.run.output("apriori", "updatewcs")["files"][name])
-    return StepResult(payload, facts=[(DECISION, source)])
+    return StepResult(payload)
 
 
 def fit_matches(run) -> list[str]:
@@ -198,7 +196,7 @@ def quality_analysis(ctx: StepContext) -> StepResult:
             qa.run_all(Path(ctx.config["input"]).name, examined, catalogs=None)
         except Exception as exc:  # noqa: BLE001 - a diagnosis that fails is recorded, the products stand
             error = f"{type(exc).__name__}: {exc}"
-    expected = stage_files(ctx.run, "final")
+    expected = ctx.run.stage_files("final")
     for name, digest in hashes(d, examined).items():
         if expected.get(name) not in (None, digest):
             raise ProcessingError(f"{d / name}: changed by the quality analysis", str(d / name))

@@ -23,8 +23,8 @@ from ..model import (
     input_name,
     split_input_name,
 )
+from ..model.events import NOTE, VERIFICATION
 from ..plumbing import captured_output, sha256
-from ..statemachine.state import NOTE, VERIFICATION
 from . import wfpc2
 from .common import StepContext, check_fits, primary_header
 
@@ -436,13 +436,11 @@ def verify_guiding(ctx: StepContext) -> StepResult:
                                     str(input_path))
         changes.update(exposures=ExposureSet(kept[FLT], kept[FLC]),
                        members=tuple(m for m in inputs.members if m not in roots))
-        facts.append((NOTE, {"message": f"-v: removed from processing for bad guiding: {', '.join(removed)}"}))
-    if force_alignment:
-        facts.append((NOTE, {"message": f"-v: bad guiding in {bad_names}: alignment kept on (-a)"}))
-    else:
-        reason = f"-v: bad guiding in {bad_names}: no alignment"
+    # The guiding rule: the runner records its guiding_removal and guiding_alignment decisions.
+    alignment = ctx.rules.bad_guiding([e.name for e in bad], removed, force, force_alignment)[-1]
+    if not alignment["alignment"]:
+        reason = alignment["reason"]
         changes["no_alignment"] = f"{reason}; {inputs.no_alignment}" if inputs.no_alignment else reason
-        facts.append((NOTE, {"message": reason}))
     updated = dataclasses.replace(inputs, **changes)
     return StepResult({"inputs": updated.to_payload(), "guiding": guiding, "removed": removed, "log": "".join(log)},
                       facts=facts)

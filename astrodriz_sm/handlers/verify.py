@@ -15,11 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from ..model import Product, StepResult, focus_json_name
+from ..model.events import VERIFICATION
 from ..plumbing import captured_output
-from ..statemachine.rules import verify_stage
-from ..statemachine.state import DECISION, VERIFICATION
 from .common import StepContext
 from .overlap import max_overlap_diff
+
+# drizzlepac's evaluate_focus: the product's focus index is judged against the singles' mean plus or minus
+# this many standard deviations, the lower edge at most this share of the mean.
+FOCUS_SIGMAS = 3.0
+FOCUS_FLOOR = 0.8
 
 
 def build_focus_dict(singlefiles: list[str], prodfile: str, sigma: float = 2.0, workers: int = 1) -> dict:
@@ -99,9 +103,10 @@ def focus_check(stage_dir: Path, product: Product, sigma: float, json_path: Path
         json_path.write_text(json.dumps([fd], default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
     s = fd["stats"]
     mean, std = float(s["mean"]), float(s["std"])
-    # The same bounds evaluate_focus uses, recorded so the verdict can be audited from the log.
-    lo = min(mean - 3.0 * std, 0.8 * mean)
-    hi = mean + 3.0 * std
+    # The same bounds evaluate_focus uses, recorded so the verdict can be audited from the log: a band of
+    # FOCUS_SIGMAS standard deviations of the singles, its lower edge no higher than FOCUS_FLOOR of their mean.
+    band, floor = [mean - FOCUS_SIGMAS * std, mean + FOCUS_SIGMAS * std], FOCUS_FLOOR * mean
+    lo, hi = min(band[0], floor), band[1]
     z = (lambda v: float(amutils.compute_prob(v, mean, std)) if std > 0 else 0.0)
     return {
         "check": "focus", "verdict": "pass" if verified else "fail", "product": product.name,
@@ -109,7 +114,7 @@ def focus_check(stage_dir: Path, product: Product, sigma: float, json_path: Path
         "single_focus": [float(v) for v in fd["exp"]],
         "single_z": [z(v) for v in fd["exp"]],
         "singles": [Path(x).name for x in singles],
-        "mean": mean, "std": std, "z_min": z(lo), "z_max": z(hi),
+        "mean": mean, "std": std, "band": band, "floor": floor, "z_min": z(lo), "z_max": z(hi),
         "product_position": [int(v) for v in fd["prod_pos"]],
         "rule": "pass when the product's z-score lies within [z_min, z_max] and std <= min(single focus)",
     }
@@ -163,7 +168,8 @@ def verify_alignment(ctx: StepContext) -> StepResult:
     As runastrodriz 3.11 does (``verify_alignment``, ``run_driz``): the FLC product is checked when
     there is one (CTE-corrected data); with two exposures or more the focus and the overlap
     difference are measured; the alignment stages also measure the similarity to the
-    pipeline-default product. Which of them decide is :func:`statemachine.verify_stage`'s rule.
+    pipeline-default product. Which of them decide is the verification rule's (``ctx.rules.verify_stage``);
+    the runner records its ``<stage>_verification`` decision from the checks recorded here.
     """
     product = ctx.inputs.verified_product
     d = ctx.stage_dir()
@@ -184,8 +190,8 @@ def verify_alignment(ctx: StepContext) -> StepResult:
     if ctx.stage != "default":
         results.append(similarity_to_default(d, ctx.stage_dir("default"), product.name))
     matched = ctx.run.output(ctx.stage, "align").get("matched") if ctx.stage == "aposteriori" else None
-    decision = verify_stage(ctx.stage, results, n_drizzled, matched)
+    decision = ctx.rules.verify_stage(ctx.stage, results, n_drizzled, matched)
     for r in results:
         r["decides"] = r["check"] in decision["deciding"]
     return StepResult({"verdicts": {r["check"]: r["verdict"] for r in results}, "verified": decision["verified"]},
-                      facts=[*((VERIFICATION, r) for r in results), (DECISION, decision)])
+                      facts=[(VERIFICATION, r) for r in results])

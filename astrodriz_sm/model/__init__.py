@@ -31,11 +31,11 @@ from .exposures import (
 from .inputs import Inputs
 from .steps import (
     ENDS,
+    STAGE_LABELS,
     STAGES,
     STATES,
     STEPS,
     WCS_STAGES,
-    StageStop,
     StepResult,
     StepSpec,
     drizzles,
@@ -49,6 +49,7 @@ __all__ = [
     "CALIBRATED_KINDS",
     "DETECTORS",
     "ENDS",
+    "STAGE_LABELS",
     "FLC",
     "FLT",
     "INPUT_KINDS",
@@ -62,7 +63,6 @@ __all__ = [
     "ExposureSet",
     "Inputs",
     "Product",
-    "StageStop",
     "StepResult",
     "StepSpec",
     "detector_parameters",

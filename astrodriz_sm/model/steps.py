@@ -14,6 +14,8 @@ ENDS = ("done", "skipped", "failed")
 STATES = STAGES + ENDS
 # The stages whose WCS the products can carry, in the order they run.
 WCS_STAGES = ("default", "apriori", "aposteriori")
+# How a reader names them.
+STAGE_LABELS = {"default": "pipeline-default", "apriori": "a priori", "aposteriori": "a posteriori"}
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class StepSpec:
     files_in : {'stage', 'input', None}
         Where the files its ``files`` entry lists live: the stage directory or the input directory.
     may_stop : bool
-        Its result may stop the stage early (:class:`StageStop`).
+        A rule may stop the stage early from its result (a decision with ``stop_stage``).
     after_stop : bool
         It still runs when an earlier step stopped the stage (the stage's conclusion).
     yields_wcsname : bool
@@ -136,13 +138,6 @@ def last_step(stage: str) -> str:
     return stage_steps(stage)[-1].step
 
 
-@dataclass(frozen=True)
-class StageStop:
-    """A handler's word that its stage cannot go on; the stage's conclusion records the reason."""
-
-    reason: str
-
-
 @dataclass
 class StepResult:
     """What a handler gives back; the runner records all of it with ``step.completed``, in one transaction.
@@ -152,11 +147,9 @@ class StepResult:
     payload : dict
         The ``step.completed`` payload: output files with their hashes, metrics, library logs.
     facts : list of (str, dict)
-        ``(event kind, payload)`` of what the step learned: verifications, candidates, decisions.
-    stop : StageStop, optional
-        Only for steps that may stop their stage (:attr:`StepSpec.may_stop`).
+        ``(event kind, payload)`` of what the step learned: verifications, candidates, notes. Decisions
+        are the rules' (:mod:`astrodriz_sm.statemachine.rules`), taken and recorded by the runner.
     """
 
     payload: dict = field(default_factory=dict)
     facts: list = field(default_factory=list)
-    stop: StageStop | None = None

@@ -14,7 +14,7 @@ from ..model import ENDS, STAGES, STATES, stage_steps
 from ..model.switches import ENV_APPLY_APRIORI, ENV_COMPUTE_APOSTERIORI
 from .state import RunState
 
-# The key of a completed step's payload that stopped its stage early (see StageStop).
+# The key of a completed step's payload (and of the decision) that stopped its stage early.
 STOP_STAGE = "stop_stage"
 
 # Guarded transitions, tried in order for the trigger 'advance': the first whose guards hold fires.
@@ -76,12 +76,6 @@ class _Guards:
             return self._record("aposteriori_possible", False,
                                 "every exposure has EXPTIME=0 or NGOODPIX=0: no alignment to GAIA")
         return self._alignment_possible("aposteriori_possible", "compute_aposteriori", ENV_COMPUTE_APOSTERIORI)
-
-
-def alignment_follows(run: RunState) -> bool:
-    """Whether an alignment stage will be entered after the default stage (its guards, unrecorded)."""
-    guards = _Guards(run)
-    return guards.apriori_possible() or guards.aposteriori_possible()
 
 
 def _machine(model: _Guards) -> Machine:
@@ -176,12 +170,5 @@ def next_action(run: RunState) -> Action:
 
 
 def stage_files(run: RunState, stage: str) -> dict:
-    """``{file: sha256}`` a stage directory must hold after the stage's completed steps.
-
-    Each step that changes the directory records its files; later steps override earlier ones.
-    """
-    expected = {}
-    for spec in stage_steps(stage):
-        if spec.files_in == "stage" and run.is_completed(stage, spec.step):
-            expected.update(run.output(stage, spec.step).get("files", {}))
-    return expected
+    """``{file: sha256}`` a stage directory must hold after the stage's completed steps (:meth:`RunState.stage_files`)."""
+    return run.stage_files(stage)

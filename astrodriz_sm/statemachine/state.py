@@ -6,32 +6,29 @@ Nothing else holds the state of a run: every command that needs it folds the log
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from ..model import ENDS, STAGES, STATES, Inputs, trailer_name  # noqa: F401 - re-exported
+from ..model import ENDS, STAGES, STATES, Inputs, stage_steps, trailer_name  # noqa: F401 - re-exported
 
-# Event kinds: the whole vocabulary of the log.
-RUN_STARTED = "run.started"
-RUN_RESUMED = "run.resumed"
-RUN_ENDED = "run.ended"
-STEP_STARTED = "step.started"
-STEP_COMPLETED = "step.completed"
-STEP_FAILED = "step.failed"
-STEP_INVALIDATED = "step.invalidated"
-TRANSITION = "transition"
-VERIFICATION = "verification"
-DECISION = "decision"
-CANDIDATE = "candidate"
-NOTE = "note"
-# A library fell back to something other than what it was asked (see handlers.common.library_fallbacks).
-WARNING = "warning"
-# A lease left by a holder that is gone (its process, or a lease from another host past its expiry).
-LEASE_TAKEN_OVER = "lease.taken_over"
-EVENT_KINDS = (RUN_STARTED, RUN_RESUMED, RUN_ENDED, STEP_STARTED, STEP_COMPLETED, STEP_FAILED,
-               STEP_INVALIDATED, TRANSITION, VERIFICATION, DECISION, CANDIDATE, NOTE, WARNING,
-               LEASE_TAKEN_OVER)
-# What a step learned: recorded with its step.completed, in the same transaction.
-FACT_KINDS = (VERIFICATION, DECISION, CANDIDATE, NOTE, WARNING)
+# Event kinds: the whole vocabulary of the log, named in the model (handlers return facts by kind).
+from ..model.events import (  # noqa: F401 - re-exported
+    CANDIDATE,
+    DECISION,
+    EVENT_KINDS,
+    FACT_KINDS,
+    LEASE_TAKEN_OVER,
+    NOTE,
+    RUN_ENDED,
+    RUN_RESUMED,
+    RUN_STARTED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+    STEP_INVALIDATED,
+    STEP_STARTED,
+    TRANSITION,
+    VERIFICATION,
+    WARNING,
+)
 
 
 @dataclass
@@ -146,6 +143,31 @@ class RunState:
     def verdict(self, stage: str) -> bool | None:
         """Whether a stage's verification decision verified its alignment; None before it was made."""
         return self.decision(f"{stage}_verification").get("verified")
+
+    def stage_files(self, stage: str) -> dict:
+        """``{file: sha256}`` a stage directory must hold after the stage's completed steps.
+
+        Each step that changes the directory records its files; later steps override earlier ones.
+        """
+        expected = {}
+        for spec in stage_steps(stage):
+            if spec.files_in == "stage" and self.is_completed(stage, spec.step):
+                expected.update(self.output(stage, spec.step).get("files", {}))
+        return expected
+
+    def after_step(self, stage: str, step: str, facts: list, payload: dict) -> RunState:
+        """The state once a step's facts and ``step.completed`` are folded in (this state is left as it is).
+
+        The runner evaluates the rules that decide from a step's results on it, before it records them.
+        """
+        completed = {k: v for k, v in self.completed.items() if k != (stage, step)}
+        completed[(stage, step)] = payload
+        recorded = {k: v for k, v in self.facts.items() if k != (stage, step)}
+        recorded[(stage, step)] = list(facts)
+        # As fold reads a step.completed.
+        inputs = Inputs.from_payload(payload["inputs"]) if stage == "init" and "inputs" in payload else self.inputs
+        return replace(self, completed=completed, facts=recorded, in_progress=self.in_progress - {(stage, step)},
+                       environment={**self.environment, **payload.get("environment_update", {})}, inputs=inputs)
 
 
 def fold(events: Iterable) -> RunState:

@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import math
 
-from ..model import WCS_STAGES, last_step
-from ..statemachine import stop_reason
+from ..model import STAGE_LABELS, WCS_STAGES, last_step
 from ..statemachine.state import RunState
 
 # The verification checks reported for each candidate, in this order.
 CHECKS = ("focus", "overlap_similarity", "similarity_to_default")
-# The guard whose failure keeps a stage from being entered.
-STAGE_GUARDS = {"default": "drizcorr_perform", "apriori": "apriori_possible",
-                "aposteriori": "aposteriori_possible"}
 SOURCES = {"default": "pipeline default", "apriori": "astrometry database"}
-STAGE_LABELS = {"default": "pipeline-default", "apriori": "a priori", "aposteriori": "a posteriori"}
 
 
 def _finite(value):
@@ -45,12 +40,6 @@ def _verdicts(run: RunState, stage: str) -> dict:
     """``check -> verdict`` of a stage's verifications; None for a check that was not made."""
     found = {v.get("check"): v.get("verdict") for v in run.verifications.get(stage, [])}
     return {check: found.get(check) for check in CHECKS}
-
-
-def _fit_wcsname(default_name, catalog: str, method: str) -> str:
-    """The WCSNAME drizzlepac gives a fit: ``<default>-FIT_REL_<catalog>`` or ``<default>-FIT_IMG_<catalog>``."""
-    base = default_name[0] if isinstance(default_name, list) else default_name
-    return f"{base}-FIT_{'REL' if method == 'relative' else 'IMG'}_{catalog}"
 
 
 def _per_exposure(fit: dict) -> dict:
@@ -83,14 +72,16 @@ def _fit_numbers(fit: dict, exposure: str) -> tuple[str | None, int | None, floa
 
 
 def _stage_entry(run: RunState, stage: str, entered: set) -> dict:
-    """Outcome and reason of one WCS stage."""
+    """Outcome and reason of one WCS stage, as the ``wcs`` and ``<stage>_stage`` decisions recorded them."""
     entry = {"stage": stage, "entered": stage in entered, "outcome": "not run", "reason": None}
     if stage not in entered:
-        guard = STAGE_GUARDS[stage]
-        failed = [g for t in run.transitions for g in t.get("guards", [])
-                  if g.get("guard") == guard and not g.get("result")]
-        if failed:
-            entry["reason"] = failed[-1]["reason"]
+        # Why the WCS rule found it not run (the guard that kept it out); before that decision, the run's end.
+        recorded = next((c.get("reason") for c in run.decision("wcs").get("candidates", [])
+                         if c["stage"] == stage and c.get("verdict") == "not run"), None)
+        if recorded:
+            entry["reason"] = recorded
+        elif run.ended and run.ended["status"] == "skipped":
+            entry["reason"] = run.ended.get("reason")
         elif run.ended:
             entry["reason"] = f"not reached: the run ended {run.ended['status']}"
         else:
@@ -110,11 +101,8 @@ def _stage_entry(run: RunState, stage: str, entered: set) -> dict:
         entry["reason"] = ("pipeline-default WCS (updatewcs without the astrometry database), the fallback "
                            "when no alignment stage is kept; verification: " + (checks or "none"))
         return entry
-    conclusion = run.output(stage, last_step(stage))
-    if conclusion.get("kept"):
-        entry["outcome"] = "kept"
-    else:
-        entry["outcome"] = "skipped" if stop_reason(run, stage) else "discarded"
+    conclusion = run.decision(f"{stage}_stage")
+    entry["outcome"] = conclusion.get("outcome")
     entry["reason"] = conclusion.get("reason")
     return entry
 
@@ -185,6 +173,7 @@ def explain(run: RunState) -> dict:
     wcs = run.decision("wcs")
     fit_decision = run.decision("aposteriori_fit")
     fits = run.candidates.get("aposteriori", [])
+    fit_wcsnames = {(c.get("catalog"), c.get("method")): c.get("wcsname") for c in fit_decision.get("candidates", [])}
     chosen_catalog = fit_decision.get("chosen_catalog")
     chosen_key = (chosen_catalog, fit_decision.get("chosen_method"))
     align_output = run.output("aposteriori", "align")
@@ -208,8 +197,8 @@ def explain(run: RunState) -> dict:
                                     SOURCES["apriori"], verdicts["apriori"], True))
         for fit in fits:
             catalog, method = fit.get("catalog"), fit.get("method")
-            cand = _candidate("aposteriori", _fit_wcsname(default_name, catalog, method) if default_name
-                              else None, f"fit to {catalog}", verdicts["aposteriori"],
+            cand = _candidate("aposteriori", fit_wcsnames.get((catalog, method)), f"fit to {catalog}",
+                              verdicts["aposteriori"],
                               applied_key[0] is not None and (catalog, method) == applied_key)
             fit_file, matches, rms = _fit_numbers(fit, name)
             cand.update(catalog=catalog, method=method, fit_quality=fit.get("fit_quality"),

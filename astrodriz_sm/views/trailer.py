@@ -7,6 +7,22 @@ from __future__ import annotations
 
 import json
 
+from ..statemachine.state import (
+    CANDIDATE,
+    DECISION,
+    NOTE,
+    RUN_ENDED,
+    RUN_RESUMED,
+    RUN_STARTED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+    STEP_INVALIDATED,
+    STEP_STARTED,
+    TRANSITION,
+    VERIFICATION,
+    WARNING,
+)
+
 _RULE = "=" * 78
 
 
@@ -147,21 +163,21 @@ def _generic(p: dict) -> list[str]:
 
 
 _RENDER = {
-    "run.started": _run_started,
-    "run.resumed": lambda p: [f"run resumed after {p.get('after', 'an interruption')}"] + _generic(
+    RUN_STARTED: _run_started,
+    RUN_RESUMED: lambda p: [f"run resumed after {p.get('after', 'an interruption')}"] + _generic(
         {k: v for k, v in p.items() if k != "after"}),
-    "run.ended": _run_ended,
-    "step.started": lambda p: ["started"],
-    "step.completed": _step_completed,
-    "step.failed": lambda p: [f"FAILED: {p.get('message')}"] + ([f"    exit code {p['exit_code']}"]
+    RUN_ENDED: _run_ended,
+    STEP_STARTED: lambda p: ["started"],
+    STEP_COMPLETED: _step_completed,
+    STEP_FAILED: lambda p: [f"FAILED: {p.get('message')}"] + ([f"    exit code {p['exit_code']}"]
                                                                   if "exit_code" in p else []),
-    "step.invalidated": lambda p: [f"invalidated, will be redone: {p['reason']}"],
-    "transition": _transition,
-    "verification": _verification,
-    "decision": _decision,
-    "candidate": _candidate,
-    "note": lambda p: [f"note: {p.get('message', '')}"],
-    "warning": lambda p: [f"WARNING library fallback: {p.get('message', '')}"],
+    STEP_INVALIDATED: lambda p: [f"invalidated, will be redone: {p['reason']}"],
+    TRANSITION: _transition,
+    VERIFICATION: _verification,
+    DECISION: _decision,
+    CANDIDATE: _candidate,
+    NOTE: lambda p: [f"note: {p.get('message', '')}"],
+    WARNING: lambda p: [f"WARNING library fallback: {p.get('message', '')}"],
 }
 
 
@@ -189,6 +205,6 @@ def render_trailer(run: dict, events) -> str:
             body = [ev.kind] + _generic(ev.payload)
         lines.append(f"{ev.utc} #{ev.seq:<4d} [{where}] {body[0]}")
         lines.extend(body[1:])
-        if ev.kind == "run.ended" or ev.kind == "transition":
+        if ev.kind in (RUN_ENDED, TRANSITION):
             lines.append("")
     return "\n".join(lines) + "\n"

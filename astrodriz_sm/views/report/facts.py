@@ -8,12 +8,11 @@ format it.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import InputError
-from ...model import WCS_STAGES, Product, stage_directory_name, wcsname_step
+from ...model import STAGE_LABELS, WCS_STAGES, Product, stage_directory_name, wcsname_step
 from ...plumbing import sha256
 from ...statemachine import fold
 from ...statemachine.state import (
@@ -26,13 +25,7 @@ from ...statemachine.state import (
     STEP_STARTED,
 )
 from ..banner import log_facts
-from ..explain import STAGE_LABELS, explain
-
-# The focus check's floor: a product's focus index above this share of the singles' mean passes
-# the lower bound whatever their spread (drizzlepac's evaluate_focus).
-FOCUS_FLOOR = 0.8
-# Width of the focus band, in standard deviations of the singles (evaluate_focus).
-FOCUS_SIGMAS = 3.0
+from ..explain import explain
 
 
 def parse_utc(text: str) -> _dt.datetime:
@@ -138,12 +131,11 @@ def timeline(events) -> dict:
 
 
 def _focus(verification: dict, stage: str) -> dict:
-    """The focus check of one stage, with the band and floor it was judged against."""
-    mean, std = verification["mean"], verification["std"]
+    """The focus check of one stage, with the band and floor it was judged against (as recorded)."""
     return {"stage": stage, "verdict": verification["verdict"], "decides": verification.get("decides"),
             "product": verification["product"], "singles": verification["singles"],
-            "single_focus": verification["single_focus"], "mean": mean, "std": std,
-            "band": [mean - FOCUS_SIGMAS * std, mean + FOCUS_SIGMAS * std], "floor": FOCUS_FLOOR * mean,
+            "single_focus": verification["single_focus"], "mean": verification["mean"], "std": verification["std"],
+            "band": verification.get("band"), "floor": verification.get("floor"),
             "product_focus": verification["product_focus"], "product_z": verification["product_z"],
             "z_range": [verification["z_min"], verification["z_max"]], "rule": verification.get("rule")}
 
@@ -180,22 +172,19 @@ def fits_with_reasons(doc: dict) -> list[dict]:
     return [{**f, "why": why.get((f["catalog"], f["method"]), f["reason"])} for f in doc["aposteriori_fits"]]
 
 
-def fit_margin(fits: list[dict]) -> str | None:
-    """By how much the chosen fit won: its numbers against the best of the other valid fits."""
-    chosen = next((f for f in fits if f["chosen"]), None)
-    others = [f for f in fits if f["valid"] and not f["chosen"]]
-    if chosen is None:
+def fit_margin(decision: dict) -> str | None:
+    """By how much the chosen fit won, as the ``aposteriori_fit`` decision recorded it (its ``margin``)."""
+    margin = decision.get("margin")
+    if not margin:
         return None
+    chosen, best = margin["chosen"], margin["next_best"]
     text = (f"{chosen['catalog']} {chosen['method']}: quality {chosen['fit_quality']}, "
             f"RMS {chosen['rms_mas']:.2f} mas over {chosen['matches']} matches")
-    if not others:
+    if best is None:
         return text + "; no other valid fit"
-    # drizzlepac's order of merit: lower quality first, then more matches, then lower RMS.
-    best = min(others, key=lambda f: (f["fit_quality"], -(f["matches"] or 0), f["rms_mas"] or math.inf))
     return (text + f"; next best {best['catalog']} {best['method']}: quality {best['fit_quality']}, "
             f"RMS {best['rms_mas']:.2f} mas over {best['matches']} matches "
-            f"({(best['rms_mas'] or 0) - (chosen['rms_mas'] or 0):+.2f} mas, "
-            f"{(best['matches'] or 0) - (chosen['matches'] or 0):+d} matches)")
+            f"({margin['rms_mas']:+.2f} mas, {margin['matches']:+d} matches)")
 
 
 def _checked(path: Path, digest: str | None, what: str) -> Path:
@@ -237,7 +226,7 @@ def products(run, input_dir: Path) -> list[dict]:
         stage_dir = work_dir / stage_directory_name(run.root, stage)
         entry = next((p for p in run.output(stage, "astrodrizzle").get("products", [])
                       if p["product"] == verified.name), None)
-        kept = stage == "default" or run.output(stage, "conclude").get("kept")
+        kept = stage == "default" or run.decision(f"{stage}_stage").get("kept")
         path = stage_dir / verified.name
         # Stage directories stay only with -d; a product there is shown only as its stage left it.
         if entry is None or not kept or not path.is_file() or sha256(path) != entry.get("sha256"):
@@ -310,7 +299,7 @@ def run_facts(run_row: dict, events, verified) -> dict:
         "log": log_facts(verified),
         "started_utc": events[0].utc if events else None,
         "ended_utc": events[-1].utc if events and events[-1].kind == RUN_ENDED else None,
-        "explain": doc, "fits": fits, "fit_margin": fit_margin(fits),
+        "explain": doc, "fits": fits, "fit_margin": fit_margin(run.decision("aposteriori_fit")),
         "fit_applied": {k: align.get(k) for k in ("chosen_catalog", "chosen_method", "rms_mas", "matches")}
         if align.get("chosen_catalog") else None,
         "timeline": timeline(events), "checks": checks(run), "products": products(run, input_dir),
