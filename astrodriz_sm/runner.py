@@ -25,6 +25,7 @@ import structlog
 from .config import SERVICE_SETTINGS, RunConfig, lease_expiry_from_environment
 from .errors import AstrodrizError, ExitCode, ProcessingError, RunStateError
 from .handlers.common import StepContext, library_fallbacks, payload_logs
+from .model.options import PRODUCT_SETTINGS
 from .model import STAGES, last_step, partial_name, stage_directory_name, stage_steps, step_spec, trailer_name
 from .plumbing import Timer, sha256
 from .statemachine import STOP_STAGE, fold, next_action, plan, stage_files
@@ -78,8 +79,7 @@ def fingerprint(run) -> dict:
     paths = run.inputs.reference_paths if run.inputs else {}
     for key, path in sorted(paths.items()):
         refs[key] = {"name": Path(path).name, "sha256": sha256(path) if Path(path).exists() else None}
-    options = {k: run.config.get(k) for k in ("force", "inmemory", "basic", "num_cores", "apply_apriori",
-                                               "compute_aposteriori", "centroids")}
+    options = {k: getattr(RunConfig.from_dict(run.config), k) for k in PRODUCT_SETTINGS}
     return {"astrodriz_sm": VERSION, "libraries": library_versions(), "references": refs, "options": options}
 
 
@@ -424,7 +424,8 @@ class Runner:
             if point is not None:
                 self._observe(stage, step, point)
 
-        return StepContext(run=run, stage=stage, step=step, input_dir=input_dir, work_dir=work_dir,
+        return StepContext(run=run, config=RunConfig.from_dict(run.config), stage=stage, step=step,
+                           input_dir=input_dir, work_dir=work_dir,
                            progress=progress)
 
     def _failed(self, stage: str, step: str, payload: dict) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from astropy.io import fits
 
+from ..config import RunConfig
 from ..errors import InputError
 from ..model import Inputs, stage_directory_name
 from ..statemachine import RunState
@@ -27,6 +28,8 @@ class StepContext:
     ----------
     run : RunState
         The folded state before the step.
+    config : RunConfig
+        The run configuration recorded in ``run.started``.
     stage, step : str
     input_dir : Path
         Directory of the input file; changed only by the final ``promote`` step.
@@ -38,6 +41,7 @@ class StepContext:
     """
 
     run: RunState
+    config: RunConfig
     stage: str
     step: str
     input_dir: Path
@@ -45,14 +49,9 @@ class StepContext:
     progress: Callable[..., None] = field(default=lambda message, point=None: None)
 
     @property
-    def config(self) -> dict:
-        """The run configuration from ``run.started``."""
-        return self.run.config
-
-    @property
     def cores(self) -> int:
         """Cores the step may use: ``-n``, else every core this process may run on."""
-        return self.config.get("num_cores") or len(os.sched_getaffinity(0))
+        return self.config.num_cores or len(os.sched_getaffinity(0))
 
     @property
     def inputs(self) -> Inputs:

@@ -33,7 +33,7 @@ def stage_inputs(ctx: StepContext) -> StepResult:
     When that WCS is the a posteriori fit, the fit's matched pairs (``fit_matches``) are copied too:
     they are handed back with the products that carry the fit.
     """
-    if not drizzles(ctx.inputs, ctx.config):
+    if not drizzles(ctx.inputs, ctx.run.config):
         # DRIZCORR=OMIT: the exposures as delivered, as init read them.
         return StepResult({**copy_into_stage(ctx, ctx.input_dir, ctx.inputs.input_hashes), "fit_matches": []})
     chosen = ctx.run.output("final", "choose_wcs")["chosen_stage"]
@@ -132,7 +132,7 @@ def update_headers(ctx: StepContext) -> StepResult:
 
     d = ctx.stage_dir()
     names = ctx.inputs.exposures.names
-    drizzled = drizzles(ctx.inputs, ctx.config)
+    drizzled = drizzles(ctx.inputs, ctx.run.config)
     products = [p.name for p in ctx.inputs.products("final")] if drizzled else []
     completed = ctx.inputs.exposures.lists[0][0].name if drizzled and ctx.inputs.kind != "asn" else None
     with captured_output(), working_directory(d):
@@ -195,7 +195,7 @@ def quality_analysis(ctx: StepContext) -> StepResult:
     ctx.progress(f"quality analysis of {len(examined)} exposures")
     with Timer() as t, captured_output() as out, working_directory(d):
         try:
-            qa.run_all(Path(ctx.config["input"]).name, examined, catalogs=None)
+            qa.run_all(Path(ctx.config.input).name, examined, catalogs=None)
         except Exception as exc:  # noqa: BLE001 - a diagnosis that fails is recorded, the products stand
             error = f"{type(exc).__name__}: {exc}"
     expected = stage_files(ctx.run, "final")
@@ -328,7 +328,7 @@ def manifest_headerlets(ctx: StepContext) -> list[str]:
     lines = [e.headerlet for e in first if e.final_headerlet in written]
     handed_back = set(ctx.run.output("final", "replace").get("headerlets", []))
     # 3.11 looks in its working directory: the input directory, or a NEWPATH copy holding only this run's files.
-    present = (sorted(p.name for p in ctx.input_dir.iterdir()) if not ctx.config.get("newpath")
+    present = (sorted(p.name for p in ctx.input_dir.iterdir()) if not ctx.config.newpath
                else sorted(handed_back))
     for e in first:
         lines += fnmatch.filter(present, e.database_headerlet_pattern)
@@ -355,14 +355,14 @@ def write_manifest(ctx: StepContext) -> StepResult:
 def cleanup(ctx: StepContext) -> StepResult:
     """Remove the stage directories (kept with ``--debug``) and a NEWPATH working directory."""
     removed = []
-    if ctx.config.get("debug"):
+    if ctx.config.debug:
         return StepResult({"removed": removed, "kept": "debug"})
     for stage in STAGES[1:]:
         p = ctx.stage_dir(stage)
         if p.exists():
             shutil.rmtree(p)
             removed.append(p.name)
-    if ctx.config.get("newpath") and ctx.work_dir != ctx.input_dir and ctx.work_dir.exists():
+    if ctx.config.newpath and ctx.work_dir != ctx.input_dir and ctx.work_dir.exists():
         shutil.rmtree(ctx.work_dir)
         removed.append(str(ctx.work_dir))
     return StepResult({"removed": removed})
