@@ -26,13 +26,11 @@ from .config import (
 )
 from .errors import InputError, Interrupted, LogCorruptError, RunStateError, UsageError
 from .logs import run_log
-from .model import split_input_name, trailer_name
+from .model import STORE_NAME, RunLayout, split_input_name, store_path
 from .model.options import chosen_options
 from .statemachine import RunState, fold
 from .store.eventstore import EventStore, StoreCorrupt, StoreError, VerifyResult
 from .views.banner import does_not_verify, log_facts, unverified_banner
-
-STORE_NAME = "astrodriz_sm.db"
 
 __all__ = ["STORE_NAME", "RunResult", "RunStatus", "explain", "find_run", "open_store", "process", "read_run",
            "replay", "report", "resume", "run_config", "status"]
@@ -92,7 +90,7 @@ def open_store(store: str | os.PathLike | None, directory: Path | None = None, *
     LogCorruptError
         When the file is not a SQLite database or is damaged.
     """
-    path = Path(store) if store else (directory or Path.cwd()) / STORE_NAME
+    path = Path(store) if store else store_path(directory or Path.cwd())
     if not create and not path.is_file():
         raise RunStateError(f"{path}: no event store here (give --store PATH)", str(path))
     try:
@@ -173,11 +171,11 @@ def _result(store: EventStore, run_id: str, report: bool = False) -> RunResult:
 
     row = store.get_run(run_id)
     run = fold(store.events(run_id))
-    input_dir = Path(row["input"]).parent
+    layout = RunLayout(row["root"], Path(row["input"]))
     ended = run.ended or {}
     return RunResult(run_id=run_id, status=ended.get("status", "unfinished"), exit_code=ended.get("exit_code", 1),
-                     products=tuple(input_dir / p for p in ended.get("products", [])),
-                     trailer=input_dir / trailer_name(row["root"]), store=Path(store.path),
+                     products=tuple(layout.input_dir / p for p in ended.get("products", [])),
+                     trailer=layout.trailer, store=Path(store.path),
                      wcsname=run.decision("wcs").get("chosen_wcsname"), reason=ended.get("reason"),
                      report=write_report(*read_run(store, run_id, unverified=True)) if report else None)
 
@@ -212,10 +210,10 @@ def run_config(input: str | os.PathLike, newpath: str | os.PathLike | None = Non
     lease_expiry_from_environment(env, DEFAULT_LEASE_EXPIRY_S)
     if options["force_alignment"] and not options["verify_guiding"]:
         notes.append("-a has no effect without -v: it keeps alignment on when -v finds bad guiding")
-    newpath = Path(newpath).resolve() if newpath else None
+    layout = RunLayout(root, input_path, Path(newpath).resolve() if newpath else None)
     config = RunConfig(
-        input=str(input_path), run_dir=str(newpath / root if newpath else input_path.parent),
-        newpath=str(newpath) if newpath else None, **options,
+        input=str(input_path), run_dir=str(layout.work_dir),
+        newpath=str(layout.newpath) if layout.newpath else None, **options,
         apply_apriori=apply_apriori, compute_aposteriori=compute, reset_idctab=reset_idctab,
         quality_testing=quality_testing, environment=recorded_environment(env), notes=tuple(notes))
     return config, root

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..config import LEASE_EXPIRY_VARIABLE, RECORDED_VARIABLES, RunConfig, product_differences
 from ..errors import CAMPAIGN_RETRY, FINAL, RETRY_ONCE, AstrodrizError, ExitCode, Interrupted, UsageError
+from ..model import store_path
 from ..model.options import chosen_options, start_arguments
 from ..plumbing import size_text
 from ..store.eventstore import utc_now
@@ -47,9 +48,7 @@ class Plan:
 
 def store_of(input: Path) -> Path:
     """An association's event store: ``astrodriz_sm.db`` beside its input, as ``start`` makes it."""
-    from ..api import STORE_NAME
-
-    return input.parent / STORE_NAME
+    return store_path(input.parent)
 
 
 def plan(input: Path, planned: RunConfig | None, retry_failed: bool = False) -> Plan:

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from .. import api
-from ..api import STORE_NAME
 from ..errors import EXIT_CODE_MEANINGS, AstrodrizError, ExitCode, InputError, Interrupted, UsageError
+from ..model import STORE_NAME
 from ..model.options import CHOSEN
 from ..store.eventstore import StoreCorrupt, StoreError
 from ..views.banner import unverified_banner

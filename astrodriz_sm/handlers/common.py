@@ -16,7 +16,7 @@ from astropy.io import fits
 
 from ..config import RunConfig
 from ..errors import InputError
-from ..model import Inputs, stage_directory_name
+from ..model import Inputs, RunLayout
 from ..statemachine import RunState
 
 
@@ -31,10 +31,8 @@ class StepContext:
     config : RunConfig
         The run configuration recorded in ``run.started``.
     stage, step : str
-    input_dir : Path
-        Directory of the input file; changed only by the final ``promote`` step.
-    work_dir : Path
-        Where stage directories live: ``input_dir``, or ``<NEWPATH>/<root>``.
+    layout : RunLayout
+        Every path of the run.
     progress : callable
         ``progress(message, point=None)`` tells the user what a long step is doing; ``point`` names
         the moment for the runner's observer (for example ``'fitted'`` after each fit).
@@ -44,8 +42,7 @@ class StepContext:
     config: RunConfig
     stage: str
     step: str
-    input_dir: Path
-    work_dir: Path
+    layout: RunLayout
     progress: Callable[..., None] = field(default=lambda message, point=None: None)
 
     @property
@@ -63,9 +60,19 @@ class StepContext:
         """Association (or exposure) rootname."""
         return self.run.root
 
+    @property
+    def input_dir(self) -> Path:
+        """Directory of the input file; changed only by the final ``promote`` step."""
+        return self.layout.input_dir
+
+    @property
+    def work_dir(self) -> Path:
+        """Where stage directories live: ``input_dir``, or ``<NEWPATH>/<root>``."""
+        return self.layout.work_dir
+
     def stage_dir(self, stage: str | None = None) -> Path:
         """``<work_dir>/<root>_<stage>``."""
-        return self.work_dir / stage_directory_name(self.root, stage or self.stage)
+        return self.layout.stage_dir(stage or self.stage)
 
 
 def check_fits(path: Path, need_sci: bool = False) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from astropy.io import fits
 
 from ..errors import ProcessingError
-from ..model import STAGES, StepResult, drizzles, manifest_name, original_name, partial_name, promoted_name
+from ..model import StepResult, drizzles, original_name, partial_name, promoted_name
 from ..plumbing import Timer, captured_output, copy_file, hashes, sha256, working_directory
 from ..statemachine import choose_final_wcs, exposures_source, stage_files
 from ..statemachine.state import DECISION, NOTE
@@ -232,12 +232,15 @@ def _handed_back_headerlets(run) -> list[str]:
             + staged.get("alignment_headerlets", []) + staged.get("database_headerlets", []))
 
 
+def _handed_back(ctx: StepContext, headerlets: list[str]) -> tuple[str, ...]:
+    """What the run hands back (:meth:`~astrodriz_sm.model.RunLayout.handed_back`), with these headerlets."""
+    return ctx.layout.handed_back(_final_products(ctx.run), ctx.inputs.exposures.names, headerlets,
+                                  fit_matches(ctx.run), ctx.run.output("final", "quality_analysis").get("written", []))
+
+
 def _promoted_files(ctx: StepContext) -> list[str]:
-    """What the final stage hands back: products, updated exposures, headerlets, matched pairs, quality statistics."""
-    products = _final_products(ctx.run)
-    quality = ctx.run.output("final", "quality_analysis").get("written", [])
-    return (products + ctx.inputs.exposures.names + _handed_back_headerlets(ctx.run) + fit_matches(ctx.run)
-            + quality)
+    """What the final stage hands back: all the run does but the trailer, which the runner writes."""
+    return list(_handed_back(ctx, _handed_back_headerlets(ctx.run))[:-1])
 
 
 def promote(ctx: StepContext) -> StepResult:
@@ -339,13 +342,12 @@ def manifest_headerlets(ctx: StepContext) -> list[str]:
 def write_manifest(ctx: StepContext) -> StepResult:
     """``<root>_manifest.txt`` (``-m``): as runastrodriz 3.11's, one file per line.
 
-    Products, exposures, headerlets (:func:`manifest_headerlets`), the matched pairs of the fit,
-    then the trailer as written (``<input root>.tra``).
+    The list the final stage promoted, with the headerlets as 3.11 lists them
+    (:func:`manifest_headerlets`): products, exposures, headerlets, the matched pairs of the fit, the
+    quality analysis's JSON files, then the trailer.
     """
-    replaced = ctx.run.output("final", "replace")
-    names = (replaced["products"] + ctx.inputs.exposures.names + manifest_headerlets(ctx)
-             + replaced.get("fit_matches", []) + [ctx.run.trailer])
-    path = ctx.input_dir / manifest_name(ctx.root)
+    names = list(_handed_back(ctx, manifest_headerlets(ctx)))
+    path = ctx.layout.manifest
     partial = path.with_name(partial_name(path.name))
     partial.write_text("".join(f"{n}\n" for n in names))
     os.replace(partial, path)
@@ -357,8 +359,7 @@ def cleanup(ctx: StepContext) -> StepResult:
     removed = []
     if ctx.config.debug:
         return StepResult({"removed": removed, "kept": "debug"})
-    for stage in STAGES[1:]:
-        p = ctx.stage_dir(stage)
+    for p in ctx.layout.stage_dirs:
         if p.exists():
             shutil.rmtree(p)
             removed.append(p.name)

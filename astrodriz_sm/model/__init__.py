@@ -24,11 +24,11 @@ from .exposures import (
     qa_json_name,
     report_name,
     split_input_name,
-    stage_directory_name,
     UPDATED_COPIES,
     trailer_name,
 )
 from .inputs import Inputs
+from .layout import STORE_NAME, RunLayout, store_path
 from .steps import (
     ENDS,
     STAGES,
@@ -55,6 +55,7 @@ __all__ = [
     "STAGES",
     "STATES",
     "STEPS",
+    "STORE_NAME",
     "TRANSIENT_SUFFIXES",
     "WCS_STAGES",
     "DetectorParameters",
@@ -62,6 +63,7 @@ __all__ = [
     "ExposureSet",
     "Inputs",
     "Product",
+    "RunLayout",
     "StageStop",
     "StepResult",
     "StepSpec",
@@ -79,10 +81,10 @@ __all__ = [
     "qa_json_name",
     "report_name",
     "split_input_name",
-    "stage_directory_name",
     "UPDATED_COPIES",
     "stage_steps",
     "step_spec",
+    "store_path",
     "trailer_name",
     "wcsname_step",
 ]

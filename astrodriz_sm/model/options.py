@@ -87,8 +87,8 @@ OPTIONS = (
            "no a posteriori alignment to GAIA (ASTROMETRY_COMPUTE_APOSTERIORI overrides it)", True, bool, True,
            inverted=True),
     Option("manifest", ("-m", "--manifest"),
-           "write <root>_manifest.txt: the products, exposures, headerlets, the fit's matched pairs and "
-           "trailer handed back", False, bool, True),
+           "write <root>_manifest.txt: the products, exposures, headerlets, the fit's matched pairs, the "
+           "quality analysis's JSON files and trailer handed back", False, bool, True),
     Option("force_alignment", ("-a", "--force-alignment"), "align even when -v finds bad guiding", False, bool, True),
     # runastrodriz 3.11 declares -v as taking a value (getopt 'v:'), which swallows the next argument;
     # it is a plain switch here.
