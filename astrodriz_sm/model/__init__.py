@@ -32,6 +32,7 @@ from .layout import STORE_NAME, RunLayout, store_path
 from .steps import (
     ENDS,
     STAGES,
+    STAGE_LABELS,
     STATES,
     STEPS,
     WCS_STAGES,
@@ -53,6 +54,7 @@ __all__ = [
     "FLT",
     "INPUT_KINDS",
     "STAGES",
+    "STAGE_LABELS",
     "STATES",
     "STEPS",
     "STORE_NAME",

@@ -14,6 +14,8 @@ ENDS = ("done", "skipped", "failed")
 STATES = STAGES + ENDS
 # The stages whose WCS the products can carry, in the order they run.
 WCS_STAGES = ("default", "apriori", "aposteriori")
+#: How the trailer, explain, the report and the campaign name each WCS stage.
+STAGE_LABELS = {"default": "pipeline-default", "apriori": "a priori", "aposteriori": "a posteriori"}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from ..model import WCS_STAGES, last_step
+from ..model import STAGE_LABELS, WCS_STAGES, last_step
 from ..statemachine import stop_reason
 from ..statemachine.state import RunState
 
@@ -21,7 +21,6 @@ CHECKS = ("focus", "overlap_similarity", "similarity_to_default")
 STAGE_GUARDS = {"default": "drizcorr_perform", "apriori": "apriori_possible",
                 "aposteriori": "aposteriori_possible"}
 SOURCES = {"default": "pipeline default", "apriori": "astrometry database"}
-STAGE_LABELS = {"default": "pipeline-default", "apriori": "a priori", "aposteriori": "a posteriori"}
 
 
 def _finite(value):

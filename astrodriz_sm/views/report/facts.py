@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import InputError
-from ...model import WCS_STAGES, RunLayout, wcsname_step
+from ...model import STAGE_LABELS, WCS_STAGES, RunLayout, wcsname_step
 from ...plumbing import sha256
 from ...statemachine import fold
 from ...statemachine.state import (
@@ -26,7 +26,7 @@ from ...statemachine.state import (
     STEP_STARTED,
 )
 from ..banner import log_facts
-from ..explain import STAGE_LABELS, explain
+from ..explain import explain
 
 # The focus check's floor: a product's focus index above this share of the singles' mean passes
 # the lower bound whatever their spread (drizzlepac's evaluate_focus).
