@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .config import (
-    CENTROID_METHODS,
     RunConfig,
     lease_expiry_from_environment,
     pipeline_switches_from_environment,
@@ -27,12 +26,11 @@ from .config import (
 )
 from .errors import InputError, Interrupted, LogCorruptError, RunStateError, UsageError
 from .logs import run_log
-from .model import split_input_name, trailer_name
+from .model import STORE_NAME, RunLayout, split_input_name, store_path
+from .model.options import chosen_options
 from .statemachine import RunState, fold
 from .store.eventstore import EventStore, StoreCorrupt, StoreError, VerifyResult
 from .views.banner import does_not_verify, log_facts, unverified_banner
-
-STORE_NAME = "astrodriz_sm.db"
 
 __all__ = ["STORE_NAME", "RunResult", "RunStatus", "explain", "find_run", "open_store", "process", "read_run",
            "replay", "report", "resume", "run_config", "status"]
@@ -92,7 +90,7 @@ def open_store(store: str | os.PathLike | None, directory: Path | None = None, *
     LogCorruptError
         When the file is not a SQLite database or is damaged.
     """
-    path = Path(store) if store else (directory or Path.cwd()) / STORE_NAME
+    path = Path(store) if store else store_path(directory or Path.cwd())
     if not create and not path.is_file():
         raise RunStateError(f"{path}: no event store here (give --store PATH)", str(path))
     try:
@@ -173,23 +171,21 @@ def _result(store: EventStore, run_id: str, report: bool = False) -> RunResult:
 
     row = store.get_run(run_id)
     run = fold(store.events(run_id))
-    input_dir = Path(row["input"]).parent
+    layout = RunLayout(row["root"], Path(row["input"]))
     ended = run.ended or {}
     return RunResult(run_id=run_id, status=ended.get("status", "unfinished"), exit_code=ended.get("exit_code", 1),
-                     products=tuple(input_dir / p for p in ended.get("products", [])),
-                     trailer=input_dir / trailer_name(row["root"]), store=Path(store.path),
+                     products=tuple(layout.input_dir / p for p in ended.get("products", [])),
+                     trailer=layout.trailer, store=Path(store.path),
                      wcsname=run.decision("wcs").get("chosen_wcsname"), reason=ended.get("reason"),
                      report=write_report(*read_run(store, run_id, unverified=True)) if report else None)
 
 
-def run_config(input: str | os.PathLike, newpath: str | os.PathLike | None = None, *, force: bool = False,
-               inmemory: bool = False, basic: bool = False, num_cores: int | None = None, debug: bool = False,
-               align_to_gaia: bool = True, manifest: bool = False, force_alignment: bool = False,
-               verify_guiding: bool = False, environ: Mapping[str, str] | None = None,
-               centroids: str = "drizzlepac") -> tuple[RunConfig, str]:
+def run_config(input: str | os.PathLike, newpath: str | os.PathLike | None = None, *,
+               environ: Mapping[str, str] | None = None, **options) -> tuple[RunConfig, str]:
     """The configuration :func:`process` would record for these arguments, and the input's rootname.
 
     Nothing is run and no store is opened: a campaign compares it with a finished run's configuration.
+    ``options`` are :func:`process`'s run options (the rows of :data:`astrodriz_sm.model.options.CHOSEN`).
 
     Raises
     ------
@@ -200,39 +196,37 @@ def run_config(input: str | os.PathLike, newpath: str | os.PathLike | None = Non
     from .store.eventstore import DEFAULT_LEASE_EXPIRY_S
 
     env = dict(os.environ if environ is None else environ)
-    if num_cores is not None and num_cores < 1:
-        raise UsageError(f"num_cores must be at least 1, not {num_cores}")
-    if centroids not in CENTROID_METHODS:
-        raise UsageError(f"centroids must be one of {', '.join(CENTROID_METHODS)}, not {centroids!r}")
+    try:
+        options = chosen_options(options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     input_path = Path(input).resolve()
     if not input_path.parent.is_dir():
         raise InputError(f"{input_path}: directory does not exist", str(input_path))
     _, root = input_kind(input_path)
-    apply_apriori, compute, notes = switches_from_environment(env, align_to_gaia)
+    apply_apriori, compute, notes = switches_from_environment(env, options["align_to_gaia"])
     reset_idctab, quality_testing = pipeline_switches_from_environment(env)
     # Checked before the run starts, so that a bad value does not leave an unfinished run behind.
     lease_expiry_from_environment(env, DEFAULT_LEASE_EXPIRY_S)
-    if force_alignment and not verify_guiding:
+    if options["force_alignment"] and not options["verify_guiding"]:
         notes.append("-a has no effect without -v: it keeps alignment on when -v finds bad guiding")
-    newpath = Path(newpath).resolve() if newpath else None
+    layout = RunLayout(root, input_path, Path(newpath).resolve() if newpath else None)
     config = RunConfig(
-        input=str(input_path), run_dir=str(newpath / root if newpath else input_path.parent),
-        newpath=str(newpath) if newpath else None, force=force, inmemory=inmemory, basic=basic,
-        num_cores=num_cores, debug=debug, align_to_gaia=align_to_gaia, manifest=manifest,
-        force_alignment=force_alignment, verify_guiding=verify_guiding,
+        input=str(input_path), run_dir=str(layout.work_dir),
+        newpath=str(layout.newpath) if layout.newpath else None, **options,
         apply_apriori=apply_apriori, compute_aposteriori=compute, reset_idctab=reset_idctab,
-        quality_testing=quality_testing, centroids=centroids,
-        environment=recorded_environment(env), notes=tuple(notes))
+        quality_testing=quality_testing, environment=recorded_environment(env), notes=tuple(notes))
     return config, root
 
 
-def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, *, force: bool = False,
-            inmemory: bool = False, basic: bool = False, num_cores: int | None = None, debug: bool = False,
-            align_to_gaia: bool = True, manifest: bool = False, force_alignment: bool = False,
-            verify_guiding: bool = False, environ: Mapping[str, str] | None = None, store: str | os.PathLike | None = None,
+def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, *,
+            environ: Mapping[str, str] | None = None, store: str | os.PathLike | None = None,
             log_json: str | os.PathLike | None = None, console: bool = True, resume_unfinished: bool = False,
-            restart: bool = False, observer=None, centroids: str = "drizzlepac", report: bool = False) -> RunResult:
+            restart: bool = False, observer=None, report: bool = False, **options) -> RunResult:
     """Process an association or exposure, as ``runastrodriz.process`` does.
+
+    The run options (``force`` ... ``centroids`` below) are the rows of
+    :data:`astrodriz_sm.model.options.CHOSEN`, which holds their defaults and checks their values.
 
     Parameters
     ----------
@@ -298,10 +292,7 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
     from .runner import Runner, start_run
 
     env = dict(os.environ if environ is None else environ)
-    config, root = run_config(input, newpath, force=force, inmemory=inmemory, basic=basic, num_cores=num_cores,
-                              debug=debug, align_to_gaia=align_to_gaia, manifest=manifest,
-                              force_alignment=force_alignment, verify_guiding=verify_guiding, environ=env,
-                              centroids=centroids)
+    config, root = run_config(input, newpath, environ=env, **options)
     input_path = Path(config.input)
     with run_log(log_json, console) as log:
         events = open_store(store, input_path.parent, create=True)

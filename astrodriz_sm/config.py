@@ -7,9 +7,10 @@ The configuration is resolved once, before the run starts, and recorded in the
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
+from .model.options import PRODUCT_SETTINGS
 from .model.switches import (
     ENV_APPLY_APRIORI,
     ENV_COMPUTE_APOSTERIORI,
@@ -70,13 +71,12 @@ def parse_switch(name: str, value: str | None, default: bool = True) -> bool:
     raise ConfigError(f"{name}={value!r}: expected one of on/yes/true or off/no/false")
 
 
-#: Source positions the a posteriori fit can use: drizzlepac 3.11's, or PSF-fitted ones.
-CENTROID_METHODS = ("drizzlepac", "psf")
-
-
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that decides what a run does, captured once at its start."""
+    """Everything that decides what a run does, captured once at its start.
+
+    Its option fields are the rows of :data:`astrodriz_sm.model.options.OPTIONS`, in that order.
+    """
 
     input: str
     run_dir: str
@@ -107,16 +107,11 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
         """Rebuild from the run-started event payload."""
-        d = dict(d)
+        names = {f.name for f in fields(cls)}
+        # The run-started event also holds the rootname, which is the run's, not the configuration's.
+        d = {k: v for k, v in d.items() if k in names}
         d["notes"] = tuple(d.get("notes", ()))
         return cls(**d)
-
-
-# What makes two runs of one input give the same products: the options and switches, and the reference
-# files' directories. Not the cores, the working directory (NEWPATH), the service URLs or the notes.
-PRODUCT_SETTINGS = ("force", "inmemory", "basic", "debug", "align_to_gaia", "manifest", "force_alignment",
-                    "verify_guiding", "apply_apriori", "compute_aposteriori", "reset_idctab", "quality_testing",
-                    "centroids")
 
 
 def product_differences(recorded: dict, planned: RunConfig) -> list[str]:
@@ -131,7 +126,8 @@ def product_differences(recorded: dict, planned: RunConfig) -> list[str]:
     Returns
     -------
     list of str
-        ``name: recorded -> planned`` for each setting of :data:`PRODUCT_SETTINGS` and each reference
+        ``name: recorded -> planned`` for each option that changes products (not the cores, the
+        working directory, the service URLs or the notes) and each reference
         directory that differs; empty when the products would be the same.
     """
     wanted = planned.as_dict()

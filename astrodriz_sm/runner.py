@@ -25,7 +25,8 @@ import structlog
 from .config import SERVICE_SETTINGS, RunConfig, lease_expiry_from_environment
 from .errors import AstrodrizError, ExitCode, ProcessingError, RunStateError
 from .handlers.common import StepContext, library_fallbacks, payload_logs
-from .model import STAGES, last_step, partial_name, stage_directory_name, stage_steps, step_spec, trailer_name
+from .model.options import PRODUCT_SETTINGS
+from .model import STAGES, RunLayout, last_step, partial_name, stage_steps, step_spec
 from .plumbing import Timer, sha256
 from .statemachine import STOP_STAGE, fold, next_action, plan, stage_files
 from .statemachine.rules import HANDLER_RULES, decisions_after, decisions_before
@@ -80,8 +81,7 @@ def fingerprint(run) -> dict:
     paths = run.inputs.reference_paths if run.inputs else {}
     for key, path in sorted(paths.items()):
         refs[key] = {"name": Path(path).name, "sha256": sha256(path) if Path(path).exists() else None}
-    options = {k: run.config.get(k) for k in ("force", "inmemory", "basic", "num_cores", "apply_apriori",
-                                               "compute_aposteriori", "centroids")}
+    options = {k: getattr(RunConfig.from_dict(run.config), k) for k in PRODUCT_SETTINGS}
     return {"astrodriz_sm": VERSION, "libraries": library_versions(), "references": refs, "options": options}
 
 
@@ -277,7 +277,7 @@ class Runner:
     def write_trailer(self) -> Path | None:
         """Render the trailer from the log into ``<input dir>/<root>.tra`` (atomically)."""
         events = self.events()
-        path = Path(self.run_row["input"]).parent / trailer_name(self.run_row["root"])
+        path = RunLayout(self.run_row["root"], Path(self.run_row["input"])).trailer
         if not path.parent.exists():
             return None
         tmp = path.with_name(partial_name(path.name))
@@ -355,7 +355,7 @@ class Runner:
                 reason = f"fingerprint of {stage}/{step} changed ({', '.join(changed)})"
                 break
         if reason is None:
-            d = Path(self._context(run, stage, "").stage_dir())
+            d = RunLayout.of(run.config, run.root).stage_dir(stage)
             for name, digest in sorted(stage_files(run, stage).items()):
                 actual = sha256(d / name) if (d / name).exists() else None
                 if actual != digest:
@@ -418,16 +418,14 @@ class Runner:
                 self._end(run)
 
     def _context(self, run, stage: str, step: str, decisions: dict | None = None) -> StepContext:
-        input_dir = Path(run.config["input"]).parent
-        work_dir = Path(run.config["newpath"]) / run.root if run.config.get("newpath") else input_dir
-
         def progress(message: str, point: str | None = None) -> None:
             self.log.info("progress", stage=stage, step=step, message=message)
             if point is not None:
                 self._observe(stage, step, point)
 
-        return StepContext(run=run, stage=stage, step=step, input_dir=input_dir, work_dir=work_dir,
-                           progress=progress, decisions=dict(decisions or {}), rules=HANDLER_RULES)
+        return StepContext(run=run, config=RunConfig.from_dict(run.config), stage=stage, step=step,
+                           layout=RunLayout.of(run.config, run.root), progress=progress,
+                           decisions=dict(decisions or {}), rules=HANDLER_RULES)
 
     def _failed(self, stage: str, step: str, payload: dict) -> None:
         self.log.error("step failed", stage=stage, step=step, error=payload["message"])
@@ -504,10 +502,10 @@ class Runner:
                    "log_share": round(self.log_seconds / seconds, 5)}
         if status == "failed":
             # What a failed run leaves for a look (and what the next start replaces).
-            work = self._context(run, status, "").work_dir
-            kept = [work / stage_directory_name(run.root, s) for s in STAGES[1:]]
-            if work != Path(run.config["input"]).parent:
-                kept.append(work)
+            layout = RunLayout.of(run.config, run.root)
+            kept = list(layout.stage_dirs)
+            if layout.work_dir != layout.input_dir:
+                kept.append(layout.work_dir)
             payload["kept_directories"] = [str(p) for p in kept if p.is_dir()]
         self.append(status, "", RUN_ENDED, payload)
         self.log.info("run ended", stage=status, status=status, exit_code=int(code))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from astrodriz_sm.handlers import HANDLERS
@@ -11,7 +13,9 @@ from astrodriz_sm.model import (
     Exposure,
     ExposureSet,
     Inputs,
+    STORE_NAME,
     Product,
+    RunLayout,
     detector_parameters,
     last_step,
     split_input_name,
@@ -86,7 +90,6 @@ def test_inputs_round_trip_through_their_payload():
     assert payload["flc"] == [f"{m}_flc.fits" for m in MEMBERS] and payload["trailer"] == f"{ROOT}.tra"
     assert payload["exptimes"] == {n: 350.0 for n in inputs.exposures.names}
     assert Inputs.from_payload(payload) == inputs
-    assert inputs.stage_directory("apriori") == f"{ROOT}_apriori"
     assert inputs.detector_parameters == DETECTORS[("WFC3", "UVIS")]
 
 
@@ -124,3 +127,35 @@ def test_default_stage_singles_use_verify_alignments_default_good_bits():
     assert [sbc.verification_good_bits(s) for s in ("default", "apriori", "aposteriori")] == [512, 0, 0]
     ir = detector_parameters("WFC3", "IR")
     assert [ir.verification_good_bits(s) for s in ("default", "aposteriori")] == [512, 512]
+
+
+@pytest.mark.parametrize("newpath", [None, "/scratch/node7"])
+def test_layout_of_an_association(newpath):
+    layout = RunLayout.of({"input": f"/data/{ROOT}_asn.fits", "newpath": newpath}, ROOT)
+    work = f"/scratch/node7/{ROOT}" if newpath else "/data"
+    assert str(layout.work_dir) == work
+    assert [str(p) for p in layout.stage_dirs] == [f"{work}/{ROOT}_{s}" for s in ("default", "apriori",
+                                                                                  "aposteriori", "final")]
+    # What the run hands back stays beside the input, wherever it works.
+    assert [str(p) for p in (layout.input_dir, layout.trailer, layout.manifest, layout.report(), layout.qa_json(),
+                             layout.store)] == [
+        "/data", f"/data/{ROOT}.tra", f"/data/{ROOT}_manifest.txt", f"/data/{ROOT}_report.html",
+        f"/data/{ROOT}_qa.json", f"/data/{STORE_NAME}"]
+    assert str(layout.report("/reports")) == f"/reports/{ROOT}_report.html"
+
+
+@pytest.mark.parametrize("newpath", [None, "/scratch"])
+def test_layout_of_a_singleton(newpath):
+    root = MEMBERS[0]
+    layout = RunLayout.of({"input": f"/data/{root}_flc.fits", "newpath": newpath}, root)
+    assert str(layout.stage_dir("default")) == (f"/scratch/{root}/{root}_default" if newpath
+                                                else f"/data/{root}_default")
+    assert (layout.trailer.name, layout.store.parent.as_posix()) == (f"{root}.tra", "/data")
+
+
+def test_the_handed_back_list_ends_with_the_trailer_and_holds_the_quality_json():
+    layout = RunLayout(ROOT, Path(f"/data/{ROOT}_asn.fits"))
+    assert layout.handed_back([f"{ROOT}_drc.fits"], [f"{MEMBERS[0]}_flc.fits"], [f"{MEMBERS[0]}_hlet.fits"],
+                              [f"{ROOT}_fit_matches.ecsv"], [f"{MEMBERS[0]}_cal_qa_astrometry_resids.json"]) == (
+        f"{ROOT}_drc.fits", f"{MEMBERS[0]}_flc.fits", f"{MEMBERS[0]}_hlet.fits", f"{ROOT}_fit_matches.ecsv",
+        f"{MEMBERS[0]}_cal_qa_astrometry_resids.json", f"{ROOT}.tra")

@@ -7,9 +7,9 @@
 writes its report page. See ``docs/campaigns.md``.
 """
 
-from .driver import BatchResult, StartOptions, judge, plan, read_input_list, run_batch
+from .driver import BatchResult, judge, plan, read_input_list, run_batch
 from .ledger import LEDGER_NAME, Attempt, Ledger, LedgerCorrupt, LedgerError
 from .status import campaign_summary, render_status
 
-__all__ = ["LEDGER_NAME", "Attempt", "BatchResult", "Ledger", "LedgerCorrupt", "LedgerError", "StartOptions", "campaign_summary",
+__all__ = ["LEDGER_NAME", "Attempt", "BatchResult", "Ledger", "LedgerCorrupt", "LedgerError", "campaign_summary",
            "judge", "plan", "read_input_list", "render_status", "run_batch"]

@@ -15,11 +15,13 @@ import os
 import signal
 import sys
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config import LEASE_EXPIRY_VARIABLE, RECORDED_VARIABLES, RunConfig, product_differences
 from ..errors import CAMPAIGN_RETRY, FINAL, RETRY_ONCE, AstrodrizError, ExitCode, Interrupted, UsageError
+from ..model import store_path
+from ..model.options import chosen_options, start_arguments
 from ..plumbing import size_text
 from ..store.eventstore import utc_now
 from .ledger import DONE, FAILED, FOUND, RETRY, SKIPPED, Attempt, Ledger, LedgerError
@@ -29,36 +31,10 @@ from .worker import Job, Outcome, run_association
 # Variables of the driver's environment every association's process gets, on whichever worker: what
 # the runs record, and the lease expiry.
 JOB_VARIABLES = (*RECORDED_VARIABLES, LEASE_EXPIRY_VARIABLE)
-# start's switches, by the name run_config knows them.
-_FLAGS = {"force": "-f", "inmemory": "-i", "basic": "-b", "debug": "-d", "manifest": "-m",
-          "force_alignment": "-a", "verify_guiding": "-v"}
 # The Dask resource each worker offers and a retry for memory asks for, in bytes.
 MEMORY_RESOURCE = "MEMORY"
 # The name of every association's task (the dashboard's task group).
 TASK_PREFIX = "association"
-
-
-@dataclass(frozen=True)
-class StartOptions:
-    """The ``astrodriz-sm start`` options of every association of a campaign (their meaning is start's)."""
-
-    force: bool = False
-    inmemory: bool = False
-    basic: bool = False
-    num_cores: int = 1
-    debug: bool = False
-    align_to_gaia: bool = True
-    manifest: bool = False
-    force_alignment: bool = False
-    verify_guiding: bool = False
-    centroids: str = "drizzlepac"
-
-    def arguments(self) -> tuple[str, ...]:
-        """The command-line form."""
-        args = [flag for name, flag in _FLAGS.items() if getattr(self, name)]
-        if not self.align_to_gaia:
-            args.append("-g")
-        return (*args, "-n", str(self.num_cores), "--centroids", self.centroids)
 
 
 @dataclass(frozen=True)
@@ -72,9 +48,7 @@ class Plan:
 
 def store_of(input: Path) -> Path:
     """An association's event store: ``astrodriz_sm.db`` beside its input, as ``start`` makes it."""
-    from ..api import STORE_NAME
-
-    return input.parent / STORE_NAME
+    return store_path(input.parent)
 
 
 def plan(input: Path, planned: RunConfig | None, retry_failed: bool = False) -> Plan:
@@ -239,7 +213,7 @@ def _largest_memory_offer(client) -> int | None:
     return int(max(offers)) if offers else None
 
 
-def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os.PathLike, workers: int = 2,
+def run_batch(inputs: list[str], options: dict, *, ledger_path: str | os.PathLike, workers: int = 2,
               memory_limit: str | None = None, scheduler: str | None = None, scratch: str | None = None,
               task_memory: int | None = None, max_attempts: int = 3, retry_failed: bool = False,
               environ: dict | None = None, dashboard_address: str = ":8787", out=None) -> BatchResult:
@@ -249,8 +223,9 @@ def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os
     ----------
     inputs : list of str
         Input files, as ``start`` takes them.
-    options : StartOptions
-        ``start``'s options for every association (``-n 1`` unless told otherwise).
+    options : dict
+        ``start``'s run options for every association, by their API names
+        (:data:`astrodriz_sm.model.options.CHOSEN`); ``num_cores`` is 1 unless told otherwise.
     ledger_path : path
         The campaign ledger (created if missing).
     workers, memory_limit : int, str
@@ -283,6 +258,11 @@ def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os
     from ..api import run_config
 
     out = sys.stderr if out is None else out
+    try:
+        # One core each unless told otherwise: the cluster runs one association per worker thread.
+        options = chosen_options({"num_cores": 1, **options})
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     env = dict(os.environ if environ is None else environ)
     job_env = {k: env[k] for k in JOB_VARIABLES if k in env}
     ledger = Ledger(ledger_path, create=True)
@@ -293,7 +273,7 @@ def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os
         raise
     result = BatchResult()
     resolved = list(dict.fromkeys(str(Path(i).resolve()) for i in inputs))
-    batch_id = ledger.begin_batch(len(resolved), {**asdict(options), "workers": workers, "scheduler": scheduler,
+    batch_id = ledger.begin_batch(len(resolved), {**options, "workers": workers, "scheduler": scheduler,
                                                   "memory_limit": memory_limit, "scratch": scratch,
                                                   "task_memory": task_memory, "max_attempts": max_attempts})
     pending: dict[str, Job] = {}
@@ -301,7 +281,7 @@ def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os
     for text in resolved:
         path = Path(text)
         try:
-            planned, root = run_config(path, scratch, environ=env, **asdict(options))
+            planned, root = run_config(path, scratch, environ=env, **options)
         except AstrodrizError:
             planned, root = None, path.name.split("_")[0]
         roots[text] = root
@@ -319,7 +299,7 @@ def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os
                                       wcs_type=summary["wcs_type"]))
             result.verdicts[text] = (verdict, summary["exit_code"])
             continue
-        pending[text] = Job(text, str(store_of(path)), p.action, p.run_id, options.arguments(), scratch, job_env,
+        pending[text] = Job(text, str(store_of(path)), p.action, p.run_id, start_arguments(options), scratch, job_env,
                             task_memory)
     ledger.describe_batch(batch_id, already_done=result.already_done)
     progress = Progress(len(resolved), out)
@@ -363,7 +343,7 @@ def run_batch(inputs: list[str], options: StartOptions, *, ledger_path: str | os
                 if verdict == RETRY:
                     path = Path(text)
                     try:
-                        planned = run_config(path, scratch, environ=env, **asdict(options))[0]
+                        planned = run_config(path, scratch, environ=env, **options)[0]
                     except AstrodrizError:
                         planned = None
                     p = plan(path, planned, retry_failed=True)

@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from ..model import STAGE_LABELS
 from ..statemachine import RunState, fold
 from ..store.eventstore import EventStore, StoreError
 
 # What a store says about a run: read, or why not.
 NO_RUN, STORE_MISSING, STORE_UNREADABLE, RUN_MISSING, READ = (
     "no run", "store missing", "store unreadable", "run not in its store", "read")
-# WCS type of the final products, by the stage whose WCS the final decision chose.
-WCS_TYPES = {"default": "default", "apriori": "a priori", "aposteriori": "a posteriori"}
+# WCS type of the final products, by the stage whose WCS the final decision chose; the ledgers
+# written so far call the pipeline-default WCS "default".
+WCS_TYPES = {**STAGE_LABELS, "default": "default"}
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ from collections import Counter
 
 from ..plumbing import size_text
 from .ledger import Ledger, process_attempts, state_of
+from .runs import WCS_TYPES
 
 STATES = ("done", "skipped", "failed", "unfinished", "pending")
-WCS_TYPE_ORDER = ("default", "a priori", "a posteriori")
+WCS_TYPE_ORDER = tuple(WCS_TYPES.values())
 
 
 def campaign_summary(ledger: Ledger, slowest: int = 5) -> dict:

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from .. import api
-from ..api import STORE_NAME
-from ..config import CENTROID_METHODS
 from ..errors import EXIT_CODE_MEANINGS, AstrodrizError, ExitCode, InputError, Interrupted, UsageError
+from ..model import STORE_NAME
+from ..model.options import CHOSEN
 from ..store.eventstore import StoreCorrupt, StoreError
 from ..views.banner import unverified_banner
 
@@ -36,11 +36,8 @@ def _print_report(files) -> None:
 
 def cmd_start(args) -> int:
     return _report_end(api.process(
-        args.input, args.newpath, force=args.force, inmemory=args.inmemory, basic=args.basic,
-        num_cores=args.num_cores, debug=args.debug, align_to_gaia=not args.no_gaia, manifest=args.manifest,
-        force_alignment=args.force_alignment, verify_guiding=args.verify_guiding, store=args.store,
-        log_json=args.log_json, console=not args.quiet, resume_unfinished=args.resume, restart=args.restart,
-        centroids=args.centroids, report=args.report))
+        args.input, args.newpath, store=args.store, log_json=args.log_json, console=not args.quiet,
+        resume_unfinished=args.resume, restart=args.restart, report=args.report, **run_options(args)))
 
 
 def cmd_resume(args) -> int:
@@ -119,16 +116,12 @@ def _size(text: str) -> int:
 
 
 def cmd_batch(args) -> int:
-    from ..campaign import StartOptions, read_input_list, run_batch
+    from ..campaign import read_input_list, run_batch
 
     inputs = list(args.inputs) + (read_input_list(args.from_file) if args.from_file else [])
     if not inputs:
         raise UsageError("batch: give INPUT files or --from-file LIST")
-    options = StartOptions(force=args.force, inmemory=args.inmemory, basic=args.basic, num_cores=args.num_cores,
-                           debug=args.debug, align_to_gaia=not args.no_gaia, manifest=args.manifest,
-                           force_alignment=args.force_alignment, verify_guiding=args.verify_guiding,
-                           centroids=args.centroids)
-    result = run_batch(inputs, options, ledger_path=args.ledger, workers=args.workers,
+    result = run_batch(inputs, run_options(args), ledger_path=args.ledger, workers=args.workers,
                        memory_limit=args.memory_limit, scheduler=args.scheduler, scratch=args.scratch,
                        task_memory=args.task_memory, max_attempts=args.max_attempts, retry_failed=args.retry_failed,
                        dashboard_address=args.dashboard_address, out=io.StringIO() if args.quiet else sys.stderr)
@@ -240,29 +233,23 @@ def _at_least_one(text: str) -> int:
 
 
 def add_processing_options(s, num_cores_default: int | None = None) -> None:
-    """start's processing options (runastrodriz's), on ``start`` and on ``batch``."""
-    s.add_argument("-f", "--force", action="store_true", help="process even when DRIZCORR is OMIT")
-    s.add_argument("-i", "--inmemory", action="store_true", help="final AstroDrizzle keeps intermediates in memory")
-    s.add_argument("-b", "--basic", action="store_true", help="basic mode: write no headerlets")
-    s.add_argument("-n", "--num-cores", type=_at_least_one, metavar="N", default=num_cores_default,
-                   help="cores for AstroDrizzle" + (f" (default {num_cores_default})" if num_cores_default else ""))
-    s.add_argument("--centroids", choices=CENTROID_METHODS, default=CENTROID_METHODS[0],
-                   help="source positions of the a posteriori fit: drizzlepac's (default), or PSF-fitted "
-                        "ones, unbiased on undersampled PSFs (WFC3/IR)")
-    s.add_argument("-d", "--debug", action="store_true",
-                   help="keep the stage directories and write each verified product's focus JSON")
-    s.add_argument("-g", "--no-gaia", action="store_true",
-                   help="no a posteriori alignment to GAIA (ASTROMETRY_COMPUTE_APOSTERIORI overrides it)")
-    s.add_argument("-m", "--manifest", action="store_true",
-                   help="write <root>_manifest.txt: the products, exposures, headerlets, the fit's matched "
-                        "pairs and trailer handed back")
-    s.add_argument("-a", "--force-alignment", action="store_true",
-                   help="align even when -v finds bad guiding")
-    # runastrodriz 3.11 declares -v as taking a value (getopt 'v:'), which swallows the next argument;
-    # it is a plain switch here.
-    s.add_argument("-v", "--verify-guiding", action="store_true",
-                   help="check each exposure's guiding; one with bad guiding is not processed (unless -f) "
-                        "and turns alignment off (unless -a)")
+    """start's processing options (runastrodriz's), on ``start`` and on ``batch``: the chosen rows of
+    :data:`astrodriz_sm.model.options.OPTIONS`, each under its RunConfig name."""
+    for o in CHOSEN:
+        if o.type is bool:
+            s.add_argument(*o.flags, dest=o.name, action="store_false" if o.inverted else "store_true",
+                           help=o.help)
+        elif o.type is int:
+            default = num_cores_default if o.name == "num_cores" else o.default
+            s.add_argument(*o.flags, dest=o.name, type=_at_least_one, metavar="N", default=default,
+                           help=o.help + (f" (default {default})" if default else ""))
+        else:
+            s.add_argument(*o.flags, dest=o.name, choices=o.choices, default=o.default, help=o.help)
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    """The API's run options from parsed ``start`` or ``batch`` arguments."""
+    return {o.name: getattr(args, o.name) for o in CHOSEN}
 
 
 def add_run_argument(parser, default: str = "the store's latest run") -> None:

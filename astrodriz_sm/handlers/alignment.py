@@ -401,7 +401,7 @@ def align(ctx: StepContext) -> StepResult:
                 methods = table.get_fit_methods()
                 if len(table.process_list) == 1:
                     methods.remove("relative")
-                if ctx.config.get("centroids") == "psf":
+                if ctx.config.centroids == "psf":
                     # Before the first configure_fit, which renames the position columns.
                     ctx.progress("PSF-fitted source positions")
                     refined = refine_catalogs(table.extracted_sources, mask_bits=pars["sat_flags"])
@@ -460,7 +460,7 @@ def align(ctx: StepContext) -> StepResult:
         finally:
             table.close()
     payload = {"excluded": excluded, "sources_found": found, "catalogs": catalogs, "methods": methods,
-               "centroids": {"method": ctx.config.get("centroids") or "drizzlepac", "refined": centroids},
+               "centroids": {"method": ctx.config.centroids, "refined": centroids},
                "common_wcs": wcs, "fit_limits": limits, "seconds": t.elapsed, "log": out.getvalue(),
                "requests_failed": [f.__dict__ for f in requests_log.failures]}
     if abandoned:
@@ -517,7 +517,7 @@ def conclude(ctx: StepContext) -> StepResult:
     updated = d / UPDATED_COPIES
     if ctx.stage == "apriori" and updated.exists():
         if decision["kept"]:
-            if not ctx.config.get("debug"):
+            if not ctx.config.debug:
                 shutil.rmtree(updated)
         else:
             # runastrodriz 3.11's restore_pipeline_default: updatewcs(use_db=False) makes the
@@ -526,7 +526,7 @@ def conclude(ctx: StepContext) -> StepResult:
             with captured_output(), working_directory(updated):
                 runastrodriz.restore_pipeline_default(names)
             restored = hashes(updated, names)
-    if not decision["kept"] and d.exists() and not ctx.config.get("debug"):
+    if not decision["kept"] and d.exists() and not ctx.config.debug:
         keep = set(database_headerlets_written(ctx.run)) if ctx.stage == "apriori" else set()
         if restored is not None:
             keep.add(UPDATED_COPIES)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from astropy.io import fits
 
+from ..config import RunConfig
 from ..errors import InputError
-from ..model import Inputs, stage_directory_name
+from ..model import Inputs, RunLayout
 
 
 @dataclass
@@ -27,11 +28,11 @@ class StepContext:
     ----------
     run : RunState
         The folded state before the step.
+    config : RunConfig
+        The run configuration recorded in ``run.started``.
     stage, step : str
-    input_dir : Path
-        Directory of the input file; changed only by the final ``promote`` step.
-    work_dir : Path
-        Where stage directories live: ``input_dir``, or ``<NEWPATH>/<root>``.
+    layout : RunLayout
+        Every path of the run.
     progress : callable
         ``progress(message, point=None)`` tells the user what a long step is doing; ``point`` names
         the moment for the runner's observer (for example ``'fitted'`` after each fit).
@@ -45,23 +46,18 @@ class StepContext:
     """
 
     run: Any  # the folded RunState
+    config: RunConfig
     stage: str
     step: str
-    input_dir: Path
-    work_dir: Path
+    layout: RunLayout
     progress: Callable[..., None] = field(default=lambda message, point=None: None)
     decisions: dict = field(default_factory=dict)
     rules: Any = None
 
     @property
-    def config(self) -> dict:
-        """The run configuration from ``run.started``."""
-        return self.run.config
-
-    @property
     def cores(self) -> int:
         """Cores the step may use: ``-n``, else every core this process may run on."""
-        return self.config.get("num_cores") or len(os.sched_getaffinity(0))
+        return self.config.num_cores or len(os.sched_getaffinity(0))
 
     @property
     def inputs(self) -> Inputs:
@@ -73,9 +69,19 @@ class StepContext:
         """Association (or exposure) rootname."""
         return self.run.root
 
+    @property
+    def input_dir(self) -> Path:
+        """Directory of the input file; changed only by the final ``promote`` step."""
+        return self.layout.input_dir
+
+    @property
+    def work_dir(self) -> Path:
+        """Where stage directories live: ``input_dir``, or ``<NEWPATH>/<root>``."""
+        return self.layout.work_dir
+
     def stage_dir(self, stage: str | None = None) -> Path:
         """``<work_dir>/<root>_<stage>``."""
-        return self.work_dir / stage_directory_name(self.root, stage or self.stage)
+        return self.layout.stage_dir(stage or self.stage)
 
 
 def check_fits(path: Path, need_sci: bool = False) -> None:

@@ -256,11 +256,11 @@ def drizzle_parameters(ctx: StepContext, product: Product, final: bool) -> dict:
     pars = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in pars.items()}
     pars.update(PIPELINE_PARS)
     pars.update(mdriztab=False, resetbits=4096, crbit=4096,
-                num_cores=ctx.config.get("num_cores"))
+                num_cores=ctx.config.num_cores)
     if wfpc2:
         pars.update(final_fillval="INDEF", driz_sep_kernel="turbo", driz_sep_fillval=0.0, resetbits=0)
     if final:
-        pars.update(in_memory=bool(ctx.config.get("inmemory")), clean=True)
+        pars.update(in_memory=ctx.config.inmemory, clean=True)
     elif plan["parameters"] == "final":
         # No alignment stage follows: runastrodriz 3.11 verifies nothing and drizzles its final products
         # at once. The default stage drizzles exactly as the final stage does, keeping its intermediate

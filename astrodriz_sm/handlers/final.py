@@ -11,7 +11,7 @@ from pathlib import Path
 from astropy.io import fits
 
 from ..errors import ProcessingError
-from ..model import STAGES, StepResult, drizzles, manifest_name, original_name, partial_name, promoted_name
+from ..model import StepResult, drizzles, original_name, partial_name, promoted_name
 from ..model.events import NOTE
 from ..plumbing import Timer, captured_output, copy_file, hashes, sha256, working_directory
 from .common import StepContext
@@ -31,7 +31,7 @@ def stage_inputs(ctx: StepContext) -> StepResult:
     When that WCS is the a posteriori fit, the fit's matched pairs (``fit_matches``) are copied too:
     they are handed back with the products that carry the fit.
     """
-    if not drizzles(ctx.inputs, ctx.config):
+    if not drizzles(ctx.inputs, ctx.run.config):
         # DRIZCORR=OMIT: the exposures as delivered, as init read them.
         return StepResult({**copy_into_stage(ctx, ctx.input_dir, ctx.inputs.input_hashes), "fit_matches": []})
     chosen = ctx.run.output("final", "choose_wcs")["chosen_stage"]
@@ -130,7 +130,7 @@ def update_headers(ctx: StepContext) -> StepResult:
 
     d = ctx.stage_dir()
     names = ctx.inputs.exposures.names
-    drizzled = drizzles(ctx.inputs, ctx.config)
+    drizzled = drizzles(ctx.inputs, ctx.run.config)
     products = [p.name for p in ctx.inputs.products("final")] if drizzled else []
     completed = ctx.inputs.exposures.lists[0][0].name if drizzled and ctx.inputs.kind != "asn" else None
     with captured_output(), working_directory(d):
@@ -193,7 +193,7 @@ def quality_analysis(ctx: StepContext) -> StepResult:
     ctx.progress(f"quality analysis of {len(examined)} exposures")
     with Timer() as t, captured_output() as out, working_directory(d):
         try:
-            qa.run_all(Path(ctx.config["input"]).name, examined, catalogs=None)
+            qa.run_all(Path(ctx.config.input).name, examined, catalogs=None)
         except Exception as exc:  # noqa: BLE001 - a diagnosis that fails is recorded, the products stand
             error = f"{type(exc).__name__}: {exc}"
     expected = ctx.run.stage_files("final")
@@ -230,12 +230,15 @@ def _handed_back_headerlets(run) -> list[str]:
             + staged.get("alignment_headerlets", []) + staged.get("database_headerlets", []))
 
 
+def _handed_back(ctx: StepContext, headerlets: list[str]) -> tuple[str, ...]:
+    """What the run hands back (:meth:`~astrodriz_sm.model.RunLayout.handed_back`), with these headerlets."""
+    return ctx.layout.handed_back(_final_products(ctx.run), ctx.inputs.exposures.names, headerlets,
+                                  fit_matches(ctx.run), ctx.run.output("final", "quality_analysis").get("written", []))
+
+
 def _promoted_files(ctx: StepContext) -> list[str]:
-    """What the final stage hands back: products, updated exposures, headerlets, matched pairs, quality statistics."""
-    products = _final_products(ctx.run)
-    quality = ctx.run.output("final", "quality_analysis").get("written", [])
-    return (products + ctx.inputs.exposures.names + _handed_back_headerlets(ctx.run) + fit_matches(ctx.run)
-            + quality)
+    """What the final stage hands back: all the run does but the trailer, which the runner writes."""
+    return list(_handed_back(ctx, _handed_back_headerlets(ctx.run))[:-1])
 
 
 def promote(ctx: StepContext) -> StepResult:
@@ -326,7 +329,7 @@ def manifest_headerlets(ctx: StepContext) -> list[str]:
     lines = [e.headerlet for e in first if e.final_headerlet in written]
     handed_back = set(ctx.run.output("final", "replace").get("headerlets", []))
     # 3.11 looks in its working directory: the input directory, or a NEWPATH copy holding only this run's files.
-    present = (sorted(p.name for p in ctx.input_dir.iterdir()) if not ctx.config.get("newpath")
+    present = (sorted(p.name for p in ctx.input_dir.iterdir()) if not ctx.config.newpath
                else sorted(handed_back))
     for e in first:
         lines += fnmatch.filter(present, e.database_headerlet_pattern)
@@ -337,13 +340,12 @@ def manifest_headerlets(ctx: StepContext) -> list[str]:
 def write_manifest(ctx: StepContext) -> StepResult:
     """``<root>_manifest.txt`` (``-m``): as runastrodriz 3.11's, one file per line.
 
-    Products, exposures, headerlets (:func:`manifest_headerlets`), the matched pairs of the fit,
-    then the trailer as written (``<input root>.tra``).
+    The list the final stage promoted, with the headerlets as 3.11 lists them
+    (:func:`manifest_headerlets`): products, exposures, headerlets, the matched pairs of the fit, the
+    quality analysis's JSON files, then the trailer.
     """
-    replaced = ctx.run.output("final", "replace")
-    names = (replaced["products"] + ctx.inputs.exposures.names + manifest_headerlets(ctx)
-             + replaced.get("fit_matches", []) + [ctx.run.trailer])
-    path = ctx.input_dir / manifest_name(ctx.root)
+    names = list(_handed_back(ctx, manifest_headerlets(ctx)))
+    path = ctx.layout.manifest
     partial = path.with_name(partial_name(path.name))
     partial.write_text("".join(f"{n}\n" for n in names))
     os.replace(partial, path)
@@ -353,14 +355,13 @@ def write_manifest(ctx: StepContext) -> StepResult:
 def cleanup(ctx: StepContext) -> StepResult:
     """Remove the stage directories (kept with ``--debug``) and a NEWPATH working directory."""
     removed = []
-    if ctx.config.get("debug"):
+    if ctx.config.debug:
         return StepResult({"removed": removed, "kept": "debug"})
-    for stage in STAGES[1:]:
-        p = ctx.stage_dir(stage)
+    for p in ctx.layout.stage_dirs:
         if p.exists():
             shutil.rmtree(p)
             removed.append(p.name)
-    if ctx.config.get("newpath") and ctx.work_dir != ctx.input_dir and ctx.work_dir.exists():
+    if ctx.config.newpath and ctx.work_dir != ctx.input_dir and ctx.work_dir.exists():
         shutil.rmtree(ctx.work_dir)
         removed.append(str(ctx.work_dir))
     return StepResult({"removed": removed})

@@ -251,7 +251,7 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
     StepResult
         Payload with ``inputs`` (:meth:`Inputs.to_payload`) and ``environment_update``.
     """
-    input_path = Path(ctx.config["input"])
+    input_path = Path(ctx.config.input)
     input_dir = input_path.parent
     kind, root = input_kind(input_path)
     if not input_path.exists():
@@ -338,7 +338,7 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
     first = facts[exposures.verified[0].name]
     header_references = first["references"]
     resets = {}
-    if ctx.config.get("reset_idctab"):
+    if ctx.config.reset_idctab:
         resets, reset_notes = idctab_resets(input_dir, exposures.names, facts)
         notes += reset_notes
         if exposures.verified[0].name in resets:
@@ -401,7 +401,7 @@ def verify_guiding(ctx: StepContext) -> StepResult:
     from drizzlepac.haputils import analyze
 
     inputs = ctx.inputs
-    force, force_alignment = bool(ctx.config.get("force")), bool(ctx.config.get("force_alignment"))
+    force, force_alignment = ctx.config.force, ctx.config.force_alignment
     facts, guiding, bad, log = [], {}, [], []
     ctx.progress(f"verifying the guiding of {len(inputs.exposures.verified)} exposures")
     for exposure in inputs.exposures.verified:
@@ -431,7 +431,7 @@ def verify_guiding(ctx: StepContext) -> StepResult:
         removed = [n for n in inputs.exposures.names if split_input_name(n)[1] in roots]
         kept = {k: tuple(e for e in getattr(inputs.exposures, k) if e.rootname not in roots) for k in (FLT, FLC)}
         if not any(kept.values()):
-            input_path = Path(ctx.config["input"])
+            input_path = Path(ctx.config.input)
             raise NoViableDataError(f"{input_path}: no viable data: every exposure has bad guiding (-v): {bad_names}",
                                     str(input_path))
         changes.update(exposures=ExposureSet(kept[FLT], kept[FLC]),

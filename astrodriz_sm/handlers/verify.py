@@ -184,7 +184,7 @@ def verify_alignment(ctx: StepContext) -> StepResult:
                      f"{n_drizzled} single-drizzle images")
         workers = ctx.cores
         results.append(focus_check(d, product, ctx.inputs.detector_parameters.focus_sigma,
-                                   d / focus_json_name(product.name, ctx.stage) if ctx.config.get("debug") else None,
+                                   d / focus_json_name(product.name, ctx.stage) if ctx.config.debug else None,
                                    workers=workers))
         results.append(overlap_check(d, product, workers=workers))
     if ctx.stage != "default":

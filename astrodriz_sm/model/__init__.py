@@ -24,15 +24,15 @@ from .exposures import (
     qa_json_name,
     report_name,
     split_input_name,
-    stage_directory_name,
     UPDATED_COPIES,
     trailer_name,
 )
 from .inputs import Inputs
+from .layout import STORE_NAME, RunLayout, store_path
 from .steps import (
     ENDS,
-    STAGE_LABELS,
     STAGES,
+    STAGE_LABELS,
     STATES,
     STEPS,
     WCS_STAGES,
@@ -54,8 +54,10 @@ __all__ = [
     "FLT",
     "INPUT_KINDS",
     "STAGES",
+    "STAGE_LABELS",
     "STATES",
     "STEPS",
+    "STORE_NAME",
     "TRANSIENT_SUFFIXES",
     "WCS_STAGES",
     "DetectorParameters",
@@ -63,6 +65,7 @@ __all__ = [
     "ExposureSet",
     "Inputs",
     "Product",
+    "RunLayout",
     "StepResult",
     "StepSpec",
     "detector_parameters",
@@ -79,10 +82,10 @@ __all__ = [
     "qa_json_name",
     "report_name",
     "split_input_name",
-    "stage_directory_name",
     "UPDATED_COPIES",
     "stage_steps",
     "step_spec",
+    "store_path",
     "trailer_name",
     "wcsname_step",
 ]

@@ -1,9 +1,9 @@
 """Exposures, the lists a run drizzles, and the products made from them.
 
 Every file name of a run is made here: calibrated exposures (``_flt``, ``_flc``), RAW files,
-single-drizzle images, products (``_drz``, ``_drc``), AstroDrizzle runfiles, headerlets, stage
-directories, the trailer, the fit's matched pairs and the report. Other modules ask; none of them
-builds a name.
+single-drizzle images, products (``_drz``, ``_drc``), AstroDrizzle runfiles, headerlets, the
+trailer, the fit's matched pairs and the report; the paths a run gives them are :mod:`.layout`'s.
+Other modules ask; none of them builds a name.
 """
 
 from __future__ import annotations
@@ -66,11 +66,6 @@ def focus_json_name(product: str, stage: str) -> str:
     """
     mode = "default-pipeline" if stage == "default" else stage
     return f"{product.removesuffix('.fits')}_{mode}_focus.json"
-
-
-def stage_directory_name(root: str, stage: str) -> str:
-    """``<root>_<stage>``: where a stage works on its copies."""
-    return f"{root}_{stage}"
 
 
 # Inside the a priori stage's directory: its exposures as the database update left them, before

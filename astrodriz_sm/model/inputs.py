@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .detectors import DetectorParameters, detector_parameters
-from .exposures import Exposure, ExposureSet, Product, stage_directory_name, trailer_name
+from .exposures import Exposure, ExposureSet, Product, trailer_name
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,6 @@ class Inputs:
     def trailer(self) -> str:
         """``<root>.tra``."""
         return trailer_name(self.root)
-
-    def stage_directory(self, stage: str) -> str:
-        """``<root>_<stage>``."""
-        return stage_directory_name(self.root, stage)
 
     def products(self, stage: str, alignment_follows: bool = False) -> list[Product]:
         """The products ``stage`` drizzles (see :meth:`ExposureSet.drizzled_in`)."""

@@ -14,7 +14,7 @@ ENDS = ("done", "skipped", "failed")
 STATES = STAGES + ENDS
 # The stages whose WCS the products can carry, in the order they run.
 WCS_STAGES = ("default", "apriori", "aposteriori")
-# How a reader names them.
+#: How the trailer, explain, the report and the campaign name each WCS stage.
 STAGE_LABELS = {"default": "pipeline-default", "apriori": "a priori", "aposteriori": "a posteriori"}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from ..model.options import TRAILER_KEYS
 from ..statemachine.state import (
     CANDIDATE,
     DECISION,
@@ -136,9 +137,7 @@ def _run_started(p: dict) -> list[str]:
     cfg = p["config"]
     out = [f"run started: input {cfg['input']}", f"    astrodriz-sm {p.get('version')}; libraries "
            + ", ".join(f"{k} {v}" for k, v in sorted(p.get("libraries", {}).items()))]
-    for k in ("run_dir", "newpath", "force", "inmemory", "basic", "num_cores", "debug", "align_to_gaia",
-              "manifest", "force_alignment", "verify_guiding", "apply_apriori", "compute_aposteriori",
-              "reset_idctab", "quality_testing", "centroids"):
+    for k in TRAILER_KEYS:
         out.append(f"    {k}: {_fmt(cfg.get(k))}")
     for k, v in sorted(cfg.get("environment", {}).items()):
         out.append(f"    environment {k}={v}")

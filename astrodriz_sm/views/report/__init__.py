@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import InputError
-from ...model import partial_name, qa_json_name, report_name
+from ...model import RunLayout, partial_name
 
 __all__ = ["ReportFiles", "write_report"]
 
@@ -63,14 +63,15 @@ def write_report(row: dict, events, check, output: str | os.PathLike | None = No
     from .qa import write_qa_json
 
     facts = run_facts(row, events, check)
-    directory = Path(output) if output else Path(row["input"]).parent
+    layout = RunLayout(facts["root"], Path(row["input"]))
+    html = layout.report(Path(output) if output else None)
+    directory = html.parent
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        html = directory / report_name(facts["root"])
         partial = html.with_name(partial_name(html.name))
         partial.write_text(render_run_page(facts), encoding="utf-8")
         os.replace(partial, html)
-        qa = write_qa_json(facts, directory / qa_json_name(facts["root"]))
+        qa = write_qa_json(facts, layout.qa_json(directory))
     except OSError as exc:
         where = exc.filename or str(directory)
         raise InputError(f"{where}: cannot write the report: {exc.strerror or exc}", str(where)) from None

@@ -13,7 +13,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from ...model import report_name
+from ...model import RunLayout
 from ...plumbing import size_text
 from ...statemachine import fold
 from ...statemachine.state import STEP_FAILED
@@ -74,7 +74,7 @@ def association_facts(entry: dict, output_dir: Path) -> dict:
         out["failed_step"] = {"where": f"{failed[-1].stage}/{failed[-1].step}",
                               "message": failed[-1].payload.get("message")}
     out["interrupted"] = [f"{a.stage}/{a.step}" for a in timeline(events)["attempts"] if a.outcome == "interrupted"]
-    page = Path(entry["input"]).parent / report_name(run.root or entry["root"])
+    page = RunLayout(run.root or entry["root"], Path(entry["input"])).report()
     if page.is_file():
         out["report"] = Path(os.path.relpath(page, output_dir)).as_posix()
     return out

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import InputError
-from ...model import STAGE_LABELS, WCS_STAGES, Product, stage_directory_name, wcsname_step
+from ...model import STAGE_LABELS, WCS_STAGES, RunLayout, wcsname_step
 from ...plumbing import sha256
 from ...statemachine import fold
 from ...statemachine.state import (
@@ -214,16 +214,17 @@ def products(run, input_dir: Path) -> list[dict]:
     replaced = run.output("final", "replace")
     final_entries = {p["product"]: p for p in run.output("final", "astrodrizzle").get("products", [])}
     wcsname = run.decision("wcs").get("chosen_wcsname")
+    verified = run.inputs.verified_product if run.inputs is not None else None
     for name in (run.ended or {}).get("products", []):
         path = _checked(input_dir / name, replaced.get("files", {}).get(name), "product")
         out.append({"stage": "final", "name": name, "path": path, "wcsname": wcsname,
+                    "verified": verified is not None and name == verified.name,
                     "exposures": [input_dir / e for e in final_entries.get(name, {}).get("inputs", [])]})
-    if run.inputs is None:
+    if verified is None:
         return out
-    verified = Product(run.root, run.inputs.exposures.verified)
-    work_dir = Path(run.config["newpath"]) / run.root if run.config.get("newpath") else input_dir
+    layout = RunLayout.of(run.config, run.root)
     for stage in WCS_STAGES:
-        stage_dir = work_dir / stage_directory_name(run.root, stage)
+        stage_dir = layout.stage_dir(stage)
         entry = next((p for p in run.output(stage, "astrodrizzle").get("products", [])
                       if p["product"] == verified.name), None)
         kept = stage == "default" or run.decision(f"{stage}_stage").get("kept")
@@ -231,7 +232,7 @@ def products(run, input_dir: Path) -> list[dict]:
         # Stage directories stay only with -d; a product there is shown only as its stage left it.
         if entry is None or not kept or not path.is_file() or sha256(path) != entry.get("sha256"):
             continue
-        out.append({"stage": stage, "name": verified.name, "path": path,
+        out.append({"stage": stage, "name": verified.name, "path": path, "verified": True,
                     "wcsname": run.output(stage, wcsname_step(stage)).get("wcsname"),
                     "exposures": [stage_dir / e for e in entry["inputs"]]})
     return out

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import InputError
-from ...model import FLC, partial_name
-from ...model.exposures import PRODUCT_SUFFIX
+from ...model import partial_name
 from ...plumbing import captured_output
 
 DATA_SOURCE = "astrodriz-sm report"
@@ -25,9 +24,7 @@ DATA_SOURCE = "astrodriz-sm report"
 
 def _header_file(f: dict) -> Path:
     """The file whose primary header heads the QA JSON: the final verified product, else an exposure."""
-    finals = [p["path"] for p in f["products"] if p["stage"] == "final"]
-    # The DRC (CTE-corrected) is the product runastrodriz verifies when there is one.
-    finals.sort(key=lambda p: not p.name.endswith(f"_{PRODUCT_SUFFIX[FLC]}.fits"))
+    finals = [p["path"] for p in f["products"] if p["stage"] == "final" and p["verified"]]
     if finals:
         return finals[0]
     input_dir = Path(f["input"]).parent
