@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from .config import (
     RunConfig,
+    input_kind,
     lease_expiry_from_environment,
     pipeline_switches_from_environment,
     recorded_environment,
@@ -192,7 +193,6 @@ def run_config(input: str | os.PathLike, newpath: str | os.PathLike | None = Non
     AstrodrizError
         As :func:`process` before a run starts.
     """
-    from .handlers.init import input_kind
     from .store.eventstore import DEFAULT_LEASE_EXPIRY_S
 
     env = dict(os.environ if environ is None else environ)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
+from .model import split_input_name
 from .model.options import PRODUCT_SETTINGS
 from .model.switches import (
     ENV_APPLY_APRIORI,
@@ -241,3 +243,24 @@ def lease_expiry_from_environment(environ: dict | None, default: float) -> float
     if not value > 0:
         raise ConfigError(f"{LEASE_EXPIRY_VARIABLE}={text!r}: expected a positive number of seconds")
     return value
+
+
+def input_kind(path: Path) -> tuple[str, str]:
+    """Classify the input file by its suffix.
+
+    Returns
+    -------
+    kind : str
+        ``'asn'``, ``'raw'``, ``'flt'`` or ``'flc'``.
+    root : str
+        The rootname that names the trailer: ``<root>.tra``.
+
+    Raises
+    ------
+    InputError
+        For any other file name.
+    """
+    parsed = split_input_name(path.name)
+    if parsed is not None:
+        return parsed
+    raise InputError(f"{path}: expected an _asn, _raw, _flt or _flc FITS file (WFPC2: _c0m or _d0m)", str(path))

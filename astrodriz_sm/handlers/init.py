@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from ..config import input_kind
 from ..errors import InputError, NoViableDataError, ProcessingError
 from ..model import (
     DETECTORS,
@@ -32,27 +33,6 @@ REFERENCE_KEYWORDS = ("IDCTAB", "NPOLFILE", "D2IMFILE", "MDRIZTAB")
 # The ASN rows that name the product, in asnutil.readASNTable's order of preference.
 PRODUCT_ROWS = ("PROD-DTH", "PROD-RPT", "PROD-CRJ")
 _ROOTNAME = re.compile(r"^[a-z0-9]{6,12}$")
-
-
-def input_kind(path: Path) -> tuple[str, str]:
-    """Classify the input file by its suffix.
-
-    Returns
-    -------
-    kind : str
-        ``'asn'``, ``'raw'``, ``'flt'`` or ``'flc'``.
-    root : str
-        The rootname that names the trailer: ``<root>.tra``.
-
-    Raises
-    ------
-    InputError
-        For any other file name.
-    """
-    parsed = split_input_name(path.name)
-    if parsed is not None:
-        return parsed
-    raise InputError(f"{path}: expected an _asn, _raw, _flt or _flc FITS file (WFPC2: _c0m or _d0m)", str(path))
 
 
 def read_association(path: Path) -> tuple[list[str], str]:
