@@ -20,7 +20,8 @@ from ..numerics.matches import matched_pairs
 from ..plumbing import Timer, captured_output, copy_file, hashes, working_directory
 from .centroids import refine_catalogs
 from .common import StepContext
-from .drizzle import CR_DQ_BITS, copy_into_stage, identifies_cosmic_rays
+from .drizzle import identifies_cosmic_rays
+from .staging import CR_DQ_BITS, copy_into_stage
 from .matches import write_matched_pairs
 from .network import PROBE_TIMEOUT, bounded_requests, probe, service_timeout, service_url
 from .sources import alignment_table

@@ -1,212 +1,25 @@
-"""Steps shared by the stages: stage copies, updatewcs, AstroDrizzle.
-
-Each stage works on copies in ``<root>_<stage>/``; the inputs in the run directory are touched
-only by the final stage's promote step.
-"""
+"""AstroDrizzle in every stage: its parameters, one run or two at once, the child process of each."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from ..errors import ProcessingError
 from ..model import Product, StepResult
-from ..model.events import NOTE
 from ..plumbing import Timer, captured_output, copy_file, hashes, working_directory
 from .common import StepContext
 
 # Parameters runastrodriz imposes on every pipeline AstroDrizzle call (PIPELINE_PARS), plus the
 # cosmic-ray settings of the default stage.
 PIPELINE_PARS = {"stepsize": 10, "preserve": False, "build": True}
-# The DQ bits of cosmic rays runastrodriz clears before identifying them again.
-CR_DQ_BITS = "4096,8192"
-
-
-def copy_into_stage(ctx: StepContext, source_dir: Path, expected: dict | None = None) -> dict:
-    """Fresh copies of the calibrated exposures in this stage's directory.
-
-    The directory is emptied first: a step redone after a crash starts from clean copies.
-
-    Parameters
-    ----------
-    ctx : StepContext
-    source_dir : Path
-    expected : dict, optional
-        ``{file: sha256}`` the source files must have (what their stage recorded).
-
-    Raises
-    ------
-    ProcessingError
-        When a source file no longer has the recorded content.
-    """
-    dest = ctx.stage_dir()
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    names = ctx.inputs.exposures.names
-    for n in names:
-        copy_file(source_dir / n, dest / n)
-    copied = hashes(dest, names)
-    for n, digest in copied.items():
-        if expected and n in expected and expected[n] != digest:
-            raise ProcessingError(f"{source_dir / n}: changed since its stage recorded it "
-                                  f"(sha256 {digest[:12]} != {expected[n][:12]}); start a new run", str(source_dir / n))
-    return {"directory": dest.name, "source": str(source_dir), "files": copied}
-
-
-def stage_inputs(ctx: StepContext) -> StepResult:
-    """Copy the exposures from the run directory into ``<root>_default/``.
-
-    With ``PIPELINE_RESET_IDCTAB`` the copies whose IDCTAB differs from their RAW file's (as init
-    found them) get the RAW file's IDCTAB, so that ``updatewcs`` builds the pipeline-default WCS
-    from it; the inputs themselves change only when the final stage hands the results back.
-
-    Returns
-    -------
-    StepResult
-        The copies and their hashes; ``idctab_reset`` (``{file: {'from', 'to', 'raw'}}``) and a
-        ``note`` per file reset.
-    """
-    from drizzlepac import resetbits
-
-    staged = copy_into_stage(ctx, ctx.input_dir, ctx.inputs.input_hashes)
-    names = ctx.inputs.exposures.names
-    d = ctx.stage_dir()
-    if ctx.decisions["alignment_follows"]["follows"]:
-        # runastrodriz 3.11 verifies the default products when an alignment stage follows, on the
-        # cosmic-ray path: the verified list's cosmic-ray flags (4096, 8192) are cleared first, in
-        # the files it hands back (verify_alignment's find_crs=True).
-        cleared = [e.name for e in ctx.inputs.exposures.verified]
-        with captured_output():
-            for name in cleared:
-                resetbits.reset_dq_bits(str(d / name), CR_DQ_BITS)
-        staged.update(files=hashes(d, names), dq_bits_reset={"bits": CR_DQ_BITS, "files": cleared})
-    resets = {n: change for n, change in ctx.inputs.idctab_reset.items() if n in names}
-    if not resets:
-        return StepResult(staged)
-    for name, change in resets.items():
-        with fits.open(d / name, mode="update") as hdul:
-            hdul[0].header["IDCTAB"] = change["to"]
-    staged.update(files=hashes(d, names), idctab_reset=resets)
-    return StepResult(staged, facts=[
-        (NOTE, {"message": f"PIPELINE_RESET_IDCTAB: IDCTAB of {name} reset from {change['from']} to {change['to']} "
-                           f"(that of {change['raw']})"}) for name, change in resets.items()])
-
-
-def _wcsnames(path: Path) -> list[str]:
-    with fits.open(path, memmap=False) as hdul:
-        return [str(h.header.get("WCSNAME", "")) for h in hdul if h.name == "SCI"]
-
-
-def _sky_footprint_key(name: str) -> tuple:
-    """The SCI WCS keywords a file's sky footprint depends on."""
-    with fits.open(name, memmap=False) as hdul:
-        return tuple((h.header.get("NAXIS1"), h.header.get("NAXIS2"),
-                      *(repr(v) for k, v in h.header.items() if k.startswith(("CRVAL", "CRPIX", "CD", "CTYPE",
-                                                                               "A_", "B_", "D2IM", "NPOL"))))
-                     for h in hdul if h.name == "SCI")
-
-
-def _skycell_value(name: str) -> str:
-    from drizzlepac.haputils.cell_utils import get_sky_cells
-
-    return "; ".join(cell[8:] for cell in (get_sky_cells([name]) or {}))
-
-
-def add_skycells(names: list[str], workers: int = 1) -> dict:
-    """SKYCELL in every SCI header, as drizzlepac's ``add_skycell_to_header`` writes it.
-
-    That function computes the sky cells of the whole file once per SCI extension; the value
-    depends on the file's footprint only, so it is computed once per distinct WCS (an FLT and its
-    FLC share theirs) and written to every extension, after S_REGION, as drizzlepac places it.
-    The distinct footprints are computed in ``workers`` child processes (about 8 s each for a
-    full-frame ACS/WFC exposure, in pure Python).
-
-    Returns
-    -------
-    dict
-        File name -> SKYCELL value ('' when drizzlepac finds none).
-    """
-    keys = {name: _sky_footprint_key(name) for name in names}
-    first = {}  # footprint -> the first file that has it
-    for name, key in keys.items():
-        first.setdefault(key, name)
-    if workers > 1 and len(first) > 1:
-        with ProcessPoolExecutor(min(workers, len(first)), mp_context=multiprocessing.get_context("fork")) as pool:
-            values = list(pool.map(_skycell_value, first.values()))
-    else:
-        values = [_skycell_value(name) for name in first.values()]
-    known = dict(zip(first, values))
-    written = {}
-    for name in names:
-        value = written[name] = known[keys[name]]
-        if not value:
-            continue
-        with fits.open(name, mode="update") as hdul:
-            for h in hdul:
-                if h.name != "SCI":
-                    continue
-                if "SKYCELL" in h.header:
-                    h.header["SKYCELL"] = (value, "Skycell(s) that this image occupies")
-                else:
-                    h.header.insert("S_REGION", ("SKYCELL", value, "Skycell(s) that this image occupies"),
-                                    after=True)
-    return written
-
-
-def updatewcs(ctx: StepContext) -> StepResult:
-    """Apply the distortion model: ``updatewcs(use_db=False)`` to the pipeline-default WCS.
-
-    As runastrodriz 3.11 does, S_REGION is computed first and SKYCELL after.
-
-    Returns
-    -------
-    StepResult
-        The WCSNAME every exposure got (``IDC_<idctab root>``), output hashes and the library log.
-
-    Raises
-    ------
-    ProcessingError
-        When stwcs fails or the resulting WCSNAME is not ``IDC_<idctab root>``.
-    """
-    from drizzlepac.haputils import processing_utils
-    from stwcs.updatewcs import updatewcs as stwcs_updatewcs
-
-    d = ctx.stage_dir()
-    idctab = ctx.inputs.references.get("IDCTAB", "")
-    expected = "IDC_" + Path(idctab.split("$")[-1]).name.split("_idc")[0] if idctab else None
-    groups = [[e.name for e in g] for g in ctx.inputs.exposures.lists]
-    ctx.progress(f"updatewcs(use_db=False) on {sum(map(len, groups))} exposures")
-    with Timer() as t, captured_output() as out, working_directory(d):
-        # runastrodriz 3.11 writes S_REGION from the header's WCS as delivered, before any updatewcs,
-        # and SKYCELL from the pipeline-default WCS after it; later stages leave both alone.
-        for name in (n for g in groups for n in g):
-            processing_utils.compute_sregion(name)
-        for group in [[e.name for e in g] for g in ctx.inputs.updated_lists]:
-            try:
-                stwcs_updatewcs(list(group), use_db=False, checkfiles=False)
-            except Exception as exc:
-                raise ProcessingError(f"{d / group[0]}: updatewcs failed: {exc}", str(d / group[0])) from exc
-        add_skycells([n for g in groups for n in g], workers=ctx.cores)
-    names = {n: _wcsnames(d / n) for g in groups for n in g}
-    found = sorted({w for ws in names.values() for w in ws})
-    if expected and found != [expected]:
-        raise ProcessingError(f"{d}: updatewcs gave WCSNAME {found}, expected {expected}", str(d))
-    return StepResult({"wcsname": found[0] if len(found) == 1 else found, "wcsnames": names,
-                       "files": hashes(d, [n for g in groups for n in g]), "seconds": t.elapsed,
-                       "log": out.getvalue()})
-
-
 def identifies_cosmic_rays(run, stage: str) -> bool:
     """The recorded ``<stage>_cosmic_rays`` decision of an alignment stage: cosmic rays identified again."""
     return bool(run.decision(f"{stage}_cosmic_rays").get("identify"))

@@ -16,7 +16,8 @@ from ..model.events import NOTE
 from ..plumbing import Timer, captured_output, copy_file, hashes, sha256, working_directory
 from .common import StepContext
 from .alignment import database_headerlets_written, exposures_directory
-from .drizzle import copy_into_stage, run_astrodrizzle
+from .drizzle import run_astrodrizzle
+from .staging import copy_into_stage
 
 
 def choose_wcs(ctx: StepContext) -> StepResult:

@@ -79,8 +79,8 @@ STEPS = (
     StepSpec("init", "verify_guiding", "init.verify_guiding",
              applies=lambda inputs, config: bool(config.get("verify_guiding")) and inputs.instrument != "WFPC2"
              and drizzles(inputs, config)),
-    _stage_work("default", "stage_inputs", "drizzle.stage_inputs"),
-    _stage_work("default", "updatewcs", "drizzle.updatewcs", yields_wcsname=True),
+    _stage_work("default", "stage_inputs", "staging.stage_inputs"),
+    _stage_work("default", "updatewcs", "wcs.updatewcs", yields_wcsname=True),
     _stage_work("default", "astrodrizzle", "drizzle.run_astrodrizzle"),
     StepSpec("default", "verify_alignment", "verify.verify_alignment", reads_stage_directory=True),
     *_alignment_stage("apriori", _stage_work("apriori", "updatewcs", "alignment.apriori_updatewcs", may_stop=True,
