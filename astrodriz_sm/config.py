@@ -7,12 +7,11 @@ The configuration is resolved once, before the run starts, and recorded in the
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import ConfigError, InputError
 from .model import split_input_name
-from .model.options import PRODUCT_SETTINGS
+from .model.options import PRODUCT_SETTINGS, RunConfig
 from .model.switches import (
     ENV_APPLY_APRIORI,
     ENV_COMPUTE_APOSTERIORI,
@@ -71,49 +70,6 @@ def parse_switch(name: str, value: str | None, default: bool = True) -> bool:
     if v in _OFF:
         return False
     raise ConfigError(f"{name}={value!r}: expected one of on/yes/true or off/no/false")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that decides what a run does, captured once at its start.
-
-    Its option fields are the rows of :data:`astrodriz_sm.model.options.OPTIONS`, in that order.
-    """
-
-    input: str
-    run_dir: str
-    newpath: str | None = None
-    force: bool = False
-    inmemory: bool = False
-    basic: bool = False
-    num_cores: int | None = None
-    debug: bool = False
-    align_to_gaia: bool = True
-    manifest: bool = False
-    force_alignment: bool = False
-    verify_guiding: bool = False
-    apply_apriori: bool = True
-    compute_aposteriori: bool = True
-    reset_idctab: bool = False
-    quality_testing: bool = False
-    centroids: str = "drizzlepac"
-    environment: dict = field(default_factory=dict)
-    notes: tuple = ()
-
-    def as_dict(self) -> dict:
-        """Plain-JSON form for the run-started event."""
-        d = asdict(self)
-        d["notes"] = list(self.notes)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RunConfig:
-        """Rebuild from the run-started event payload."""
-        names = {f.name for f in fields(cls)}
-        # The run-started event also holds the rootname, which is the run's, not the configuration's.
-        d = {k: v for k, v in d.items() if k in names}
-        d["notes"] = tuple(d.get("notes", ()))
-        return cls(**d)
 
 
 def product_differences(recorded: dict, planned: RunConfig) -> list[str]:

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import structlog
 
-from .config import SERVICE_SETTINGS, RunConfig, lease_expiry_from_environment
+from .config import SERVICE_SETTINGS, lease_expiry_from_environment
 from .errors import AstrodrizError, ExitCode, ProcessingError, RunStateError
 from .handlers.common import StepContext, library_fallbacks, payload_logs
 from .model.options import PRODUCT_SETTINGS
-from .model import STAGES, RunLayout, last_step, partial_name, stage_steps, step_spec
+from .model import STAGES, RunConfig, RunLayout, last_step, partial_name, stage_steps, step_spec
 from .plumbing import Timer, sha256
 from .statemachine import STOP_STAGE, fold, next_action, plan, stage_files
 from .statemachine.rules import HANDLER_RULES, decisions_after, decisions_before
@@ -81,7 +81,7 @@ def fingerprint(run) -> dict:
     paths = run.inputs.reference_paths if run.inputs else {}
     for key, path in sorted(paths.items()):
         refs[key] = {"name": Path(path).name, "sha256": sha256(path) if Path(path).exists() else None}
-    options = {k: getattr(RunConfig.from_dict(run.config), k) for k in PRODUCT_SETTINGS}
+    options = {k: getattr(run.options, k) for k in PRODUCT_SETTINGS}
     return {"astrodriz_sm": VERSION, "libraries": library_versions(), "references": refs, "options": options}
 
 
@@ -423,7 +423,7 @@ class Runner:
             if point is not None:
                 self._observe(stage, step, point)
 
-        return StepContext(run=run, config=RunConfig.from_dict(run.config), stage=stage, step=step,
+        return StepContext(run=run, config=run.options, stage=stage, step=step,
                            layout=RunLayout.of(run.config, run.root), progress=progress,
                            decisions=dict(decisions or {}), rules=HANDLER_RULES)
 

@@ -7,7 +7,7 @@ import pytest
 
 from astrodriz_sm.api import run_config
 from astrodriz_sm.cli.main import build_parser, run_options
-from astrodriz_sm.config import RunConfig
+from astrodriz_sm.model.options import RunConfig
 from astrodriz_sm.errors import UsageError
 from astrodriz_sm.model.options import (
     CHOSEN,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from astrodriz_sm.config import RunConfig, parse_switch, switches_from_environment
+from astrodriz_sm.config import parse_switch, switches_from_environment
+from astrodriz_sm.model.options import RunConfig
 from astrodriz_sm.errors import ConfigError, ProcessingError
 from astrodriz_sm.model import STEPS, Exposure, ExposureSet, Inputs, StepResult
 from astrodriz_sm.statemachine import rules

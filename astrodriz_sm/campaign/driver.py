@@ -18,7 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..config import LEASE_EXPIRY_VARIABLE, RECORDED_VARIABLES, RunConfig, product_differences
+from ..config import LEASE_EXPIRY_VARIABLE, RECORDED_VARIABLES, product_differences
+from ..model.options import RunConfig
 from ..errors import CAMPAIGN_RETRY, FINAL, RETRY_ONCE, AstrodrizError, ExitCode, Interrupted, UsageError
 from ..model import store_path
 from ..model.options import chosen_options, start_arguments

@@ -15,9 +15,8 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from ..config import RunConfig
 from ..errors import InputError
-from ..model import Inputs, RunLayout
+from ..model import Inputs, RunConfig, RunLayout
 
 
 @dataclass

@@ -32,7 +32,7 @@ def stage_inputs(ctx: StepContext) -> StepResult:
     When that WCS is the a posteriori fit, the fit's matched pairs (``fit_matches``) are copied too:
     they are handed back with the products that carry the fit.
     """
-    if not drizzles(ctx.inputs, ctx.run.config):
+    if not drizzles(ctx.inputs, ctx.config):
         # DRIZCORR=OMIT: the exposures as delivered, as init read them.
         return StepResult({**copy_into_stage(ctx, ctx.input_dir, ctx.inputs.input_hashes), "fit_matches": []})
     chosen = ctx.run.output("final", "choose_wcs")["chosen_stage"]
@@ -131,7 +131,7 @@ def update_headers(ctx: StepContext) -> StepResult:
 
     d = ctx.stage_dir()
     names = ctx.inputs.exposures.names
-    drizzled = drizzles(ctx.inputs, ctx.run.config)
+    drizzled = drizzles(ctx.inputs, ctx.config)
     products = [p.name for p in ctx.inputs.products("final")] if drizzled else []
     completed = ctx.inputs.exposures.lists[0][0].name if drizzled and ctx.inputs.kind != "asn" else None
     with captured_output(), working_directory(d):

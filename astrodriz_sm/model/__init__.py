@@ -29,6 +29,7 @@ from .exposures import (
 )
 from .inputs import Inputs
 from .layout import STORE_NAME, RunLayout, store_path
+from .options import RunConfig
 from .steps import (
     ENDS,
     STAGES,
@@ -65,6 +66,7 @@ __all__ = [
     "ExposureSet",
     "Inputs",
     "Product",
+    "RunConfig",
     "RunLayout",
     "StepResult",
     "StepSpec",

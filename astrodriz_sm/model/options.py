@@ -1,13 +1,13 @@
 """The run options: one table from which the command line, the API's checks, a campaign's start
 arguments, the trailer's lines and the steps' fingerprint all come.
 
-Each row is one :class:`astrodriz_sm.config.RunConfig` field chosen by the caller or by the run's
+Each row is one :class:`RunConfig` field chosen by the caller or by the run's
 environment, in RunConfig's order (the order the trailer lists them in).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 #: Source positions the a posteriori fit can use: drizzlepac 3.11's, or PSF-fitted ones.
 CENTROID_METHODS = ("drizzlepac", "psf")
@@ -150,3 +150,46 @@ def chosen_options(given: dict) -> dict:
 def start_arguments(options: dict) -> tuple[str, ...]:
     """``start``'s command-line arguments for these options (those at their default are left out)."""
     return tuple(a for o in CHOSEN for a in o.arguments(options.get(o.name, o.default)))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides what a run does, captured once at its start.
+
+    Its option fields are the rows of :data:`astrodriz_sm.model.options.OPTIONS`, in that order.
+    """
+
+    input: str
+    run_dir: str
+    newpath: str | None = None
+    force: bool = False
+    inmemory: bool = False
+    basic: bool = False
+    num_cores: int | None = None
+    debug: bool = False
+    align_to_gaia: bool = True
+    manifest: bool = False
+    force_alignment: bool = False
+    verify_guiding: bool = False
+    apply_apriori: bool = True
+    compute_aposteriori: bool = True
+    reset_idctab: bool = False
+    quality_testing: bool = False
+    centroids: str = "drizzlepac"
+    environment: dict = field(default_factory=dict)
+    notes: tuple = ()
+
+    def as_dict(self) -> dict:
+        """Plain-JSON form for the run-started event."""
+        d = asdict(self)
+        d["notes"] = list(self.notes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        """Rebuild from the run-started event payload."""
+        names = {f.name for f in fields(cls)}
+        # The run-started event also holds the rootname, which is the run's, not the configuration's.
+        d = {k: v for k, v in d.items() if k in names}
+        d["notes"] = tuple(d.get("notes", ()))
+        return cls(**d)

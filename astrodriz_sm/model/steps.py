@@ -69,7 +69,7 @@ def _alignment_stage(stage: str, fit: StepSpec) -> tuple[StepSpec, ...]:
 
 def drizzles(inputs, config) -> bool:
     """Whether the run drizzles at all: DRIZCORR is PERFORM, or ``-f``."""
-    return bool(config.get("force")) or inputs.drizcorr == "PERFORM"
+    return config.force or inputs.drizcorr == "PERFORM"
 
 
 STEPS = (
@@ -77,7 +77,7 @@ STEPS = (
     # -v: runastrodriz checks the guiding only of data it goes on to process, and never of WFPC2's (RA 336:
     # a loss of lock shows in the quality keywords its _analyze_exposure reads).
     StepSpec("init", "verify_guiding", "init.verify_guiding",
-             applies=lambda inputs, config: bool(config.get("verify_guiding")) and inputs.instrument != "WFPC2"
+             applies=lambda inputs, config: config.verify_guiding and inputs.instrument != "WFPC2"
              and drizzles(inputs, config)),
     _stage_work("default", "stage_inputs", "staging.stage_inputs"),
     _stage_work("default", "updatewcs", "wcs.updatewcs", yields_wcsname=True),
@@ -96,17 +96,17 @@ STEPS = (
     _stage_work("final", "update_headers", "final.update_headers"),
     # -b: runastrodriz's basic mode writes no headerlets.
     _stage_work("final", "write_headerlets", "final.write_headerlets",
-                applies=lambda inputs, config: not config.get("basic")),
+                applies=lambda inputs, config: not config.basic),
     # PIPELINE_QUALITY_TESTING: drizzlepac's quality analysis of the exposures about to be handed back.
     _stage_work("final", "quality_analysis", "final.quality_analysis",
-                applies=lambda inputs, config: bool(config.get("quality_testing")) and drizzles(inputs, config)),
+                applies=lambda inputs, config: config.quality_testing and drizzles(inputs, config)),
     # Every new file is written beside its target first (promote), then all are renamed into place
     # (replace), so the input directory never holds half of a result.
     StepSpec("final", "promote", "final.promote", reads_stage_directory=True, files_in="input"),
     StepSpec("final", "replace", "final.replace", files_in="input"),
     # -m: the list of the files handed back.
     StepSpec("final", "write_manifest", "final.write_manifest", files_in="input",
-             applies=lambda inputs, config: bool(config.get("manifest"))),
+             applies=lambda inputs, config: config.manifest),
     StepSpec("final", "cleanup", "final.cleanup"),
 )
 _BY_KEY = {(s.stage, s.step): s for s in STEPS}

@@ -53,7 +53,7 @@ class _Guards:
 
     def drizcorr_perform(self) -> bool:
         inputs = self.run.inputs
-        if self.run.config.get("force"):
+        if self.run.options.force:
             return self._record("drizcorr_perform", True, f"DRIZCORR={inputs.drizcorr}, forced by -f")
         ok = inputs.drizcorr == "PERFORM"
         return self._record("drizcorr_perform", ok, f"DRIZCORR={inputs.drizcorr} in {inputs.drizcorr_file}")
@@ -61,9 +61,9 @@ class _Guards:
     def _alignment_possible(self, guard: str, switch: str, variable: str) -> bool:
         if self.run.inputs.no_alignment:
             return self._record(guard, False, self.run.inputs.no_alignment)
-        on = bool(self.run.config.get(switch, True))
-        if (not on and switch == "compute_aposteriori" and not self.run.config.get("align_to_gaia", True)
-                and variable not in self.run.config.get("environment", {})):
+        on = getattr(self.run.options, switch)
+        if (not on and switch == "compute_aposteriori" and not self.run.options.align_to_gaia
+                and variable not in self.run.options.environment):
             return self._record(guard, False, "-g: no alignment to GAIA")
         return self._record(guard, on, f"{variable} is {'on' if on else 'off'}")
 
@@ -96,7 +96,7 @@ def plan(run: RunState, stage: str) -> list[str]:
     list of str
     """
     specs = [spec for spec in stage_steps(stage)
-             if spec.applies is None or run.inputs is None or spec.applies(run.inputs, run.config)]
+             if spec.applies is None or run.inputs is None or spec.applies(run.inputs, run.options)]
     for i, spec in enumerate(specs):
         if run.output(stage, spec.step).get(STOP_STAGE):
             return [s.step for s in specs[: i + 1]] + [s.step for s in specs[i + 1:] if s.after_stop]

@@ -565,7 +565,7 @@ def final_reuse(run: RunState, stage: str) -> list[dict]:
 
 def _final_source(run: RunState, stage: str) -> dict | None:
     # DRIZCORR=OMIT: the exposures as delivered; no stage's exposures to choose.
-    return exposures_source(run, stage) if drizzles(run.inputs, run.config) else None
+    return exposures_source(run, stage) if drizzles(run.inputs, run.options) else None
 
 
 # --- Guiding (-v) ------------------------------------------------------------------------------------
@@ -612,7 +612,7 @@ def guiding_outcome(run: RunState, stage: str) -> list[dict]:
     checks = [p for kind, p in run.facts.get((stage, "verify_guiding"), []) if kind == VERIFICATION]
     bad = [c["file"] for c in checks if c.get("guiding") == "bad"]
     return bad_guiding(bad, run.output(stage, "verify_guiding").get("removed", []),
-                       bool(run.config.get("force")), bool(run.config.get("force_alignment")))
+                       run.options.force, run.options.force_alignment)
 
 
 # --- Which rule the runner evaluates for which step -----------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from ..model import ENDS, STAGES, STATES, Inputs, stage_steps, trailer_name  # noqa: F401 - re-exported
+from ..model import ENDS, STAGES, STATES, Inputs, RunConfig, stage_steps, trailer_name  # noqa: F401 - re-exported
 
 # Event kinds: the whole vocabulary of the log, named in the model (handlers return facts by kind).
 from ..model.events import (  # noqa: F401 - re-exported
@@ -41,7 +41,9 @@ class RunState:
     state : str or None
         Current state of the machine (a stage or an end); None before ``run.started``.
     config : dict
-        The run configuration recorded in ``run.started``.
+        The run configuration as ``run.started`` recorded it (with the input's rootname, ``root``).
+    options : RunConfig
+        The same, typed: what the rules and the handlers read.
     environment : dict
         Environment variables in force for handlers (recorded, then amended by steps).
     inputs : Inputs or None
@@ -72,6 +74,8 @@ class RunState:
     run_id: str = ""
     state: str | None = None
     config: dict = field(default_factory=dict)
+    # Before run.started (and in states made by hand): the defaults.
+    options: RunConfig = field(default_factory=lambda: RunConfig(input="", run_dir=""))
     environment: dict = field(default_factory=dict)
     inputs: Inputs | None = None
     completed: dict = field(default_factory=dict)
@@ -193,6 +197,7 @@ def fold(events: Iterable) -> RunState:
         if ev.kind == RUN_STARTED:
             s.state = "init"
             s.config = p["config"]
+            s.options = RunConfig.from_dict(p["config"])
             s.environment = dict(p["config"].get("environment", {}))
         elif ev.kind == RUN_RESUMED:
             s.resumes += 1
