@@ -285,7 +285,7 @@ def run_facts(run_row: dict, events, verified) -> dict:
         A file the log says was handed back (product, matched pairs) is missing or changed.
     """
     run = fold(events)
-    input_dir = Path(run_row["input"]).parent
+    input_dir = RunLayout.of(run_row, run_row["root"]).input_dir
     started = next((e.payload for e in events if e.kind == RUN_STARTED), {})
     ended = run.ended or {}
     wcs = run.decision("wcs")
@@ -294,6 +294,7 @@ def run_facts(run_row: dict, events, verified) -> dict:
     align = run.output("aposteriori", "align")
     return {
         "run_id": run_row["run_id"], "root": run.root or run_row["root"], "input": run_row["input"],
+        "input_dir": str(input_dir),
         "status": ended.get("status", "unfinished"), "exit_code": ended.get("exit_code"),
         "reason": ended.get("reason"), "wcsname": wcs.get("chosen_wcsname"), "chosen_stage": wcs.get("chosen_stage"),
         "rule": wcs.get("rule"), "version": started.get("version"), "libraries": started.get("libraries", {}),

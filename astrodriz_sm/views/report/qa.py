@@ -27,7 +27,7 @@ def _header_file(f: dict) -> Path:
     finals = [p["path"] for p in f["products"] if p["stage"] == "final" and p["verified"]]
     if finals:
         return finals[0]
-    input_dir = Path(f["input"]).parent
+    input_dir = Path(f["input_dir"])
     exposures = [input_dir / n for n in f["explain"]["exposures"] if (input_dir / n).is_file()]
     if not exposures:
         raise InputError(f"{input_dir}: no product or exposure of run {f['run_id']} to take the QA header from",
