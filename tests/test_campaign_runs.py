@@ -138,5 +138,6 @@ def test_a_forged_log_gives_no_facts_and_counts_apart_on_the_campaign_page(tmp_p
     assert unread == [("jsm001020", NOT_VERIFIED, NOT_VERIFIED, latest, f"{NOT_VERIFIED}: {stored.problem}")]
     assert forged_wcsname not in html
     # The ledger's own record of the attempt (done, a posteriori) counts only for the run that verifies.
-    summary = campaign_summary(Ledger(tmp_path / "campaign.db"), not_verified=frozenset({str(runs["jsm001020"][0])}))
+    forged = frozenset({str(runs["jsm001020"][0])})
+    summary = campaign_summary(Ledger(tmp_path / "campaign.db"), not_verified=forged)
     assert (summary["by_state"], summary["by_wcs_type"]["a posteriori"]) == ({"done": 1, NOT_VERIFIED: 1}, 1)
