@@ -23,13 +23,13 @@ from pathlib import Path
 import structlog
 
 from .config import SERVICE_SETTINGS, lease_expiry_from_environment
-from .errors import AstrodrizError, ExitCode, ProcessingError, RunStateError
+from .errors import AstrodrizError, ExitCode, NoViableDataError, ProcessingError, RunStateError
 from .handlers.common import StepContext, library_fallbacks, payload_logs
 from .model.options import PRODUCT_SETTINGS
 from .model import STAGES, RunConfig, RunLayout, last_step, partial_name, stage_steps, step_spec
 from .plumbing import Timer, sha256
-from .statemachine import STOP_STAGE, fold, next_action, plan, stage_files
-from .statemachine.rules import HANDLER_RULES, decisions_after, decisions_before
+from .statemachine import FAIL_RUN, STOP_STAGE, fold, next_action, plan, stage_files
+from .statemachine.rules import HANDLER_RULES, NO_VIABLE_DATA, decisions_after, decisions_before
 from .statemachine.state import (
     DECISION,
     LEASE_TAKEN_OVER,
@@ -55,6 +55,8 @@ LIBRARIES = ("drizzlepac", "stwcs", "tweakwcs", "photutils", "astropy", "numpy",
 LIBRARY_GLOBALS = (("drizzlepac.haputils.astrometric_utils", "SERVICELOCATION"),)
 
 _END_CODES = {"done": ExitCode.OK, "skipped": ExitCode.OK}
+# The error a rule's run failure (the decision's FAIL_RUN) ends the run with: its exit code and payload.
+RUN_FAILURES = {NO_VIABLE_DATA: NoViableDataError}
 # The step of an alignment stage that checks its service; redone when a resume changes the service settings.
 PROBE_STEP = "probe_service"
 
@@ -464,6 +466,12 @@ class Runner:
                 "error": type(exc).__name__, "message": f"{stage}/{step}: unexpected error: {exc}",
                 "path": None, "exit_code": int(ExitCode.INTERNAL), "traceback": traceback.format_exc()})
         facts += [(DECISION, d) for d in after]
+        failure = next((d for d in before + after if d.get(FAIL_RUN)), None)
+        if failure is not None:
+            # A rule failed the run: what the step measured and the decision are recorded, then the failure.
+            self.record([(stage, step, kind, fact) for kind, fact in facts])
+            error = RUN_FAILURES[failure[FAIL_RUN]](failure["reason"], failure.get("path"))
+            return self._failed(stage, step, error.as_payload())
         stop = next((d[STOP_STAGE] for d in before + after if d.get(STOP_STAGE)), None)
         if stop is not None:
             if not step_spec(stage, step).may_stop:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import sqlite3
 from pathlib import Path
 
+from astrodriz_sm.campaign import Ledger, campaign_summary
 from astrodriz_sm.campaign.driver import Plan, plan
+from astrodriz_sm.campaign.ledger import Attempt
+from astrodriz_sm.campaign.report import campaign_report
 from astrodriz_sm.campaign.runs import (
     NO_RUN,
+    NOT_VERIFIED,
     READ,
     RUN_MISSING,
     STORE_MISSING,
@@ -14,7 +20,7 @@ from astrodriz_sm.campaign.runs import (
     read_run,
     run_summary,
 )
-from astrodriz_sm.store.eventstore import EventStore
+from astrodriz_sm.store.eventstore import EventStore, canonical_json
 
 WCSNAME = "IDC_0461802ej-FIT_REL_GAIAeDR3"
 
@@ -78,3 +84,60 @@ def test_the_driver_plans_from_the_same_reader(tmp_path):
     p = plan(input, None)
     assert (p.action, p.run_id, p.reason) == ("resume", latest, "unfinished")
     assert run_summary(tmp_path / "astrodriz_sm.db", str(input))["run_status"] == "unfinished"
+
+
+def _forge(db: Path, run_id: str, seq: int, payload: dict) -> None:
+    """Rewrite one event's payload behind the store's back, as the append-only triggers forbid."""
+    con = sqlite3.connect(db)
+    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        con.execute(f"DROP TRIGGER {name}")
+    assert con.execute("UPDATE events SET payload = ? WHERE run_id = ? AND seq = ?",
+                       (canonical_json(payload), run_id, seq)).rowcount == 1
+    con.commit()
+    con.close()
+
+
+def test_a_forged_log_gives_no_facts_and_counts_apart_on_the_campaign_page(tmp_path):
+    """Two associations done in the ledger; one's wcs decision (seq 3) edited: nothing of it is shown."""
+    forged_wcsname = "IDC_0461802ej-FIT_SVM_FORGED"
+    runs = {}
+    for root in ("jsm001010", "jsm001020"):
+        (tmp_path / root).mkdir()
+        input = tmp_path / root / f"{root}_asn.fits"
+        path, (_, latest) = _store(tmp_path / root, input)
+        runs[root] = (input, path, latest)
+    input, path, latest = runs["jsm001020"]
+    _forge(path, latest, 3,
+           {"decision": "wcs", "chosen_stage": "aposteriori", "chosen_wcsname": forged_wcsname})
+
+    stored = read_run(path, run_id=latest)
+    assert (stored.state, stored.run_id, stored.events, stored.run, stored.first_bad_seq) == (
+        NOT_VERIFIED, latest, (), None, 3)
+    assert stored.problem == (f"run {latest}: the log does not verify "
+                              "(first bad event: seq 3: hash mismatch (content altered))")
+    assert run_summary(path, str(input)) == {"run_id": None, "run_status": None, "exit_code": None,
+                                             "wcsname": None, "wcs_type": None}
+    assert plan(input, None) == Plan("start", None, stored.problem)
+
+    ledger = Ledger(tmp_path / "campaign.db", create=True)
+    batch = ledger.begin_batch(2, {})
+    for root, (input, path, latest) in runs.items():
+        ledger.add_association(str(input), root)
+        ledger.record(Attempt(str(input), 1, batch, "start", latest, str(path), 0, None, "ok", "done",
+                              wall_s=1.0, wcsname=WCSNAME, wcs_type="a posteriori"))
+    ledger.end_batch(batch)
+    ledger.close()
+
+    html = campaign_report(tmp_path / "campaign.db", output=tmp_path / "out").read_text()
+    states = dict(re.findall(r'<tr data-state="([^"]+)"><td><span class="[^"]*">[^<]*</span></td>'
+                             r'<td class="num">(\d+)</td>', html))
+    assert states == {"done": "1", NOT_VERIFIED: "1"}
+    unread = re.findall(r'<tr data-unread="([^"]+)" data-store-state="([^"]+)">'
+                        r'<td>[^<]*</td><td>([^<]*)</td>\s*'
+                        r'<td><code>([^<]*)</code></td><td>([^<]*)</td></tr>', html)
+    assert unread == [("jsm001020", NOT_VERIFIED, NOT_VERIFIED, latest, f"{NOT_VERIFIED}: {stored.problem}")]
+    assert forged_wcsname not in html
+    # The ledger's own record of the attempt (done, a posteriori) counts only for the run that verifies.
+    forged = frozenset({str(runs["jsm001020"][0])})
+    summary = campaign_summary(Ledger(tmp_path / "campaign.db"), not_verified=forged)
+    assert (summary["by_state"], summary["by_wcs_type"]["a posteriori"]) == ({"done": 1, NOT_VERIFIED: 1}, 1)

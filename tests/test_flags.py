@@ -237,7 +237,13 @@ def test_v_with_every_exposure_badly_guided_fails_with_exit_code_65(simulated):
     assert [(e.stage, e.step, e.kind) for e in store.events(run.run_id)] == [
         ("init", "", "run.started"), ("init", "resolve_inputs", "step.started"),
         ("init", "resolve_inputs", "step.completed"), ("init", "verify_guiding", "step.started"),
+        *[("init", "verify_guiding", "verification")] * len(src.members),
+        ("init", "verify_guiding", "decision"),
         ("init", "verify_guiding", "step.failed"), ("init", "", "transition"), ("failed", "", "run.ended")]
+    # The guiding rule decided it, from the checks the step measured; the runner failed the run by it.
+    decision = [e.payload for e in store.events(run.run_id) if e.kind == "decision"]
+    assert [(d["decision"], d["reason"], d["fail_run"]) for d in decision] == [
+        ("no_viable_data", message, "no_viable_data")]
     assert run.failure == {"error": "NoViableDataError", "message": message, "path": str(asn), "exit_code": 65}
     assert (run.ended["status"], run.ended["exit_code"], run.ended["reason"]) == ("failed", 65, message)
     after = sha256_tree(d)

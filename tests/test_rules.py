@@ -257,6 +257,37 @@ def test_bad_guiding_removes_the_exposure_unless_f_and_turns_alignment_off_unles
     assert bad_guiding([], [], False, False) == []
 
 
+def test_no_exposure_left_after_the_guiding_removal_fails_the_run_by_its_own_decision():
+    """Every exposure badly guided, no -f: one decision, which fails the run; not while one is left, or -f."""
+    from dataclasses import replace
+
+    from astrodriz_sm.statemachine import FAIL_RUN
+    from astrodriz_sm.statemachine.rules import NO_VIABLE_DATA, NO_VIABLE_DATA_RULE
+
+    asn = "/data/jsm001010/jsm001010_asn.fits"
+    inputs = _inputs(2)
+    names = inputs.exposures.names
+    checks = [("verification", {"check": "guiding", "file": n, "guiding": "bad", "verdict": "fail"})
+              for n in names]
+    # With none left the inputs stay as resolved; every one of them is removed.
+    payload = {"inputs": inputs.to_payload(), "removed": list(names)}
+    run = RunState(state="init", config={"input": asn}).after_step("init", "verify_guiding", checks, payload)
+    message = f"{asn}: no viable data: every exposure has bad guiding (-v): {', '.join(names)}"
+    assert decisions_after(run, "init", "verify_guiding") == [
+        {"decision": NO_VIABLE_DATA, "bad": names, "left": [], "reason": message, "path": asn,
+         "rule": NO_VIABLE_DATA_RULE, FAIL_RUN: NO_VIABLE_DATA}]
+    # With -f the exposures stay: alignment is off, the run goes on.
+    forced = RunState(state="init", config={"input": asn, "force": True}).after_step(
+        "init", "verify_guiding", checks, {"inputs": inputs.to_payload(), "removed": []})
+    assert [d["decision"] for d in decisions_after(forced, "init", "verify_guiding")] == ["guiding_alignment"]
+    # One exposure of two bad: it is removed, the other is left.
+    one_left = replace(inputs, exposures=ExposureSet((), inputs.exposures.flc[1:]))
+    partly = RunState(state="init", config={"input": asn}).after_step(
+        "init", "verify_guiding", checks[:1], {"inputs": one_left.to_payload(), "removed": [names[0]]})
+    assert [d["decision"] for d in decisions_after(partly, "init", "verify_guiding")] == [
+        "guiding_removal", "guiding_alignment"]
+
+
 def test_alignment_follows_the_default_stage_by_the_transition_guards():
     run = RunState(state="default", config={}, inputs=_inputs())
     decision = alignment_follows_decision(run, "default")

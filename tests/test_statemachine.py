@@ -287,3 +287,26 @@ def test_a_handler_that_returns_a_decision_fails_its_step(store):
     assert fold(store.events(run_id)).failure["message"] == (
         "default/updatewcs: unexpected error: the handler of default/updatewcs returned a decision: "
         "decisions are the rules'")
+
+
+def test_a_rule_that_fails_the_run_ends_it_with_its_error_after_recording_the_step_s_facts(store):
+    """-v, every exposure badly guided: the step measures, the guiding rule decides, the runner fails."""
+    inputs = _inputs().payload["inputs"]
+    names = [f"{r}_{k}.fits" for k in ("flt", "flc") for r in ("jsm001a1q", "jsm001a2q")]
+    checks = [("verification", {"check": "guiding", "file": f"{r}_flc.fits", "guiding": "bad",
+                                 "verdict": "fail"}) for r in ("jsm001a1q", "jsm001a2q")]
+    run_id = _start(store, verify_guiding=True)
+    measured = StepResult({"inputs": inputs, "removed": names}, facts=checks)
+    trail = _drive(store, run_id, {("init", "resolve_inputs"): _inputs(),
+                                   ("init", "verify_guiding"): measured})
+    assert trail == ["init/resolve_inputs", "init/verify_guiding", "init->failed", "end:failed"]
+    events = [e for e in store.events(run_id) if (e.stage, e.step) == ("init", "verify_guiding")]
+    assert [(e.kind, e.payload.get("decision")) for e in events] == [
+        ("step.started", None), ("verification", None), ("verification", None),
+        ("decision", "no_viable_data"), ("step.failed", None)]
+    message = (f"/x/{ROOT}_asn.fits: no viable data: every exposure has bad guiding (-v): "
+               "jsm001a1q_flc.fits, jsm001a2q_flc.fits")
+    run = fold(store.events(run_id))
+    assert run.failure == {"error": "NoViableDataError", "message": message, "path": f"/x/{ROOT}_asn.fits",
+                           "exit_code": 65}
+    assert (run.ended["status"], run.ended["exit_code"], run.ended["reason"]) == ("failed", 65, message)

@@ -26,7 +26,7 @@ from ..model.options import chosen_options, start_arguments
 from ..plumbing import size_text
 from ..store.eventstore import utc_now
 from .ledger import DONE, FAILED, FOUND, RETRY, SKIPPED, Attempt, Ledger, LedgerError
-from .runs import STORE_UNREADABLE, read_run, run_summary
+from .runs import NOT_VERIFIED, STORE_UNREADABLE, read_run, run_summary
 from .worker import Job, Outcome, run_association
 
 # Variables of the driver's environment every association's process gets, on whichever worker: what
@@ -74,6 +74,8 @@ def plan(input: Path, planned: RunConfig | None, retry_failed: bool = False) -> 
     stored = read_run(store_of(input), input=str(input))
     if stored.state == STORE_UNREADABLE:
         return Plan("start", None, stored.problem)  # a damaged store: start refuses it with exit 8
+    if stored.state == NOT_VERIFIED:
+        return Plan("start", None, stored.problem)  # nothing its log says is trusted: a new run
     run, run_id = stored.run, stored.run_id
     if run is None:
         return Plan("start", None, "no run yet")

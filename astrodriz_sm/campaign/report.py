@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..model import partial_name
 from ..views.report.campaign import SLOWEST, campaign_facts, render_campaign_page
 from .ledger import Ledger, process_attempts, state_of
-from .runs import NO_RUN, StoredRun, read_run
+from .runs import NO_RUN, NOT_VERIFIED, StoredRun, read_run
 from .status import campaign_summary
 
 __all__ = ["campaign_report", "campaign_report_name"]
@@ -35,19 +35,22 @@ def association_entry(row: dict) -> dict:
     Returns
     -------
     dict
-        As :func:`astrodriz_sm.views.report.campaign.association_facts` takes it.
+        As :func:`astrodriz_sm.views.report.campaign.association_facts` takes it; a run whose log does
+        not verify gives no events, and its state is :data:`~.runs.NOT_VERIFIED` whatever the ledger says.
     """
     attempts = row["attempts"]
     last = attempts[-1] if attempts else None
     stored = read_run(last.store, run_id=last.run_id) if last else StoredRun(NO_RUN, "no attempt yet")
-    return {"root": row["root"], "input": row["input"], "state": state_of(attempts),
+    state = NOT_VERIFIED if stored.state == NOT_VERIFIED else state_of(attempts)
+    return {"root": row["root"], "input": row["input"], "state": state,
             "exit_class": last.exit_class if last else None, "exit_code": last.exit_code if last else None,
             "message": last.message if last else None, "run_id": last.run_id if last else None,
             "store": last.store if last else None,
             "attempts": [{"attempt": a.attempt, "action": a.action, "exit_class": a.exit_class, "verdict": a.verdict,
                           "wall_s": a.wall_s, "peak_rss_bytes": a.peak_rss_bytes, "host": a.host}
                          for a in process_attempts(attempts)],
-            "store_state": stored.state, "store_problem": stored.problem, "events": stored.events}
+            "store_state": stored.state, "store_problem": stored.problem,
+            "first_bad_seq": stored.first_bad_seq, "events": stored.events}
 
 
 def campaign_report(ledger: str | os.PathLike, *, output: str | os.PathLike | None = None) -> Path:
@@ -82,8 +85,9 @@ def campaign_report(ledger: str | os.PathLike, *, output: str | os.PathLike | No
     opened = Ledger(ledger)
     try:
         directory = (Path(output) if output else opened.path.parent).resolve()
-        summary = campaign_summary(opened, slowest=SLOWEST)
         associations = [association_entry(row) for row in opened.associations()]
+        not_verified = frozenset(a["input"] for a in associations if a["state"] == NOT_VERIFIED)
+        summary = campaign_summary(opened, slowest=SLOWEST, not_verified=not_verified)
     finally:
         opened.close()
     page = render_campaign_page(campaign_facts(summary, associations, directory))

@@ -6,16 +6,26 @@ from collections import Counter
 
 from ..plumbing import size_text
 from .ledger import Ledger, process_attempts, state_of
-from .runs import WCS_TYPES
+from .runs import NOT_VERIFIED, WCS_TYPES
 
-STATES = ("done", "skipped", "failed", "unfinished", "pending")
+STATES = ("done", "skipped", "failed", "unfinished", "pending", NOT_VERIFIED)
 WCS_TYPE_ORDER = tuple(WCS_TYPES.values())
 
 
-def campaign_summary(ledger: Ledger, slowest: int = 5) -> dict:
+def campaign_summary(ledger: Ledger, slowest: int = 5, not_verified: frozenset = frozenset()) -> dict:
     """Counts by state, by exit class and by final WCS type; the failed, retried and slowest associations.
 
     The exit class and WCS type of an association are those of its latest attempt.
+
+    Parameters
+    ----------
+    ledger : Ledger
+    slowest : int
+        How many of the slowest associations to list.
+    not_verified : set of str
+        The inputs whose latest run's log does not verify (the stores say so; the ledger alone
+        does not): each counts in the state :data:`~astrodriz_sm.campaign.runs.NOT_VERIFIED`, with
+        no final WCS type, whatever its attempt recorded.
 
     Returns
     -------
@@ -28,21 +38,22 @@ def campaign_summary(ledger: Ledger, slowest: int = 5) -> dict:
     failed, retried, timed = [], [], []
     for row in rows:
         attempts = row["attempts"]
-        state = state_of(attempts)
+        state = NOT_VERIFIED if row["input"] in not_verified else state_of(attempts)
         by_state[state] += 1
         ran = process_attempts(attempts)
         if not attempts:
             continue
         last = attempts[-1]
         by_class[last.exit_class] += 1
-        if state == "done" and last.wcs_type:
-            by_wcs[last.wcs_type] += 1
+        wcs_type = last.wcs_type if state == "done" else None
+        if wcs_type:
+            by_wcs[wcs_type] += 1
         entry = {"root": row["root"], "input": row["input"], "state": state, "exit_class": last.exit_class,
                  "exit_code": last.exit_code, "attempts": len(ran), "message": last.message,
                  "run_id": last.run_id, "store": last.store,
                  "history": [(a.attempt, a.action, a.exit_class, a.wall_s) for a in ran],
                  "wall_s": sum(a.wall_s or 0.0 for a in ran),
-                 "peak_rss_bytes": max((a.peak_rss_bytes or 0 for a in ran), default=0), "wcs_type": last.wcs_type}
+                 "peak_rss_bytes": max((a.peak_rss_bytes or 0 for a in ran), default=0), "wcs_type": wcs_type}
         if state == "failed":
             failed.append(entry)
         if len(ran) > 1:

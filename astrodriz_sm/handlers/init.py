@@ -12,7 +12,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..config import input_kind
-from ..errors import InputError, NoViableDataError, ProcessingError
+from ..errors import InputError, ProcessingError
 from ..model import (
     DETECTORS,
     FLC,
@@ -370,13 +370,7 @@ def verify_guiding(ctx: StepContext) -> StepResult:
     StepResult
         ``inputs`` (the exposures left, replacing those of ``resolve_inputs``), ``guiding`` per
         file examined, ``removed``; a ``verification`` fact per file examined and a ``note`` per
-        consequence.
-
-    Raises
-    ------
-    NoViableDataError
-        When every exposure had bad guiding and ``-f`` was not given: nothing is left to process
-        (runastrodriz exits 65).
+        consequence. When no exposure is left, the guiding rule's decision fails the run (exit 65).
     """
     from drizzlepac.haputils import analyze
 
@@ -403,19 +397,17 @@ def verify_guiding(ctx: StepContext) -> StepResult:
     if not bad:
         return StepResult({"inputs": inputs.to_payload(), "guiding": guiding, "removed": [], "log": "".join(log)},
                           facts=facts)
-    bad_names = ", ".join(e.name for e in bad)
     removed = []
     changes = {}
     if not force:
         roots = {e.rootname for e in bad}
         removed = [n for n in inputs.exposures.names if split_input_name(n)[1] in roots]
         kept = {k: tuple(e for e in getattr(inputs.exposures, k) if e.rootname not in roots) for k in (FLT, FLC)}
-        if not any(kept.values()):
-            input_path = Path(ctx.config.input)
-            raise NoViableDataError(f"{input_path}: no viable data: every exposure has bad guiding (-v): {bad_names}",
-                                    str(input_path))
-        changes.update(exposures=ExposureSet(kept[FLT], kept[FLC]),
-                       members=tuple(m for m in inputs.members if m not in roots))
+        # Inputs without an exposure have no instrument: with none left they stay as resolved, and the
+        # guiding rule, finding every one removed, fails the run.
+        if any(kept.values()):
+            changes.update(exposures=ExposureSet(kept[FLT], kept[FLC]),
+                           members=tuple(m for m in inputs.members if m not in roots))
     # The guiding rule: the runner records its guiding_removal and guiding_alignment decisions.
     alignment = ctx.rules.bad_guiding([e.name for e in bad], removed, force, force_alignment)[-1]
     if not alignment["alignment"]:

@@ -16,6 +16,8 @@ from .state import RunState
 
 # The key of a completed step's payload (and of the decision) that stopped its stage early.
 STOP_STAGE = "stop_stage"
+# The key of a decision that ends the run as failed; its value names the failure (the runner's table of them).
+FAIL_RUN = "fail_run"
 
 # Guarded transitions, tried in order for the trigger 'advance': the first whose guards hold fires.
 TRANSITIONS = [

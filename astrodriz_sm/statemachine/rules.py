@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..model import drizzles, last_step, stage_steps, wcsname_step
-from .machine import STOP_STAGE
+from .machine import FAIL_RUN, STOP_STAGE
 from .state import VERIFICATION, RunState
 
 # WCS preference, best first, as drizzlepac's runastrodriz orders WCSNAMEs: a posteriori fits, then
@@ -607,12 +607,46 @@ def bad_guiding(bad: list[str], removed: list[str], force: bool, force_alignment
     return out
 
 
+NO_VIABLE_DATA = "no_viable_data"
+NO_VIABLE_DATA_RULE = ("runastrodriz 3.11 -v: a run left with no exposure once those with bad guiding "
+                       "are removed has no viable data (exit 65)")
+
+
+def no_exposure_left(bad: list[str], left: list[str], input: str) -> list[dict]:
+    """The ``no_viable_data`` decision, which fails the run, when bad guiding removed every exposure.
+
+    Parameters
+    ----------
+    bad : list of str
+        Exposures whose guiding failed, in the order checked.
+    left : list of str
+        The exposures processing goes on with once those are removed (all of them with ``-f``).
+    input : str
+        The run's input file, named in the failure.
+
+    Returns
+    -------
+    list of dict
+        The decision's payload, with :data:`FAIL_RUN`; empty while an exposure is left.
+    """
+    if not bad or left:
+        return []
+    message = f"{input}: no viable data: every exposure has bad guiding (-v): {', '.join(bad)}"
+    return [{"decision": NO_VIABLE_DATA, "bad": bad, "left": left, "reason": message, "path": input,
+             "rule": NO_VIABLE_DATA_RULE, FAIL_RUN: NO_VIABLE_DATA}]
+
+
 def guiding_outcome(run: RunState, stage: str) -> list[dict]:
-    """The guiding decisions from the checks the ``verify_guiding`` step recorded (:func:`bad_guiding`)."""
+    """The guiding decisions from the checks the ``verify_guiding`` step recorded.
+
+    :func:`no_exposure_left` when no exposure is left to process (the run fails), else :func:`bad_guiding`.
+    """
     checks = [p for kind, p in run.facts.get((stage, "verify_guiding"), []) if kind == VERIFICATION]
     bad = [c["file"] for c in checks if c.get("guiding") == "bad"]
-    return bad_guiding(bad, run.output(stage, "verify_guiding").get("removed", []),
-                       run.options.force, run.options.force_alignment)
+    removed = run.output(stage, "verify_guiding").get("removed", [])
+    left = [n for n in run.inputs.exposures.names if n not in removed] if run.inputs is not None else []
+    return (no_exposure_left(bad, left, run.options.input)
+            or bad_guiding(bad, removed, run.options.force, run.options.force_alignment))
 
 
 # --- Which rule the runner evaluates for which step -----------------------------------------------------
