@@ -159,8 +159,9 @@ class RunConfig:
     Its option fields are the rows of :data:`astrodriz_sm.model.options.OPTIONS`, in that order.
     """
 
-    input: str
-    run_dir: str
+    # Always recorded by a run; empty only in a state folded from no run.started.
+    input: str = ""
+    run_dir: str = ""
     newpath: str | None = None
     force: bool = False
     inmemory: bool = False

@@ -42,8 +42,6 @@ class RunState:
         Current state of the machine (a stage or an end); None before ``run.started``.
     config : dict
         The run configuration as ``run.started`` recorded it (with the input's rootname, ``root``).
-    options : RunConfig
-        The same, typed: what the rules and the handlers read.
     environment : dict
         Environment variables in force for handlers (recorded, then amended by steps).
     inputs : Inputs or None
@@ -74,8 +72,6 @@ class RunState:
     run_id: str = ""
     state: str | None = None
     config: dict = field(default_factory=dict)
-    # Before run.started (and in states made by hand): the defaults.
-    options: RunConfig = field(default_factory=lambda: RunConfig(input="", run_dir=""))
     environment: dict = field(default_factory=dict)
     inputs: Inputs | None = None
     completed: dict = field(default_factory=dict)
@@ -88,6 +84,11 @@ class RunState:
     ended: dict | None = None
     resumes: int = 0
     last_seq: int = 0
+
+    @property
+    def options(self) -> RunConfig:
+        """The recorded configuration, typed: what the rules and the handlers read (defaults before it)."""
+        return RunConfig.from_dict(self.config)
 
     @property
     def root(self) -> str:
@@ -197,7 +198,6 @@ def fold(events: Iterable) -> RunState:
         if ev.kind == RUN_STARTED:
             s.state = "init"
             s.config = p["config"]
-            s.options = RunConfig.from_dict(p["config"])
             s.environment = dict(p["config"].get("environment", {}))
         elif ev.kind == RUN_RESUMED:
             s.resumes += 1
