@@ -53,8 +53,8 @@ def test_a_default_stage_with_no_alignment_after_it_drizzles_as_the_final_stage_
 
 
 VERIFICATION = {"stepsize": 10, "preserve": False, "build": True, "mdriztab": False, "crbit": 4096,
-                "num_cores": 2, "in_memory": False, "clean": False, "final_fillval": "INDEF", "driz_sep_kernel": "turbo",
-                "driz_sep_fillval": 0.0, "resetbits": 0}
+                "num_cores": 2, "in_memory": False, "clean": False, "final_fillval": "INDEF",
+                "driz_sep_kernel": "turbo", "driz_sep_fillval": 0.0, "resetbits": 0}
 
 
 def test_verification_drizzles_with_a_median_when_exptimes_differ():
@@ -68,7 +68,7 @@ def test_verification_drizzles_with_a_median_when_exptimes_differ():
 @pytest.mark.parametrize(("stage", "detector", "good_bits"),
                          [("apriori", "SBC", 0), ("aposteriori", "WFC", 1360), ("default", "WFC", 512)])
 def test_an_alignment_that_was_verified_is_drizzled_without_new_cosmic_rays(stage, detector, good_bits):
-    """The detector's good_bits in the alignment stages, 512 (verify_alignment's default) in the default one."""
+    """The detector's good_bits in an alignment stage; verify_alignment's default, 512, in the default one."""
     ctx, product = _context(stage, {"parameters": "verification", "no_cr_parameters": True},
                             detector=detector)
     assert drizzle_parameters(ctx, product, final=False) == {
