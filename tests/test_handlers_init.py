@@ -1,4 +1,4 @@
-"""The init stage's association reader on tables the simulator writes as the archive does, and its refusals."""
+"""The init stage's association reader on tables the simulator writes as the archive does; its refusals."""
 
 from __future__ import annotations
 
