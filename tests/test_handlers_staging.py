@@ -1,4 +1,4 @@
-"""The stage copies: fresh copies and their hashes, a changed source refused, DQ cosmic-ray bits, IDCTAB reset."""
+"""The stage copies: fresh copies, a changed source refused, cosmic-ray DQ bits cleared, IDCTAB reset."""
 
 from __future__ import annotations
 
