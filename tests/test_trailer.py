@@ -7,6 +7,8 @@ from astrodriz_sm.model.events import (
     DECISION,
     NOTE,
     RUN_ENDED,
+    RUN_RESUMED,
+    RUN_STARTED,
     STEP_COMPLETED,
     STEP_FAILED,
     STEP_STARTED,
@@ -14,6 +16,7 @@ from astrodriz_sm.model.events import (
     VERIFICATION,
     WARNING,
 )
+from astrodriz_sm.model.options import TRAILER_KEYS
 from astrodriz_sm.store.eventstore import Event
 from astrodriz_sm.views.trailer import render_trailer
 
@@ -59,6 +62,27 @@ def test_step_lines_failures_notes_and_warnings():
         f"{UTC} #4    [stage_pipeline] WARNING library fallback: Reverting to 'localmin'",
         f"{UTC} #5    [drizzle_pipeline/drizzle] FAILED: AstroDrizzle raised",
         "    exit code 1",
+    ]
+
+
+def test_run_start_lists_every_option_then_the_environment_and_notes():
+    config = {k: False for k in TRAILER_KEYS} | {
+        "input": "/data/j8cw03010_asn.fits", "run_dir": "/data", "newpath": None, "num_cores": 2,
+        "environment": {"jref": "/refs/jref/", "ASTROMETRY_STEP_CONTROL": "on"},
+        "notes": ["-g given: a posteriori alignment off"]}
+    body = _body(("init", "", RUN_STARTED, {"config": config, "version": "1.0.0",
+                                            "libraries": {"stwcs": "1.7.3", "drizzlepac": "3.11.0"}}),
+                 ("init", "", RUN_RESUMED, {"after": "an interruption at default/astrodrizzle", "pid": 4242}))
+    assert body[:2] == [f"{UTC} #1    [init] run started: input /data/j8cw03010_asn.fits",
+                        "    astrodriz-sm 1.0.0; libraries drizzlepac 3.11.0, stwcs 1.7.3"]
+    assert body[2:2 + len(TRAILER_KEYS)] == [f"    {k}: {config[k]}" for k in TRAILER_KEYS]
+    assert body[2:5] == ["    run_dir: /data", "    newpath: None", "    force: False"]
+    assert body[2 + len(TRAILER_KEYS):] == [
+        "    environment ASTROMETRY_STEP_CONTROL=on",
+        "    environment jref=/refs/jref/",
+        "    note: -g given: a posteriori alignment off",
+        f"{UTC} #2    [init] run resumed after an interruption at default/astrodrizzle",
+        "    pid: 4242",
     ]
 
 
