@@ -6,11 +6,16 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import requests
 
-from astrodriz_sm.handlers.network import Reply, bounded_requests, probe, service_timeout
+from astrodriz_sm.config import RunConfig
+from astrodriz_sm.handlers.common import StepContext
+from astrodriz_sm.handlers.network import Reply, bounded_requests, probe, service_timeout, service_url
+from astrodriz_sm.model import RunLayout
+from astrodriz_sm.statemachine.state import RunState
 
 CONE = "vo/CatalogSearch.aspx?RA=0&DEC=0&SR=0.0001&FORMAT=CSV&CAT=GAIAeDR3&MINDET=5"
 
@@ -146,3 +151,16 @@ def test_service_timeout_reads_the_environment():
     assert service_timeout({}) == 30.0
     assert service_timeout({"ASTRODRIZ_SM_SERVICE_TIMEOUT": "2.5"}) == 2.5
     assert service_timeout({"ASTRODRIZ_SM_SERVICE_TIMEOUT": ""}) == 30.0
+
+
+def test_service_url_is_the_recorded_environment_else_the_library_default():
+    def context(environment):
+        return StepContext(run=RunState(environment=environment),
+                           config=RunConfig(input="/x/j8cw03010_asn.fits", run_dir="/x"), stage="apriori",
+                           step="probe_service", layout=RunLayout("j8cw03010", Path("/x/j8cw03010_asn.fits")))
+
+    recorded = context({"ASTROMETRY_SERVICE_URL": "http://127.0.0.1:8080/astrometryDB/"})
+    assert service_url(recorded, "ASTROMETRY_SERVICE_URL") == "http://127.0.0.1:8080/astrometryDB/"
+    assert service_url(recorded, "GSSS_WEBSERVICES_URL") == "https://gsss.stsci.edu/webservices"
+    assert service_url(context({"ASTROMETRY_SERVICE_URL": ""}), "ASTROMETRY_SERVICE_URL") == (
+        "https://mast.stsci.edu/portal/astrometryDB/")
