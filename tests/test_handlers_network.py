@@ -83,6 +83,18 @@ def test_probe_asks_a_catalog_service_a_tiny_cone(answering, failing):
     assert probe(f"{failing}/") == (False, f"HTTP 500 from {failing}/{CONE}: Internal Server Error")
 
 
+@pytest.mark.parametrize(("status", "up"), [(400, True), (404, False), (503, False)])
+def test_a_catalog_service_is_up_unless_the_path_is_missing_or_it_fails(status, up):
+    """Any answer but 404 and 5xx proves a GSSS service answers (an unknown catalog is a 400)."""
+    httpd = _server(status, b"Unknown catalog\n")
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        assert probe(url) == (up, f"HTTP {status} from {url}/{CONE}: Unknown catalog")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_probe_of_a_url_with_a_query_wants_200(failing):
     url = f"{failing}/caom?ra=1"
     assert probe(url) == (False, f"HTTP 500 from {url}: Internal Server Error")
