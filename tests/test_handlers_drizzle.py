@@ -17,8 +17,9 @@ ROOT = "jsm001010"
 DEFAULTS = "AstroDrizzle defaults (no MDRIZTAB in the header)"
 
 
-def _context(stage: str, plan: dict, detector: str = "SBC", num_cores: int | None = 2, inmemory=False):
-    exposures = tuple(Exposure(r, "flt", "ACS", detector, t)
+def _context(stage: str, plan: dict, detector: str = "SBC", num_cores: int | None = 2, inmemory=False,
+             instrument: str = "ACS"):
+    exposures = tuple(Exposure(r, "flt", instrument, detector, t)
                       for r, t in (("jsm001a1q", 100.0), ("jsm001a2q", 300.0)))
     inputs = Inputs(root=ROOT, kind="asn", exposures=ExposureSet(exposures, ()))
     config = RunConfig(input=f"/x/{ROOT}_asn.fits", run_dir="/x", num_cores=num_cores, inmemory=inmemory)
@@ -74,3 +75,27 @@ def test_an_alignment_that_was_verified_is_drizzled_without_new_cosmic_rays(stag
     assert drizzle_parameters(ctx, product, final=False) == {
         "source": DEFAULTS + "; no new cosmic-ray identification (the alignment it starts from was verified)",
         "parameters": {**VERIFICATION, **no_cr_parameters(good_bits)}}
+
+
+WFPC2 = "drizzlepac's WFPC2 parameters (config_utils.get_wfpc2_pars)"
+
+
+@pytest.mark.parametrize("final", [True, False])
+def test_wfpc2_drizzles_with_drizzlepacs_parameters_and_verification_settings_every_time(final):
+    """RA 579, 746-748: every WFPC2 drizzle, the final one too, with the verification settings; no runfile."""
+    plan = {"parameters": "final" if final else "verification", "median_combine": {f"{ROOT}_drw.fits": True}}
+    ctx, product = _context("final" if final else "default", plan, instrument="WFPC2", detector="PC")
+    result = drizzle_parameters(ctx, product, final=final)
+    assert result["source"] == WFPC2
+    pars = result["parameters"]
+    assert "runfile" not in pars
+    assert {k: pars[k] for k in ("final_fillval", "driz_sep_kernel", "driz_sep_fillval", "resetbits",
+                                 "mdriztab", "crbit", "stepsize", "preserve", "build", "num_cores", "in_memory",
+                                 "clean", "combine_type", "combine_nhigh")} == {
+        "final_fillval": "INDEF", "driz_sep_kernel": "turbo", "driz_sep_fillval": 0.0, "resetbits": 0,
+        "mdriztab": False, "crbit": 4096, "stepsize": 10, "preserve": False, "build": True, "num_cores": 2,
+        "in_memory": False, "clean": final, "combine_type": "median", "combine_nhigh": 0}
+    # What drizzlepac 3.11's svm configuration for WFPC2/PC gives, untouched.
+    assert {k: pars[k] for k in ("driz_sep_bits", "final_bits", "skysub", "final_units", "driz_cr")} == {
+        "driz_sep_bits": "1024", "final_bits": "65533", "skysub": False, "final_units": "cps",
+        "driz_cr": False}
