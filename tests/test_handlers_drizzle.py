@@ -90,8 +90,8 @@ def test_wfpc2_drizzles_with_drizzlepacs_parameters_and_verification_settings_ev
     pars = result["parameters"]
     assert "runfile" not in pars
     assert {k: pars[k] for k in ("final_fillval", "driz_sep_kernel", "driz_sep_fillval", "resetbits",
-                                 "mdriztab", "crbit", "stepsize", "preserve", "build", "num_cores", "in_memory",
-                                 "clean", "combine_type", "combine_nhigh")} == {
+                                 "mdriztab", "crbit", "stepsize", "preserve", "build", "num_cores",
+                                 "in_memory", "clean", "combine_type", "combine_nhigh")} == {
         "final_fillval": "INDEF", "driz_sep_kernel": "turbo", "driz_sep_fillval": 0.0, "resetbits": 0,
         "mdriztab": False, "crbit": 4096, "stepsize": 10, "preserve": False, "build": True, "num_cores": 2,
         "in_memory": False, "clean": final, "combine_type": "median", "combine_nhigh": 0}
