@@ -54,6 +54,34 @@ def failing():
 
 
 @pytest.fixture
+def dripping():
+    """A catalog service that sends its 100-byte answer one byte every 0.5 s."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/csv")
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            except OSError:
+                pass  # the client hung up, as it should
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
 def silent():
     """A server that accepts connections (the kernel's backlog) and never answers."""
     sock = socket.socket()
@@ -140,6 +168,45 @@ def test_a_silent_service_is_retried_once_then_not_asked_again(silent):
     assert failure.describe("The astrometry database") == (
         f"The astrometry database at {silent}/availability did not answer within 0.3 s (2 attempts)")
     assert log.replies == []
+
+
+def test_a_dripping_service_is_cut_at_the_deadline(dripping):
+    """Every read of a dripping answer is short; the whole request still ends at its deadline."""
+    start = time.monotonic()
+    with bounded_requests(deadline=2.0, retries=0) as log:
+        with pytest.raises(requests.Timeout) as cut:
+            requests.get(f"{dripping}/cone")
+    elapsed = time.monotonic() - start
+    assert 1.9 <= elapsed < 6.0
+    assert str(cut.value) == f"{dripping}/cone did not send its whole answer within 2 s"
+    [failure] = log.failures
+    assert (failure.url, failure.timed_out, failure.deadline, failure.attempts) == (f"{dripping}/cone", True, 2.0, 1)
+    assert failure.describe("The GAIAeDR3 catalog") == (
+        f"The GAIAeDR3 catalog at {dripping}/cone did not answer within 2 s (1 attempts)")
+    assert log.replies == []
+
+
+def test_drizzlepacs_own_catalog_request_is_cut_at_the_deadline(dripping, monkeypatch):
+    from drizzlepac.haputils import astrometric_utils as amutils
+
+    monkeypatch.setattr(amutils, "SERVICELOCATION", dripping)
+    start = time.monotonic()
+    with bounded_requests(deadline=2.0, retries=0) as log:
+        with pytest.raises(requests.Timeout, match=r"did not send its whole answer within 2 s$"):
+            amutils.get_catalog(10.0, 20.0, catalog="GAIAeDR3")
+    assert time.monotonic() - start < 6.0
+    [failure] = log.failures
+    assert failure.url.startswith(f"{dripping}/vo/CatalogSearch.aspx?RA=10.0&DEC=20.0&")
+
+
+def test_an_error_status_is_named_as_the_reason_for_no_catalog(failing, answering):
+    with bounded_requests(deadline=2.0) as log:
+        assert requests.get(f"{failing}/{CONE}").status_code == 500
+        assert requests.get(f"{answering}/{CONE}").status_code == 200
+    assert log.failures == []
+    assert log.no_catalog(failing, "GAIAeDR3") == (
+        f"the GAIAeDR3 catalog service at {failing} answered with no catalog (HTTP 500, text/html, 34 bytes)")
+    assert log.no_catalog(answering, "GAIAeDR3") is None  # a 200 with a body: zero sources are the sky's
 
 
 def test_the_callers_own_timeout_is_kept(silent):

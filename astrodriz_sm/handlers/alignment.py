@@ -426,11 +426,11 @@ def align(ctx: StepContext) -> StepResult:
                             # The service itself did not answer: the other catalogs are on it too.
                             stop = unanswered = requests_log.failures[0].describe(f"the {catalog} catalog")
                             break
+                        no_catalog = None
                         if cand.get("reference_sources") == 0:
-                            reply = requests_log.last_reply(amutils.SERVICELOCATION)
-                            if reply is not None and (reply.length == 0 or "html" in reply.content_type.lower()):
-                                cand["reason"] = (f"the {catalog} catalog service at {amutils.SERVICELOCATION} "
-                                                  f"answered with no catalog ({reply.describe()})")
+                            no_catalog = requests_log.no_catalog(amutils.SERVICELOCATION, catalog)
+                            if no_catalog:
+                                cand["reason"] = no_catalog
                         candidates.append(cand)
                         facts.append((CANDIDATE, cand))
                         ctx.progress(f"candidate {catalog} {method}: fit quality {cand['fit_quality']}"
@@ -438,8 +438,9 @@ def align(ctx: StepContext) -> StepResult:
                                         else ""), point="fitted")
                         if cand.pop("too_few_reference_sources", False) and last:
                             # perform_align gives up here, whatever it found before (align.py 3.11).
-                            abandoned = (f"only {cand['reference_sources']} sources in {catalog}, the last "
-                                         "reference catalog: drizzlepac abandons the alignment")
+                            abandoned = (f"{no_catalog}: " if no_catalog else "") + (
+                                f"only {cand['reference_sources']} sources in {catalog}, the last "
+                                "reference catalog: drizzlepac abandons the alignment")
                             break
                         if rules.catalog_search_ends(candidates):
                             break

@@ -5,13 +5,15 @@ library's default. :func:`probe` asks a service once, briefly, whether it answer
 
 stwcs (``astrometry_utils``) and drizzlepac (``astrometric_utils``) call ``requests.get`` without a
 timeout, so a service that accepts a connection and never answers would hold a run forever.
-:func:`bounded_requests` gives every request made inside it a deadline (unless the caller gave one)
+:func:`bounded_requests` gives every request made inside it one deadline for the connection and the
+whole body (unless the caller gave one)
 and one retry after a pause, and records each request that still failed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -59,6 +61,16 @@ class RequestLog:
     def last_reply(self, url_prefix: str) -> Reply | None:
         """The latest reply from a URL starting with ``url_prefix``."""
         return next((r for r in reversed(self.replies) if r.url.startswith(url_prefix)), None)
+
+    def no_catalog(self, url_prefix: str, catalog: str) -> str | None:
+        """Why the latest reply from ``url_prefix`` held no catalog: an HTTP error, an empty body, a page.
+
+        ``None`` when it looked like a catalog (or there was none), so zero sources were the sky's.
+        """
+        reply = self.last_reply(url_prefix)
+        if reply is None or (reply.status < 400 and reply.length and "html" not in reply.content_type.lower()):
+            return None
+        return f"the {catalog} catalog service at {url_prefix} answered with no catalog ({reply.describe()})"
 
 
 @dataclass(frozen=True)
@@ -165,7 +177,8 @@ def bounded_requests(deadline: float, retries: int = RETRIES, pause: float = RET
     Parameters
     ----------
     deadline : float
-        Seconds each connection attempt and each read may take.
+        Seconds each attempt may take in all, from connecting to the last byte of the body (a
+        caller's own timeout, the longest of a tuple, takes its place).
     retries : int
         Further attempts after a timeout or connection failure.
     pause : float
@@ -185,6 +198,36 @@ def bounded_requests(deadline: float, retries: int = RETRIES, pause: float = RET
     failures = log.failures
     original = requests.Session.request
 
+    def whole(self, method, url, args, kwargs, total):
+        """One attempt, connection and whole body within ``total`` seconds."""
+        expired = threading.Event()
+        sockets: list = []
+
+        def cut():
+            # A dripping server keeps every read short: only closing the socket ends the body.
+            expired.set()
+            for sock in sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        watchdog = threading.Timer(total, cut)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            response = original(self, method, url, *args, **{**kwargs, "stream": True})
+            with contextlib.suppress(AttributeError):
+                sockets.append(response.raw._fp.fp.raw._sock)
+            if expired.is_set():
+                cut()
+            response.content  # noqa: B018 - reads the whole body under the watchdog
+            return response
+        except requests.RequestException as exc:
+            if expired.is_set():
+                raise requests.Timeout(f"{url} did not send its whole answer within {total:g} s") from exc
+            raise
+        finally:
+            watchdog.cancel()
+
     def request(self, method, url, *args, **kwargs):
         host = urlsplit(str(url)).netloc
         earlier = next((f for f in failures if urlsplit(f.url).netloc == host), None)
@@ -192,9 +235,11 @@ def bounded_requests(deadline: float, retries: int = RETRIES, pause: float = RET
             raise requests.ConnectionError(f"{host} did not answer earlier in this step; not asked again")
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = deadline
+        timeout = kwargs["timeout"]
+        total = float(max(timeout) if isinstance(timeout, tuple) else timeout)
         for attempt in range(1, retries + 2):
             try:
-                response = original(self, method, url, *args, **kwargs)
+                response = whole(self, method, url, args, kwargs, total)
                 log.replies.append(Reply(str(url), response.status_code, response.headers.get("Content-Type", ""),
                                          len(response.content)))
                 return response
@@ -202,9 +247,7 @@ def bounded_requests(deadline: float, retries: int = RETRIES, pause: float = RET
                 if attempt > retries:
                     failures.append(RequestFailure(url=str(url), reason=f"{type(exc).__name__}: {exc}",
                                                    timed_out=isinstance(exc, requests.Timeout),
-                                                   deadline=float(kwargs["timeout"] if not isinstance(
-                                                       kwargs["timeout"], tuple) else max(kwargs["timeout"])),
-                                                   attempts=attempt))
+                                                   deadline=total, attempts=attempt))
                     raise
                 time.sleep(pause)
 
