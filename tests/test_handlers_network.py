@@ -199,8 +199,15 @@ def test_drizzlepacs_own_catalog_request_is_cut_at_the_deadline(dripping, monkey
     assert failure.url.startswith(f"{dripping}/vo/CatalogSearch.aspx?RA=10.0&DEC=20.0&")
 
 
-def test_an_error_status_is_named_as_the_reason_for_no_catalog(failing, answering):
+def test_an_error_status_is_named_as_the_reason_for_no_catalog(failing, answering, monkeypatch):
+    from drizzlepac.haputils import astrometric_utils as amutils
+
+    monkeypatch.setattr(amutils, "SERVICELOCATION", failing)
     with bounded_requests(deadline=2.0) as log:
+        # drizzlepac reads the 500 page as a catalog of no sources.
+        assert len(amutils.get_catalog(10.0, 20.0, catalog="GAIAeDR3")) == 0
+        assert log.no_catalog(failing, "GAIAeDR3") == (
+            f"the GAIAeDR3 catalog service at {failing} answered with no catalog (HTTP 500, text/html, 34 bytes)")
         assert requests.get(f"{failing}/{CONE}").status_code == 500
         assert requests.get(f"{answering}/{CONE}").status_code == 200
     assert log.failures == []

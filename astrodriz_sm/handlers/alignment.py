@@ -427,7 +427,7 @@ def align(ctx: StepContext) -> StepResult:
                             stop = unanswered = requests_log.failures[0].describe(f"the {catalog} catalog")
                             break
                         no_catalog = None
-                        if cand.get("reference_sources") == 0:
+                        if not cand.get("reference_sources"):  # none, or the catalog could not be read
                             no_catalog = requests_log.no_catalog(amutils.SERVICELOCATION, catalog)
                             if no_catalog:
                                 cand["reason"] = no_catalog
