@@ -553,9 +553,9 @@ def test_serve_command_prints_exports_and_stops_on_interrupt(service_db, tmp_pat
 def test_serve_beyond_loopback_warns_and_prints_the_address_it_is_bound_to(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("ASTROMETRY_SERVICE_URL", "GSSS_WEBSERVICES_URL")}
     db = tmp_path / "service.db"
-    proc = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.cli.main", "serve", "--db", str(db), "--create",
-                             "--host", "0.0.0.0", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=tmp_path)
+    command = ["serve", "--db", str(db), "--create", "--host", "0.0.0.0", "--port", "0"]
+    proc = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.cli.main", *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
         first = [proc.stderr.readline().rstrip("\n") for _ in range(2)]
         exports = dict(proc.stdout.readline().strip().removeprefix("export ").split("=", 1) for _ in range(3))
@@ -565,8 +565,8 @@ def test_serve_beyond_loopback_warns_and_prints_the_address_it_is_bound_to(tmp_p
     port = exports["ASTROMETRY_SERVICE_URL"].removeprefix("http://0.0.0.0:").split("/")[0]
     assert exports["ASTROMETRY_SERVICE_URL"] == f"http://0.0.0.0:{port}/astrometrydb/"
     assert first == [f"serving {db}: 0 catalogs, 0 solutions for 0 observations, 0 guide-star offsets",
-                     f"warning: listening on 0.0.0.0, beyond this machine: anyone who can reach port {port} "
-                     f"can query {db}"]
+                     (f"warning: listening on 0.0.0.0, beyond this machine: anyone who can reach port {port} "
+                      f"can query {db}")]
     assert proc.returncode == 0
 
 
