@@ -149,7 +149,7 @@ def test_a_forged_log_gives_no_facts_and_counts_apart_on_the_campaign_page(tmp_p
 
 
 def test_a_hostile_directory_name_gives_a_relative_link_to_its_report(tmp_path):
-    """A directory named as a ``javascript:`` URL: its link on the campaign page has no scheme and finds the page."""
+    """A directory named like a ``javascript:`` URL: its link on the campaign page has no scheme."""
     hostile = tmp_path / "javascript:alert`1`"
     hostile.mkdir()
     input = hostile / "jsm001010_asn.fits"
