@@ -364,6 +364,23 @@ def test_a_slurm_cluster_for_campaigns_is_constructed_as_the_docs_give_it():
     assert "export jref=/grp/crds/hst/references/hst/" in script
 
 
+def test_the_embedded_cluster_serves_its_dashboard_on_loopback_and_says_where():
+    import psutil
+
+    from astrodriz_sm.campaign.driver import DASHBOARD_ADDRESS, _cluster
+    from astrodriz_sm.cli.main import build_parser
+
+    default = build_parser().parse_args(["batch", "x"]).dashboard_address
+    assert default == DASHBOARD_ADDRESS == "127.0.0.1:8787"
+    # Port 0: another campaign on this machine may hold 8787; the host is what is checked.
+    with _cluster(None, 1, None, "127.0.0.1:0") as (client, _, dashboard):
+        http = client.cluster.scheduler.http_server
+        listening = {c.laddr for c in psutil.Process().net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN}
+        assert [(a.ip, a.port) for a in listening if a.port == http.port] == [("127.0.0.1", http.port)]
+        assert dashboard == f"http://127.0.0.1:{http.port}/status"
+
+
 def test_a_run_killed_for_memory_is_retried_with_twice_the_memory(tmp_path):
     """A 100 MB budget: killed past it, retried with 200 MB (killed again), then 400 MB, enough.
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import re
 import sqlite3
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
 
 from astrodriz_sm.campaign import Ledger, campaign_summary
 from astrodriz_sm.campaign.driver import Plan, plan
@@ -21,6 +25,7 @@ from astrodriz_sm.campaign.runs import (
     run_summary,
 )
 from astrodriz_sm.store.eventstore import EventStore, canonical_json
+from astrodriz_sm.views.report.page import href
 
 WCSNAME = "IDC_0461802ej-FIT_REL_GAIAeDR3"
 
@@ -141,3 +146,32 @@ def test_a_forged_log_gives_no_facts_and_counts_apart_on_the_campaign_page(tmp_p
     forged = frozenset({str(runs["jsm001020"][0])})
     summary = campaign_summary(Ledger(tmp_path / "campaign.db"), not_verified=forged)
     assert (summary["by_state"], summary["by_wcs_type"]["a posteriori"]) == ({"done": 1, NOT_VERIFIED: 1}, 1)
+
+
+def test_a_hostile_directory_name_gives_a_relative_link_to_its_report(tmp_path):
+    """A directory named like a ``javascript:`` URL: its link on the campaign page has no scheme."""
+    hostile = tmp_path / "javascript:alert`1`"
+    hostile.mkdir()
+    input = hostile / "jsm001010_asn.fits"
+    path, (_, latest) = _store(hostile, input)
+    (hostile / "jsm001010_report.html").write_text("<html></html>\n")
+    ledger = Ledger(tmp_path / "campaign.db", create=True)
+    batch = ledger.begin_batch(1, {})
+    ledger.add_association(str(input), "jsm001010")
+    ledger.record(Attempt(str(input), 1, batch, "start", latest, str(path), 0, None, "ok", "done",
+                          wall_s=1.0, wcsname=WCSNAME, wcs_type="a posteriori"))
+    ledger.end_batch(batch)
+    ledger.close()
+
+    page = campaign_report(tmp_path / "campaign.db", output=tmp_path)
+    hrefs = [html.unescape(h) for h in re.findall(r'href="([^"]*)"', page.read_text())]
+    assert [h for h in hrefs if urlsplit(h).scheme] == []
+    links = [h for h in hrefs if not h.startswith("#")]
+    assert links == ["javascript%3Aalert%601%60/jsm001010_report.html"]
+    assert (page.parent / unquote(links[0])).resolve() == (hostile / "jsm001010_report.html").resolve()
+
+
+def test_a_link_is_refused_for_an_absolute_path():
+    assert href("../a b/jsm001010_report.html") == "../a%20b/jsm001010_report.html"
+    with pytest.raises(ValueError, match="a page links only relative paths"):
+        href("//hst.stsci.edu/x")

@@ -547,6 +547,27 @@ def test_serve_command_prints_exports_and_stops_on_interrupt(service_db, tmp_pat
     assert proc.returncode == 0
     assert f"serving {service_db}: 1 catalogs (GAIAeDR3: 6 sources), 2 solutions for 1 observations" in err
     assert f"GET /astrometrydb/observation/read/{ROOT} -> 200 2 solutions" in err
+    assert "warning" not in err
+
+
+def test_serve_beyond_loopback_warns_and_prints_the_address_it_is_bound_to(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("ASTROMETRY_SERVICE_URL", "GSSS_WEBSERVICES_URL")}
+    db = tmp_path / "service.db"
+    command = ["serve", "--db", str(db), "--create", "--host", "0.0.0.0", "--port", "0"]
+    proc = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.cli.main", *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        first = [proc.stderr.readline().rstrip("\n") for _ in range(2)]
+        exports = dict(proc.stdout.readline().strip().removeprefix("export ").split("=", 1) for _ in range(3))
+    finally:
+        os.kill(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=10)
+    port = exports["ASTROMETRY_SERVICE_URL"].removeprefix("http://0.0.0.0:").split("/")[0]
+    assert exports["ASTROMETRY_SERVICE_URL"] == f"http://0.0.0.0:{port}/astrometrydb/"
+    assert first == [f"serving {db}: 0 catalogs, 0 solutions for 0 observations, 0 guide-star offsets",
+                     (f"warning: listening on 0.0.0.0, beyond this machine: anyone who can reach port {port} "
+                      f"can query {db}")]
+    assert proc.returncode == 0
 
 
 def test_serve_on_a_busy_port_is_a_config_error(service, service_db):

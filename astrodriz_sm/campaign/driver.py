@@ -185,10 +185,20 @@ def _parse_memory(text: str | None, workers: int) -> int:
         raise UsageError(f"--memory-limit {text!r}: expected a size such as 4GB, or auto") from None
 
 
+# This machine only: the dashboard shows every association's path and can stop tasks. Another
+# address is used only when given (``--dashboard-address``).
+DASHBOARD_ADDRESS = "127.0.0.1:8787"
+
+
 @contextlib.contextmanager
 def _cluster(scheduler: str | None, workers: int, memory_limit: str | None, dashboard_address: str):
-    """A Dask client: on an existing scheduler, else on an embedded LocalCluster of one thread per worker."""
+    """A Dask client: on an existing scheduler, else on an embedded LocalCluster of one thread per worker.
+
+    Yields the client, a description of the cluster, and its dashboard's URL: the scheduler's own for
+    an existing one; for the embedded one, the address its dashboard socket is bound to.
+    """
     from distributed import Client, LocalCluster
+    from distributed.utils import format_dashboard_link
 
     if scheduler:
         try:
@@ -196,7 +206,7 @@ def _cluster(scheduler: str | None, workers: int, memory_limit: str | None, dash
         except OSError as exc:
             raise UsageError(f"--scheduler {scheduler}: no Dask scheduler answers there ({exc})") from None
         with client:
-            yield client, scheduler
+            yield client, scheduler, client.dashboard_link
         return
     import dask
 
@@ -207,7 +217,10 @@ def _cluster(scheduler: str | None, workers: int, memory_limit: str | None, dash
     with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=limit,
                       resources={MEMORY_RESOURCE: limit}, dashboard_address=dashboard_address) as cluster, \
             Client(cluster) as client:
-        yield client, f"LocalCluster of {workers} workers, 1 thread and {size_text(limit)} each"
+        # Dask's own link names the scheduler's host whatever the dashboard is bound to.
+        http = cluster.scheduler.http_server
+        yield (client, f"LocalCluster of {workers} workers, 1 thread and {size_text(limit)} each",
+               format_dashboard_link(f"[{http.address}]" if ":" in http.address else http.address, http.port))
 
 
 def _largest_memory_offer(client) -> int | None:
@@ -219,7 +232,8 @@ def _largest_memory_offer(client) -> int | None:
 def run_batch(inputs: list[str], options: dict, *, ledger_path: str | os.PathLike, workers: int = 2,
               memory_limit: str | None = None, scheduler: str | None = None, scratch: str | None = None,
               task_memory: int | None = None, max_attempts: int = 3, retry_failed: bool = False,
-              environ: dict | None = None, dashboard_address: str = ":8787", out=None) -> BatchResult:
+              environ: dict | None = None, dashboard_address: str = DASHBOARD_ADDRESS,
+              out=None) -> BatchResult:
     """Run a campaign: every input to its end, on a Dask cluster; see the module's description.
 
     Parameters
@@ -316,8 +330,8 @@ def run_batch(inputs: list[str], options: dict, *, ledger_path: str | os.PathLik
         return result
     counts, futures = Counter(), {}
     try:
-        with _cluster(scheduler, workers, memory_limit, dashboard_address) as (client, where):
-            result.dashboard = client.dashboard_link
+        with _cluster(scheduler, workers, memory_limit, dashboard_address) as (client, where, dashboard):
+            result.dashboard = dashboard
             ledger.describe_batch(batch_id, cluster=where, dashboard=result.dashboard)
             print(f"{len(pending)} associations on {where}; Dask dashboard: {result.dashboard}", file=out, flush=True)
             offer = _largest_memory_offer(client)

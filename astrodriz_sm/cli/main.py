@@ -345,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_explain)
 
     from ..campaign import LEDGER_NAME
+    from ..campaign.driver import DASHBOARD_ADDRESS
 
     s = sub.add_parser("batch", help="a campaign: many associations on a Dask cluster, resumable, with a ledger")
     s.add_argument("inputs", nargs="*", metavar="INPUT", help="inputs as start takes them")
@@ -365,8 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "are retried once)")
     s.add_argument("--retry-failed", action="store_true",
                    help="run again associations whose run failed with a final exit code (bad input, ...)")
-    s.add_argument("--dashboard-address", default=":8787", metavar="ADDRESS",
-                   help="where the embedded cluster serves its Dask dashboard (default :8787)")
+    s.add_argument("--dashboard-address", default=DASHBOARD_ADDRESS, metavar="ADDRESS",
+                   help=f"where the embedded cluster serves its Dask dashboard (default {DASHBOARD_ADDRESS}, "
+                        "this machine only; :8787 listens on every interface)")
     add_processing_options(s, num_cores_default=1)
     s.set_defaults(func=cmd_batch)
 

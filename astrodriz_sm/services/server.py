@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import ipaddress
 import logging
 import math
 import re
@@ -548,10 +549,13 @@ def _bind(db_path, host: str, port: int) -> tuple[_Server, str]:
     ServiceStore(db_path).close()
     server = _Server((host, port), ServiceApp(db_path))
     bound_host, bound_port = server.server_address[:2]
-    if bound_host in ("0.0.0.0", "::"):
-        bound_host = "127.0.0.1"
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     return server, f"http://{shown}:{bound_port}/"
+
+
+def beyond_loopback(server: _Server) -> bool:
+    """Whether ``server`` listens on an address other machines can reach (anything but loopback)."""
+    return not ipaddress.ip_address(server.server_address[0]).is_loopback
 
 
 def start_server(db_path: str | Path, host: str = "127.0.0.1", port: int = 0) -> ServiceHandle:
@@ -593,6 +597,9 @@ def serve_forever(db_path: str | Path, host: str = "127.0.0.1", port: int = 8765
     """
     out = out or sys.stdout
     server, url = _bind(db_path, host, port)
+    if beyond_loopback(server):
+        print(f"warning: listening on {server.server_address[0]}, beyond this machine: anyone who can reach "
+              f"port {server.server_address[1]} can query {db_path}", file=sys.stderr, flush=True)
     try:
         for key, value in service_environment(url).items():
             print(f"export {key}={value}", file=out)

@@ -6,6 +6,10 @@ Templates live in ``templates/``: ``base.html.j2`` (the page frame and its style
 
 from __future__ import annotations
 
+import os
+from pathlib import PurePosixPath
+from urllib.parse import quote
+
 import jinja2
 
 from . import figures as fig
@@ -18,8 +22,26 @@ def environment() -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
     env.filters["num"] = number
+    env.filters["href"] = href
     env.filters["join_list"] = lambda v: ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else (v or "-")
     return env
+
+
+def href(path: str | os.PathLike) -> str:
+    """A relative path as a link target: each segment URL-quoted, so no name can make it a scheme or a host.
+
+    A directory named ``javascript:alert(1)`` would otherwise be read by a browser as the scheme
+    ``javascript``; quoting every segment (``:`` included) keeps the link a path to that directory.
+
+    Raises
+    ------
+    ValueError
+        For an absolute path: pages link only relative to where they are written.
+    """
+    posix = PurePosixPath(os.fspath(path).replace(os.sep, "/"))
+    if posix.is_absolute():
+        raise ValueError(f"{path}: a page links only relative paths")
+    return "/".join(quote(part, safe="") for part in posix.parts) or "."
 
 
 def number(value, digits: int = 2) -> str:
