@@ -95,6 +95,19 @@ def test_every_command_that_names_a_run_takes_a_rootname(three_runs, capsys):
     assert capsys.readouterr().err == "astrodriz-sm: error: run jsm001010-2 already ended done; nothing to resume\n"
 
 
+
+def test_replay_into_a_missing_directory_is_one_line_and_leaves_nothing(three_runs, capsys):
+    out = three_runs.parent / "no such dir" / "x.tra"
+    assert main(["replay", ROOT, "-o", str(out)]) == ExitCode.USAGE == 2
+    assert capsys.readouterr().err == (f"astrodriz-sm: error: -o {out}: cannot write the trailer there: "
+                                       "No such file or directory\n")
+    assert not out.parent.exists()
+    # Written whole, under its own name, with no partial file beside it.
+    good = three_runs.parent / "x.tra"
+    assert main(["replay", ROOT, "-o", str(good)]) == 0
+    assert good.read_text().startswith("=" * 78) and "jsm001010-2" in good.read_text()
+    assert sorted(p.name for p in three_runs.parent.iterdir() if p.name.startswith("x.tra")) == ["x.tra"]
+
 # -- a forged log, on a hand-made store ------------------------------------------------------------
 def test_status_of_every_run_refuses_the_store_when_one_log_does_not_verify(three_runs, capsys):
     _forge(three_runs, "jsm001010-1", 1, {"message": "forged"})

@@ -580,3 +580,14 @@ def test_serve_on_a_busy_port_is_a_config_error(service, service_db):
         cmd_serve(args)
     logger = logging.getLogger("astrodriz_sm.services")
     assert logger.handlers == [] and logger.propagate
+
+
+@pytest.mark.parametrize("port, why", [("99999", "99999 is not a port number (0-65535)"),
+                                       ("-1", "-1 is not a port number (0-65535)"),
+                                       ("http", "'http' is not a port number")])
+def test_serve_refuses_a_port_out_of_range_in_one_line(tmp_path, port, why):
+    done = subprocess.run([sys.executable, "-m", "astrodriz_sm.cli.main", "serve", "--db", str(tmp_path / "s.db"),
+                           "--create", "--port", port], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == f"astrodriz-sm serve: error: argument --port: {why}"
+    assert "Traceback" not in done.stderr and not (tmp_path / "s.db").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from .. import api
 from ..errors import EXIT_CODE_MEANINGS, AstrodrizError, ExitCode, InputError, Interrupted, UsageError
-from ..model import STORE_NAME
+from ..model import STORE_NAME, partial_name
 from ..model.options import CHOSEN
 from ..store.eventstore import StoreCorrupt, StoreError
 from ..views.banner import unverified_banner
@@ -48,7 +49,16 @@ def cmd_resume(args) -> int:
 def cmd_replay(args) -> int:
     text = api.replay(args.run, store=args.store, unverified=args.unverified)
     if args.output:
-        Path(args.output).write_text(text)
+        out = Path(args.output)
+        tmp = out.with_name(partial_name(out.name))
+        try:
+            # Whole or not at all: a trailer cut by a full disk would pass for a shorter run.
+            tmp.write_text(text)
+            os.replace(tmp, out)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise UsageError(f"-o {out}: cannot write the trailer there: {exc.strerror or exc}") from exc
     else:
         sys.stdout.write(text)
     return 0

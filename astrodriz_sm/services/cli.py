@@ -17,13 +17,24 @@ DEFAULT_PORT = 8765
 DEFAULT_HOST = "127.0.0.1"
 
 
+def _port(text: str) -> int:
+    """A TCP port number, 0-65535 (0: the system picks a free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
+    return port
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``serve``: ``--db``, ``--create``, ``--port``, ``--host``."""
     parser.add_argument("--db", default=DEFAULT_DB, metavar="PATH",
                         help=f"service database (default {DEFAULT_DB}; fill it with serve-load)")
     parser.add_argument("--create", action="store_true",
                         help="serve an empty database when --db does not exist (otherwise an error)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, metavar="N",
                         help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument("--host", default=DEFAULT_HOST, metavar="ADDRESS",
                         help=f"address to listen on (default {DEFAULT_HOST}, this machine only); any other "
