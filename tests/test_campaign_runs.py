@@ -12,7 +12,8 @@ import pytest
 
 from astrodriz_sm.campaign import Ledger, campaign_summary
 from astrodriz_sm.campaign.driver import Plan, plan
-from astrodriz_sm.campaign.ledger import Attempt
+from astrodriz_sm.campaign.ledger import Attempt, LedgerCorrupt
+from astrodriz_sm.errors import ExitCode
 from astrodriz_sm.campaign.report import campaign_report
 from astrodriz_sm.campaign.runs import (
     NO_RUN,
@@ -175,3 +176,41 @@ def test_a_link_is_refused_for_an_absolute_path():
     assert href("../a b/jsm001010_report.html") == "../a%20b/jsm001010_report.html"
     with pytest.raises(ValueError, match="a page links only relative paths"):
         href("//hst.stsci.edu/x")
+
+
+def _ledger_with_a_damaged_page(path: Path) -> bytes:
+    """A real ledger of 300 associations whose third page is overwritten: what a bad disk block leaves."""
+    ledger = Ledger(path, create=True)
+    batch = ledger.begin_batch(300, {})
+    for i in range(300):
+        ledger.add_association(f"/archive/j{i:05d}/j{i:05d}010_asn.fits", f"j{i:05d}010")
+    ledger.end_batch(batch)
+    ledger.close()
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[2 * page:2 * page + 200] = b"\xff" * 200
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("damage", ["page", "empty"])
+def test_a_damaged_ledger_is_one_line_exit_8_and_nothing_is_written(tmp_path, capsys, damage):
+    from astrodriz_sm.cli.main import main
+
+    db = tmp_path / "campaign.db"
+    if damage == "page":
+        before = _ledger_with_a_damaged_page(db)
+        why = "damaged campaign ledger ("
+    else:
+        db.write_bytes(b"")
+        before = b""
+        why = "empty file, not a campaign ledger"
+    for command in (["campaign", "status", str(db)], ["report", "--campaign", str(db), "-o", str(tmp_path)]):
+        assert main(command) == ExitCode.LOG_CORRUPT == 8, command
+        err = capsys.readouterr().err
+        assert err.startswith(f"astrodriz-sm: error: {db}: {why}") and err.count("\n") == 1, err
+    # What batch opens before its first write: refused, the file as it was.
+    with pytest.raises(LedgerCorrupt):
+        Ledger(db, create=True)
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["campaign.db"]

@@ -134,18 +134,28 @@ class Ledger:
         if not self.path.parent.is_dir():
             raise LedgerError(f"{self.path}: cannot create the campaign ledger: directory {self.path.parent} "
                               "does not exist", str(self.path))
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            # sqlite would take it for a new database; a ledger is never empty once made.
+            raise LedgerCorrupt(f"{self.path}: empty file, not a campaign ledger", str(self.path))
         try:
             self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if tables and "ledger" not in tables:
                 raise LedgerCorrupt(f"{self.path}: SQLite file without a campaign ledger (tables: "
                                     f"{', '.join(sorted(tables))})", str(self.path))
+            if not tables and not create:
+                raise LedgerCorrupt(f"{self.path}: SQLite file without a campaign ledger (no tables)", str(self.path))
+            # Checked before anything is written: a damaged page found later would take a batch row with it.
+            problems = [r[0] for r in self._conn.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise LedgerCorrupt(f"{self.path}: damaged campaign ledger ({problems[0]})", str(self.path))
             if create:
                 self._conn.executescript(_SCHEMA)
                 if self._conn.execute("SELECT COUNT(*) FROM ledger").fetchone()[0] == 0:
                     self._conn.execute("INSERT INTO ledger VALUES (?)", [LEDGER_VERSION])
         except sqlite3.DatabaseError as exc:
-            raise LedgerCorrupt(f"{self.path}: not a campaign ledger ({exc})", str(self.path)) from None
+            what = "not a campaign ledger" if "not a database" in str(exc) else "damaged campaign ledger"
+            raise LedgerCorrupt(f"{self.path}: {what} ({exc})", str(self.path)) from None
 
     def close(self) -> None:
         """Close the connection (and give up the driver's lock, if this ledger holds it)."""
