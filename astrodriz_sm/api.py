@@ -393,6 +393,16 @@ def read_run(store: EventStore, run_id: str, unverified: bool = False) -> tuple[
     return store.get_run(run_id), events, check
 
 
+def _read_named(run: str | os.PathLike | None, store: str | os.PathLike | None,
+                unverified: bool) -> tuple[dict, list, VerifyResult]:
+    """:func:`read_run` of the run ``run`` names in ``store`` (opened read-only, and closed again)."""
+    events = open_store(store, read_only=True)
+    try:
+        return read_run(events, find_run(events, run), unverified)
+    finally:
+        events.close()
+
+
 def replay(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
            unverified: bool = False) -> str:
     """The run's trailer, rendered from its events alone (byte-identical to the ``.tra``).
@@ -416,8 +426,7 @@ def replay(run: str | os.PathLike | None = None, *, store: str | os.PathLike | N
     """
     from .views.trailer import render_trailer
 
-    events = open_store(store, read_only=True)
-    row, recorded, check = read_run(events, find_run(events, run), unverified)
+    row, recorded, check = _read_named(run, store, unverified)
     banner = unverified_banner(check)
     return (f"{banner}\n" if banner else "") + render_trailer(row, recorded)
 
@@ -462,8 +471,7 @@ def report(run: str | os.PathLike | None = None, *, store: str | os.PathLike | N
     """
     from .views.report import write_report
 
-    events = open_store(store, read_only=True)
-    return write_report(*read_run(events, find_run(events, run), unverified), output)
+    return write_report(*_read_named(run, store, unverified), output)
 
 
 def explain(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
@@ -488,8 +496,7 @@ def explain(run: str | os.PathLike | None = None, *, store: str | os.PathLike | 
     """
     from .views.explain import explain as explain_run
 
-    events = open_store(store, read_only=True)
-    _, recorded, check = read_run(events, find_run(events, run), unverified)
+    _, recorded, check = _read_named(run, store, unverified)
     return {**explain_run(fold(recorded)), "log": log_facts(check)}
 
 
@@ -516,9 +523,9 @@ def status(run: str | os.PathLike | None = None, *, store: str | os.PathLike | N
         As :func:`replay`.
     """
     events = open_store(store, read_only=True)
-    ids = [find_run(events, run)] if run else [r["run_id"] for r in events.runs()]
-    out = []
-    for rid in ids:
-        row, recorded, check = read_run(events, rid, unverified)
-        out.append(RunStatus(row, fold(recorded), check))
-    return out
+    try:
+        ids = [find_run(events, run)] if run else [r["run_id"] for r in events.runs()]
+        return [RunStatus(row, fold(recorded), check)
+                for row, recorded, check in (read_run(events, rid, unverified) for rid in ids)]
+    finally:
+        events.close()

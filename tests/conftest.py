@@ -43,6 +43,21 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker(LONG_MARKER) is None)
 
 
+def forge_payload(db: Path, run_id: str, seq: int, payload: dict) -> None:
+    """Rewrite one event's payload behind the store's back, as the append-only triggers forbid."""
+    import sqlite3
+
+    from astrodriz_sm.store.eventstore import canonical_json
+
+    con = sqlite3.connect(db)
+    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        con.execute(f"DROP TRIGGER {name}")
+    assert con.execute("UPDATE events SET payload = ? WHERE run_id = ? AND seq = ?",
+                       (canonical_json(payload), run_id, seq)).rowcount == 1
+    con.commit()
+    con.close()
+
+
 def fallback_warnings(store_path: Path) -> list[str]:
     """``'<run> <stage>/<step>: <message>'`` of every ``warning`` event in a store (none if unreadable)."""
     from astrodriz_sm.statemachine.state import WARNING

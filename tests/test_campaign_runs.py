@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import re
-import sqlite3
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -13,7 +12,6 @@ import pytest
 from astrodriz_sm.campaign import Ledger, campaign_summary
 from astrodriz_sm.campaign.driver import Plan, plan
 from astrodriz_sm.campaign.ledger import Attempt, LedgerCorrupt
-from astrodriz_sm.errors import ExitCode
 from astrodriz_sm.campaign.report import campaign_report
 from astrodriz_sm.campaign.runs import (
     NO_RUN,
@@ -25,8 +23,11 @@ from astrodriz_sm.campaign.runs import (
     read_run,
     run_summary,
 )
-from astrodriz_sm.store.eventstore import EventStore, canonical_json
+from astrodriz_sm.errors import ExitCode
+from astrodriz_sm.store.eventstore import EventStore
 from astrodriz_sm.views.report.page import href
+
+from .conftest import forge_payload
 
 WCSNAME = "IDC_0461802ej-FIT_REL_GAIAeDR3"
 
@@ -92,17 +93,6 @@ def test_the_driver_plans_from_the_same_reader(tmp_path):
     assert run_summary(tmp_path / "astrodriz_sm.db", str(input))["run_status"] == "unfinished"
 
 
-def _forge(db: Path, run_id: str, seq: int, payload: dict) -> None:
-    """Rewrite one event's payload behind the store's back, as the append-only triggers forbid."""
-    con = sqlite3.connect(db)
-    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
-        con.execute(f"DROP TRIGGER {name}")
-    assert con.execute("UPDATE events SET payload = ? WHERE run_id = ? AND seq = ?",
-                       (canonical_json(payload), run_id, seq)).rowcount == 1
-    con.commit()
-    con.close()
-
-
 def test_a_forged_log_gives_no_facts_and_counts_apart_on_the_campaign_page(tmp_path):
     """Two associations done in the ledger; one's wcs decision (seq 3) edited: nothing of it is shown."""
     forged_wcsname = "IDC_0461802ej-FIT_SVM_FORGED"
@@ -113,7 +103,7 @@ def test_a_forged_log_gives_no_facts_and_counts_apart_on_the_campaign_page(tmp_p
         path, (_, latest) = _store(tmp_path / root, input)
         runs[root] = (input, path, latest)
     input, path, latest = runs["jsm001020"]
-    _forge(path, latest, 3,
+    forge_payload(path, latest, 3,
            {"decision": "wcs", "chosen_stage": "aposteriori", "chosen_wcsname": forged_wcsname})
 
     stored = read_run(path, run_id=latest)

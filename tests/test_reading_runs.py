@@ -18,24 +18,13 @@ import pytest
 from astrodriz_sm import api
 from astrodriz_sm.cli.main import main
 from astrodriz_sm.errors import ExitCode, LogCorruptError, RunStateError
-from astrodriz_sm.store.eventstore import EventStore, canonical_json
+from astrodriz_sm.store.eventstore import EventStore
 
 from .browser import open_page
-from .conftest import NO_ALIGNMENT, run_cli
+from .conftest import NO_ALIGNMENT, forge_payload, run_cli
 
 ROOT = "jsm001010"
 STORE = api.STORE_NAME
-
-
-def _forge(db: Path, run_id: str, seq: int, payload: dict) -> None:
-    """Rewrite one event's payload behind the store's back, as the append-only triggers forbid."""
-    con = sqlite3.connect(db)
-    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
-        con.execute(f"DROP TRIGGER {name}")
-    assert con.execute("UPDATE events SET payload = ? WHERE run_id = ? AND seq = ?",
-                       (canonical_json(payload), run_id, seq)).rowcount == 1
-    con.commit()
-    con.close()
 
 
 # -- names, on hand-made stores --------------------------------------------------------------------
@@ -110,7 +99,7 @@ def test_replay_into_a_missing_directory_is_one_line_and_leaves_nothing(three_ru
 
 # -- a forged log, on a hand-made store ------------------------------------------------------------
 def test_status_of_every_run_refuses_the_store_when_one_log_does_not_verify(three_runs, capsys):
-    _forge(three_runs, "jsm001010-1", 1, {"message": "forged"})
+    forge_payload(three_runs, "jsm001010-1", 1, {"message": "forged"})
     line = (f"{three_runs}: run jsm001010-1: the log does not verify (first bad event: seq 1: hash mismatch "
             "(content altered))")
     with pytest.raises(LogCorruptError, match=r"; render it anyway with --unverified$") as raised:
@@ -174,7 +163,7 @@ def test_a_forged_decision_is_refused_by_every_view_and_shown_only_under_the_ban
     wcs = next(e for e in EventStore(db, read_only=True).events(result.run_id)
                if e.kind == "decision" and e.payload.get("decision") == "wcs")
     forged = f"{wcs.payload['chosen_wcsname']}-FIT_REL_GAIAeDR3"
-    _forge(db, result.run_id, wcs.seq, {**wcs.payload, "chosen_wcsname": forged})
+    forge_payload(db, result.run_id, wcs.seq, {**wcs.payload, "chosen_wcsname": forged})
     where = f"run {result.run_id}: the log does not verify (first bad event: seq {wcs.seq}: hash mismatch " \
             "(content altered))"
     out_dir = tmp_path / "report"

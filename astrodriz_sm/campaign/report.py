@@ -10,18 +10,13 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
-from ..model import partial_name
+from ..model import campaign_report_name, partial_name
 from ..views.report.campaign import SLOWEST, campaign_facts, render_campaign_page
 from .ledger import Ledger, process_attempts, state_of
 from .runs import NO_RUN, NOT_VERIFIED, StoredRun, read_run
 from .status import campaign_summary
 
-__all__ = ["campaign_report", "campaign_report_name"]
-
-
-def campaign_report_name(ledger: str | os.PathLike) -> str:
-    """``<ledger stem>_campaign_report.html``: the campaign's report page."""
-    return f"{Path(ledger).stem}_campaign_report.html"
+__all__ = ["campaign_report"]
 
 
 def association_entry(row: dict) -> dict:
@@ -93,7 +88,7 @@ def campaign_report(ledger: str | os.PathLike, *, output: str | os.PathLike | No
     page = render_campaign_page(campaign_facts(summary, associations, directory))
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        html = directory / campaign_report_name(opened.path)
+        html = directory / campaign_report_name(opened.path.stem)
         partial = html.with_name(partial_name(html.name))
         partial.write_text(page, encoding="utf-8")
         os.replace(partial, html)

@@ -10,9 +10,11 @@ from .exposures import (
     FLT,
     INPUT_KINDS,
     TRANSIENT_SUFFIXES,
+    UPDATED_COPIES,
     Exposure,
     ExposureSet,
     Product,
+    campaign_report_name,
     fit_matches_name,
     focus_json_name,
     headerlet_name,
@@ -24,7 +26,6 @@ from .exposures import (
     qa_json_name,
     report_name,
     split_input_name,
-    UPDATED_COPIES,
     trailer_name,
 )
 from .inputs import Inputs
@@ -32,8 +33,8 @@ from .layout import STORE_NAME, RunLayout, store_path
 from .options import RunConfig
 from .steps import (
     ENDS,
-    STAGES,
     STAGE_LABELS,
+    STAGES,
     STATES,
     STEPS,
     WCS_STAGES,
@@ -72,6 +73,7 @@ __all__ = [
     "StepSpec",
     "detector_parameters",
     "drizzles",
+    "campaign_report_name",
     "fit_matches_name",
     "focus_json_name",
     "headerlet_name",

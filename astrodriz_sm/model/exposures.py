@@ -54,6 +54,11 @@ def report_name(root: str) -> str:
     return f"{root}_report.html"
 
 
+def campaign_report_name(ledger_stem: str) -> str:
+    """``<ledger stem>_campaign_report.html``: a campaign's report page."""
+    return f"{ledger_stem}_campaign_report.html"
+
+
 def qa_json_name(root: str) -> str:
     """``<root>_qa.json``: the run's quality figures in drizzlepac's ``HapDiagnostic`` layout."""
     return f"{root}_qa.json"
