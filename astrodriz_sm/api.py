@@ -25,12 +25,13 @@ from .config import (
     recorded_environment,
     switches_from_environment,
 )
-from .errors import InputError, Interrupted, LogCorruptError, RunStateError, UsageError
+from .errors import InputError, Interrupted, LogCorruptError, RunHeldError, RunStateError, UsageError
 from .logs import run_log
 from .model import STORE_NAME, RunLayout, split_input_name, store_path
 from .model.options import chosen_options
 from .statemachine import RunState, fold
-from .store.eventstore import EventStore, StoreCorrupt, StoreError, VerifyResult
+from .store.eventstore import (DEFAULT_LEASE_EXPIRY_S, EventStore, LeaseHeld, LeaseTakeover, StoreCorrupt, StoreError,
+                               VerifyResult)
 from .views.banner import does_not_verify, log_facts, unverified_banner
 
 __all__ = ["STORE_NAME", "RunResult", "RunStatus", "explain", "find_run", "open_store", "process", "read_run",
@@ -287,9 +288,10 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
     AstrodrizError
         Before a run starts: bad input file name or directory (:class:`InputError`), a switch that is
         not on/off (:class:`ConfigError`), bad options (:class:`UsageError`), an unfinished run on
-        this input (:class:`RunStateError`).
+        this input (:class:`RunStateError`), or one that a live process holds (:class:`RunHeldError`,
+        also with ``resume_unfinished`` or ``restart``).
     """
-    from .runner import Runner, start_run
+    from .runner import Runner
 
     env = dict(os.environ if environ is None else environ)
     config, root = run_config(input, newpath, environ=env, **options)
@@ -299,24 +301,65 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
         if (problem := events.integrity_problem()) is not None:
             raise LogCorruptError(f"{events.path}: damaged event store ({problem}); no run is added to it",
                                   str(events.path))
-        previous = events.latest_run(str(input_path))
+        expiry = lease_expiry_from_environment(env, DEFAULT_LEASE_EXPIRY_S)
+        run_id, action, takeover = _claim(events, config, root, expiry, log, resume_unfinished=resume_unfinished,
+                                          restart=restart)
+        try:
+            if action == "run":
+                log.info("run started", run_id=run_id, stage="init", input=str(input_path), store=str(events.path))
+            _drive(Runner(events, run_id, log=log, environ=env, observer=observer, takeover=takeover), action)
+        finally:
+            events.release_lease(run_id)  # the runner gives it up itself; this covers a failure before it ran
+    return _result(events, run_id, report)
+
+
+def _claim(events: EventStore, config: RunConfig, root: str, expiry_s: float, log, *, resume_unfinished: bool,
+           restart: bool) -> tuple[str, str, LeaseTakeover | None]:
+    """Find the input's unfinished run and take it, or create a new run, as one step of the store.
+
+    Both happen under the store's write lock (:meth:`EventStore.exclusive`), with the run's lease taken
+    before the lock is let go: of two processes starting on one input, whichever comes second finds
+    the first one's run, and its live holder.
+
+    Returns
+    -------
+    run_id : str
+    action : {'run', 'resume'}
+        What the runner does with it.
+    takeover : LeaseTakeover or None
+        The lease taken over from an unfinished run's holder that is gone.
+
+    Raises
+    ------
+    RunHeldError
+        The input's unfinished run is held by a live process (whatever ``resume_unfinished`` and
+        ``restart`` say: neither takes a run from a process still writing it).
+    RunStateError
+        The input has an unfinished run, and neither ``resume_unfinished`` nor ``restart`` was given.
+    """
+    from .runner import Runner, start_run
+
+    input_path = config.input
+    with events.exclusive():
+        previous = events.latest_run(input_path)
         state = fold(events.events(previous["run_id"])) if previous is not None else None
         if state is not None and not state.is_ended:
+            try:
+                events.check_lease(previous["run_id"])
+            except LeaseHeld as exc:
+                raise RunHeldError(f"{input_path}: {exc}", input_path) from None
             if resume_unfinished:
-                _drive(Runner(events, previous["run_id"], log=log, environ=env, observer=observer), "resume")
-                return _result(events, previous["run_id"], report)
-            if restart:
-                Runner(events, previous["run_id"], log=log).abandon(
-                    "abandoned: a new run was started on this input (start --restart)")
-        if state is not None and not state.is_ended and not restart:
-            where = "/".join(min(state.in_progress)) if state.in_progress else state.state
-            raise RunStateError(f"{input_path}: run {previous['run_id']} on this input is unfinished "
-                                f"(at {where}); continue it with --resume or 'astrodriz-sm resume "
-                                f"{previous['run_id']}'")
+                return previous["run_id"], "resume", events.acquire_lease(previous["run_id"], expiry_s)
+            if not restart:
+                where = "/".join(min(state.in_progress)) if state.in_progress else state.state
+                raise RunStateError(f"{input_path}: run {previous['run_id']} on this input is unfinished "
+                                    f"(at {where}); continue it with --resume or 'astrodriz-sm resume "
+                                    f"{previous['run_id']}'")
+            Runner(events, previous["run_id"], log=log).abandon(
+                "abandoned: a new run was started on this input (start --restart)")
         run_id = start_run(events, config, root)
-        log.info("run started", run_id=run_id, stage="init", input=str(input_path), store=str(events.path))
-        _drive(Runner(events, run_id, log=log, environ=env, observer=observer), "run")
-    return _result(events, run_id, report)
+        events.acquire_lease(run_id, expiry_s)
+    return run_id, "run", None
 
 
 def resume(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,

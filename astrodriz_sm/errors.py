@@ -30,6 +30,8 @@ class ExitCode(enum.IntEnum):
     INTERRUPTED = 9, "Interrupted (Ctrl-C, SIGTERM): the run can be resumed."
     NO_VIABLE_DATA = 65, ("No exposure left to process (-v removed every one); the run ended ``failed``, "
                           "with runastrodriz's code for it.")
+    HELD = 75, ("Another live process (another operator, batch or host) holds this input's unfinished run; "
+                "nothing was done: try again when it ends.")
 
 
 EXIT_CODE_MEANINGS = {code: code.meaning for code in ExitCode}
@@ -37,13 +39,14 @@ EXIT_CODE_MEANINGS = {code: code.meaning for code in ExitCode}
 # What a campaign does when an association's process ends with each code. A final outcome is kept;
 # a failure that may not recur (a defect met once, a library failing on a busy node) is tried once
 # more; a process stopped from outside (a signal, the node going away) is resumed.
-FINAL, RETRY_ONCE, RESUME = "final", "retried once", "resumed"
+FINAL, RETRY_ONCE, RESUME, HELD_ELSEWHERE = "final", "retried once", "resumed", "waited for"
 CAMPAIGN_RETRY = {
     ExitCode.OK: FINAL, ExitCode.INTERNAL: RETRY_ONCE, ExitCode.USAGE: FINAL, ExitCode.INPUT: FINAL,
     ExitCode.PROCESSING: RETRY_ONCE, ExitCode.CONFIG: FINAL,
-    # Another live process holds the run: running it again would only be refused again.
     ExitCode.RUN_STATE: FINAL, ExitCode.LOG_CORRUPT: FINAL, ExitCode.INTERRUPTED: RESUME,
     ExitCode.NO_VIABLE_DATA: FINAL,
+    # Another live process holds the input's run: waited for, then planned again (never a failure).
+    ExitCode.HELD: HELD_ELSEWHERE,
 }
 
 
@@ -90,6 +93,10 @@ class ProcessingError(AstrodrizError, exit_code=ExitCode.PROCESSING):
 
 class RunStateError(AstrodrizError, exit_code=ExitCode.RUN_STATE):
     """The requested run cannot be started or resumed."""
+
+
+class RunHeldError(AstrodrizError, exit_code=ExitCode.HELD):
+    """Another live process holds the input's unfinished run (its lease); nothing was done."""
 
 
 class UsageError(AstrodrizError, exit_code=ExitCode.USAGE):

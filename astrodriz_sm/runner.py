@@ -23,7 +23,7 @@ from pathlib import Path
 import structlog
 
 from .config import SERVICE_SETTINGS, lease_expiry_from_environment
-from .errors import AstrodrizError, ExitCode, NoViableDataError, ProcessingError, RunStateError
+from .errors import AstrodrizError, ExitCode, NoViableDataError, ProcessingError, RunHeldError, RunStateError
 from .handlers.common import StepContext, library_fallbacks, payload_logs
 from .model.options import PRODUCT_SETTINGS
 from .model import STAGES, RunConfig, RunLayout, last_step, partial_name, stage_steps, step_spec
@@ -43,7 +43,7 @@ from .statemachine.state import (
     TRANSITION,
     WARNING,
 )
-from .store.eventstore import DEFAULT_LEASE_EXPIRY_S, EventStore, StoreError
+from .store.eventstore import DEFAULT_LEASE_EXPIRY_S, EventStore, LeaseHeld, LeaseTakeover, StoreError
 from .version import __version__
 from .views.trailer import render_trailer
 
@@ -215,10 +215,14 @@ class Runner:
         The runner's one hook: ``observer(stage, step, point)`` is called after every event is
         appended (``point`` is the event kind) and at every progress point a handler names (such as
         ``'fitted'`` after each a posteriori fit). Progress displays and the crash harness use it.
+    takeover : LeaseTakeover, optional
+        The lease this process already took over when it claimed the run (see
+        :func:`astrodriz_sm.api.process`): recorded as the run's ``lease.taken_over`` event.
     """
 
     def __init__(self, store: EventStore, run_id: str, log=None, *, environ: Mapping | None = None,
-                 handlers: Mapping | None = None, observer: Observer | None = None):
+                 handlers: Mapping | None = None, observer: Observer | None = None,
+                 takeover: LeaseTakeover | None = None):
         if handlers is None:
             from .handlers import HANDLERS as handlers
         self.store = store
@@ -231,6 +235,7 @@ class Runner:
         self._events = None
         self._started = time.perf_counter()
         self._keeper = None
+        self._claimed_takeover = takeover
         # Time spent on the log itself (appends, reads, folds, trailer), reported in run.ended.
         self.log_seconds = 0.0
 
@@ -378,9 +383,12 @@ class Runner:
         """
         expiry = lease_expiry_from_environment(self.environ, DEFAULT_LEASE_EXPIRY_S)
         try:
-            takeover = self.store.acquire_lease(self.run_id, expiry)
+            takeover = self.store.acquire_lease(self.run_id, expiry) or self._claimed_takeover
+        except LeaseHeld as exc:
+            raise RunHeldError(f"{self.store.path}: {exc}", str(self.store.path)) from None
         except StoreError as exc:
             raise RunStateError(str(exc)) from exc
+        self._claimed_takeover = None
         try:
             with self.store.keep_lease(self.run_id, expiry) as self._keeper:
                 if takeover is not None:

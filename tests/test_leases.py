@@ -76,9 +76,9 @@ def test_a_run_left_locked_by_a_dead_node_resumes_after_the_expiry_with_a_takeov
     run_id = store.latest_run()["run_id"]
     expires = _leave_foreign_lease(store.path, run_id, 4.0)
     refused = run_cli("resume", run_id, cwd=d, env=env)
-    assert refused.returncode == 7
+    assert refused.returncode == 75
     assert refused.stderr.strip().splitlines()[-1] == (
-        f"astrodriz-sm: error: run {run_id} is being processed by pid 4242 on node17.cluster.example (since "
+        f"astrodriz-sm: error: {store.path}: run {run_id} is being processed by pid 4242 on node17.cluster.example (since "
         f"{store.lease(run_id)['acquired_utc']}, last heartbeat {store.lease(run_id)['heartbeat_utc']}, lease "
         f"expires {expires} unless renewed); one writer at a time")
     while dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") <= expires:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import subprocess
 import sys
 
 import pytest
 from astropy.io import fits
 
+from astrodriz_sm.errors import ExitCode
 from astrodriz_sm.crashtest import KILL_POINTS, harness, start_and_kill
 from astrodriz_sm.statemachine import fold
 from astrodriz_sm.store.eventstore import EventStore
@@ -90,16 +93,58 @@ def test_one_writer_at_a_time(simulated):
         if latest and any(e.step == "astrodrizzle" for e in store.events(latest["run_id"])):
             break
         time.sleep(0.05)
-    second = run_cli("resume", latest["run_id"], cwd=d, env=env)
-    assert second.returncode == 7
-    last = second.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"astrodriz-sm: error: run {latest['run_id']} is being processed by pid {first.pid} on ")
-    assert last.endswith("; one writer at a time")
+    # Stopped (SIGSTOP), the first process still lives and holds the run: the checks below cannot
+    # race with its end.
+    _stop_outside_a_transaction(first.pid, d / "astrodriz_sm.db")
+    try:
+        _second_operators_are_refused(d, env, store, latest["run_id"], first.pid)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
     assert run_cli("verify-log", cwd=d).returncode == 0
     events = store.events(latest["run_id"])
     assert [e.kind for e in events].count("run.resumed") == 0
     assert events[-1].payload["status"] == "done"
+
+
+def _stop_outside_a_transaction(pid, db):
+    """SIGSTOP ``pid`` at a moment it holds no write transaction on ``db`` (else the others would wait)."""
+    import sqlite3
+    import time
+
+    for _ in range(200):
+        os.kill(pid, signal.SIGSTOP)
+        conn = sqlite3.connect(db, timeout=0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.01)
+        finally:
+            conn.close()
+    raise AssertionError(f"pid {pid} never let go of {db}")
+
+
+def _second_operators_are_refused(d, env, store, run_id, pid):
+    second = run_cli("resume", run_id, cwd=d, env=env)
+    assert second.returncode == ExitCode.HELD
+    last = second.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"astrodriz-sm: error: {d / 'astrodriz_sm.db'}: run {run_id} is being "
+                           f"processed by pid {pid} on ")
+    assert last.endswith("; one writer at a time")
+    # A second operator's start, with or without --resume or --restart, finds the first one's run and
+    # its live holder: nothing is created, abandoned or written.
+    before = [e.seq for e in store.events(run_id)]
+    for flags in ((), ("--resume",), ("--restart",)):
+        again = run_cli("start", *flags, d / f"{ROOT}_asn.fits", cwd=d, env=env)
+        assert again.returncode == ExitCode.HELD, (flags, again.stderr[-2000:])
+        last = again.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"astrodriz-sm: error: {d / f'{ROOT}_asn.fits'}: run {run_id} is being "
+                               f"processed by pid {pid} on "), last
+    assert [r["run_id"] for r in store.runs()] == [run_id]
+    assert [e.seq for e in store.events(run_id)] == before
 
 
 def test_changed_stage_output_is_redone_with_its_reason(simulated):

@@ -36,6 +36,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Event",
     "EventStore",
+    "LeaseHeld",
     "LeaseKeeper",
     "LeaseTakeover",
     "StoreError",
@@ -70,6 +71,14 @@ class StoreError(Exception):
 
 class StoreCorrupt(StoreError):
     """The store's file is not a SQLite database, or its pages are damaged."""
+
+
+class LeaseHeld(StoreError):
+    """A live process holds the run's lease; ``holder`` is its ``pid:start time:host``."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
 
 
 @dataclass(frozen=True)
@@ -389,6 +398,7 @@ class EventStore:
         self._conn = None
         self._conn_pid = None
         self._lock = threading.RLock()
+        self._exclusive = False
         if read_only and not self.path.is_file():
             raise StoreError(f"{self.path}: no event store here")
         try:
@@ -476,8 +486,27 @@ class EventStore:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite_utils.Database]:
+        with self._db() as db:
+            if self._exclusive:  # inside exclusive(): its transaction already holds the write lock
+                yield db
+                return
+            with self._write_on(db):
+                yield db
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the store's write lock across several calls, as one transaction.
+
+        What the calls inside read cannot change before they write: no other process can append,
+        create a run or take a lease in between (they wait, up to the busy timeout). Used to find an
+        input's unfinished run and create a new one (with its lease) as one step.
+        """
         with self._db() as db, self._write_on(db):
-            yield db
+            self._exclusive = True
+            try:
+                yield
+            finally:
+                self._exclusive = False
 
     def _ensure_schema(self, db: sqlite_utils.Database) -> None:
         if "schema" not in db.table_names():
@@ -566,33 +595,46 @@ class EventStore:
 
         Raises
         ------
-        StoreError
+        LeaseHeld
             When a live process holds the lease (on another host: one whose lease has not expired).
         """
-        me = _process_identity()
         now = utc_now()
         with self._write() as db:
             self._ensure_leases(db)
-            row = db.execute("SELECT holder, acquired_utc, heartbeat_utc, expires_utc FROM leases "
-                             "WHERE run_id = ?", [run_id]).fetchone()
-            takeover = None
-            if row is not None and row[0] != me:
-                holder, acquired, heartbeat = row[0], row[1], row[2] or row[1]
-                # A lease written before leases expired: valid for the default expiry after it was taken.
-                expires = row[3] or (_parse_utc(acquired) + _dt.timedelta(seconds=DEFAULT_LEASE_EXPIRY_S)
-                                     ).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-                alive = _holder_alive_here(holder)
-                pid, _, host = holder.split(":", 2)
-                if alive or (alive is None and _parse_utc(expires) > _parse_utc(now)):
-                    until = "" if alive else f", lease expires {expires} unless renewed"
-                    raise StoreError(f"run {run_id} is being processed by pid {pid} on {host} "
-                                     f"(since {acquired}, last heartbeat {heartbeat}{until}); one writer at a time")
-                reason = ("the holder's process is gone" if alive is False
-                          else f"the lease of pid {pid} on {host} expired at {expires}")
-                takeover = LeaseTakeover(holder, acquired, heartbeat, expires, reason)
+            takeover = self._lease_state(db, run_id)
             db.execute("INSERT OR REPLACE INTO leases (run_id, holder, acquired_utc, heartbeat_utc, expires_utc) "
-                       "VALUES (?, ?, ?, ?, ?)", [run_id, me, now, now, _utc_in(expiry_s)])
+                       "VALUES (?, ?, ?, ?, ?)", [run_id, _process_identity(), now, now, _utc_in(expiry_s)])
         return takeover
+
+    def check_lease(self, run_id: str) -> None:
+        """Raise :class:`LeaseHeld` when a live process other than this one holds ``run_id``'s lease.
+
+        As :meth:`acquire_lease` judges it, without taking the lease.
+        """
+        with self._db() as db:
+            if "leases" in db.table_names():
+                self._lease_state(db, run_id)
+
+    @staticmethod
+    def _lease_state(db: sqlite_utils.Database, run_id: str) -> LeaseTakeover | None:
+        """What taking ``run_id``'s lease now would take over; :class:`LeaseHeld` if a live holder has it."""
+        row = db.execute("SELECT holder, acquired_utc, heartbeat_utc, expires_utc FROM leases "
+                         "WHERE run_id = ?", [run_id]).fetchone()
+        if row is None or row[0] == _process_identity():
+            return None
+        holder, acquired, heartbeat = row[0], row[1], row[2] or row[1]
+        # A lease written before leases expired: valid for the default expiry after it was taken.
+        expires = row[3] or (_parse_utc(acquired) + _dt.timedelta(seconds=DEFAULT_LEASE_EXPIRY_S)
+                             ).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        alive = _holder_alive_here(holder)
+        pid, _, host = holder.split(":", 2)
+        if alive or (alive is None and _parse_utc(expires) > _parse_utc(utc_now())):
+            until = "" if alive else f", lease expires {expires} unless renewed"
+            raise LeaseHeld(f"run {run_id} is being processed by pid {pid} on {host} "
+                            f"(since {acquired}, last heartbeat {heartbeat}{until}); one writer at a time", holder)
+        reason = ("the holder's process is gone" if alive is False
+                  else f"the lease of pid {pid} on {host} expired at {expires}")
+        return LeaseTakeover(holder, acquired, heartbeat, expires, reason)
 
     def keep_lease(self, run_id: str, expiry_s: float = DEFAULT_LEASE_EXPIRY_S) -> LeaseKeeper:
         """A context that refreshes this process's lease on ``run_id`` until it exits (see :class:`LeaseKeeper`)."""
