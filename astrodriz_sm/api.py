@@ -349,6 +349,8 @@ def _claim(events: EventStore, config: RunConfig, root: str, expiry_s: float, lo
             except LeaseHeld as exc:
                 raise RunHeldError(f"{input_path}: {exc}", input_path) from None
             if resume_unfinished:
+                if not (check := events.verify(previous["run_id"])).ok:
+                    raise LogCorruptError(f"{events.path}: {does_not_verify(check)}; not resumed", str(events.path))
                 return previous["run_id"], "resume", events.acquire_lease(previous["run_id"], expiry_s)
             if not restart:
                 where = "/".join(min(state.in_progress)) if state.in_progress else state.state

@@ -14,20 +14,22 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config import LEASE_EXPIRY_VARIABLE, RECORDED_VARIABLES, product_differences
 from ..model.options import RunConfig
-from ..errors import CAMPAIGN_RETRY, FINAL, RETRY_ONCE, AstrodrizError, ExitCode, Interrupted, UsageError
+from ..errors import (CAMPAIGN_RETRY, FINAL, HELD_ELSEWHERE, RETRY_ONCE, AstrodrizError, ExitCode, Interrupted,
+                      UsageError)
 from ..model import store_path
 from ..model.options import chosen_options, start_arguments
 from ..plumbing import size_text
 from ..store.eventstore import utc_now
-from .ledger import DONE, FAILED, FOUND, RETRY, SKIPPED, Attempt, Ledger, LedgerError
+from .ledger import DONE, FAILED, FOUND, HELD, RETRY, SKIPPED, Attempt, Ledger, LedgerError
 from .runs import NOT_VERIFIED, STORE_UNREADABLE, read_run, run_summary
-from .worker import Job, Outcome, run_association
+from .worker import WAIT, Job, Outcome, run_association
 
 # Variables of the driver's environment every association's process gets, on whichever worker: what
 # the runs record, and the lease expiry.
@@ -36,6 +38,10 @@ JOB_VARIABLES = (*RECORDED_VARIABLES, LEASE_EXPIRY_VARIABLE)
 MEMORY_RESOURCE = "MEMORY"
 # The name of every association's task (the dashboard's task group).
 TASK_PREFIX = "association"
+# How often the driver looks at the cluster while it waits for results, and how long a cluster may
+# have no worker at all before the batch stops (a scheduler whose workers are gone).
+WATCH_S = 2.0
+NO_WORKERS_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,8 @@ def judge(outcome: Outcome | None, attempts_this_batch: int, max_attempts: int) 
     The class is the exit code's name (``ok``, ``input``, ``processing``, ...), ``signal SIGKILL``,
     ``memory`` (killed past its memory budget) or ``worker lost``. The verdict follows
     :data:`~astrodriz_sm.errors.CAMPAIGN_RETRY`: ``retry`` while the class allows another attempt
-    and fewer than ``max_attempts`` were made in this batch, else ``done``, ``skipped`` or ``failed``.
+    and fewer than ``max_attempts`` were made in this batch, else ``done``, ``skipped`` or ``failed``;
+    ``held elsewhere`` when another live process holds the association's run.
     """
     if outcome is None or outcome.exit_code is None:
         if outcome is None:
@@ -123,6 +130,8 @@ def judge(outcome: Outcome | None, attempts_this_batch: int, max_attempts: int) 
         if code == ExitCode.OK:
             # A skipped run (DRIZCORR=OMIT) exits 0 as runastrodriz does; its store says it was skipped.
             return ("skipped", SKIPPED) if outcome.run_status == "skipped" else (exit_class, DONE)
+    if policy == HELD_ELSEWHERE:
+        return exit_class, HELD
     if policy == FINAL:
         return exit_class, FAILED
     limit = min(2, max_attempts) if policy == RETRY_ONCE else max_attempts
@@ -233,7 +242,7 @@ def run_batch(inputs: list[str], options: dict, *, ledger_path: str | os.PathLik
               memory_limit: str | None = None, scheduler: str | None = None, scratch: str | None = None,
               task_memory: int | None = None, max_attempts: int = 3, retry_failed: bool = False,
               environ: dict | None = None, dashboard_address: str = DASHBOARD_ADDRESS,
-              out=None) -> BatchResult:
+              no_workers_timeout: float = NO_WORKERS_TIMEOUT_S, out=None) -> BatchResult:
     """Run a campaign: every input to its end, on a Dask cluster; see the module's description.
 
     Parameters
@@ -261,6 +270,9 @@ def run_batch(inputs: list[str], options: dict, *, ledger_path: str | os.PathLik
         Whose :data:`JOB_VARIABLES` every process gets (default ``os.environ``).
     dashboard_address : str
         Where the embedded cluster serves its dashboard.
+    no_workers_timeout : float
+        Seconds the cluster may have no worker at all (the workers of ``scheduler`` gone) before the
+        batch stops, as an interruption: one line, exit 9, and the next batch resumes.
     out : file, optional
         The console (default standard error).
 
@@ -270,7 +282,7 @@ def run_batch(inputs: list[str], options: dict, *, ledger_path: str | os.PathLik
         ``exit_code`` 0 when every association ended done or skipped; else the failed ones' exit
         code when they share one, else 5.
     """
-    from distributed import as_completed
+    from distributed import wait
 
     from ..api import run_config
 
@@ -294,27 +306,19 @@ def run_batch(inputs: list[str], options: dict, *, ledger_path: str | os.PathLik
                                                   "memory_limit": memory_limit, "scratch": scratch,
                                                   "task_memory": task_memory, "max_attempts": max_attempts})
     pending: dict[str, Job] = {}
-    roots = {}
+    roots, planned_of = {}, {}
     for text in resolved:
         path = Path(text)
         try:
-            planned, root = run_config(path, scratch, environ=env, **options)
+            planned_of[text], roots[text] = run_config(path, scratch, environ=env, **options)
         except AstrodrizError:
-            planned, root = None, path.name.split("_")[0]
-        roots[text] = root
-        ledger.add_association(text, root)
-        p = plan(path, planned, retry_failed)
+            planned_of[text], roots[text] = None, path.name.split("_")[0]
+        ledger.add_association(text, roots[text])
+        p = plan(path, planned_of[text], retry_failed)
         if p.action == "none":
             result.already_done += 1
-            summary = run_summary(str(store_of(path)), text)
             # A run finished outside this ledger (by hand, or by a batch with another ledger): record it once.
-            verdict = _state_verdict(summary["run_status"])
-            if not ledger.attempts_of(text):
-                ledger.record(Attempt(text, 0, batch_id, FOUND, summary["run_id"], str(store_of(path)),
-                                      summary["exit_code"], None, _exit_code(summary["exit_code"]).name.lower(),
-                                      verdict, message=p.reason, wcsname=summary["wcsname"],
-                                      wcs_type=summary["wcs_type"]))
-            result.verdicts[text] = (verdict, summary["exit_code"])
+            result.verdicts[text] = _found(ledger, text, batch_id, p.reason, attempt=0)
             continue
         pending[text] = Job(text, str(store_of(path)), p.action, p.run_id, start_arguments(options), scratch, job_env,
                             task_memory)
@@ -328,7 +332,8 @@ def run_batch(inputs: list[str], options: dict, *, ledger_path: str | os.PathLik
         ledger.close()
         result.exit_code = _batch_exit(result.verdicts)
         return result
-    counts, futures = Counter(), {}
+    counts, submitted_n, futures = Counter(), Counter(), {}
+    stopped_for = None
     try:
         with _cluster(scheduler, workers, memory_limit, dashboard_address) as (client, where, dashboard):
             result.dashboard = dashboard
@@ -336,34 +341,45 @@ def run_batch(inputs: list[str], options: dict, *, ledger_path: str | os.PathLik
             print(f"{len(pending)} associations on {where}; Dask dashboard: {result.dashboard}", file=out, flush=True)
             offer = _largest_memory_offer(client)
 
-            def submit(text: str, job: Job, resources: dict | None = None):
-                counts[text] += 1
+            def submit(text: str, job: Job, resources: dict | None = None) -> None:
+                if job.action != WAIT:
+                    counts[text] += 1
+                submitted_n[text] += 1
                 # One task group for the whole campaign ("association-..."), so that the scheduler
-                # queues it as root tasks instead of assigning every association at once.
+                # queues it as root tasks instead of assigning every association at once. A wait for
+                # another holder comes after every association that can run now.
                 fut = client.submit(run_association, job, key=f"{TASK_PREFIX}-{roots[text]}-{batch_id}-"
-                                    f"{counts[text]}-{os.urandom(3).hex()}", pure=False, resources=resources)
+                                    f"{submitted_n[text]}-{os.urandom(3).hex()}", pure=False, resources=resources,
+                                    priority=-1 if job.action == WAIT else 0)
                 futures[fut] = (text, job, utc_now())
-                return fut
 
-            queue = as_completed([submit(t, j) for t, j in pending.items()])
-            for fut in queue:
-                text, job, submitted = futures.pop(fut)
+            def _answer(fut, text: str, job: Job, submitted: str) -> None:
                 try:
                     outcome = fut.result()
                 except Exception as exc:  # noqa: BLE001 - the worker died or the task could not run
                     outcome, lost = None, f"{type(exc).__name__}: {exc}"
                 else:
                     lost = None
+                path = Path(text)
+                if job.action == WAIT and outcome is not None:
+                    # The other holder ended or is gone: plan again from its store.
+                    p = plan(path, planned_of[text], retry_failed)
+                    if p.action == "none":
+                        verdict = result.verdicts[text] = _found(ledger, text, batch_id, f"{p.reason}; "
+                                                                 f"{outcome.message}")
+                        progress.line(roots[text], f"{p.reason} (by another process)", verdict[0])
+                    else:
+                        progress.line(roots[text], f"{outcome.message}; {p.action}")
+                        submit(text, replace(job, action=p.action, run_id=p.run_id))
+                    return
                 exit_class, verdict = judge(outcome, counts[text], max_attempts)
                 result.attempts += 1
                 retry_job, resources, note = None, None, None
-                if verdict == RETRY:
-                    path = Path(text)
-                    try:
-                        planned = run_config(path, scratch, environ=env, **options)[0]
-                    except AstrodrizError:
-                        planned = None
-                    p = plan(path, planned, retry_failed=True)
+                if verdict == HELD:
+                    counts[text] -= 1  # nothing was run: not an attempt of this batch's own
+                    retry_job = replace(job, action=WAIT)
+                elif verdict == RETRY:
+                    p = plan(path, planned_of[text], retry_failed=True)
                     budget = job.memory_budget
                     if outcome is not None and outcome.memory_killed:
                         budget = 2 * outcome.memory_budget
@@ -390,27 +406,78 @@ def run_batch(inputs: list[str], options: dict, *, ledger_path: str | os.PathLik
                     what += f", {o.wall_s:.1f} s, peak {size_text(o.peak_rss_bytes)}"
                 if note:
                     what += f"; {note}"
-                if retry_job is not None:
+                if retry_job is not None and retry_job.action == WAIT:
+                    what += "; waiting for the other holder"
+                elif retry_job is not None:
                     what += f"; {retry_job.action} (attempt {counts[text] + 1})"
-                    queue.add(submit(text, retry_job, resources))
+                if retry_job is not None:
+                    submit(text, retry_job, resources)
                 else:
                     result.verdicts[text] = (verdict, o.exit_code if o else None)
                 progress.line(roots[text], what, verdict)
+            for text, job in pending.items():
+                submit(text, job)
+            no_workers_since = None
+            while futures:
+                try:
+                    done = wait(list(futures), timeout=WATCH_S, return_when="FIRST_COMPLETED").done
+                except TimeoutError:
+                    done = set()
+                if not done and not client.nthreads():
+                    no_workers_since = no_workers_since or time.monotonic()
+                    if time.monotonic() - no_workers_since >= no_workers_timeout:
+                        stopped_for = f"no Dask worker on {where} for {no_workers_timeout:g} s"
+                        raise KeyboardInterrupt
+                    continue
+                no_workers_since = None
+                for fut in done:
+                    _answer(fut, *futures.pop(fut))
+
     except KeyboardInterrupt:
         for text, job, submitted in futures.values():
             ledger.record(Attempt(text, ledger.next_attempt(text), batch_id, job.action, job.run_id, job.store, None,
                                   None, "batch interrupted", RETRY, memory_budget_bytes=job.memory_budget,
                                   started_utc=submitted, ended_utc=utc_now(),
-                                  message="the batch was stopped; the next batch resumes or starts it"))
+                                  message=f"the batch was stopped{f' ({stopped_for})' if stopped_for else ''}; "
+                                          "the next batch resumes or starts it"))
         # Leaving the cluster's context stopped its workers, and with them the runs (SIGTERM).
         unfinished = len(resolved) - len(result.verdicts)
-        raise Interrupted(f"batch interrupted with {unfinished} association{'s' if unfinished != 1 else ''} "
-                          "unfinished; run the same batch again to resume them", str(ledger.path)) from None
+        what = f"{unfinished} association{'s' if unfinished != 1 else ''} unfinished"
+        if stopped_for:
+            raise Interrupted(f"batch stopped: {stopped_for}, {what}; start workers, then run the same batch "
+                              "again to resume them", str(ledger.path)) from None
+        raise Interrupted(f"batch interrupted with {what}; run the same batch again to resume them",
+                          str(ledger.path)) from None
     finally:
         ledger.end_batch(batch_id)
         ledger.close()
     result.exit_code = _batch_exit(result.verdicts)
     return result
+
+
+def _found(ledger: Ledger, text: str, batch_id: int, reason: str, attempt: int | None = None) -> tuple:
+    """Record the run a store holds for ``text`` as the association's outcome (action ``found``).
+
+    Parameters
+    ----------
+    attempt : int or None
+        The attempt number (0 for a run found before any attempt); None: the next one. With 0 for an
+        association the ledger already has attempts of, nothing is recorded.
+
+    Returns
+    -------
+    tuple
+        ``(verdict, exit code)`` of the association.
+    """
+    store = str(store_of(Path(text)))
+    summary = run_summary(store, text)
+    verdict = _state_verdict(summary["run_status"])
+    if attempt is None or not ledger.attempts_of(text):
+        ledger.record(Attempt(text, ledger.next_attempt(text) if attempt is None else attempt, batch_id, FOUND,
+                              summary["run_id"], store, summary["exit_code"], None,
+                              _exit_code(summary["exit_code"]).name.lower(), verdict, message=reason,
+                              wcsname=summary["wcsname"], wcs_type=summary["wcs_type"]))
+    return verdict, summary["exit_code"]
 
 
 def _state_verdict(run_status: str | None) -> str:

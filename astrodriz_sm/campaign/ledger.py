@@ -24,10 +24,12 @@ LEDGER_VERSION = 1
 
 #: Verdicts of an attempt: what the driver concluded from it.
 DONE, SKIPPED, FAILED, RETRY = "done", "skipped", "failed", "retry"
+#: Another live process (another batch or operator) held the association's run: waited for, then planned again.
+HELD = "held elsewhere"
 #: The action of a row that ran no process: a finished run found in its store, which the ledger had no record of.
 FOUND = "found"
 #: The state of an association, from the verdict of its latest attempt.
-STATE_OF_VERDICT = {DONE: "done", SKIPPED: "skipped", FAILED: "failed", RETRY: "unfinished"}
+STATE_OF_VERDICT = {DONE: "done", SKIPPED: "skipped", FAILED: "failed", RETRY: "unfinished", HELD: "unfinished"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (version INTEGER NOT NULL);
@@ -73,7 +75,7 @@ class Attempt:
         The signal that killed it.
     exit_class : str
         ``ok``, ``input``, ... (the exit code's name), ``signal SIGKILL``, ``memory`` or ``worker lost``.
-    verdict : {'done', 'skipped', 'failed', 'retry'}
+    verdict : {'done', 'skipped', 'failed', 'retry', 'held elsewhere'}
     wall_s : float or None
     peak_rss_bytes : int or None
         Peak resident memory of the process and its children.

@@ -25,6 +25,10 @@ from .runs import run_summary
 
 # How often the process tree's memory is read.
 SAMPLE_INTERVAL_S = 0.2
+# How often a wait for another holder of a run looks at the store.
+HOLDER_POLL_S = 1.0
+#: The action of a job that runs no process: wait until no live process holds the input's run.
+WAIT = "wait"
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,10 @@ class Job:
         The association's input file.
     store : str
         Its event store.
-    action : {'start', 'resume'}
+    action : {'start', 'resume', 'wait'}
+        ``start`` continues an unfinished run left by a holder that is gone (``start --resume``): a
+        task run again after its worker died takes its own earlier run over. ``wait`` runs no
+        process: it returns when no live process holds the input's run any more.
     run_id : str or None
         The run a ``resume`` continues.
     start_arguments : tuple of str
@@ -66,7 +73,7 @@ class Job:
         if self.action == "resume":
             return [*cli, "resume", self.run_id, "--store", self.store]
         newpath = [self.newpath] if self.newpath else []
-        return [*cli, "start", self.input, *newpath, *self.start_arguments, "--store", self.store]
+        return [*cli, "start", "--resume", self.input, *newpath, *self.start_arguments, "--store", self.store]
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,40 @@ def _kill_tree(proc: psutil.Process) -> None:
                 p.send_signal(signal.SIGKILL)
 
 
+def _live_holder(store: str, input: str) -> str | None:
+    """Who holds the input's unfinished run (``pid N on host (since ...)``), None when nobody alive does."""
+    from ..store.eventstore import EventStore, LeaseHeld, StoreError
+
+    summary = run_summary(store, input)
+    if summary["run_status"] != "unfinished":
+        return None
+    try:
+        with EventStore(store, read_only=True) as events:
+            events.check_lease(summary["run_id"])
+    except LeaseHeld as exc:
+        return str(exc)
+    except StoreError:
+        return None  # the next attempt's command says what is wrong with the store
+    return None
+
+
+def wait_for_holder(job: Job) -> Outcome:
+    """Return when no live process holds ``job.input``'s run: it ended, or its holder is gone."""
+    worker = _dask_worker()
+    started, t0 = utc_now(), time.monotonic()
+    holder = first = _live_holder(job.store, job.input)
+    while holder is not None:
+        time.sleep(HOLDER_POLL_S)
+        holder = _live_holder(job.store, job.input)
+    wall = time.monotonic() - t0
+    summary = run_summary(job.store, job.input)
+    return Outcome(exit_code=0, signal=None, memory_killed=False, memory_budget=job.memory_budget,
+                   wall_s=round(wall, 3), peak_rss_bytes=0,
+                   message=f"waited {wall:.0f} s: {first}" if first else "no live holder",
+                   **{k: v for k, v in summary.items() if k != "exit_code"}, host=socket.gethostname(),
+                   worker=worker.address if worker is not None else None, started_utc=started, ended_utc=utc_now())
+
+
 def run_association(job: Job) -> Outcome:
     """Run one job's process to its end, watching its memory; the Dask task of an association.
 
@@ -157,6 +198,8 @@ def run_association(job: Job) -> Outcome:
     -------
     Outcome
     """
+    if job.action == WAIT:
+        return wait_for_holder(job)
     worker = _dask_worker()
     budget = job.memory_budget
     if budget is None and worker is not None:

@@ -125,6 +125,16 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a size such as 4GB, not {text!r}") from None
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, not {text!r}")
+    return value
+
+
 def cmd_batch(args) -> int:
     from ..campaign import read_input_list, run_batch
 
@@ -134,7 +144,8 @@ def cmd_batch(args) -> int:
     result = run_batch(inputs, run_options(args), ledger_path=args.ledger, workers=args.workers,
                        memory_limit=args.memory_limit, scheduler=args.scheduler, scratch=args.scratch,
                        task_memory=args.task_memory, max_attempts=args.max_attempts, retry_failed=args.retry_failed,
-                       dashboard_address=args.dashboard_address, out=io.StringIO() if args.quiet else sys.stderr)
+                       dashboard_address=args.dashboard_address, no_workers_timeout=args.no_workers_timeout,
+                       out=io.StringIO() if args.quiet else sys.stderr)
     return cmd_campaign_status(argparse.Namespace(ledger=args.ledger, json=False, slowest=5)) or result.exit_code
 
 
@@ -355,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_explain)
 
     from ..campaign import LEDGER_NAME
-    from ..campaign.driver import DASHBOARD_ADDRESS
+    from ..campaign.driver import DASHBOARD_ADDRESS, NO_WORKERS_TIMEOUT_S
 
     s = sub.add_parser("batch", help="a campaign: many associations on a Dask cluster, resumable, with a ledger")
     s.add_argument("inputs", nargs="*", metavar="INPUT", help="inputs as start takes them")
@@ -379,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dashboard-address", default=DASHBOARD_ADDRESS, metavar="ADDRESS",
                    help=f"where the embedded cluster serves its Dask dashboard (default {DASHBOARD_ADDRESS}, "
                         "this machine only; :8787 listens on every interface)")
+    s.add_argument("--no-workers-timeout", type=_positive_seconds, default=NO_WORKERS_TIMEOUT_S, metavar="S",
+                   help=f"stop the batch (exit 9, resumable) when the cluster has had no worker for S seconds "
+                        f"(default {NO_WORKERS_TIMEOUT_S:g})")
     add_processing_options(s, num_cores_default=1)
     s.set_defaults(func=cmd_batch)
 
