@@ -223,7 +223,8 @@ def run_config(input: str | os.PathLike, newpath: str | os.PathLike | None = Non
 def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, *,
             environ: Mapping[str, str] | None = None, store: str | os.PathLike | None = None,
             log_json: str | os.PathLike | None = None, console: bool = True, resume_unfinished: bool = False,
-            restart: bool = False, observer=None, report: bool = False, **options) -> RunResult:
+            restart: bool = False, expect_latest: str | None = None, observer=None, report: bool = False,
+            **options) -> RunResult:
     """Process an association or exposure, as ``runastrodriz.process`` does.
 
     The run options (``force`` ... ``centroids`` below) are the rows of
@@ -269,6 +270,10 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
         Continue this input's unfinished run, if there is one, instead of refusing.
     restart : bool
         Abandon this input's unfinished run, if there is one (an event says so), and start anew.
+    expect_latest : str, optional
+        The run id this input's latest run must still be, or ``"none"`` for no run; if another run
+        has ended since, nothing is done (:class:`RunHeldError`). A campaign plans each association
+        from its store, then runs it with this guard: another operator may have run it in between.
     observer : callable, optional
         ``observer(stage, step, point)``, the runner's hook (see :class:`astrodriz_sm.runner.Runner`).
     centroids : {'drizzlepac', 'psf'}
@@ -303,7 +308,7 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
                                   str(events.path))
         expiry = lease_expiry_from_environment(env, DEFAULT_LEASE_EXPIRY_S)
         run_id, action, takeover = _claim(events, config, root, expiry, log, resume_unfinished=resume_unfinished,
-                                          restart=restart)
+                                          restart=restart, expect_latest=expect_latest)
         try:
             if action == "run":
                 log.info("run started", run_id=run_id, stage="init", input=str(input_path), store=str(events.path))
@@ -314,7 +319,7 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
 
 
 def _claim(events: EventStore, config: RunConfig, root: str, expiry_s: float, log, *, resume_unfinished: bool,
-           restart: bool) -> tuple[str, str, LeaseTakeover | None]:
+           restart: bool, expect_latest: str | None = None) -> tuple[str, str, LeaseTakeover | None]:
     """Find the input's unfinished run and take it, or create a new run, as one step of the store.
 
     Both happen under the store's write lock (:meth:`EventStore.exclusive`), with the run's lease taken
@@ -333,7 +338,8 @@ def _claim(events: EventStore, config: RunConfig, root: str, expiry_s: float, lo
     ------
     RunHeldError
         The input's unfinished run is held by a live process (whatever ``resume_unfinished`` and
-        ``restart`` say: neither takes a run from a process still writing it).
+        ``restart`` say: neither takes a run from a process still writing it); or its latest run,
+        ended, is not ``expect_latest``.
     RunStateError
         The input has an unfinished run, and neither ``resume_unfinished`` nor ``restart`` was given.
     """
@@ -343,6 +349,11 @@ def _claim(events: EventStore, config: RunConfig, root: str, expiry_s: float, lo
     with events.exclusive():
         previous = events.latest_run(input_path)
         state = fold(events.events(previous["run_id"])) if previous is not None else None
+        latest = previous["run_id"] if previous is not None else "none"
+        if expect_latest is not None and latest != expect_latest and (state is None or state.is_ended):
+            ended = f", ended {state.ended['status']}," if state is not None else ""
+            raise RunHeldError(f"{input_path}: its latest run is {latest}{ended} not {expect_latest} as planned: "
+                               "another process has run it since; nothing done", input_path)
         if state is not None and not state.is_ended:
             try:
                 events.check_lease(previous["run_id"])

@@ -46,11 +46,16 @@ NO_WORKERS_TIMEOUT_S = 60.0
 
 @dataclass(frozen=True)
 class Plan:
-    """What an association needs: ``action`` is ``start``, ``resume`` or ``none``, and why."""
+    """What an association needs: ``action`` is ``start``, ``resume`` or ``none``, and why.
+
+    ``latest`` is the input's latest run when the plan was made (None: no run): the job runs only
+    if no other process has run the association since (``start --expect-latest``).
+    """
 
     action: str
     run_id: str | None
     reason: str
+    latest: str | None = None
 
 
 def store_of(input: Path) -> Path:
@@ -81,23 +86,23 @@ def plan(input: Path, planned: RunConfig | None, retry_failed: bool = False) -> 
     if stored.state == STORE_UNREADABLE:
         return Plan("start", None, stored.problem)  # a damaged store: start refuses it with exit 8
     if stored.state == NOT_VERIFIED:
-        return Plan("start", None, stored.problem)  # nothing its log says is trusted: a new run
+        return Plan("start", None, stored.problem, stored.run_id)  # nothing its log says is trusted: a new run
     run, run_id = stored.run, stored.run_id
     if run is None:
         return Plan("start", None, "no run yet")
     if not run.is_ended:
-        return Plan("resume", run_id, "unfinished")
+        return Plan("resume", run_id, "unfinished", run_id)
     status, code = run.ended["status"], run.ended["exit_code"]
     differences = product_differences(run.config, planned) if planned is not None else ["configuration"]
     if differences:
         return Plan("start", None, f"run {run_id} ended {status} with other settings "
-                                   f"({'; '.join(differences)})")
+                                   f"({'; '.join(differences)})", run_id)
     if status in ("done", "skipped"):
-        return Plan("none", run_id, f"run {run_id} ended {status}")
+        return Plan("none", run_id, f"run {run_id} ended {status}", run_id)
     final = CAMPAIGN_RETRY.get(_exit_code(code), FINAL) == FINAL
     if status == "failed" and final and not retry_failed:
-        return Plan("none", run_id, f"run {run_id} failed with exit {code}")
-    return Plan("start", None, f"run {run_id} ended {status} (exit {code})")
+        return Plan("none", run_id, f"run {run_id} failed with exit {code}", run_id)
+    return Plan("start", None, f"run {run_id} ended {status} (exit {code})", run_id)
 
 
 def _exit_code(code: int | None) -> ExitCode:
@@ -321,7 +326,7 @@ def run_batch(inputs: list[str], options: dict, *, ledger_path: str | os.PathLik
             result.verdicts[text] = _found(ledger, text, batch_id, p.reason, attempt=0)
             continue
         pending[text] = Job(text, str(store_of(path)), p.action, p.run_id, start_arguments(options), scratch, job_env,
-                            task_memory)
+                            task_memory, latest=p.latest)
     ledger.describe_batch(batch_id, already_done=result.already_done)
     progress = Progress(len(resolved), out)
     if result.already_done:
@@ -370,7 +375,7 @@ def run_batch(inputs: list[str], options: dict, *, ledger_path: str | os.PathLik
                         progress.line(roots[text], f"{p.reason} (by another process)", verdict[0])
                     else:
                         progress.line(roots[text], f"{outcome.message}; {p.action}")
-                        submit(text, replace(job, action=p.action, run_id=p.run_id))
+                        submit(text, replace(job, action=p.action, run_id=p.run_id, latest=p.latest))
                     return
                 exit_class, verdict = judge(outcome, counts[text], max_attempts)
                 result.attempts += 1
@@ -390,7 +395,7 @@ def run_batch(inputs: list[str], options: dict, *, ledger_path: str | os.PathLik
                                 f"{size_text(budget)}" + ("" if budget > outcome.memory_budget else
                                                           " (no worker offers more)"))
                     retry_job = replace(job, action=p.action if p.action != "none" else "start", run_id=p.run_id,
-                                        memory_budget=budget)
+                                        memory_budget=budget, latest=p.latest)
                 o = outcome
                 ledger.record(Attempt(
                     text, ledger.next_attempt(text), batch_id, job.action, o.run_id if o else job.run_id, job.store,

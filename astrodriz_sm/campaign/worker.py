@@ -42,9 +42,10 @@ class Job:
     store : str
         Its event store.
     action : {'start', 'resume', 'wait'}
-        ``start`` continues an unfinished run left by a holder that is gone (``start --resume``): a
-        task run again after its worker died takes its own earlier run over. ``wait`` runs no
-        process: it returns when no live process holds the input's run any more.
+        What the plan found to do. Both ``start`` and ``resume`` run ``start --resume``: it continues
+        an unfinished run whose holder is gone, so that a task run again after its worker died takes
+        its own earlier run over. ``wait`` runs no process: it returns when no live process holds the
+        input's run any more.
     run_id : str or None
         The run a ``resume`` continues.
     start_arguments : tuple of str
@@ -56,6 +57,9 @@ class Job:
         URLs, switches): the same on every worker.
     memory_budget : int or None
         Bytes the process tree may use; None: the Dask worker's memory limit (none outside a worker).
+    latest : str or None
+        The input's latest run when the job was planned (None: no run). Another process that has run
+        the association since makes the job do nothing (exit 75), and the driver plans again.
     """
 
     input: str
@@ -66,14 +70,16 @@ class Job:
     newpath: str | None = None
     environment: dict = field(default_factory=dict)
     memory_budget: int | None = None
+    latest: str | None = None
 
     def command(self) -> list[str]:
         """The ``astrodriz-sm`` command line of this job."""
         cli = [sys.executable, "-m", "astrodriz_sm.cli.main", "-q"]
-        if self.action == "resume":
-            return [*cli, "resume", self.run_id, "--store", self.store]
+        # A resume too is a start that continues the input's unfinished run: it then also takes over
+        # one that a worker that died left, and does nothing when another process has run it since.
         newpath = [self.newpath] if self.newpath else []
-        return [*cli, "start", "--resume", self.input, *newpath, *self.start_arguments, "--store", self.store]
+        return [*cli, "start", "--resume", "--expect-latest", self.latest or "none", self.input, *newpath,
+                *self.start_arguments, "--store", self.store]
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ def _print_report(files) -> None:
 def cmd_start(args) -> int:
     return _report_end(api.process(
         args.input, args.newpath, store=args.store, log_json=args.log_json, console=not args.quiet,
-        resume_unfinished=args.resume, restart=args.restart, report=args.report, **run_options(args)))
+        resume_unfinished=args.resume, restart=args.restart, expect_latest=args.expect_latest, report=args.report,
+        **run_options(args)))
 
 
 def cmd_resume(args) -> int:
@@ -326,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue this input's unfinished run, if any")
     s.add_argument("--restart", action="store_true",
                    help="abandon this input's unfinished run, if any, and start a new one")
+    s.add_argument("--expect-latest", metavar="RUN",
+                   help="do nothing (exit 75) if this input's latest run, ended, is not RUN ('none': no run): "
+                        "another process has run it since (batch plans with it)")
     s.add_argument("--report", action="store_true",
                    help="when the run ends, write <root>_report.html and <root>_qa.json beside the products")
     s.set_defaults(func=cmd_start)
