@@ -113,7 +113,7 @@ def test_a_forged_log_gives_no_facts_and_counts_apart_on_the_campaign_page(tmp_p
                               "(first bad event: seq 3: hash mismatch (content altered))")
     assert run_summary(path, str(input)) == {"run_id": None, "run_status": None, "exit_code": None,
                                              "wcsname": None, "wcs_type": None}
-    assert plan(input, None) == Plan("start", None, stored.problem)
+    assert plan(input, None) == Plan("start", None, stored.problem, latest)
 
     ledger = Ledger(tmp_path / "campaign.db", create=True)
     batch = ledger.begin_batch(2, {})
