@@ -27,7 +27,7 @@ from astrodriz_sm.errors import ExitCode
 from astrodriz_sm.store.eventstore import EventStore
 from astrodriz_sm.views.report.page import href
 
-from .conftest import forge_payload
+from .conftest import run_cli, forge_payload
 
 WCSNAME = "IDC_0461802ej-FIT_REL_GAIAeDR3"
 
@@ -199,7 +199,10 @@ def test_a_damaged_ledger_is_one_line_exit_8_and_nothing_is_written(tmp_path, ca
         assert main(command) == ExitCode.LOG_CORRUPT == 8, command
         err = capsys.readouterr().err
         assert err.startswith(f"astrodriz-sm: error: {db}: {why}") and err.count("\n") == 1, err
-    # What batch opens before its first write: refused, the file as it was.
+    # batch is refused before its first write (its own process: it sets its own signal handlers).
+    proc = run_cli("batch", "--ledger", db, tmp_path / "jsm001010_asn.fits", cwd=tmp_path)
+    assert proc.returncode == ExitCode.LOG_CORRUPT, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"astrodriz-sm: error: {db}: {why}") and proc.stderr.count("\n") == 1, proc.stderr
     with pytest.raises(LedgerCorrupt):
         Ledger(db, create=True)
     assert db.read_bytes() == before
