@@ -406,7 +406,8 @@ def run_batch(inputs: list[str], options: dict, *, ledger_path: str | os.PathLik
                     worker=o.worker if o else None, started_utc=o.started_utc if o else submitted,
                     ended_utc=o.ended_utc if o else utc_now(), message=note or lost or (o.message if o else None),
                     wcsname=o.wcsname if o else None, wcs_type=o.wcs_type if o else None))
-                what = f"{job.action} -> {exit_class}" + (f" ({o.wcs_type} WCS)" if o and o.wcs_type else "")
+                what = f"{job.action} -> {exit_class}" + (f" ({o.wcs_type} WCS)" if o and o.wcs_type
+                                                          and verdict == DONE else "")
                 if o is not None:
                     what += f", {o.wall_s:.1f} s, peak {size_text(o.peak_rss_bytes)}"
                 if note:

@@ -261,5 +261,6 @@ def state_of(attempts: list[Attempt]) -> str:
 
 
 def process_attempts(attempts: list[Attempt]) -> list[Attempt]:
-    """The attempts that ran a process (not the runs found already done)."""
-    return [a for a in attempts if a.action != FOUND]
+    """The attempts that worked on the association's run: not the runs found already done, nor the
+    starts that found another live process holding it (they did nothing)."""
+    return [a for a in attempts if a.action != FOUND and a.verdict != HELD]
