@@ -445,6 +445,16 @@ def test_read_commands_never_create_a_store(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_finished_run_and_its_readers_leave_no_wal_or_shm_files(finished):
+    """The store is checkpointed when its last connection closes, a reader's too: one file, as SQLite keeps it."""
+    assert sorted(p.name for p in finished.iterdir() if p.name.startswith(STORE)) == [STORE]
+    before = (finished / STORE).read_bytes()
+    for command in ("status", "verify-log", "replay", "explain"):
+        assert run_cli(command, cwd=finished).returncode == 0, command
+        assert sorted(p.name for p in finished.iterdir() if p.name.startswith(STORE)) == [STORE], command
+    assert (finished / STORE).read_bytes() == before
+
+
 def test_resume_refuses_a_log_whose_chain_does_not_verify(simulated):
     _, d = simulated("chain", products="flt", n_exposures=2)
     env = {**os.environ, "jref": f"{d}/", **NO_ALIGNMENT}

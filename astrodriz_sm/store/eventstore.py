@@ -450,13 +450,18 @@ class EventStore:
                 # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE),
                 # never implicitly by the sqlite3 module as a deferred read that later
                 # fails to upgrade to a write lock without waiting.
-                if self.read_only:
-                    # On a read-only file system nothing can be writing: read it as it is, without the
-                    # WAL index that a reader would otherwise have to create.
-                    writable = os.access(self.path.parent, os.W_OK) and os.access(self.path, os.W_OK)
-                    uri = f"{self.path.resolve().as_uri()}?mode=ro" + ("" if writable else "&immutable=1")
-                    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                writable = os.access(self.path.parent, os.W_OK) and os.access(self.path, os.W_OK)
+                if self.read_only and writable:
+                    # Opened as a writer that may not write (query_only): a reader of a WAL store makes
+                    # its -wal and -shm files, and only a writer, closing last, removes them again.
+                    conn = sqlite3.connect(os.fspath(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                            check_same_thread=False)
+                    conn.execute("PRAGMA query_only = ON")
+                elif self.read_only:
+                    # Nothing can be writing a store this process may not write (a read-only file
+                    # system, a file of another user): read it as it is, without a WAL index.
+                    conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
+                                           timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
                 else:
                     conn = sqlite3.connect(os.fspath(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                            check_same_thread=False)
