@@ -209,6 +209,8 @@ def test_a_second_batch_over_the_same_list_does_nothing_within_ten_seconds(campa
     ledger = Ledger(campaign["base"] / "campaign.db")
     assert [b["already_done"] for b in ledger.batches()] == [0, 6]
     assert sum(len(r["attempts"]) for r in ledger.associations()) == 7
+    # Nothing of the batches is left beside the ledger: no lock file, no -wal or -shm.
+    assert sorted(p.name for p in campaign["base"].iterdir() if p.name.startswith("campaign.db")) == ["campaign.db"]
 
 
 def test_campaign_status_counts_states_classes_wcs_types_and_the_retried_run(campaign):
@@ -471,6 +473,22 @@ def test_a_run_finished_by_hand_is_found_once_and_not_run_again(campaign):
     assert proc.stdout.splitlines()[:4] == [
         f"{base / 'by-hand.db'}: 1 association, 0 attempts in 2 batches", "by state:       done 1",
         "by exit class:  ok 1", "by final WCS:   default 1  a priori 0  a posteriori 0"]
+
+
+def test_the_driver_lock_is_removed_when_its_batch_ends_and_taken_anew(tmp_path):
+    first = Ledger(tmp_path / "campaign.db", create=True)
+    first.lock_for_driver()
+    stale = open(tmp_path / "campaign.db.lock")  # a second batch that opened the file before it was removed
+    first.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["campaign.db"]
+    second = Ledger(tmp_path / "campaign.db")
+    second.lock_for_driver()
+    assert (tmp_path / "campaign.db.lock").read_text() == f"pid {os.getpid()} on {__import__('socket').gethostname()}\n"
+    import fcntl
+
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the removed file's lock is no lock on the ledger
+    stale.close()
+    second.close()
 
 
 def test_one_batch_per_ledger_at_a_time(tmp_path):

@@ -8,6 +8,7 @@ else holds it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -163,6 +164,10 @@ class Ledger:
         """Close the connection (and give up the driver's lock, if this ledger holds it)."""
         self._conn.close()
         if getattr(self, "_lock", None) is not None:
+            # Removed while still locked: a batch that opened it meanwhile finds, once it holds the
+            # lock, that the name no longer leads to its file, and opens the name anew.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._lock.name)
             self._lock.close()
             self._lock = None
 
@@ -178,15 +183,22 @@ class Ledger:
             When another batch holds it (exit 7); the message names its pid and host.
         """
         path = self.path.with_name(self.path.name + ".lock")
-        lock = open(path, "a+")  # noqa: SIM115 - held open for the batch's lifetime, closed by close()
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            lock.close()
-            raise LedgerError(f"{self.path}: in use by another batch ({holder}); one batch per ledger at a time",
-                              str(self.path)) from None
+        while True:
+            lock = open(path, "a+")  # noqa: SIM115 - held open for the batch's lifetime, closed by close()
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                lock.close()
+                raise LedgerError(f"{self.path}: in use by another batch ({holder}); one batch per ledger at a "
+                                  "time", str(self.path)) from None
+            try:
+                if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            lock.close()  # a batch that ended removed this file after it was opened here: open the name anew
         lock.seek(0)
         lock.truncate()
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
