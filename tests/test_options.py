@@ -83,3 +83,13 @@ def test_fingerprint_holds_the_options_that_change_products(tmp_path):
     assert tuple(options) == PRODUCT_SETTINGS
     assert "num_cores" not in options
     assert options == {k: getattr(config, k) for k in PRODUCT_SETTINGS}
+
+
+def test_version_is_the_installed_one():
+    from importlib import metadata
+
+    from .conftest import run_cli
+
+    for flag in ("--version", "-V"):
+        proc = run_cli(flag)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"astrodriz-sm {metadata.version('astrodriz-sm')}\n", "")

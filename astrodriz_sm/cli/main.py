@@ -16,6 +16,7 @@ from ..errors import EXIT_CODE_MEANINGS, AstrodrizError, ExitCode, InputError, I
 from ..model import STORE_NAME, partial_name
 from ..model.options import CHOSEN
 from ..store.eventstore import StoreCorrupt, StoreError
+from ..version import __version__
 from ..views.banner import unverified_banner
 
 
@@ -287,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Distortion-corrected, aligned HST drizzled products, "
                                             "as an event-sourced state machine.",
                                 epilog="exit codes:\n" + codes)
+    p.add_argument("-V", "--version", action="version", version=f"astrodriz-sm {__version__}")
+
     def add_common(parser, suppress):
         parser.add_argument("--log-json", metavar="FILE", default=argparse.SUPPRESS if suppress else None,
                             help="append one JSON object per log record to FILE")
