@@ -82,6 +82,40 @@ def dripping():
 
 
 @pytest.fixture
+def dripping_headers():
+    """A catalog service that sends its status line, then header bytes one every 0.5 s (for 30 s at most)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    stop = threading.Event()
+
+    def drip(conn):
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+                for _ in range(60):
+                    if stop.wait(0.5):
+                        break
+                    conn.sendall(b"x")
+            except OSError:
+                pass  # the client hung up, as it should
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    server.close()
+
+
+@pytest.fixture
 def silent():
     """A server that accepts connections (the kernel's backlog) and never answers."""
     sock = socket.socket()
@@ -183,6 +217,22 @@ def test_a_dripping_service_is_cut_at_the_deadline(dripping):
     assert (failure.url, failure.timed_out, failure.deadline, failure.attempts) == (f"{dripping}/cone", True, 2.0, 1)
     assert failure.describe("The GAIAeDR3 catalog") == (
         f"The GAIAeDR3 catalog at {dripping}/cone did not answer within 2 s (1 attempts)")
+    assert log.replies == []
+
+
+def test_a_service_dripping_its_headers_is_cut_at_the_deadline(dripping_headers):
+    """Each header byte comes well within a read timeout; the one deadline still ends the request."""
+    start = time.monotonic()
+    with bounded_requests(deadline=2.0, retries=1, pause=0.2) as log:
+        with pytest.raises(requests.Timeout) as cut:
+            requests.get(f"{dripping_headers}/cone")
+    elapsed = time.monotonic() - start
+    # Two attempts of 2 s and a pause of 0.2 s; the server would drip for 30 s.
+    assert 4.1 <= elapsed < 6.0
+    assert str(cut.value) == f"{dripping_headers}/cone did not send its whole answer within 2 s"
+    [failure] = log.failures
+    assert (failure.url, failure.timed_out, failure.deadline, failure.attempts) == (
+        f"{dripping_headers}/cone", True, 2.0, 2)
     assert log.replies == []
 
 

@@ -5,9 +5,9 @@ library's default. :func:`probe` asks a service once, briefly, whether it answer
 
 stwcs (``astrometry_utils``) and drizzlepac (``astrometric_utils``) call ``requests.get`` without a
 timeout, so a service that accepts a connection and never answers would hold a run forever.
-:func:`bounded_requests` gives every request made inside it one deadline for the connection and the
-whole body (unless the caller gave one)
-and one retry after a pause, and records each request that still failed.
+:func:`bounded_requests` gives every request made inside it one deadline for the whole exchange
+(connection, status line, headers and body; the caller's own timeout takes its place) and one retry
+after a pause, and records each request that still failed.
 """
 
 from __future__ import annotations
@@ -177,8 +177,9 @@ def bounded_requests(deadline: float, retries: int = RETRIES, pause: float = RET
     Parameters
     ----------
     deadline : float
-        Seconds each attempt may take in all, from connecting to the last byte of the body (a
-        caller's own timeout, the longest of a tuple, takes its place).
+        Seconds each attempt may take in all, from connecting to the last byte of the body, the
+        headers included however slowly they come (a caller's own timeout, the longest of a tuple,
+        takes its place).
     retries : int
         Further attempts after a timeout or connection failure.
     pause : float
@@ -193,40 +194,69 @@ def bounded_requests(deadline: float, retries: int = RETRIES, pause: float = RET
         exposures would otherwise wait out the deadline again for each.
     """
     import requests
+    from urllib3.connectionpool import HTTPConnectionPool
 
     log = RequestLog()
     failures = log.failures
     original = requests.Session.request
+    original_make_request = HTTPConnectionPool._make_request
+    # The connections the current attempt of this thread uses; a request on another thread is not ours to cut.
+    attempt_of = threading.local()
+
+    def make_request(pool, conn, *args, **kwargs):
+        connections = getattr(attempt_of, "connections", None)
+        if connections is not None:
+            connections.append(conn)
+        return original_make_request(pool, conn, *args, **kwargs)
 
     def whole(self, method, url, args, kwargs, total):
-        """One attempt, connection and whole body within ``total`` seconds."""
-        expired = threading.Event()
-        sockets: list = []
+        """One attempt: connection, status line, headers and whole body within ``total`` seconds."""
+        expired, finished = threading.Event(), threading.Event()
+        connections: list = []  # while the status line and headers come: the socket is the connection's
+        sockets: list = []  # while the body comes: a connection that closes after it hands its socket to the response
+        lock = threading.Lock()
 
         def cut():
-            # A dripping server keeps every read short: only closing the socket ends the body.
+            # A server that drips its headers or its body keeps every read short, so the socket's own
+            # timeout never fires: only shutting the socket down ends the attempt.
             expired.set()
-            for sock in sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            with lock:
+                if finished.is_set():
+                    return
+                live = [s for s in [*(getattr(c, "sock", None) for c in connections), *sockets] if s is not None]
+                for sock in live:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                if not live:
+                    # Still connecting, within its own connect timeout: cut the socket once it is there.
+                    again = threading.Timer(0.05, cut)
+                    again.daemon = True
+                    again.start()
 
+        attempt_of.connections = connections
         watchdog = threading.Timer(total, cut)
         watchdog.daemon = True
         watchdog.start()
         try:
             response = original(self, method, url, *args, **{**kwargs, "stream": True})
-            with contextlib.suppress(AttributeError):
+            with contextlib.suppress(AttributeError), lock:
                 sockets.append(response.raw._fp.fp.raw._sock)
             if expired.is_set():
                 cut()
             response.content  # noqa: B018 - reads the whole body under the watchdog
+            if expired.is_set():
+                # Cut just as the last byte came: the answer is whole, but late.
+                raise requests.Timeout(f"{url} did not send its whole answer within {total:g} s")
             return response
         except requests.RequestException as exc:
             if expired.is_set():
                 raise requests.Timeout(f"{url} did not send its whole answer within {total:g} s") from exc
             raise
         finally:
+            with lock:
+                finished.set()
             watchdog.cancel()
+            attempt_of.connections = None
 
     def request(self, method, url, *args, **kwargs):
         host = urlsplit(str(url)).netloc
@@ -252,7 +282,9 @@ def bounded_requests(deadline: float, retries: int = RETRIES, pause: float = RET
                 time.sleep(pause)
 
     requests.Session.request = request
+    HTTPConnectionPool._make_request = make_request
     try:
         yield log
     finally:
         requests.Session.request = original
+        HTTPConnectionPool._make_request = original_make_request
