@@ -415,6 +415,61 @@ def test_a_catalog_service_answering_html_is_named_in_each_candidate(simulated, 
     assert len(reasons) == 3  # 2MASS, the last catalog, empty too: drizzlepac abandons the search
 
 
+def test_a_catalog_service_failing_with_http_500_is_named_as_the_reason_the_stage_is_skipped(simulated, service):
+    src, d = simulated("http500", products="flt", pointing_error=0.6)
+    real = service(src)
+    asked = []
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if _is_probe(self.path):
+                r = requests.get(real.url.rstrip("/") + self.path, timeout=30)
+                status, body, kind = r.status_code, r.content, "text/csv"
+            else:
+                asked.append(self.path)
+                status, body, kind = 500, b"<html><body>Internal Server Error</body></html>", "text/html"
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/gsss"
+        proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **real.environment,
+                                                            "ASTROMETRIC_CATALOG_URL": url})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # drizzlepac asks each catalog once, reads each error page as a catalog of no sources, and gives
+    # up after the last: the status is the reason, for each catalog and for the stage.
+    host = url.removesuffix("/gsss")
+    assert [p.split("&CAT=")[1].split("&")[0] for p in asked] == ["GAIAeDR3", "GSC242", "2MASS"]
+    run = _run(d)
+    assert [c["reason"] for c in run.candidates["aposteriori"]] == [
+        f"HTTP 500 from {host}{path}: no {catalog} catalog" for path, catalog in zip(asked, ("GAIAeDR3", "GSC242", "2MASS"))]
+    reason = (f"HTTP 500 from {host}{asked[-1]}: no 2MASS catalog; 2MASS is the last reference catalog: "
+              "drizzlepac abandons the alignment")
+    events = EventStore(d / STORE).events(run.run_id)
+    align = next(e for e in events if (e.stage, e.step, e.kind) == ("aposteriori", "align", "step.completed"))
+    assert (align.payload["abandoned"], align.payload["stop_stage"]) == (reason, reason)
+    [fit] = [e for e in events if e.kind == "decision" and e.payload["decision"] == "aposteriori_fit"]
+    assert (fit.payload["chosen_catalog"], fit.payload["reason"], fit.payload["stop_stage"]) == (None, reason, reason)
+    assert run.decision("aposteriori_stage")["reason"] == reason
+    assert run.decision("wcs")["chosen_stage"] == "apriori"
+    trailer = (d / f"{ROOT}.tra").read_text()
+    assert f"[aposteriori/align] decision aposteriori_fit: no fit chosen - {reason}\n" in trailer
+    explained = run_cli("explain", cwd=d).stdout
+    assert f"\n    aposteriori  skipped  {reason}\n" in explained
+    assert "only 0 sources" not in trailer + explained
+
+
 # -- inputs as runastrodriz treats them ------------------------------------------------------------
 def test_every_member_with_zero_exptime_drizzles_all_and_aligns_none(simulated):
     src, d = simulated("all-zero", products="flt", n_exposures=2)

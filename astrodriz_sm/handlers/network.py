@@ -65,11 +65,15 @@ class RequestLog:
     def no_catalog(self, url_prefix: str, catalog: str) -> str | None:
         """Why the latest reply from ``url_prefix`` held no catalog: an HTTP error, an empty body, a page.
 
+        An error status names itself and the request (``'HTTP 500 from <url>: no 2MASS catalog'``):
+        drizzlepac reads the error page as a catalog of no sources, which would blame the sky.
         ``None`` when it looked like a catalog (or there was none), so zero sources were the sky's.
         """
         reply = self.last_reply(url_prefix)
         if reply is None or (reply.status < 400 and reply.length and "html" not in reply.content_type.lower()):
             return None
+        if reply.status >= 400:
+            return f"HTTP {reply.status} from {reply.url}: no {catalog} catalog"
         return f"the {catalog} catalog service at {url_prefix} answered with no catalog ({reply.describe()})"
 
 
