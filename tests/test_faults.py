@@ -190,7 +190,7 @@ class DrippingProxy:
 def _utc_seconds(utc: str) -> float:
     from datetime import datetime
 
-    return datetime.fromisoformat(utc.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(utc).timestamp()
 
 
 @pytest.mark.parametrize("drip", ["body", "headers"])
@@ -453,7 +453,8 @@ def test_a_catalog_service_failing_with_http_500_is_named_as_the_reason_the_stag
     assert [p.split("&CAT=")[1].split("&")[0] for p in asked] == ["GAIAeDR3", "GSC242", "2MASS"]
     run = _run(d)
     assert [c["reason"] for c in run.candidates["aposteriori"]] == [
-        f"HTTP 500 from {host}{path}: no {catalog} catalog" for path, catalog in zip(asked, ("GAIAeDR3", "GSC242", "2MASS"))]
+        f"HTTP 500 from {host}{path}: no {catalog} catalog"
+        for path, catalog in zip(asked, ("GAIAeDR3", "GSC242", "2MASS"), strict=True)]
     reason = (f"HTTP 500 from {host}{asked[-1]}: no 2MASS catalog; 2MASS is the last reference catalog: "
               "drizzlepac abandons the alignment")
     events = EventStore(d / STORE).events(run.run_id)

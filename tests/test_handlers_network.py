@@ -223,9 +223,8 @@ def test_a_dripping_service_is_cut_at_the_deadline(dripping):
 def test_a_service_dripping_its_headers_is_cut_at_the_deadline(dripping_headers):
     """Each header byte comes well within a read timeout; the one deadline still ends the request."""
     start = time.monotonic()
-    with bounded_requests(deadline=2.0, retries=1, pause=0.2) as log:
-        with pytest.raises(requests.Timeout) as cut:
-            requests.get(f"{dripping_headers}/cone")
+    with bounded_requests(deadline=2.0, retries=1, pause=0.2) as log, pytest.raises(requests.Timeout) as cut:
+        requests.get(f"{dripping_headers}/cone")
     elapsed = time.monotonic() - start
     # Two attempts of 2 s and a pause of 0.2 s; the server would drip for 30 s.
     assert 4.1 <= elapsed < 6.0

@@ -216,8 +216,10 @@ def bounded_requests(deadline: float, retries: int = RETRIES, pause: float = RET
     def whole(self, method, url, args, kwargs, total):
         """One attempt: connection, status line, headers and whole body within ``total`` seconds."""
         expired, finished = threading.Event(), threading.Event()
-        connections: list = []  # while the status line and headers come: the socket is the connection's
-        sockets: list = []  # while the body comes: a connection that closes after it hands its socket to the response
+        # Until the headers are in, the socket is the connection's; a connection that closes after its
+        # answer then hands the socket to the response, which reads the body from it.
+        connections: list = []
+        sockets: list = []
         lock = threading.Lock()
 
         def cut():
@@ -249,7 +251,7 @@ def bounded_requests(deadline: float, retries: int = RETRIES, pause: float = RET
                 cut()
             response.content  # noqa: B018 - reads the whole body under the watchdog
             if expired.is_set():
-                # Cut just as the last byte came: the answer is whole, but late.
+                # A body without a length ends quietly when its socket is shut: it may be cut short.
                 raise requests.Timeout(f"{url} did not send its whole answer within {total:g} s")
             return response
         except requests.RequestException as exc:
