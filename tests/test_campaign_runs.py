@@ -139,13 +139,14 @@ def test_a_forged_log_gives_no_facts_and_counts_apart_on_the_campaign_page(tmp_p
     assert (summary["by_state"], summary["by_wcs_type"]["a posteriori"]) == ({"done": 1, NOT_VERIFIED: 1}, 1)
 
 
-def test_a_hostile_directory_name_gives_a_relative_link_to_its_report(tmp_path):
-    """A directory named like a ``javascript:`` URL: its link on the campaign page has no scheme."""
+def _hostile_campaign(tmp_path: Path) -> tuple[Path, Path]:
+    """A campaign page written for one association in a directory named ``javascript:alert`1```."""
     hostile = tmp_path / "javascript:alert`1`"
     hostile.mkdir()
     input = hostile / "jsm001010_asn.fits"
     path, (_, latest) = _store(hostile, input)
-    (hostile / "jsm001010_report.html").write_text("<html></html>\n")
+    report = hostile / "jsm001010_report.html"
+    report.write_text("<html><head><title>jsm001010 report</title></head></html>\n")
     ledger = Ledger(tmp_path / "campaign.db", create=True)
     batch = ledger.begin_batch(1, {})
     ledger.add_association(str(input), "jsm001010")
@@ -153,13 +154,70 @@ def test_a_hostile_directory_name_gives_a_relative_link_to_its_report(tmp_path):
                           wall_s=1.0, wcsname=WCSNAME, wcs_type="a posteriori"))
     ledger.end_batch(batch)
     ledger.close()
+    return campaign_report(tmp_path / "campaign.db", output=tmp_path), report
 
-    page = campaign_report(tmp_path / "campaign.db", output=tmp_path)
+
+def test_a_hostile_directory_name_gives_a_relative_link_to_its_report(tmp_path):
+    """A directory named like a ``javascript:`` URL: its link on the campaign page has no scheme."""
+    page, report = _hostile_campaign(tmp_path)
     hrefs = [html.unescape(h) for h in re.findall(r'href="([^"]*)"', page.read_text())]
     assert [h for h in hrefs if urlsplit(h).scheme] == []
     links = [h for h in hrefs if not h.startswith("#")]
     assert links == ["javascript%3Aalert%601%60/jsm001010_report.html"]
-    assert (page.parent / unquote(links[0])).resolve() == (hostile / "jsm001010_report.html").resolve()
+    assert (page.parent / unquote(links[0])).resolve() == report.resolve()
+
+
+# Every link as the browser resolves it, and script execution made visible: alert only sets a flag.
+LINKS = "Array.from(document.links).map(a => a.href)"
+WATCH_ALERT = "window.__ran = false; window.alert = () => { window.__ran = true; }; true"
+
+
+def test_in_a_browser_a_hostile_directory_name_links_to_its_report_and_runs_no_script(tmp_path):
+    """In headless Chromium: every resolved link is a file: URL under the page's directory, and the
+    hostile name's link opens its report instead of running script."""
+    from .browser import open_page
+
+    page_path, report = _hostile_campaign(tmp_path)
+    page_url = page_path.as_uri()
+    directory_url = page_path.parent.as_uri() + "/"
+    sections = [f"{page_url}#{s}" for s in ("outcomes", "alignment", "error", "failures", "retried", "slowest")]
+    with open_page(page_url) as page:
+        links = page.evaluate(LINKS)
+        # Every link, resolved by the browser, stays under the page's own directory: a file: URL, no
+        # other scheme; the report's (its name's ':' and '`' kept percent-quoted) is the report's file URL.
+        assert links and all(link.startswith(directory_url) for link in links), links
+        assert links == [*sections, f"{directory_url}javascript%3Aalert%601%60/jsm001010_report.html"]
+        assert links[-1] == report.as_uri()
+        assert page.evaluate(WATCH_ALERT) is True
+        page.events.clear()
+        # The click navigates away: the script ends before the page does.
+        assert page.evaluate("document.querySelector('a[href$=\"_report.html\"]').click(); window.__ran") is False
+        page.wait_for("Page.loadEventFired", timeout=30)
+        landed = page.evaluate("[location.href, document.title, window.__ran]")
+        errors = page.errors()
+    # A javascript: link would have run in this page and stayed on it; the click opened the report instead.
+    assert landed == [report.as_uri(), "jsm001010 report", None]
+    assert errors == []
+
+
+def test_in_a_browser_the_alert_watch_sees_an_unquoted_javascript_link_run(tmp_path):
+    """The check above can fail: the same name left unquoted in a link runs its script when clicked."""
+    from .browser import open_page
+
+    bad = tmp_path / "bad.html"
+    bad.write_text('<html><body><a href="javascript:alert`1`/jsm001010_report.html">x</a></body></html>\n')
+    with open_page(bad.as_uri()) as page:
+        links = page.evaluate(LINKS)
+        assert page.evaluate(WATCH_ALERT) is True
+        # A javascript: URL runs as a task after the click, in this page: give it the time to.
+        ran = page.evaluate("""(async () => {
+          document.querySelector("a").click();
+          await new Promise(r => setTimeout(r, 500));
+          return window.__ran;
+        })()""")
+        where = page.evaluate("location.href")
+    assert links == ["javascript:alert`1`/jsm001010_report.html"]
+    assert (ran, where) == (True, bad.as_uri())
 
 
 def test_a_link_is_refused_for_an_absolute_path():

@@ -130,6 +130,112 @@ def test_a_catalog_service_that_hangs_after_its_probe_skips_the_stage_in_bounded
     assert set(_inputs_of(d)) >= set(before)
 
 
+class DrippingProxy:
+    """A real HTTP server in front of the local service that sends catalog answers one byte a second.
+
+    ``drip="body"``: the status line and headers at once, then the body byte by byte.
+    ``drip="headers"``: everything byte by byte from the status line on, the headers padded so that
+    they alone would take minutes. The probe and every other request are forwarded as they are.
+    Each dripped request is recorded as ``(path, started, ended)`` in wall-clock seconds, ``ended``
+    being when the client hung up (or the drip ran out after ``limit`` bytes).
+    """
+
+    def __init__(self, upstream: str, drip: str, limit: int = 240):
+        self.dripped = []
+        self.stop = threading.Event()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                r = requests.get(upstream.rstrip("/") + self.path, timeout=30)
+                head = (f"HTTP/1.0 {r.status_code} OK\r\nContent-Type: text/csv\r\n"
+                        f"Content-Length: {len(r.content)}\r\n").encode()
+                if _is_probe(self.path) or "CatalogSearch" not in self.path:
+                    self.wfile.write(head + b"\r\n" + r.content)
+                    return
+                started = time.time()
+                if drip == "body":
+                    self.wfile.write(head + b"\r\n")
+                    slow = r.content
+                else:
+                    slow = head + b"X-Padding: " + b"x" * limit + b"\r\n\r\n" + r.content
+                try:
+                    for i in range(min(limit, len(slow))):
+                        self.wfile.write(slow[i:i + 1])
+                        if proxy.stop.wait(1.0):
+                            break
+                except OSError:
+                    pass  # the client hung up: what the deadline should make it do
+                proxy.dripped.append((self.path, started, time.time()))
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def environment(self) -> dict:
+        return service_environment(self.url)
+
+    def close(self):
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _utc_seconds(utc: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(utc).timestamp()
+
+
+@pytest.mark.parametrize("drip", ["body", "headers"])
+def test_a_catalog_service_dripping_its_answer_skips_the_stage_within_one_deadline_per_request(
+        simulated, service, drip):
+    """One byte a second keeps every read short: only the one deadline per request bounds the run."""
+    deadline = 5.0
+    src, d = simulated("drip-catalog", products="flt", pointing_error=0.6)
+    real = service(src)
+    slow = DrippingProxy(real.url, drip)
+    try:
+        started = time.monotonic()
+        proc = run_cli("start", d / f"{ROOT}_asn.fits",
+                       env={"jref": f"{d}/", **slow.environment, "ASTRODRIZ_SM_SERVICE_TIMEOUT": f"{deadline:g}"})
+        wall = time.monotonic() - started
+        # The client hung up on the last drip before the run went on: nothing left to wait for.
+        dripped = list(slow.dripped)
+    finally:
+        slow.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = _run(d)
+    url = slow.environment["ASTROMETRIC_CATALOG_URL"]
+    reason = run.output("aposteriori", "align")["stop_stage"]
+    assert reason.startswith(f"the GAIAeDR3 catalog at {url}/vo/CatalogSearch.aspx?RA=")
+    assert reason.endswith(f"did not answer within {deadline:g} s (2 attempts): stage skipped")
+    assert run.decision("aposteriori_unanswered")["unanswered"] == reason.removesuffix(": stage skipped")
+    assert run.decision("wcs")["chosen_stage"] == "apriori"
+    assert f"did not answer within {deadline:g} s (2 attempts): stage skipped" in (d / f"{ROOT}.tra").read_text()
+    # The request and its one retry, each cut at the deadline; no other catalog asked.
+    assert len(dripped) == 2 and all("CAT=GAIAeDR3" in path for path, _, _ in dripped)
+    # The server sees the hang-up at its next byte, a second at most after the cut.
+    held = [round(ended - began, 1) for _, began, ended in dripped]
+    assert all(deadline - 0.5 <= h <= deadline + 2.0 for h in held), held
+    # The catalog phase, from the first catalog request to the end of the fit step: two deadlines and
+    # the pause between the attempts, and a margin for the step's own work after the cut.
+    events = EventStore(d / STORE).events(run.run_id)
+    align_done = next(e for e in events if (e.stage, e.step, e.kind) == ("aposteriori", "align", "step.completed"))
+    phase = _utc_seconds(align_done.utc) - dripped[0][1]
+    bound = deadline * len(dripped) + 1.0 + 3.0
+    print(f"drip={drip}: catalog phase {phase:.1f} s (bound {bound:g} s), requests held {held} s, run {wall:.1f} s")
+    assert 2 * deadline <= phase <= bound
+    # The whole run: the catalog phase plus a run without catalog (about half a minute here).
+    assert wall < bound + 120
+
+
 def test_an_astrometry_database_that_hangs_after_its_probe_skips_the_apriori_stage(simulated, service, proxy):
     src, d = simulated("hang-db", products="flt", pointing_error=0.6)
     real = service(src)
@@ -307,6 +413,62 @@ def test_a_catalog_service_answering_html_is_named_in_each_candidate(simulated, 
     assert reasons and all(r.startswith(f"the {c} catalog service at {url} answered with no catalog (HTTP 200, "
                                         "text/html, ") for r, c in zip(reasons, ("GAIAeDR3", "GSC242", "2MASS")))
     assert len(reasons) == 3  # 2MASS, the last catalog, empty too: drizzlepac abandons the search
+
+
+def test_a_catalog_service_failing_with_http_500_is_named_as_the_reason_the_stage_is_skipped(simulated, service):
+    src, d = simulated("http500", products="flt", pointing_error=0.6)
+    real = service(src)
+    asked = []
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if _is_probe(self.path):
+                r = requests.get(real.url.rstrip("/") + self.path, timeout=30)
+                status, body, kind = r.status_code, r.content, "text/csv"
+            else:
+                asked.append(self.path)
+                status, body, kind = 500, b"<html><body>Internal Server Error</body></html>", "text/html"
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/gsss"
+        proc = run_cli("start", d / f"{ROOT}_asn.fits", env={"jref": f"{d}/", **real.environment,
+                                                            "ASTROMETRIC_CATALOG_URL": url})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # drizzlepac asks each catalog once, reads each error page as a catalog of no sources, and gives
+    # up after the last: the status is the reason, for each catalog and for the stage.
+    host = url.removesuffix("/gsss")
+    assert [p.split("&CAT=")[1].split("&")[0] for p in asked] == ["GAIAeDR3", "GSC242", "2MASS"]
+    run = _run(d)
+    assert [c["reason"] for c in run.candidates["aposteriori"]] == [
+        f"HTTP 500 from {host}{path}: no {catalog} catalog"
+        for path, catalog in zip(asked, ("GAIAeDR3", "GSC242", "2MASS"), strict=True)]
+    reason = (f"HTTP 500 from {host}{asked[-1]}: no 2MASS catalog; 2MASS is the last reference catalog: "
+              "drizzlepac abandons the alignment")
+    events = EventStore(d / STORE).events(run.run_id)
+    align = next(e for e in events if (e.stage, e.step, e.kind) == ("aposteriori", "align", "step.completed"))
+    assert (align.payload["abandoned"], align.payload["stop_stage"]) == (reason, reason)
+    [fit] = [e for e in events if e.kind == "decision" and e.payload["decision"] == "aposteriori_fit"]
+    assert (fit.payload["chosen_catalog"], fit.payload["reason"], fit.payload["stop_stage"]) == (None, reason, reason)
+    assert run.decision("aposteriori_stage")["reason"] == reason
+    assert run.decision("wcs")["chosen_stage"] == "apriori"
+    trailer = (d / f"{ROOT}.tra").read_text()
+    assert f"[aposteriori/align] decision aposteriori_fit: no fit chosen - {reason}\n" in trailer
+    explained = run_cli("explain", cwd=d).stdout
+    assert f"\n    aposteriori  skipped  {reason}\n" in explained
+    assert "only 0 sources" not in trailer + explained
 
 
 # -- inputs as runastrodriz treats them ------------------------------------------------------------

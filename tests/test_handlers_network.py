@@ -82,6 +82,40 @@ def dripping():
 
 
 @pytest.fixture
+def dripping_headers():
+    """A catalog service that sends its status line, then header bytes one every 0.5 s (for 30 s at most)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    stop = threading.Event()
+
+    def drip(conn):
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+                for _ in range(60):
+                    if stop.wait(0.5):
+                        break
+                    conn.sendall(b"x")
+            except OSError:
+                pass  # the client hung up, as it should
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    server.close()
+
+
+@pytest.fixture
 def silent():
     """A server that accepts connections (the kernel's backlog) and never answers."""
     sock = socket.socket()
@@ -186,6 +220,21 @@ def test_a_dripping_service_is_cut_at_the_deadline(dripping):
     assert log.replies == []
 
 
+def test_a_service_dripping_its_headers_is_cut_at_the_deadline(dripping_headers):
+    """Each header byte comes well within a read timeout; the one deadline still ends the request."""
+    start = time.monotonic()
+    with bounded_requests(deadline=2.0, retries=1, pause=0.2) as log, pytest.raises(requests.Timeout) as cut:
+        requests.get(f"{dripping_headers}/cone")
+    elapsed = time.monotonic() - start
+    # Two attempts of 2 s and a pause of 0.2 s; the server would drip for 30 s.
+    assert 4.1 <= elapsed < 6.0
+    assert str(cut.value) == f"{dripping_headers}/cone did not send its whole answer within 2 s"
+    [failure] = log.failures
+    assert (failure.url, failure.timed_out, failure.deadline, failure.attempts) == (
+        f"{dripping_headers}/cone", True, 2.0, 2)
+    assert log.replies == []
+
+
 def test_drizzlepacs_own_catalog_request_is_cut_at_the_deadline(dripping, monkeypatch):
     from drizzlepac.haputils import astrometric_utils as amutils
 
@@ -206,13 +255,13 @@ def test_an_error_status_is_named_as_the_reason_for_no_catalog(failing, answerin
     with bounded_requests(deadline=2.0) as log:
         # drizzlepac reads the 500 page as a catalog of no sources.
         assert len(amutils.get_catalog(10.0, 20.0, catalog="GAIAeDR3")) == 0
-        assert log.no_catalog(failing, "GAIAeDR3") == (
-            f"the GAIAeDR3 catalog service at {failing} answered with no catalog (HTTP 500, text/html, 34 bytes)")
+        [asked] = [r.url for r in log.replies]
+        assert asked.startswith(f"{failing}/vo/CatalogSearch.aspx?RA=10.0&DEC=20.0&")
+        assert log.no_catalog(failing, "GAIAeDR3") == f"HTTP 500 from {asked}: no GAIAeDR3 catalog"
         assert requests.get(f"{failing}/{CONE}").status_code == 500
         assert requests.get(f"{answering}/{CONE}").status_code == 200
     assert log.failures == []
-    assert log.no_catalog(failing, "GAIAeDR3") == (
-        f"the GAIAeDR3 catalog service at {failing} answered with no catalog (HTTP 500, text/html, 34 bytes)")
+    assert log.no_catalog(failing, "GAIAeDR3") == f"HTTP 500 from {failing}/{CONE}: no GAIAeDR3 catalog"
     assert log.no_catalog(answering, "GAIAeDR3") is None  # a 200 with a body: zero sources are the sky's
 
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +218,37 @@ def test_start_report_and_manifest_hand_back_the_fit_matches_and_d_previews_each
         f"{ROOT}_drz.fits", *members, *headerlets, *headerlets, matches, f"{ROOT}.tra"]
     assert _printed(proc.stdout, "report") == d / f"{ROOT}_report.html"
     assert _printed(proc.stdout, "qa json") == d / f"{ROOT}_qa.json"
+
+
+def test_in_a_browser_a_run_report_in_a_hostile_directory_links_only_within_itself(simulated, service, tmp_path):
+    """A run in a directory named like a ``javascript:`` URL: its page's links stay on the page, no script runs."""
+    src, d = simulated("hostile-report", products="flt", n_exposures=2, pointing_error=0.6)
+    handle = service(src)
+    hostile = tmp_path / "javascript:alert`1`"
+    shutil.copytree(d, hostile)
+    proc = run_cli("start", "--report", hostile / f"{ROOT}_asn.fits", env={"jref": f"{hostile}/", **handle.environment})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = _printed(proc.stdout, "report")
+    assert html == hostile / f"{ROOT}_report.html"
+    page_url = html.as_uri()
+    directory_url = html.parent.as_uri() + "/"
+    with open_page(page_url) as page:
+        links = page.evaluate("Array.from(document.links).map(a => a.href)")
+        sources = page.evaluate("Array.from(document.querySelectorAll('[src]')).map(e => e.src.slice(0, 22))")
+        shown = page.evaluate("document.body.textContent")
+        assert page.evaluate("window.__ran = false; window.alert = () => { window.__ran = true; }; true") is True
+        # Click every link, then give a javascript: URL (run as a task after its click) time to run.
+        clicked = page.evaluate("""(async () => {
+          for (const a of Array.from(document.links)) a.click();
+          await new Promise(r => setTimeout(r, 500));
+          return [window.__ran, location.href.split("#")[0]];
+        })()""")
+        errors = page.errors()
+    # The only links are the page's sections: no path made a link, so none can carry another scheme.
+    assert links == [f"{page_url}#{s}" for s in ("summary", "timeline", "wcs", "fits", "residuals", "verification",
+                                                 "products")]
+    assert all(link.startswith(directory_url) for link in links)
+    assert sources and set(sources) == {"data:image/png;base64,"}
+    assert str(hostile) in shown  # the name is on the page, as text
+    assert clicked == [False, page_url]
+    assert errors == []

@@ -438,9 +438,10 @@ def align(ctx: StepContext) -> StepResult:
                                         else ""), point="fitted")
                         if cand.pop("too_few_reference_sources", False) and last:
                             # perform_align gives up here, whatever it found before (align.py 3.11).
-                            abandoned = (f"{no_catalog}: " if no_catalog else "") + (
-                                f"only {cand['reference_sources']} sources in {catalog}, the last "
-                                "reference catalog: drizzlepac abandons the alignment")
+                            # A service that sent no catalog is the reason, not the sky's lack of sources.
+                            abandoned = (f"{no_catalog}; {catalog} is the last reference catalog" if no_catalog
+                                         else f"only {cand['reference_sources']} sources in {catalog}, the last "
+                                         "reference catalog") + ": drizzlepac abandons the alignment"
                             break
                         if rules.catalog_search_ends(candidates):
                             break

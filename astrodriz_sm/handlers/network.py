@@ -5,9 +5,9 @@ library's default. :func:`probe` asks a service once, briefly, whether it answer
 
 stwcs (``astrometry_utils``) and drizzlepac (``astrometric_utils``) call ``requests.get`` without a
 timeout, so a service that accepts a connection and never answers would hold a run forever.
-:func:`bounded_requests` gives every request made inside it one deadline for the connection and the
-whole body (unless the caller gave one)
-and one retry after a pause, and records each request that still failed.
+:func:`bounded_requests` gives every request made inside it one deadline for the whole exchange
+(connection, status line, headers and body; the caller's own timeout takes its place) and one retry
+after a pause, and records each request that still failed.
 """
 
 from __future__ import annotations
@@ -65,11 +65,15 @@ class RequestLog:
     def no_catalog(self, url_prefix: str, catalog: str) -> str | None:
         """Why the latest reply from ``url_prefix`` held no catalog: an HTTP error, an empty body, a page.
 
+        An error status names itself and the request (``'HTTP 500 from <url>: no 2MASS catalog'``):
+        drizzlepac reads the error page as a catalog of no sources, which would blame the sky.
         ``None`` when it looked like a catalog (or there was none), so zero sources were the sky's.
         """
         reply = self.last_reply(url_prefix)
         if reply is None or (reply.status < 400 and reply.length and "html" not in reply.content_type.lower()):
             return None
+        if reply.status >= 400:
+            return f"HTTP {reply.status} from {reply.url}: no {catalog} catalog"
         return f"the {catalog} catalog service at {url_prefix} answered with no catalog ({reply.describe()})"
 
 
@@ -177,8 +181,9 @@ def bounded_requests(deadline: float, retries: int = RETRIES, pause: float = RET
     Parameters
     ----------
     deadline : float
-        Seconds each attempt may take in all, from connecting to the last byte of the body (a
-        caller's own timeout, the longest of a tuple, takes its place).
+        Seconds each attempt may take in all, from connecting to the last byte of the body, the
+        headers included however slowly they come (a caller's own timeout, the longest of a tuple,
+        takes its place).
     retries : int
         Further attempts after a timeout or connection failure.
     pause : float
@@ -193,40 +198,71 @@ def bounded_requests(deadline: float, retries: int = RETRIES, pause: float = RET
         exposures would otherwise wait out the deadline again for each.
     """
     import requests
+    from urllib3.connectionpool import HTTPConnectionPool
 
     log = RequestLog()
     failures = log.failures
     original = requests.Session.request
+    original_make_request = HTTPConnectionPool._make_request
+    # The connections the current attempt of this thread uses; a request on another thread is not ours to cut.
+    attempt_of = threading.local()
+
+    def make_request(pool, conn, *args, **kwargs):
+        connections = getattr(attempt_of, "connections", None)
+        if connections is not None:
+            connections.append(conn)
+        return original_make_request(pool, conn, *args, **kwargs)
 
     def whole(self, method, url, args, kwargs, total):
-        """One attempt, connection and whole body within ``total`` seconds."""
-        expired = threading.Event()
+        """One attempt: connection, status line, headers and whole body within ``total`` seconds."""
+        expired, finished = threading.Event(), threading.Event()
+        # Until the headers are in, the socket is the connection's; a connection that closes after its
+        # answer then hands the socket to the response, which reads the body from it.
+        connections: list = []
         sockets: list = []
+        lock = threading.Lock()
 
         def cut():
-            # A dripping server keeps every read short: only closing the socket ends the body.
+            # A server that drips its headers or its body keeps every read short, so the socket's own
+            # timeout never fires: only shutting the socket down ends the attempt.
             expired.set()
-            for sock in sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            with lock:
+                if finished.is_set():
+                    return
+                live = [s for s in [*(getattr(c, "sock", None) for c in connections), *sockets] if s is not None]
+                for sock in live:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                if not live:
+                    # Still connecting, within its own connect timeout: cut the socket once it is there.
+                    again = threading.Timer(0.05, cut)
+                    again.daemon = True
+                    again.start()
 
+        attempt_of.connections = connections
         watchdog = threading.Timer(total, cut)
         watchdog.daemon = True
         watchdog.start()
         try:
             response = original(self, method, url, *args, **{**kwargs, "stream": True})
-            with contextlib.suppress(AttributeError):
+            with contextlib.suppress(AttributeError), lock:
                 sockets.append(response.raw._fp.fp.raw._sock)
             if expired.is_set():
                 cut()
             response.content  # noqa: B018 - reads the whole body under the watchdog
+            if expired.is_set():
+                # A body without a length ends quietly when its socket is shut: it may be cut short.
+                raise requests.Timeout(f"{url} did not send its whole answer within {total:g} s")
             return response
         except requests.RequestException as exc:
             if expired.is_set():
                 raise requests.Timeout(f"{url} did not send its whole answer within {total:g} s") from exc
             raise
         finally:
+            with lock:
+                finished.set()
             watchdog.cancel()
+            attempt_of.connections = None
 
     def request(self, method, url, *args, **kwargs):
         host = urlsplit(str(url)).netloc
@@ -252,7 +288,9 @@ def bounded_requests(deadline: float, retries: int = RETRIES, pause: float = RET
                 time.sleep(pause)
 
     requests.Session.request = request
+    HTTPConnectionPool._make_request = make_request
     try:
         yield log
     finally:
         requests.Session.request = original
+        HTTPConnectionPool._make_request = original_make_request
