@@ -344,10 +344,15 @@ def resume(run: str | os.PathLike | None = None, *, store: str | os.PathLike | N
     ------
     RunStateError
         No such store or run, the run has ended, or another process holds it.
+    LogCorruptError
+        The store's file is damaged, or the run's hash chain does not verify; nothing is written to it.
     """
     from .runner import Runner
 
     events = open_store(store)
+    if (problem := events.integrity_problem()) is not None:
+        # A file cut short in its last pages still opens; appending to it would bury the damage.
+        raise LogCorruptError(f"{events.path}: damaged event store ({problem}); not resumed", str(events.path))
     run_id = find_run(events, run)
     state = fold(events.events(run_id))
     if state.is_ended:

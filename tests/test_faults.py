@@ -421,6 +421,36 @@ def test_a_truncated_store_is_log_corrupt(finished, tmp_path):
     assert _last_line(proc).startswith(f"astrodriz-sm: error: {short}: damaged event store (")
 
 
+def test_start_and_resume_refuse_a_truncated_store_and_write_nothing(finished):
+    """Cut at half (whole pages), at a size that is no multiple of the page size, and inside the last
+    page (the file still opens: SQLite's quick_check finds the damage): exit 8, one line, same bytes."""
+    store = finished / STORE
+    whole = store.read_bytes()
+    page = int.from_bytes(whole[16:18], "big")
+    assert len(whole) % page == 0 and len(whole) >= 4 * page
+    env = {"jref": f"{finished}/", **NO_ALIGNMENT}
+    malformed = f"{store}: damaged event store (database disk image is malformed)"
+    for size in (len(whole) // 2, len(whole) // 2 + 1000, len(whole) - 3 * page // 4):
+        store.write_bytes(whole[:size])
+        before = {p.name: p.read_bytes() for p in finished.iterdir() if p.name.startswith(STORE)}
+        assert list(before) == [STORE]
+        opens = size > len(whole) - page
+        resumed = run_cli("resume", "--store", store, cwd=finished, env=env)
+        started = run_cli("start", finished / f"{ROOT}_asn.fits", env=env)
+        for proc, tail in ((resumed, "; not resumed"), (started, "; no run is added to it")):
+            assert proc.returncode == ExitCode.LOG_CORRUPT, (size, proc.stderr[-2000:])
+            assert "Traceback" not in proc.stderr
+            line = proc.stderr.strip()
+            assert "\n" not in line
+            if opens:
+                assert line.startswith(f"astrodriz-sm: error: {store}: damaged event store (On tree page ")
+                assert line.endswith(f"){tail}")
+            else:
+                assert line == f"astrodriz-sm: error: {malformed}", size
+        # Not a byte written, and no journal or WAL left beside it.
+        assert {p.name: p.read_bytes() for p in finished.iterdir() if p.name.startswith(STORE)} == before
+
+
 def test_a_store_on_a_read_only_file_system_can_be_read(finished):
     if os.geteuid() != 0:
         pytest.skip("a read-only bind mount needs root")
