@@ -23,6 +23,7 @@ from .config import (
     lease_expiry_from_environment,
     pipeline_switches_from_environment,
     recorded_environment,
+    require_input,
     switches_from_environment,
 )
 from .errors import InputError, Interrupted, LogCorruptError, RunStateError, UsageError
@@ -285,15 +286,16 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
     Raises
     ------
     AstrodrizError
-        Before a run starts: bad input file name or directory (:class:`InputError`), a switch that is
-        not on/off (:class:`ConfigError`), bad options (:class:`UsageError`), an unfinished run on
-        this input (:class:`RunStateError`).
+        Before a run starts, with nothing written: bad input file name or directory, or no input file
+        (:class:`InputError`), a switch that is not on/off (:class:`ConfigError`), bad options
+        (:class:`UsageError`), an unfinished run on this input (:class:`RunStateError`).
     """
     from .runner import Runner, start_run
 
     env = dict(os.environ if environ is None else environ)
     config, root = run_config(input, newpath, environ=env, **options)
     input_path = Path(config.input)
+    require_input(input_path)
     with run_log(log_json, console) as log:
         events = open_store(store, input_path.parent, create=True)
         if (problem := events.integrity_problem()) is not None:

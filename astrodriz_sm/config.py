@@ -220,3 +220,18 @@ def input_kind(path: Path) -> tuple[str, str]:
     if parsed is not None:
         return parsed
     raise InputError(f"{path}: expected an _asn, _raw, _flt or _flc FITS file (WFPC2: _c0m or _d0m)", str(path))
+
+
+def require_input(path: Path) -> None:
+    """Refuse an input file that is not there.
+
+    ``start`` asks before it opens its store, so that a start on nothing leaves no store, trailer or
+    directory behind; ``init/resolve_inputs`` asks again, as a resume may find the file gone.
+
+    Raises
+    ------
+    InputError
+        ``<path>: file not found``.
+    """
+    if not path.exists():
+        raise InputError(f"{path}: file not found", str(path))

@@ -444,7 +444,8 @@ class Runner:
             ctx = self._context(run, stage, step, {d["decision"]: d for d in before})
             # Handlers see the environment recorded with the run, also on resume in another shell.
             with Timer() as t, isolated(self.environ, run.environment):
-                if ctx.work_dir != ctx.input_dir:
+                # init reads the input directory only: a run it refuses leaves no empty NEWPATH/<root> behind.
+                if ctx.work_dir != ctx.input_dir and stage != "init":
                     ctx.work_dir.mkdir(parents=True, exist_ok=True)
                 result = handler(ctx)
             if any(kind == DECISION for kind, _ in result.facts):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from ..config import input_kind
+from ..config import input_kind, require_input
 from ..errors import InputError, ProcessingError
 from ..model import (
     DETECTORS,
@@ -234,8 +234,7 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
     input_path = Path(ctx.config.input)
     input_dir = input_path.parent
     kind, root = input_kind(input_path)
-    if not input_path.exists():
-        raise InputError(f"{input_path}: file not found", str(input_path))
+    require_input(input_path)
     check_writable(input_dir)
     notes = []
     asn = None
