@@ -165,6 +165,20 @@ def test_an_input_refused_by_init_leaves_no_newpath_directory(simulated, tmp_pat
     assert not (tmp_path / "absent").exists()
 
 
+def test_every_missing_member_is_named_on_the_one_line(simulated):
+    """28 of 30 members absent: all 28 are named, sorted, on one line; nothing is read or changed."""
+    src, d = _small(simulated)
+    absent = [f"jsm001{n:02d}q" for n in range(28, 0, -1)]  # listed in reverse, named sorted
+    _write_asn(d / f"{ROOT}_asn.fits", [(m.upper(), "EXP-DTH") for m in [*absent, *src.members]]
+               + [(ROOT.upper(), "PROD-DTH")])
+    before = sha256_tree(d)
+    proc = _start(d)
+    names = ", ".join(f"jsm001{n:02d}q_flt.fits" for n in range(1, 29))
+    _assert_refused(proc, code=ExitCode.INPUT, path=d / f"{ROOT}_asn.fits",
+                    cause=f"28 of 30 members missing (no _flt or _flc file): {names}", store=d / STORE)
+    _assert_unchanged(d, before)
+
+
 @pytest.mark.parametrize("bad_name", ["../{member}", "sub/{member}"], ids=["dotdot", "separator"])
 def test_member_name_with_a_path_is_refused_before_anything_is_read(simulated, tmp_path, bad_name):
     """A member name that is a path is refused; nothing outside the run directory is touched.

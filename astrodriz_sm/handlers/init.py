@@ -259,12 +259,17 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
     # An _flc input is processed alone, even with its FLT beside it (runastrodriz 3.11 builds its FLC
     # name from the input's and finds the input itself).
     calibrated = (FLC,) if kind == FLC else (FLT, FLC)
+    # Every absent member is named at once: a delivery short of many files is fixed in one go.
+    absent = sorted(m for m in members if not any((input_dir / input_name(m, k)).exists() for k in calibrated))
+    if len(absent) == 1:
+        listed = f" listed in {input_path.name}" if asn else ""
+        missing = input_dir / input_name(absent[0], calibrated[0])
+        raise InputError(f"{missing}: exposure {absent[0]}{listed} is missing (no _flt or _flc file)", str(missing))
+    if absent:
+        raise InputError(f"{input_path}: {len(absent)} of {len(members)} members missing (no _flt or _flc file): "
+                         f"{', '.join(input_name(m, calibrated[0]) for m in absent)}", str(input_path))
     for m in members:
         paths = {k: input_dir / input_name(m, k) for k in calibrated}
-        if not any(p.exists() for p in paths.values()):
-            listed = f" listed in {input_path.name}" if asn else ""
-            missing = paths[calibrated[0]]
-            raise InputError(f"{missing}: exposure {m}{listed} is missing (no _flt or _flc file)", str(missing))
         for k, p in paths.items():
             if p.exists():
                 facts[p.name] = _exposure_facts(p)
