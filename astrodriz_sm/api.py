@@ -73,6 +73,11 @@ class RunResult:
     report: object | None = None
 
 
+def _store_location(store: str | os.PathLike | None, directory: Path | None = None) -> Path:
+    """``store``, else ``astrodriz_sm.db`` in ``directory`` (default: the current one)."""
+    return Path(store) if store else store_path(directory or Path.cwd())
+
+
 def open_store(store: str | os.PathLike | None, directory: Path | None = None, *, create: bool = False,
                read_only: bool = False) -> EventStore:
     """The event store: ``store``, else ``astrodriz_sm.db`` in ``directory`` (default: the current one).
@@ -92,7 +97,7 @@ def open_store(store: str | os.PathLike | None, directory: Path | None = None, *
     LogCorruptError
         When the file is not a SQLite database or is damaged.
     """
-    path = Path(store) if store else store_path(directory or Path.cwd())
+    path = _store_location(store, directory)
     if not create and not path.is_file():
         raise RunStateError(f"{path}: no event store here (give --store PATH)", str(path))
     try:
@@ -456,7 +461,8 @@ def report(run: str | os.PathLike | None = None, *, store: str | os.PathLike | N
     store : path, optional
         Default ``astrodriz_sm.db`` in the current directory.
     output : path, optional
-        The directory to write into; default the run's input directory.
+        The directory to write into; default the store's directory (a copied run directory gets its
+        report in the copy, and the run's recorded input directory is left alone).
     unverified : bool
         Render a log whose hash chain does not verify; the page then opens with a banner saying so
         and the QA JSON's ``run`` item carries it (``log_banner``).
@@ -478,7 +484,8 @@ def report(run: str | os.PathLike | None = None, *, store: str | os.PathLike | N
     """
     from .views.report import write_report
 
-    return write_report(*_read_named(run, store, unverified), output)
+    # A read command writes only where it is told, or beside what it reads.
+    return write_report(*_read_named(run, store, unverified), output or _store_location(store).resolve().parent)
 
 
 def explain(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
