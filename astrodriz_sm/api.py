@@ -24,6 +24,7 @@ from .config import (
     pipeline_switches_from_environment,
     recorded_environment,
     require_input,
+    require_library_path,
     switches_from_environment,
 )
 from .errors import InputError, Interrupted, LogCorruptError, RunStateError, UsageError
@@ -217,6 +218,8 @@ def run_config(input: str | os.PathLike, newpath: str | os.PathLike | None = Non
     if options["force_alignment"] and not options["verify_guiding"]:
         notes.append("-a has no effect without -v: it keeps alignment on when -v finds bad guiding")
     layout = RunLayout(root, input_path, Path(newpath).resolve() if newpath else None)
+    for path in dict.fromkeys((input_path, layout.work_dir)):
+        require_library_path(path)
     config = RunConfig(
         input=str(input_path), run_dir=str(layout.work_dir),
         newpath=str(layout.newpath) if layout.newpath else None, **options,

@@ -11,8 +11,10 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import structlog
 
-from .config import SERVICE_SETTINGS, lease_expiry_from_environment
+from .config import REFERENCE_VARIABLES, SERVICE_SETTINGS, lease_expiry_from_environment
 from .errors import AstrodrizError, ExitCode, NoViableDataError, ProcessingError, RunStateError
 from .handlers.common import StepContext, library_fallbacks, payload_logs
 from .model.options import PRODUCT_SETTINGS
@@ -159,6 +161,31 @@ def stop_descendants(timeout: float = 10.0) -> list[int]:
                 break
             time.sleep(0.02)
     return pids
+
+
+# What stsci.tools' fileutil.Expand (stwcs, drizzlepac) reads back unchanged in a reference directory: it takes
+# '(name)' and 'name$' for variables, splits at commas and strips blanks around path components.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_./+-]*")
+
+
+@contextlib.contextmanager
+def plain_reference_directories():
+    """Show the libraries each reference directory (``jref``, ``iref``, ``uref``) under a plain name.
+
+    A directory such as ``/data (copy)/`` is read as a variable ``copy`` by the libraries' file-name
+    expansion; in ``os.environ`` it becomes a symbolic link of a plain name to it, for as long as the
+    step runs (``isolated`` restores the variable, the link's directory is removed). The recorded
+    environment keeps the directory as it is.
+    """
+    odd = {k: v for k in REFERENCE_VARIABLES if (v := os.environ.get(k)) and not _PLAIN_PATH.fullmatch(v)}
+    if not odd:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="astrodriz-sm-refs-") as links:
+        for name, directory in odd.items():
+            (Path(links) / name).symlink_to(Path(directory).resolve(), target_is_directory=True)
+            os.environ[name] = f"{links}/{name}/"
+        yield
 
 
 @contextlib.contextmanager
@@ -443,7 +470,7 @@ class Runner:
             before = decisions_before(run, stage, step)
             ctx = self._context(run, stage, step, {d["decision"]: d for d in before})
             # Handlers see the environment recorded with the run, also on resume in another shell.
-            with Timer() as t, isolated(self.environ, run.environment):
+            with Timer() as t, isolated(self.environ, run.environment), plain_reference_directories():
                 # init reads the input directory only: a run it refuses leaves no empty NEWPATH/<root> behind.
                 if ctx.work_dir != ctx.input_dir and stage != "init":
                     ctx.work_dir.mkdir(parents=True, exist_ok=True)

@@ -381,6 +381,56 @@ def test_demo_uses_its_own_reference_files_whatever_jref_says(tmp_path):
     assert "chosen WCS: IDC_sm00001aj-FIT_REL_GAIAeDR3 (aposteriori stage)" in proc.stdout
 
 
+# -- paths with unusual characters -----------------------------------------------------------------
+def test_a_directory_named_data_copy_is_processed_end_to_end(simulated, service, tmp_path):
+    """An association in ``data (copy)``, jref there too: done, aligned, with ``-v``.
+
+    Measured with a whole run of an association in a directory named ``d<c>x``, jref in it and
+    elsewhere (alignment off), and with ``-v``, both alignment stages and ``--report`` for
+    ``data (copy)`` and ``d$x ,(y)``. These work: space (inside a name, leading, trailing), ``(``
+    and ``)``, also as a pair (stsci.tools' ``fileutil.Expand`` reads ``(copy)`` in a reference path
+    as the variable ``copy``, and ``d$`` as the variable ``d``), ``]``, ``,``, ``'``, ``"``, unicode
+    (``é (ü)``), ``#``, ``$``, ``@``, ``*``, ``?``, ``~``, ``{``, ``}``, ``;``, ``&``, ``!``, ``=``,
+    ``+``, ``%``, ``:``, ``-``, ``.``: the libraries get names relative to the directory they work in,
+    and the reference directories under a plain symbolic link while a step runs. Refused: ``[``
+    (AstroDrizzle makes names absolute and cuts them at ``[``, a FITS extension), see
+    :func:`test_a_bracket_in_the_path_is_refused_before_anything_is_written`.
+    """
+    src, copy = simulated("odd-path", products="flt", n_exposures=2, pointing_error=0.6)
+    d = tmp_path / "data (copy)"
+    shutil.copytree(copy, d)
+    links = tmp_path / "tmp"
+    links.mkdir()
+    handle = service(src)
+    proc = run_cli("start", "-v", d / f"{ROOT}_asn.fits",
+                   env={"jref": f"{d}/", "TMPDIR": str(links), **handle.environment})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = _run(d)
+    assert run.ended["status"] == "done"
+    wcs = run.decision("wcs")
+    assert wcs["chosen_stage"] == "aposteriori"
+    assert fits.getval(d / f"{ROOT}_drz.fits", "WCSNAME", ext=1) == wcs["chosen_wcsname"]
+    assert run.config["environment"]["jref"] == f"{d}/"  # recorded as given
+    assert list(links.iterdir()) == []  # each step's links went with it
+
+
+def test_a_bracket_in_the_path_is_refused_before_anything_is_written(simulated, tmp_path):
+    """``[`` in the input's directory, or in NEWPATH: exit 3, one line naming the path, nothing written."""
+    _, copy = simulated("store", products="flt", n_exposures=2)
+    d, plain = tmp_path / "data [1]", tmp_path / "plain"
+    shutil.copytree(copy, d)
+    shutil.copytree(copy, plain)
+    newpath = tmp_path / "work [2]"
+    before = {p: p.is_dir() or p.read_bytes() for p in tmp_path.rglob("*")}
+    why = "'[' in the path: drizzlepac reads '[' as the start of a FITS extension; use a directory without it"
+    for args, path in (((d / f"{ROOT}_asn.fits",), d / f"{ROOT}_asn.fits"),
+                       ((plain / f"{ROOT}_asn.fits", newpath), newpath / ROOT)):
+        proc = run_cli("start", *args, env={"jref": f"{args[0].parent}/", **NO_ALIGNMENT})
+        assert proc.returncode == ExitCode.INPUT, proc.stderr[-3000:]
+        assert proc.stderr.strip() == f"astrodriz-sm: error: {path}: {why}"
+    assert {p: p.is_dir() or p.read_bytes() for p in tmp_path.rglob("*")} == before
+
+
 # -- the store -------------------------------------------------------------------------------------
 @pytest.fixture
 def finished(simulated):

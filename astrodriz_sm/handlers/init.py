@@ -25,7 +25,7 @@ from ..model import (
     split_input_name,
 )
 from ..model.events import NOTE, VERIFICATION
-from ..plumbing import captured_output, sha256
+from ..plumbing import captured_output, sha256, working_directory
 from . import wfpc2
 from .common import StepContext, check_fits, primary_header
 
@@ -384,9 +384,11 @@ def verify_guiding(ctx: StepContext) -> StepResult:
     ctx.progress(f"verifying the guiding of {len(inputs.exposures.verified)} exposures")
     for exposure in inputs.exposures.verified:
         path = ctx.input_dir / exposure.name
-        with captured_output() as out:
+        # The name relative to its directory: drizzlepac's file-name parsing would misread a directory
+        # such as 'data (copy)' in an absolute one.
+        with captured_output() as out, working_directory(ctx.input_dir):
             try:
-                is_bad = bool(analyze.verify_guiding(str(path)))
+                is_bad = bool(analyze.verify_guiding(exposure.name))
             except Exception as exc:
                 raise ProcessingError(f"{path}: verify_guiding failed: {exc}", str(path)) from exc
         log.append(out.getvalue())
