@@ -11,10 +11,8 @@ import contextlib
 import importlib
 import logging
 import os
-import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -29,7 +27,7 @@ from .errors import AstrodrizError, ExitCode, NoViableDataError, ProcessingError
 from .handlers.common import StepContext, library_fallbacks, payload_logs
 from .model.options import PRODUCT_SETTINGS
 from .model import STAGES, RunConfig, RunLayout, last_step, partial_name, stage_steps, step_spec
-from .plumbing import Timer, sha256
+from .plumbing import Timer, plain_directory_variables, sha256
 from .statemachine import FAIL_RUN, STOP_STAGE, fold, next_action, plan, stage_files
 from .statemachine.rules import HANDLER_RULES, NO_VIABLE_DATA, decisions_after, decisions_before
 from .statemachine.state import (
@@ -161,31 +159,6 @@ def stop_descendants(timeout: float = 10.0) -> list[int]:
                 break
             time.sleep(0.02)
     return pids
-
-
-# What stsci.tools' fileutil.Expand (stwcs, drizzlepac) reads back unchanged in a reference directory: it takes
-# '(name)' and 'name$' for variables, splits at commas and strips blanks around path components.
-_PLAIN_PATH = re.compile(r"[A-Za-z0-9_./+-]*")
-
-
-@contextlib.contextmanager
-def plain_reference_directories():
-    """Show the libraries each reference directory (``jref``, ``iref``, ``uref``) under a plain name.
-
-    A directory such as ``/data (copy)/`` is read as a variable ``copy`` by the libraries' file-name
-    expansion; in ``os.environ`` it becomes a symbolic link of a plain name to it, for as long as the
-    step runs (``isolated`` restores the variable, the link's directory is removed). The recorded
-    environment keeps the directory as it is.
-    """
-    odd = {k: v for k in REFERENCE_VARIABLES if (v := os.environ.get(k)) and not _PLAIN_PATH.fullmatch(v)}
-    if not odd:
-        yield
-        return
-    with tempfile.TemporaryDirectory(prefix="astrodriz-sm-refs-") as links:
-        for name, directory in odd.items():
-            (Path(links) / name).symlink_to(Path(directory).resolve(), target_is_directory=True)
-            os.environ[name] = f"{links}/{name}/"
-        yield
 
 
 @contextlib.contextmanager
@@ -470,7 +443,8 @@ class Runner:
             before = decisions_before(run, stage, step)
             ctx = self._context(run, stage, step, {d["decision"]: d for d in before})
             # Handlers see the environment recorded with the run, also on resume in another shell.
-            with Timer() as t, isolated(self.environ, run.environment), plain_reference_directories():
+            with Timer() as t, isolated(self.environ, run.environment), \
+                    plain_directory_variables(REFERENCE_VARIABLES):
                 # init reads the input directory only: a run it refuses leaves no empty NEWPATH/<root> behind.
                 if ctx.work_dir != ctx.input_dir and stage != "init":
                     ctx.work_dir.mkdir(parents=True, exist_ok=True)

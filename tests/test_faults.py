@@ -386,8 +386,8 @@ def test_a_directory_named_data_copy_is_processed_end_to_end(simulated, service,
     """An association in ``data (copy)``, jref there too: done, aligned, with ``-v``.
 
     Measured with a whole run of an association in a directory named ``d<c>x``, jref in it and
-    elsewhere (alignment off), and with ``-v``, both alignment stages and ``--report`` for
-    ``data (copy)`` and ``d$x ,(y)``. These work: space (inside a name, leading, trailing), ``(``
+    elsewhere (alignment off); with ``-v``, both alignment stages and ``--report`` for ``data (copy)``
+    and ``d$x ,(y)`` (FLT and FLT+FLC, ``-d``); and a WFPC2 ``_c0m`` exposure, uref and CRDS_PATH there too. These work: space (inside a name, leading, trailing), ``(``
     and ``)``, also as a pair (stsci.tools' ``fileutil.Expand`` reads ``(copy)`` in a reference path
     as the variable ``copy``, and ``d$`` as the variable ``d``), ``]``, ``,``, ``'``, ``"``, unicode
     (``é (ü)``), ``#``, ``$``, ``@``, ``*``, ``?``, ``~``, ``{``, ``}``, ``;``, ``&``, ``!``, ``=``,
