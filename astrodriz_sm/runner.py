@@ -23,7 +23,7 @@ from pathlib import Path
 import structlog
 
 from .config import REFERENCE_VARIABLES, SERVICE_SETTINGS, lease_expiry_from_environment
-from .errors import AstrodrizError, ExitCode, NoViableDataError, ProcessingError, RunStateError
+from .errors import AstrodrizError, ExitCode, LogCorruptError, NoViableDataError, ProcessingError, RunStateError
 from .handlers.common import StepContext, library_fallbacks, payload_logs
 from .model.options import PRODUCT_SETTINGS
 from .model import STAGES, RunConfig, RunLayout, last_step, partial_name, stage_steps, step_spec
@@ -43,7 +43,7 @@ from .statemachine.state import (
     TRANSITION,
     WARNING,
 )
-from .store.eventstore import DEFAULT_LEASE_EXPIRY_S, EventStore, StoreError
+from .store.eventstore import DEFAULT_LEASE_EXPIRY_S, EventStore, StoreCorrupt, StoreError
 from .version import __version__
 from .views.trailer import render_trailer
 
@@ -379,6 +379,8 @@ class Runner:
         expiry = lease_expiry_from_environment(self.environ, DEFAULT_LEASE_EXPIRY_S)
         try:
             takeover = self.store.acquire_lease(self.run_id, expiry)
+        except StoreCorrupt as exc:
+            raise LogCorruptError(str(exc), str(self.store.path)) from exc
         except StoreError as exc:
             raise RunStateError(str(exc)) from exc
         try:
