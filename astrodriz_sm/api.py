@@ -23,6 +23,8 @@ from .config import (
     lease_expiry_from_environment,
     pipeline_switches_from_environment,
     recorded_environment,
+    require_input,
+    require_library_path,
     switches_from_environment,
 )
 from .errors import InputError, Interrupted, LogCorruptError, RunHeldError, RunStateError, UsageError
@@ -73,6 +75,11 @@ class RunResult:
     report: object | None = None
 
 
+def _store_location(store: str | os.PathLike | None, directory: Path | None = None) -> Path:
+    """``store``, else ``astrodriz_sm.db`` in ``directory`` (default: the current one)."""
+    return Path(store) if store else store_path(directory or Path.cwd())
+
+
 def open_store(store: str | os.PathLike | None, directory: Path | None = None, *, create: bool = False,
                read_only: bool = False) -> EventStore:
     """The event store: ``store``, else ``astrodriz_sm.db`` in ``directory`` (default: the current one).
@@ -92,7 +99,7 @@ def open_store(store: str | os.PathLike | None, directory: Path | None = None, *
     LogCorruptError
         When the file is not a SQLite database or is damaged.
     """
-    path = Path(store) if store else store_path(directory or Path.cwd())
+    path = _store_location(store, directory)
     if not create and not path.is_file():
         raise RunStateError(f"{path}: no event store here (give --store PATH)", str(path))
     try:
@@ -212,6 +219,8 @@ def run_config(input: str | os.PathLike, newpath: str | os.PathLike | None = Non
     if options["force_alignment"] and not options["verify_guiding"]:
         notes.append("-a has no effect without -v: it keeps alignment on when -v finds bad guiding")
     layout = RunLayout(root, input_path, Path(newpath).resolve() if newpath else None)
+    for path in dict.fromkeys((input_path, layout.work_dir)):
+        require_library_path(path)
     config = RunConfig(
         input=str(input_path), run_dir=str(layout.work_dir),
         newpath=str(layout.newpath) if layout.newpath else None, **options,
@@ -291,16 +300,17 @@ def process(input: str | os.PathLike, newpath: str | os.PathLike | None = None, 
     Raises
     ------
     AstrodrizError
-        Before a run starts: bad input file name or directory (:class:`InputError`), a switch that is
-        not on/off (:class:`ConfigError`), bad options (:class:`UsageError`), an unfinished run on
-        this input (:class:`RunStateError`), or one that a live process holds (:class:`RunHeldError`,
-        also with ``resume_unfinished`` or ``restart``).
+        Before a run starts, with nothing written: bad input file name or directory, or no input file
+        (:class:`InputError`), a switch that is not on/off (:class:`ConfigError`), bad options
+        (:class:`UsageError`), an unfinished run on this input (:class:`RunStateError`), or one that
+        a live process holds (:class:`RunHeldError`, also with ``resume_unfinished`` or ``restart``).
     """
     from .runner import Runner
 
     env = dict(os.environ if environ is None else environ)
     config, root = run_config(input, newpath, environ=env, **options)
     input_path = Path(config.input)
+    require_input(input_path)
     with run_log(log_json, console) as log:
         events = open_store(store, input_path.parent, create=True)
         if (problem := events.integrity_problem()) is not None:
@@ -400,10 +410,15 @@ def resume(run: str | os.PathLike | None = None, *, store: str | os.PathLike | N
     ------
     RunStateError
         No such store or run, the run has ended, or another process holds it.
+    LogCorruptError
+        The store's file is damaged, or the run's hash chain does not verify; nothing is written to it.
     """
     from .runner import Runner
 
     events = open_store(store)
+    if (problem := events.integrity_problem()) is not None:
+        # A file cut short in its last pages still opens; appending to it would bury the damage.
+        raise LogCorruptError(f"{events.path}: damaged event store ({problem}); not resumed", str(events.path))
     run_id = find_run(events, run)
     state = fold(events.events(run_id))
     if state.is_ended:
@@ -505,7 +520,8 @@ def report(run: str | os.PathLike | None = None, *, store: str | os.PathLike | N
     store : path, optional
         Default ``astrodriz_sm.db`` in the current directory.
     output : path, optional
-        The directory to write into; default the run's input directory.
+        The directory to write into; default the store's directory (a copied run directory gets its
+        report in the copy, and the run's recorded input directory is left alone).
     unverified : bool
         Render a log whose hash chain does not verify; the page then opens with a banner saying so
         and the QA JSON's ``run`` item carries it (``log_banner``).
@@ -527,7 +543,8 @@ def report(run: str | os.PathLike | None = None, *, store: str | os.PathLike | N
     """
     from .views.report import write_report
 
-    return write_report(*_read_named(run, store, unverified), output)
+    # A read command writes only where it is told, or beside what it reads.
+    return write_report(*_read_named(run, store, unverified), output or _store_location(store).resolve().parent)
 
 
 def explain(run: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,

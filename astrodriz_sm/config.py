@@ -220,3 +220,39 @@ def input_kind(path: Path) -> tuple[str, str]:
     if parsed is not None:
         return parsed
     raise InputError(f"{path}: expected an _asn, _raw, _flt or _flc FITS file (WFPC2: _c0m or _d0m)", str(path))
+
+
+def require_input(path: Path) -> None:
+    """Refuse an input file that is not there.
+
+    ``start`` asks before it opens its store, so that a start on nothing leaves no store, trailer or
+    directory behind; ``init/resolve_inputs`` asks again, as a resume may find the file gone.
+
+    Raises
+    ------
+    InputError
+        ``<path>: file not found``.
+    """
+    if not path.exists():
+        raise InputError(f"{path}: file not found", str(path))
+
+
+# What the stsci libraries cannot take in the path of a file they work on. drizzlepac makes names absolute and
+# cuts them at '[', the start of a FITS extension ('/data [1]/j_flt.fits' is read as '/data '). Every other
+# character tried works: the reference directories, where stsci.tools also reads '(name)' and 'name$' as
+# variables and strips blanks, are shown to the libraries under a plain name (runner.plain_reference_directories).
+LIBRARY_REFUSED_CHARACTERS = "["
+
+
+def require_library_path(path: Path) -> None:
+    """Refuse a path the libraries would misread, before anything is written.
+
+    Raises
+    ------
+    InputError
+        ``<path>: '[' in the path ...``, naming each character found.
+    """
+    found = sorted({c for c in str(path) if c in LIBRARY_REFUSED_CHARACTERS})
+    if found:
+        raise InputError(f"{path}: {', '.join(repr(c) for c in found)} in the path: drizzlepac reads '[' as the start "
+                         "of a FITS extension; use a directory without it", str(path))

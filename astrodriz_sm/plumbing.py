@@ -12,7 +12,9 @@ import hashlib
 import io
 import logging
 import os
+import re
 import shutil
+import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +67,33 @@ def copy_file(src: Path, dest: Path) -> None:
         with contextlib.suppress(OSError):
             Path(dest).unlink()
         raise OSError(exc.errno, exc.strerror, str(dest)) from exc
+
+
+# What stsci.tools' fileutil.Expand (stwcs, drizzlepac) reads back unchanged in a directory variable: it
+# takes '(name)' and 'name$' for variables, splits at commas and strips blanks around path components.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_./+-]*")
+
+
+@contextlib.contextmanager
+def plain_directory_variables(names):
+    """Show the libraries each directory variable of ``names`` (``jref``, ``uref``...) under a plain name.
+
+    A directory such as ``/data (copy)/`` is read as a variable ``copy`` by the libraries' file-name
+    expansion: in ``os.environ`` it becomes, until the context exits, a symbolic link of a plain
+    name to it (in a temporary directory, removed on exit, when the variable gets its value back).
+    """
+    odd = {k: v for k in names if (v := os.environ.get(k)) and not _PLAIN_PATH.fullmatch(v)}
+    if not odd:
+        yield
+        return
+    try:
+        with tempfile.TemporaryDirectory(prefix="astrodriz-sm-refs-") as links:
+            for name, directory in odd.items():
+                (Path(links) / name).symlink_to(Path(directory).resolve(), target_is_directory=True)
+                os.environ[name] = f"{links}/{name}/"
+            yield
+    finally:
+        os.environ.update(odd)
 
 
 @contextlib.contextmanager

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import structlog
 
-from .config import SERVICE_SETTINGS, lease_expiry_from_environment
-from .errors import AstrodrizError, ExitCode, NoViableDataError, ProcessingError, RunHeldError, RunStateError
+from .config import REFERENCE_VARIABLES, SERVICE_SETTINGS, lease_expiry_from_environment
+from .errors import (AstrodrizError, ExitCode, LogCorruptError, NoViableDataError, ProcessingError, RunHeldError,
+                     RunStateError)
 from .handlers.common import StepContext, library_fallbacks, payload_logs
 from .model.options import PRODUCT_SETTINGS
 from .model import STAGES, RunConfig, RunLayout, last_step, partial_name, stage_steps, step_spec
-from .plumbing import Timer, sha256
+from .plumbing import Timer, plain_directory_variables, sha256
 from .statemachine import FAIL_RUN, STOP_STAGE, fold, next_action, plan, stage_files
 from .statemachine.rules import HANDLER_RULES, NO_VIABLE_DATA, decisions_after, decisions_before
 from .statemachine.state import (
@@ -43,7 +44,7 @@ from .statemachine.state import (
     TRANSITION,
     WARNING,
 )
-from .store.eventstore import DEFAULT_LEASE_EXPIRY_S, EventStore, LeaseHeld, LeaseTakeover, StoreError
+from .store.eventstore import DEFAULT_LEASE_EXPIRY_S, EventStore, LeaseHeld, LeaseTakeover, StoreCorrupt, StoreError
 from .version import __version__
 from .views.trailer import render_trailer
 
@@ -386,6 +387,8 @@ class Runner:
             takeover = self.store.acquire_lease(self.run_id, expiry) or self._claimed_takeover
         except LeaseHeld as exc:
             raise RunHeldError(f"{self.store.path}: {exc}", str(self.store.path)) from None
+        except StoreCorrupt as exc:
+            raise LogCorruptError(str(exc), str(self.store.path)) from exc
         except StoreError as exc:
             raise RunStateError(str(exc)) from exc
         self._claimed_takeover = None
@@ -451,8 +454,10 @@ class Runner:
             before = decisions_before(run, stage, step)
             ctx = self._context(run, stage, step, {d["decision"]: d for d in before})
             # Handlers see the environment recorded with the run, also on resume in another shell.
-            with Timer() as t, isolated(self.environ, run.environment):
-                if ctx.work_dir != ctx.input_dir:
+            with Timer() as t, isolated(self.environ, run.environment), \
+                    plain_directory_variables(REFERENCE_VARIABLES):
+                # init reads the input directory only: a run it refuses leaves no empty NEWPATH/<root> behind.
+                if ctx.work_dir != ctx.input_dir and stage != "init":
                     ctx.work_dir.mkdir(parents=True, exist_ok=True)
                 result = handler(ctx)
             if any(kind == DECISION for kind, _ in result.facts):

@@ -7,6 +7,7 @@ cause, an exit code from the README's table, a ``step.failed`` event naming the 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -120,6 +121,61 @@ def test_missing_member(simulated):
     _assert_refused(proc, code=ExitCode.INPUT, path=d / f"{member}_flt.fits",
                     cause=f"exposure {member} listed in {ROOT}_asn.fits is missing (no _flt or _flc file)",
                     store=d / STORE)
+    _assert_unchanged(d, before)
+
+
+def _listing(*directories: Path) -> dict:
+    """``{path: sha256, or None for a directory}`` of everything below ``directories``."""
+    return {str(p): None if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for d in directories for p in sorted(d.rglob("*"))}
+
+
+def test_a_start_on_a_missing_input_leaves_nothing_behind(simulated, tmp_path):
+    """Refused before the store is opened: no store, no trailer, no NEWPATH directory, no run."""
+    _, d = _small(simulated)
+    missing = d / "missing_asn.fits"
+    refused = f"astrodriz-sm: error: {missing}: file not found"
+    (tmp_path / "existing").mkdir()
+    for store in ("none", "one with a finished run"):
+        before = _listing(d, tmp_path)
+        for args in (("missing_asn.fits",), (missing, tmp_path / "existing"),
+                     (missing, tmp_path / "absent" / "deeper")):
+            proc = run_cli("start", *args, cwd=d, env=_env(d))
+            assert (proc.returncode, proc.stderr.strip()) == (ExitCode.INPUT, refused), (store, args)
+        assert _listing(d, tmp_path) == before, store
+        if store == "none":
+            assert not (d / STORE).exists() and not list(d.glob("*.tra"))
+            assert run_cli("start", d / f"{ROOT}_asn.fits", env=_env(d)).returncode == 0
+
+
+def test_an_input_refused_by_init_leaves_no_newpath_directory(simulated, tmp_path):
+    """A member missing, NEWPATH given: the run is recorded beside the input, and ``NEWPATH/<root>`` is not made."""
+    src, d = _small(simulated)
+    member = src.members[1]
+    for f in d.glob(f"{member}_fl?.fits"):
+        f.unlink()
+    (tmp_path / "newpath").mkdir()
+    for newpath in (tmp_path / "newpath", tmp_path / "absent"):
+        proc = run_cli("start", d / f"{ROOT}_asn.fits", newpath, env=_env(d))
+        _assert_refused(proc, code=ExitCode.INPUT, path=d / f"{member}_flt.fits",
+                        cause=f"exposure {member} listed in {ROOT}_asn.fits is missing (no _flt or _flc file)",
+                        store=d / STORE)
+        assert _latest_events(d / STORE)[-1].payload["kept_directories"] == []
+    assert list((tmp_path / "newpath").iterdir()) == []
+    assert not (tmp_path / "absent").exists()
+
+
+def test_every_missing_member_is_named_on_the_one_line(simulated):
+    """28 of 30 members absent: all 28 are named, sorted, on one line; nothing is read or changed."""
+    src, d = _small(simulated)
+    absent = [f"jsm001{n:02d}q" for n in range(28, 0, -1)]  # listed in reverse, named sorted
+    _write_asn(d / f"{ROOT}_asn.fits", [(m.upper(), "EXP-DTH") for m in [*absent, *src.members]]
+               + [(ROOT.upper(), "PROD-DTH")])
+    before = sha256_tree(d)
+    proc = _start(d)
+    names = ", ".join(f"jsm001{n:02d}q_flt.fits" for n in range(1, 29))
+    _assert_refused(proc, code=ExitCode.INPUT, path=d / f"{ROOT}_asn.fits",
+                    cause=f"28 of 30 members missing (no _flt or _flc file): {names}", store=d / STORE)
     _assert_unchanged(d, before)
 
 

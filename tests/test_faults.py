@@ -543,6 +543,56 @@ def test_demo_uses_its_own_reference_files_whatever_jref_says(tmp_path):
     assert "chosen WCS: IDC_sm00001aj-FIT_REL_GAIAeDR3 (aposteriori stage)" in proc.stdout
 
 
+# -- paths with unusual characters -----------------------------------------------------------------
+def test_a_directory_named_data_copy_is_processed_end_to_end(simulated, service, tmp_path):
+    """An association in ``data (copy)``, jref there too: done, aligned, with ``-v``.
+
+    Measured with a whole run of an association in a directory named ``d<c>x``, jref in it and
+    elsewhere (alignment off); with ``-v``, both alignment stages and ``--report`` for ``data (copy)``
+    and ``d$x ,(y)`` (FLT and FLT+FLC, ``-d``); and a WFPC2 ``_c0m`` exposure, uref and CRDS_PATH there too. These work: space (inside a name, leading, trailing), ``(``
+    and ``)``, also as a pair (stsci.tools' ``fileutil.Expand`` reads ``(copy)`` in a reference path
+    as the variable ``copy``, and ``d$`` as the variable ``d``), ``]``, ``,``, ``'``, ``"``, unicode
+    (``é (ü)``), ``#``, ``$``, ``@``, ``*``, ``?``, ``~``, ``{``, ``}``, ``;``, ``&``, ``!``, ``=``,
+    ``+``, ``%``, ``:``, ``-``, ``.``: the libraries get names relative to the directory they work in,
+    and the reference directories under a plain symbolic link while a step runs. Refused: ``[``
+    (AstroDrizzle makes names absolute and cuts them at ``[``, a FITS extension), see
+    :func:`test_a_bracket_in_the_path_is_refused_before_anything_is_written`.
+    """
+    src, copy = simulated("odd-path", products="flt", n_exposures=2, pointing_error=0.6)
+    d = tmp_path / "data (copy)"
+    shutil.copytree(copy, d)
+    links = tmp_path / "tmp"
+    links.mkdir()
+    handle = service(src)
+    proc = run_cli("start", "-v", d / f"{ROOT}_asn.fits",
+                   env={"jref": f"{d}/", "TMPDIR": str(links), **handle.environment})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = _run(d)
+    assert run.ended["status"] == "done"
+    wcs = run.decision("wcs")
+    assert wcs["chosen_stage"] == "aposteriori"
+    assert fits.getval(d / f"{ROOT}_drz.fits", "WCSNAME", ext=1) == wcs["chosen_wcsname"]
+    assert run.config["environment"]["jref"] == f"{d}/"  # recorded as given
+    assert list(links.iterdir()) == []  # each step's links went with it
+
+
+def test_a_bracket_in_the_path_is_refused_before_anything_is_written(simulated, tmp_path):
+    """``[`` in the input's directory, or in NEWPATH: exit 3, one line naming the path, nothing written."""
+    _, copy = simulated("store", products="flt", n_exposures=2)
+    d, plain = tmp_path / "data [1]", tmp_path / "plain"
+    shutil.copytree(copy, d)
+    shutil.copytree(copy, plain)
+    newpath = tmp_path / "work [2]"
+    before = {p: p.is_dir() or p.read_bytes() for p in tmp_path.rglob("*")}
+    why = "'[' in the path: drizzlepac reads '[' as the start of a FITS extension; use a directory without it"
+    for args, path in (((d / f"{ROOT}_asn.fits",), d / f"{ROOT}_asn.fits"),
+                       ((plain / f"{ROOT}_asn.fits", newpath), newpath / ROOT)):
+        proc = run_cli("start", *args, env={"jref": f"{args[0].parent}/", **NO_ALIGNMENT})
+        assert proc.returncode == ExitCode.INPUT, proc.stderr[-3000:]
+        assert proc.stderr.strip() == f"astrodriz-sm: error: {path}: {why}"
+    assert {p: p.is_dir() or p.read_bytes() for p in tmp_path.rglob("*")} == before
+
+
 # -- the store -------------------------------------------------------------------------------------
 @pytest.fixture
 def finished(simulated):
@@ -581,6 +631,36 @@ def test_a_truncated_store_is_log_corrupt(finished, tmp_path):
     proc = run_cli("verify-log", "--store", short)
     assert proc.returncode == ExitCode.LOG_CORRUPT
     assert _last_line(proc).startswith(f"astrodriz-sm: error: {short}: damaged event store (")
+
+
+def test_start_and_resume_refuse_a_truncated_store_and_write_nothing(finished):
+    """Cut at half (whole pages), at a size that is no multiple of the page size, and inside the last
+    page (the file still opens: SQLite's quick_check finds the damage): exit 8, one line, same bytes."""
+    store = finished / STORE
+    whole = store.read_bytes()
+    page = int.from_bytes(whole[16:18], "big")
+    assert len(whole) % page == 0 and len(whole) >= 4 * page
+    env = {"jref": f"{finished}/", **NO_ALIGNMENT}
+    malformed = f"{store}: damaged event store (database disk image is malformed)"
+    for size in (len(whole) // 2, len(whole) // 2 + 1000, len(whole) - 3 * page // 4):
+        store.write_bytes(whole[:size])
+        before = {p.name: p.read_bytes() for p in finished.iterdir() if p.name.startswith(STORE)}
+        assert list(before) == [STORE]
+        opens = size > len(whole) - page
+        resumed = run_cli("resume", "--store", store, cwd=finished, env=env)
+        started = run_cli("start", finished / f"{ROOT}_asn.fits", env=env)
+        for proc, tail in ((resumed, "; not resumed"), (started, "; no run is added to it")):
+            assert proc.returncode == ExitCode.LOG_CORRUPT, (size, proc.stderr[-2000:])
+            assert "Traceback" not in proc.stderr
+            line = proc.stderr.strip()
+            assert "\n" not in line
+            if opens:
+                assert line.startswith(f"astrodriz-sm: error: {store}: damaged event store (On tree page ")
+                assert line.endswith(f"){tail}")
+            else:
+                assert line == f"astrodriz-sm: error: {malformed}", size
+        # Not a byte written, and no journal or WAL left beside it.
+        assert {p.name: p.read_bytes() for p in finished.iterdir() if p.name.startswith(STORE)} == before
 
 
 def test_a_store_on_a_read_only_file_system_can_be_read(finished):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -141,6 +142,30 @@ def test_report_and_explain_of_a_rootname_in_the_association_directory(finished,
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == [f"report   {d / f'{ROOT}_report.html'}", f"qa json  {d / f'{ROOT}_qa.json'}"]
     assert f'data-fact="wcsname">{result.wcsname}<' in (d / f"{ROOT}_report.html").read_text()
+
+
+def test_report_of_a_copied_run_directory_is_written_in_the_copy(finished, tmp_path):
+    """The run records the original input directory; the report goes beside the store read, and the
+    original directory keeps every file, byte and mtime. ``-o`` still chooses."""
+    d, result = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(d, copy)
+
+    def listing(directory):
+        return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.is_file() and p.read_bytes())
+                for p in sorted(directory.rglob("*"))}
+
+    before = listing(d)
+    proc = run_cli("report", "--store", Path("copy") / STORE, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [f"report   {copy / f'{ROOT}_report.html'}",
+                                        f"qa json  {copy / f'{ROOT}_qa.json'}"]
+    assert f'data-fact="wcsname">{result.wcsname}<' in (copy / f"{ROOT}_report.html").read_text()
+    assert json.loads((copy / f"{ROOT}_qa.json").read_text())["data"]["run"]["data"]["run_id"] == result.run_id
+    proc = run_cli("report", "--store", copy / STORE, "-o", tmp_path / "elsewhere")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == [f"{ROOT}_qa.json", f"{ROOT}_report.html"]
+    assert listing(d) == before
 
 
 def test_explain_and_replay_by_rootname_and_input_file(finished, monkeypatch):

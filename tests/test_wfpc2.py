@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 
 import numpy as np
 import pytest
@@ -118,3 +119,17 @@ def test_an_association_of_several_wfpc2_exposures_is_refused(simulated):
     assert (f"{d / src.asn.name}: lists 3 WFPC2 exposures; WFPC2 is processed one exposure at a time, "
             "as runastrodriz does: give each one's _c0m file") in proc.stderr
     assert {p.name: _sha(p) for p in d.glob("*.fits")} == before
+
+
+def test_an_exposure_in_a_directory_named_with_parentheses_is_converted_and_processed(simulated, tmp_path):
+    """``w (copy)`` holds the exposure, uref and the CRDS cache: stsci.tools would read ``(copy)`` as a
+    variable in an absolute name; the conversion works on relative names, the run ends done."""
+    src, copy = simulated("wfpc2-one", **ONE)
+    d = tmp_path / "w (copy)"
+    shutil.copytree(copy, d)
+    env = {k: v.replace(str(src.outdir), str(d)) for k, v in src.environment.items()}
+    env.update(ASTROMETRY_APPLY_APRIORI="off", ASTROMETRY_COMPUTE_APOSTERIORI="off")
+    proc = run_cli("-q", "start", d / f"{src.members[0]}_c0m.fits", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (d / f"{src.members[0]}_flt.fits").is_file()
+    assert not list(d.glob(".*_convert_*"))

@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              help="a run's report page (HTML) and QA JSON (drizzlepac's layout)")))
     add_run_argument(s)
     s.add_argument("-o", "--output", metavar="DIR",
-                   help="write <root>_report.html and <root>_qa.json here (default: beside the products); "
+                   help="write <root>_report.html and <root>_qa.json here (default: beside the event store); "
                         "with --campaign, <ledger stem>_campaign_report.html (default: beside the ledger)")
     s.add_argument("--campaign", metavar="LEDGER",
                    help="a campaign's report page instead, from its ledger and each run's event store")

@@ -78,9 +78,9 @@ def clear_cosmic_ray_flags(ctx: StepContext) -> dict:
 
     d = ctx.stage_dir()
     cleared = [e.name for e in ctx.inputs.exposures.verified]
-    with captured_output():
+    with captured_output(), working_directory(d):  # relative names: see staging.stage_inputs
         for name in cleared:
-            resetbits.reset_dq_bits(str(d / name), CR_DQ_BITS)
+            resetbits.reset_dq_bits(name, CR_DQ_BITS)
     return {"bits": CR_DQ_BITS, "files": cleared}
 
 
@@ -127,7 +127,8 @@ def apriori_checks(d: Path, names: list[str]) -> dict:
 
     warnings, before = [], {}
     for n in names:
-        runastrodriz.confirm_aposteriori_hdrlets(str(d / n))
+        with working_directory(d):  # relative names: see staging.stage_inputs
+            runastrodriz.confirm_aposteriori_hdrlets(n)
         h0, h1 = fits.getheader(d / n, 0), fits.getheader(d / n, 1)
         sep = SkyCoord(h1["CRVAL1"] * u.deg, h1["CRVAL2"] * u.deg).separation(
             SkyCoord(h0["RA_TARG"] * u.deg, h0["DEC_TARG"] * u.deg))
@@ -135,7 +136,8 @@ def apriori_checks(d: Path, names: list[str]) -> dict:
             warnings.append(f"{n}: WCS reference pixel is {sep.deg:.2f} degrees from the target position: "
                             "the astrometry database solution is suspect")
         before[n] = _wcs_summary(d / n)["wcsnames"]
-    runastrodriz.verify_gaia_wcsnames([str(d / n) for n in names])
+    with working_directory(d):
+        runastrodriz.verify_gaia_wcsnames(list(names))
     after = {n: _wcs_summary(d / n) for n in names}
     return {"warnings": warnings, "exposures": after,
             "renamed": {n: [before[n][0], after[n]["wcsnames"][0]] for n in names
@@ -340,14 +342,14 @@ def apply_fit_to_flt(d: Path, fitted, others) -> dict:
 
     by_root = {e.rootname: e for e in fitted}
     applied = {}
-    for flt in others:
-        flc = by_root[flt.rootname]
-        runastrodriz._update_wcs_fit_keywords(str(d / flt.name), str(d / flc.name))
-        # An FLC drizzlepac did not fit (EXPTIME=0, say) has no headerlet: its FLT keeps its WCS.
-        if (d / flc.alignment_headerlet).exists():
-            runastrodriz.apply_headerlet(str(d / flt.name), str(d / flc.alignment_headerlet),
-                                         flcfile=str(d / flc.name))
-            applied[flt.name] = flc.alignment_headerlet
+    with working_directory(d):  # relative names: see staging.stage_inputs
+        for flt in others:
+            flc = by_root[flt.rootname]
+            runastrodriz._update_wcs_fit_keywords(flt.name, flc.name)
+            # An FLC drizzlepac did not fit (EXPTIME=0, say) has no headerlet: its FLT keeps its WCS.
+            if Path(flc.alignment_headerlet).exists():
+                runastrodriz.apply_headerlet(flt.name, flc.alignment_headerlet, flcfile=flc.name)
+                applied[flt.name] = flc.alignment_headerlet
     return applied
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from ..config import input_kind
+from ..config import input_kind, require_input
 from ..errors import InputError, ProcessingError
 from ..model import (
     DETECTORS,
@@ -25,7 +25,7 @@ from ..model import (
     split_input_name,
 )
 from ..model.events import NOTE, VERIFICATION
-from ..plumbing import captured_output, sha256
+from ..plumbing import captured_output, sha256, working_directory
 from . import wfpc2
 from .common import StepContext, check_fits, primary_header
 
@@ -234,8 +234,7 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
     input_path = Path(ctx.config.input)
     input_dir = input_path.parent
     kind, root = input_kind(input_path)
-    if not input_path.exists():
-        raise InputError(f"{input_path}: file not found", str(input_path))
+    require_input(input_path)
     check_writable(input_dir)
     notes = []
     asn = None
@@ -260,12 +259,17 @@ def resolve_inputs(ctx: StepContext) -> StepResult:
     # An _flc input is processed alone, even with its FLT beside it (runastrodriz 3.11 builds its FLC
     # name from the input's and finds the input itself).
     calibrated = (FLC,) if kind == FLC else (FLT, FLC)
+    # Every absent member is named at once: a delivery short of many files is fixed in one go.
+    absent = sorted(m for m in members if not any((input_dir / input_name(m, k)).exists() for k in calibrated))
+    if len(absent) == 1:
+        listed = f" listed in {input_path.name}" if asn else ""
+        missing = input_dir / input_name(absent[0], calibrated[0])
+        raise InputError(f"{missing}: exposure {absent[0]}{listed} is missing (no _flt or _flc file)", str(missing))
+    if absent:
+        raise InputError(f"{input_path}: {len(absent)} of {len(members)} members missing (no _flt or _flc file): "
+                         f"{', '.join(input_name(m, calibrated[0]) for m in absent)}", str(input_path))
     for m in members:
         paths = {k: input_dir / input_name(m, k) for k in calibrated}
-        if not any(p.exists() for p in paths.values()):
-            listed = f" listed in {input_path.name}" if asn else ""
-            missing = paths[calibrated[0]]
-            raise InputError(f"{missing}: exposure {m}{listed} is missing (no _flt or _flc file)", str(missing))
         for k, p in paths.items():
             if p.exists():
                 facts[p.name] = _exposure_facts(p)
@@ -380,9 +384,11 @@ def verify_guiding(ctx: StepContext) -> StepResult:
     ctx.progress(f"verifying the guiding of {len(inputs.exposures.verified)} exposures")
     for exposure in inputs.exposures.verified:
         path = ctx.input_dir / exposure.name
-        with captured_output() as out:
+        # The name relative to its directory: drizzlepac's file-name parsing would misread a directory
+        # such as 'data (copy)' in an absolute one.
+        with captured_output() as out, working_directory(ctx.input_dir):
             try:
-                is_bad = bool(analyze.verify_guiding(str(path)))
+                is_bad = bool(analyze.verify_guiding(exposure.name))
             except Exception as exc:
                 raise ProcessingError(f"{path}: verify_guiding failed: {exc}", str(path)) from exc
         log.append(out.getvalue())

@@ -13,7 +13,7 @@ from astropy.io import fits
 from ..errors import ProcessingError
 from ..model import StepResult
 from ..model.events import NOTE
-from ..plumbing import captured_output, copy_file, hashes
+from ..plumbing import captured_output, copy_file, hashes, working_directory
 from .common import StepContext
 
 # The DQ bits of cosmic rays runastrodriz clears before identifying them again.
@@ -75,9 +75,11 @@ def stage_inputs(ctx: StepContext) -> StepResult:
         # cosmic-ray path: the verified list's cosmic-ray flags (4096, 8192) are cleared first, in
         # the files it hands back (verify_alignment's find_crs=True).
         cleared = [e.name for e in ctx.inputs.exposures.verified]
-        with captured_output():
+        # Names relative to the stage directory: drizzlepac's file-name parsing would misread a
+        # directory such as 'data (copy)' in an absolute one.
+        with captured_output(), working_directory(d):
             for name in cleared:
-                resetbits.reset_dq_bits(str(d / name), CR_DQ_BITS)
+                resetbits.reset_dq_bits(name, CR_DQ_BITS)
         staged.update(files=hashes(d, names), dq_bits_reset={"bits": CR_DQ_BITS, "files": cleared})
     resets = {n: change for n, change in ctx.inputs.idctab_reset.items() if n in names}
     if not resets:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import InputError, NoViableDataError, ProcessingError
 from ..model import input_name
-from ..plumbing import captured_output, sha256
+from ..plumbing import captured_output, plain_directory_variables, sha256, working_directory
 from .common import check_fits, primary_header
 
 #: Calibrated WFPC2 file, its data-quality file and its raw file, by suffix.
@@ -62,18 +62,20 @@ def _converted(c0m: Path, workdir: Path, environ: dict) -> tuple[Path | None, li
             except OSError:
                 shutil.copyfile(src, workdir / src.name)
     notes = []
-    with captured_output() as out:
+    # Names relative to the scratch directory: drizzlepac's file-name parsing would misread a directory
+    # such as 'data (copy)' in an absolute one.
+    with captured_output() as out, working_directory(workdir):
         try:
-            flt = Path(wfpc2Data.wfpc2_to_flt(str(workdir / c0m.name)))
+            flt = workdir / Path(wfpc2Data.wfpc2_to_flt(c0m.name)).name
         except Exception as exc:
             raise InputError(f"{c0m}: cannot be converted to an FLT file: {exc}", str(c0m)) from exc
-        if not runastrodriz._analyze_exposure(str(flt)):
+        if not runastrodriz._analyze_exposure(flt.name):
             refused = f"{c0m.name}: not processed: it fails runastrodriz's checks (guiding, analyze_data, filter)"
             return None, [refused], out.getvalue()
         if environ.get("CRDS_PATH"):
             before = {k: str(primary_header(flt).get(k.upper(), "")) for k in BESTREF_TYPES}
             try:
-                wfpc2Data.apply_bestrefs(str(flt), dirname=str(workdir), reftypes=list(BESTREF_TYPES))
+                wfpc2Data.apply_bestrefs(flt.name, dirname=str(workdir), reftypes=list(BESTREF_TYPES))
             except (Exception, SystemExit) as exc:
                 raise ProcessingError(f"{c0m}: CRDS could not assign best references "
                                       f"(CRDS_PATH={environ['CRDS_PATH']}): {exc}", str(c0m)) from exc
@@ -84,7 +86,7 @@ def _converted(c0m: Path, workdir: Path, environ: dict) -> tuple[Path | None, li
             notes.append(f"{flt.name}: CRDS_PATH is not set: the IDCTAB, OFFTAB and DGEOFILE the header "
                          "names are kept (no best references from CRDS)")
         try:
-            photeq.photeq(files=str(flt), ref_phot_ext=PHOTEQ_REFERENCE_EXTENSION, readonly=False, logfile=None)
+            photeq.photeq(files=flt.name, ref_phot_ext=PHOTEQ_REFERENCE_EXTENSION, readonly=False, logfile=None)
         except Exception as exc:  # noqa: BLE001 - runastrodriz logs any failure and goes on unscaled
             notes.append(f"{flt.name}: photeq was unable to run: {exc}")
     return flt, notes, out.getvalue()
@@ -125,7 +127,8 @@ def convert_exposures(input_dir: Path, members: list[str], environ: dict) -> dic
         c1m = c0m.with_name(input_name(member, C1M))
         if not c1m.exists():
             notes.append(f"{c1m.name} not found: {member}'s DQ arrays are all zero")
-        with tempfile.TemporaryDirectory(prefix=f".{member}_convert_", dir=input_dir) as tmp:
+        with tempfile.TemporaryDirectory(prefix=f".{member}_convert_", dir=input_dir) as tmp, \
+                plain_directory_variables(("uref",)):
             flt, said, log = _converted(c0m, Path(tmp), environ)
             notes += said
             logs.append(log)

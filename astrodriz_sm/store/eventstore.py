@@ -447,28 +447,7 @@ class EventStore:
             if self._closed:
                 raise StoreError(f"{self.path}: event store is closed")
             if self._conn is None or self._conn_pid != os.getpid():
-                # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE),
-                # never implicitly by the sqlite3 module as a deferred read that later
-                # fails to upgrade to a write lock without waiting.
-                writable = os.access(self.path.parent, os.W_OK) and os.access(self.path, os.W_OK)
-                if self.read_only and writable:
-                    # Opened as a writer that may not write (query_only): a reader of a WAL store makes
-                    # its -wal and -shm files, and only a writer, closing last, removes them again.
-                    conn = sqlite3.connect(os.fspath(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                           check_same_thread=False)
-                    conn.execute("PRAGMA query_only = ON")
-                elif self.read_only:
-                    # Nothing can be writing a store this process may not write (a read-only file
-                    # system, a file of another user): read it as it is, without a WAL index.
-                    conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
-                                           timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-                else:
-                    conn = sqlite3.connect(os.fspath(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                           check_same_thread=False)
-                    # In WAL mode NORMAL keeps every committed event through a process crash and never
-                    # corrupts the file; only an OS crash could drop the last commits.
-                    conn.execute("PRAGMA synchronous=NORMAL")
-                self._conn, self._conn_pid = conn, os.getpid()
+                self._conn, self._conn_pid = self._connect(), os.getpid()
             try:
                 yield sqlite_utils.Database(self._conn, recursive_triggers=False, execute_plugins=False)
             except sqlite3.DatabaseError as exc:
@@ -476,6 +455,39 @@ class EventStore:
                     raise
                 # Not a database, or a damaged one: no retry will help, and it must not look like a bug.
                 raise StoreCorrupt(f"{self.path}: damaged event store ({exc})") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        """A new connection; a file that is not a database, or a damaged one, raises :class:`StoreCorrupt`."""
+        # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE), never implicitly
+        # by the sqlite3 module as a deferred read that later fails to upgrade to a write lock without waiting.
+        writable = os.access(self.path.parent, os.W_OK) and os.access(self.path, os.W_OK)
+        if self.read_only and writable:
+            # Opened as a writer that may not write (query_only): a reader of a WAL store makes its
+            # -wal and -shm files, and only a writer, closing last, removes them again.
+            conn = sqlite3.connect(os.fspath(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+        elif self.read_only:
+            # Nothing can be writing a store this process may not write (a read-only file system, a
+            # file of another user): read it as it is, without a WAL index.
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
+                                   timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(os.fspath(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+        try:
+            if self.read_only and writable:
+                conn.execute("PRAGMA query_only = ON")
+            elif not self.read_only:
+                # In WAL mode NORMAL keeps every committed event through a process crash and never
+                # corrupts the file; only an OS crash could drop the last commits.
+                conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.OperationalError):
+                raise
+            # A truncated file fails here, on the first statement, before any table is read.
+            raise StoreCorrupt(f"{self.path}: damaged event store ({exc})") from exc
+        return conn
 
     @staticmethod
     @contextlib.contextmanager
