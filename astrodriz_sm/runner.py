@@ -27,7 +27,7 @@ from .errors import AstrodrizError, ExitCode, NoViableDataError, ProcessingError
 from .handlers.common import StepContext, library_fallbacks, payload_logs
 from .model.options import PRODUCT_SETTINGS
 from .model import STAGES, RunConfig, RunLayout, last_step, partial_name, stage_steps, step_spec
-from .plumbing import Timer, sha256
+from .plumbing import Timer, forks_tied, sha256
 from .statemachine import FAIL_RUN, STOP_STAGE, fold, next_action, plan, stage_files
 from .statemachine.rules import HANDLER_RULES, NO_VIABLE_DATA, decisions_after, decisions_before
 from .statemachine.state import (
@@ -374,7 +374,9 @@ class Runner:
         """Hold the run's lease (one writer at a time) for the duration.
 
         On Ctrl-C or SIGTERM (``KeyboardInterrupt``) the processes the step started are stopped before
-        the lease is given up, so that a resume never meets a worker still writing.
+        the lease is given up, so that a resume never meets a worker still writing. A process killed
+        outright cannot stop them: every process forked meanwhile is tied to its parent
+        (:func:`astrodriz_sm.plumbing.forks_tied`) and dies with it.
         """
         expiry = lease_expiry_from_environment(self.environ, DEFAULT_LEASE_EXPIRY_S)
         try:
@@ -382,7 +384,7 @@ class Runner:
         except StoreError as exc:
             raise RunStateError(str(exc)) from exc
         try:
-            with self.store.keep_lease(self.run_id, expiry) as self._keeper:
+            with forks_tied(), self.store.keep_lease(self.run_id, expiry) as self._keeper:
                 if takeover is not None:
                     self.log.info("lease taken over", reason=takeover.reason)
                     self.append(self.state().state or "init", "", LEASE_TAKEN_OVER, takeover.as_payload())
