@@ -431,7 +431,20 @@ class Runner:
                            layout=RunLayout.of(run.config, run.root), progress=progress,
                            decisions=dict(decisions or {}), rules=HANDLER_RULES)
 
+    @staticmethod
+    def _stop_if_requested(exc: BaseException | None = None) -> None:
+        """Raise ``KeyboardInterrupt`` when Ctrl-C or SIGTERM asked the run to stop.
+
+        The signal's exception may have landed in library code that swallows exceptions
+        (stsci.tools' configuration parsing turns it into a KeyError under a bare ``except:``):
+        whatever the step then raised or returned is no result of it. The run is interrupted
+        instead, and its resume runs the step again.
+        """
+        if _stop_requested.is_set():
+            raise KeyboardInterrupt from exc
+
     def _failed(self, stage: str, step: str, payload: dict) -> None:
+        self._stop_if_requested()
         self.log.error("step failed", stage=stage, step=step, error=payload["message"])
         self.append(stage, step, STEP_FAILED, payload)
 
@@ -457,16 +470,22 @@ class Runner:
             # The rules that decide from what the step measured, on the state with its results folded in.
             after = decisions_after(run.after_step(stage, step, facts, payload), stage, step)
         except AstrodrizError as exc:
+            self._stop_if_requested(exc)
             return self._failed(stage, step, exc.as_payload())
         except OSError as exc:
+            self._stop_if_requested(exc)
             # The file system said no (no space, permission denied): name the file, keep it one line.
             where = exc.filename or f"{stage}/{step}"
             return self._failed(stage, step, ProcessingError(f"{where}: {exc.strerror or exc}",
                                                              exc.filename).as_payload())
         except Exception as exc:  # noqa: BLE001 - a defect or unforeseen library failure: keep the traceback
+            self._stop_if_requested(exc)
             return self._failed(stage, step, {
                 "error": type(exc).__name__, "message": f"{stage}/{step}: unexpected error: {exc}",
                 "path": None, "exit_code": int(ExitCode.INTERNAL), "traceback": traceback.format_exc()})
+        # A stop requested while the handler ran: what it returned may be the work of a library that
+        # swallowed the signal's exception and went on with its defaults.
+        self._stop_if_requested()
         facts += [(DECISION, d) for d in after]
         failure = next((d for d in before + after if d.get(FAIL_RUN)), None)
         if failure is not None:
