@@ -40,6 +40,8 @@ from .store.eventstore import EventStore
 KILL_POINTS = (
     ("init/resolve_inputs", "step.completed", 0.0),
     ("default/updatewcs", "step.started", 0.15),
+    # With the process pool of the sky cells running: its workers must die with the run.
+    ("default/updatewcs", "skycell", 0.0),
     ("default/astrodrizzle", "step.started", 1.0),
     ("default/astrodrizzle", "step.started", 3.0),
     ("default/verify_alignment", "step.started", 0.0),
