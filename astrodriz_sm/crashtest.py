@@ -6,7 +6,8 @@ completing) or at a progress point inside a step (a candidate fit found). The ha
 SIGKILL there, at once or a given delay after letting it continue. It then runs
 ``astrodriz-sm resume`` and checks that the products' data arrays and WCS keywords equal those of
 an uninterrupted run, that the log's hash chain verifies, that ``explain`` lists each candidate fit
-once, and that no stage directory or partial file is left behind.
+once, that no stage directory or partial file is left behind, and that no process of the killed run
+outlives it (its survivors: processes carrying the kill point's mark in their environment).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,8 @@ from .store.eventstore import EventStore
 KILL_POINTS = (
     ("init/resolve_inputs", "step.completed", 0.0),
     ("default/updatewcs", "step.started", 0.15),
+    # With the process pool of the sky cells running: its workers must die with the run.
+    ("default/updatewcs", "skycell", 0.0),
     ("default/astrodrizzle", "step.started", 1.0),
     ("default/astrodrizzle", "step.started", 3.0),
     ("default/verify_alignment", "step.started", 0.0),
@@ -61,6 +65,13 @@ _WCS_KEYS = ("WCSNAME", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2"
              "CTYPE1", "CTYPE2", "NAXIS1", "NAXIS2")
 
 
+# Environment variable set for a killed process, with a value of its own: every process it starts
+# inherits it, so the processes of its tree can be found after it is gone.
+TREE_MARK = "ASTRODRIZ_SM_PROCESS_TREE"
+# How long the processes of a killed tree may take to end (the kernel's signals to them are immediate).
+SURVIVOR_WAIT_S = 5.0
+
+
 @dataclass
 class KillResult:
     """Outcome of one kill point."""
@@ -70,6 +81,47 @@ class KillResult:
     resume_exit: int | None
     identical: bool
     detail: str
+    survivors: int = 0
+
+
+def new_tree_mark() -> str:
+    """A value for :data:`TREE_MARK` that no other process tree carries."""
+    return uuid.uuid4().hex
+
+
+def marked_processes(mark: str) -> list[int]:
+    """Live processes (not zombies) whose environment holds ``TREE_MARK=mark`` (Linux ``/proc``)."""
+    needle = f"{TREE_MARK}={mark}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # gone, or not ours to read
+        if state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def survivors(mark: str, wait: float = SURVIVOR_WAIT_S) -> list[int]:
+    """The processes of a killed tree still alive after up to ``wait`` seconds (empty when all ended)."""
+    deadline = time.monotonic() + wait
+    while (alive := marked_processes(mark)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
+def kill_processes(pids) -> None:
+    """SIGKILL each pid (one that already ended is skipped)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _cli(*args) -> list[str]:
@@ -133,12 +185,14 @@ def child(target: str, input_path: str, newpath: str | None = None) -> int:
 DISK_FULL = "disk full"
 
 
-def start_and_kill(asn: Path, env: dict, point: tuple, timeout: float = 600.0, on_stop=None) -> bool:
+def start_and_kill(asn: Path, env: dict, point: tuple, timeout: float = 600.0, on_stop=None,
+                   mark: str | None = None) -> bool:
     """Run the pipeline on ``asn`` in a child process and SIGKILL it at ``point``.
 
     The child stops itself at the point (see :func:`pause_at`), however loaded the machine is
     (polling the log from outside can miss a short step); it then runs ``delay`` more seconds and
-    is killed. ``on_stop()``, when given, runs while the child is stopped.
+    is killed. ``on_stop()``, when given, runs while the child is stopped. With ``mark``, the child
+    (and so every process it starts) carries ``TREE_MARK=mark`` in its environment.
 
     Returns
     -------
@@ -146,6 +200,8 @@ def start_and_kill(asn: Path, env: dict, point: tuple, timeout: float = 600.0, o
         False when the run ended before the kill point.
     """
     where, kind, delay = point[:3]
+    if mark is not None:
+        env = {**env, TREE_MARK: mark}
     proc = subprocess.Popen([sys.executable, "-m", "astrodriz_sm.crashtest", "child", f"{where} {kind}", str(asn)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
@@ -203,11 +259,18 @@ def _run_point(base: Path, source: Path, asn_name: str, env: dict, point: tuple,
     store = d / "astrodriz_sm.db"
     fillers = []
     on_stop = (lambda: fillers.append(_fill(base))) if disk_full else None
-    if not start_and_kill(d / asn_name, env, point, timeout, on_stop=on_stop):
+    mark = new_tree_mark()
+    if not start_and_kill(d / asn_name, env, point, timeout, on_stop=on_stop, mark=mark):
+        kill_processes(marked_processes(mark))
         return KillResult(point, False, None, False, "the run ended before the kill point")
+    # Counted before anything else happens: a survivor would go on writing into what the resume reads.
+    alive = survivors(mark)
+    kill_processes(alive)
     for filler in fillers:
         filler.unlink()
     problems = []
+    if alive:
+        problems.append(f"{len(alive)} processes outlived the killed run")
     where, kind, delay = point[:3]
     log = EventStore(store)
     last = log.events(log.latest_run()["run_id"])[-1]
@@ -218,7 +281,8 @@ def _run_point(base: Path, source: Path, asn_name: str, env: dict, point: tuple,
     resumed = subprocess.run(_cli("resume", "--store", store), env=env, capture_output=True, text=True,
                              timeout=timeout, check=False)
     if resumed.returncode != 0:
-        return KillResult(point, True, resumed.returncode, False, resumed.stderr.strip().splitlines()[-1:])
+        return KillResult(point, True, resumed.returncode, False,
+                          "; ".join(problems + resumed.stderr.strip().splitlines()[-1:]), len(alive))
     verify = subprocess.run(_cli("verify-log", "--store", store), env=env, capture_output=True, text=True,
                             check=False)
     if verify.returncode != 0:
@@ -234,7 +298,7 @@ def _run_point(base: Path, source: Path, asn_name: str, env: dict, point: tuple,
     if len(catalogs) != len(set(catalogs)):
         problems.append(f"candidate fits listed more than once: {catalogs}")
     shutil.rmtree(d, ignore_errors=True)
-    return KillResult(point, True, 0, not problems, "; ".join(problems))
+    return KillResult(point, True, 0, not problems, "; ".join(problems), len(alive))
 
 
 def harness(source: Path, asn_name: str, env: dict, points=KILL_POINTS, workers: int = 2,
@@ -274,9 +338,11 @@ def harness(source: Path, asn_name: str, env: dict, points=KILL_POINTS, workers:
         for r in results:
             status = "identical" if r.identical else ("NOT KILLED" if not r.killed else "DIFFERENT")
             condition = f" ({r.point[3]})" if r.point[3:] else ""
-            print(f"{r.point[0]:28s} {r.point[1]:15s} +{r.point[2]:.2f}s{condition}  {status}  {r.detail}", file=out)
+            print(f"{r.point[0]:28s} {r.point[1]:15s} +{r.point[2]:.2f}s{condition}  {status}  "
+                  f"survivors: {r.survivors}  {r.detail}".rstrip(), file=out)
         killed = [r for r in results if r.killed]
-        print(f"{sum(r.identical for r in killed)}/{len(killed)} kill points resumed identical", file=out)
+        print(f"{sum(r.identical for r in killed)}/{len(killed)} kill points resumed identical, "
+              f"survivors: {sum(r.survivors for r in killed)}", file=out)
         return results
     finally:
         shutil.rmtree(workroot, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Plumbing for every layer: file hashes, copies, captured library output, working directory, timers, sizes.
+"""Plumbing for every layer: file hashes, copies, captured library output, working directory, timers, sizes,
+and the tie that ends a run's child processes with it.
 
 A leaf: it imports nothing of the package, so a view, a handler and the runner can share it without
 importing each other.
@@ -7,6 +8,7 @@ importing each other.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import io
@@ -14,7 +16,10 @@ import logging
 import os
 import re
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -170,3 +175,89 @@ def size_text(n: int | None) -> str:
     if n is None:
         return "-"
     return f"{n / 1e6:.0f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+# Linux prctl option: the signal a process receives when the thread that created it ends.
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+# Runs going on in this process; the at-fork tie acts only while there is one. A counter rather than
+# a switch, for runs in several threads of one process.
+_runs_tying = 0
+_tying_lock = threading.Lock()
+_fork_parent = None
+_fork_hook_registered = False
+
+
+def tie_to_parent(parent: int) -> bool:
+    """Have this process killed (SIGKILL) when its parent ends (Linux ``PR_SET_PDEATHSIG``).
+
+    The kernel sends the signal when the *thread* that created the process ends, so the process
+    must be started by a thread that lives as long as the run.
+
+    Parameters
+    ----------
+    parent : int
+        The pid of the process that started this one.
+
+    Returns
+    -------
+    bool
+        False when the parent had already gone before the tie took effect (this process has been
+        handed to another parent, and nothing will kill it): the caller should exit.
+    """
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    return os.getppid() == parent
+
+
+def _note_fork_parent() -> None:
+    global _fork_parent
+    _fork_parent = os.getpid()
+
+
+def _tie_forked_child() -> None:
+    # In the child of os.fork: the memory is the parent's copy, so _fork_parent is the parent's pid.
+    if _runs_tying and not tie_to_parent(_fork_parent):
+        os._exit(1)
+
+
+def _register_fork_hook() -> None:
+    global _fork_hook_registered
+    if not _fork_hook_registered:
+        # Registrations cannot be undone: the hook stays, and the counter says whether it acts.
+        os.register_at_fork(before=_note_fork_parent, after_in_child=_tie_forked_child)
+        _fork_hook_registered = True
+
+
+@contextlib.contextmanager
+def forks_tied():
+    """While the block runs, every process forked here (and their forks) dies with its parent.
+
+    Process pools of the fork context and AstroDrizzle's multiprocessing workers fork without
+    tying themselves to the run; a run killed outright (SIGKILL, out of memory) would leave them
+    running, blocked on a pipe from a parent that is gone. The tie is inherited by every forked
+    generation, since each child keeps the hook and its counter. A process started by exec
+    (``subprocess``) runs no fork hook: it ties itself (see :mod:`astrodriz_sm.child`).
+    Outside the block a fork in this process is left as it is, for the processes of the program
+    that calls the API.
+    """
+    global _runs_tying
+    with _tying_lock:
+        _register_fork_hook()
+        _runs_tying += 1
+    try:
+        yield
+    finally:
+        with _tying_lock:
+            _runs_tying -= 1
+
+
+def tie_forks_in_this_process() -> None:
+    """Tie every process forked from here on to its parent, for the life of this process.
+
+    For a process that exists for one run only, started by exec (a concurrent drizzle's child).
+    """
+    global _runs_tying
+    with _tying_lock:
+        _register_fork_hook()
+        _runs_tying += 1

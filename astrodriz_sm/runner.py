@@ -28,7 +28,7 @@ from .errors import (AstrodrizError, ExitCode, LogCorruptError, NoViableDataErro
 from .handlers.common import StepContext, library_fallbacks, payload_logs
 from .model.options import PRODUCT_SETTINGS
 from .model import STAGES, RunConfig, RunLayout, last_step, partial_name, stage_steps, step_spec
-from .plumbing import Timer, plain_directory_variables, sha256
+from .plumbing import Timer, forks_tied, plain_directory_variables, sha256
 from .statemachine import FAIL_RUN, STOP_STAGE, fold, next_action, plan, stage_files
 from .statemachine.rules import HANDLER_RULES, NO_VIABLE_DATA, decisions_after, decisions_before
 from .statemachine.state import (
@@ -380,7 +380,9 @@ class Runner:
         """Hold the run's lease (one writer at a time) for the duration.
 
         On Ctrl-C or SIGTERM (``KeyboardInterrupt``) the processes the step started are stopped before
-        the lease is given up, so that a resume never meets a worker still writing.
+        the lease is given up, so that a resume never meets a worker still writing. A process killed
+        outright cannot stop them: every process forked meanwhile is tied to its parent
+        (:func:`astrodriz_sm.plumbing.forks_tied`) and dies with it.
         """
         expiry = lease_expiry_from_environment(self.environ, DEFAULT_LEASE_EXPIRY_S)
         try:
@@ -393,7 +395,7 @@ class Runner:
             raise RunStateError(str(exc)) from exc
         self._claimed_takeover = None
         try:
-            with self.store.keep_lease(self.run_id, expiry) as self._keeper:
+            with forks_tied(), self.store.keep_lease(self.run_id, expiry) as self._keeper:
                 if takeover is not None:
                     self.log.info("lease taken over", reason=takeover.reason)
                     self.append(self.state().state or "init", "", LEASE_TAKEN_OVER, takeover.as_payload())
@@ -440,7 +442,20 @@ class Runner:
                            layout=RunLayout.of(run.config, run.root), progress=progress,
                            decisions=dict(decisions or {}), rules=HANDLER_RULES)
 
+    @staticmethod
+    def _stop_if_requested(exc: BaseException | None = None) -> None:
+        """Raise ``KeyboardInterrupt`` when Ctrl-C or SIGTERM asked the run to stop.
+
+        The signal's exception may have landed in library code that swallows exceptions
+        (stsci.tools' configuration parsing turns it into a KeyError under a bare ``except:``):
+        whatever the step then raised or returned is no result of it. The run is interrupted
+        instead, and its resume runs the step again.
+        """
+        if _stop_requested.is_set():
+            raise KeyboardInterrupt from exc
+
     def _failed(self, stage: str, step: str, payload: dict) -> None:
+        self._stop_if_requested()
         self.log.error("step failed", stage=stage, step=step, error=payload["message"])
         self.append(stage, step, STEP_FAILED, payload)
 
@@ -468,16 +483,22 @@ class Runner:
             # The rules that decide from what the step measured, on the state with its results folded in.
             after = decisions_after(run.after_step(stage, step, facts, payload), stage, step)
         except AstrodrizError as exc:
+            self._stop_if_requested(exc)
             return self._failed(stage, step, exc.as_payload())
         except OSError as exc:
+            self._stop_if_requested(exc)
             # The file system said no (no space, permission denied): name the file, keep it one line.
             where = exc.filename or f"{stage}/{step}"
             return self._failed(stage, step, ProcessingError(f"{where}: {exc.strerror or exc}",
                                                              exc.filename).as_payload())
         except Exception as exc:  # noqa: BLE001 - a defect or unforeseen library failure: keep the traceback
+            self._stop_if_requested(exc)
             return self._failed(stage, step, {
                 "error": type(exc).__name__, "message": f"{stage}/{step}: unexpected error: {exc}",
                 "path": None, "exit_code": int(ExitCode.INTERNAL), "traceback": traceback.format_exc()})
+        # A stop requested while the handler ran: what it returned may be the work of a library that
+        # swallowed the signal's exception and went on with its defaults.
+        self._stop_if_requested()
         facts += [(DECISION, d) for d in after]
         failure = next((d for d in before + after if d.get(FAIL_RUN)), None)
         if failure is not None:

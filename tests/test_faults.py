@@ -812,3 +812,100 @@ def test_an_interrupted_run_stops_its_workers_and_says_how_to_resume(simulated, 
     assert _session_members(proc.pid) == []
     resumed = run_cli("resume", run.run_id, "--store", d / STORE, env={"jref": f"{d}/", **NO_ALIGNMENT})
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+# The command line, with SIGTERM sent to itself the first time stsci.tools parses a configuration
+# file for AstroDrizzle: the KeyboardInterrupt that the signal raises then meets the bare ``except:``
+# of ``cfgpars.getEmbeddedKeyVal``, which turns it into a KeyError, as when the signal lands there by
+# chance.
+_SIGTERM_IN_CONFIG_PARSE = """
+import os, signal, sys
+from stsci.tools import cfgpars
+from astrodriz_sm.cli.main import main
+
+parse = cfgpars.configobj.ConfigObj
+
+def parse_and_be_stopped(*args, **kwargs):
+    if sys._getframe(1).f_code.co_name == "getEmbeddedKeyVal":
+        cfgpars.configobj.ConfigObj = parse
+        os.kill(os.getpid(), signal.SIGTERM)
+    return parse(*args, **kwargs)
+
+cfgpars.configobj.ConfigObj = parse_and_be_stopped
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_signal_that_library_code_swallows_still_interrupts_the_run_and_the_resume_ends_done(simulated):
+    """SIGTERM inside AstroDrizzle's configuration parse, where stsci.tools turns it into a KeyError:
+    the run is interrupted (not failed) at the drizzle, which its resume runs again."""
+    _, d = simulated("signal-flt", products="flt", n_exposures=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASTROM")}
+    env.update(jref=f"{d}/", **NO_ALIGNMENT)
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_IN_CONFIG_PARSE, "-q", "start", "-n", "1",
+                           d / f"{ROOT}_asn.fits"], env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    run = _run(d)
+    events = EventStore(d / STORE).events(run.run_id)
+    assert proc.returncode == ExitCode.INTERRUPTED, proc.stderr[-2000:]
+    assert [e.kind for e in events if e.kind == "step.failed"] == []
+    assert run.in_progress == {("default", "astrodrizzle")}
+    assert _last_line(proc) == (f"astrodriz-sm: interrupted at default/astrodrizzle; continue with: "
+                                f"astrodriz-sm resume {run.run_id} --store {d / STORE}")
+    resumed = run_cli("resume", run.run_id, "--store", d / STORE, env={"jref": f"{d}/", **NO_ALIGNMENT})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run = _run(d)
+    assert (run.ended["status"], run.ended["exit_code"]) == ("done", 0)
+    events = EventStore(d / STORE).events(run.run_id)
+    assert [e.kind for e in events if e.kind == "step.failed"] == []
+    assert [(e.stage, e.step) for e in events if e.kind == "step.started"].count(("default", "astrodrizzle")) == 2
+
+
+# The API with the command line's signal handlers and an observer that, at the first file the
+# promote step writes, sends SIGTERM to its own process inside an ``except BaseException: pass``, as
+# a library's bare ``except:`` would: the step then goes on and returns normally.
+_SIGTERM_SWALLOWED_IN_PROMOTE = """
+import os, signal, sys
+from astrodriz_sm import process
+from astrodriz_sm.errors import Interrupted
+from astrodriz_sm.runner import request_stop
+
+signal.signal(signal.SIGTERM, request_stop)
+pending = ["final/promote promoted"]
+
+def observe(stage, step, point):
+    if pending and f"{stage}/{step} {point}" == pending[0]:
+        pending.clear()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except BaseException:
+            pass
+
+try:
+    result = process(sys.argv[1], console=False, observer=observe)
+except Interrupted as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(int(exc.exit_code))
+sys.exit(result.exit_code)
+"""
+
+
+def test_a_step_that_returns_after_a_swallowed_signal_is_not_recorded_and_runs_again(simulated):
+    _, d = simulated("signal-flt", products="flt", n_exposures=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASTROM")}
+    env.update(jref=f"{d}/", **NO_ALIGNMENT)
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_SWALLOWED_IN_PROMOTE, d / f"{ROOT}_asn.fits"], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    run = _run(d)
+    assert proc.returncode == ExitCode.INTERRUPTED, proc.stderr[-2000:]
+    assert _last_line(proc) == (f"interrupted at final/promote; continue with: astrodriz-sm resume {run.run_id} "
+                                f"--store {d / STORE}")
+    assert run.in_progress == {("final", "promote")}
+    assert not run.is_completed("final", "promote")
+    resumed = run_cli("resume", run.run_id, "--store", d / STORE, env={"jref": f"{d}/", **NO_ALIGNMENT})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run = _run(d)
+    assert (run.ended["status"], run.ended["exit_code"]) == ("done", 0)
+    events = EventStore(d / STORE).events(run.run_id)
+    assert [e.kind for e in events if (e.stage, e.step) == ("final", "promote")] == [
+        "step.started", "step.started", "step.completed"]

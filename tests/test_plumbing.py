@@ -1,10 +1,12 @@
-"""Hashes, copies, captured library output, the working directory and timers."""
+"""Hashes, copies, captured library output, the working directory, timers and the tie of forked processes."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import signal
+import subprocess
 import sys
 import time
 import warnings
@@ -65,3 +67,60 @@ def test_timer_measures_the_block():
     with Timer() as t:
         time.sleep(0.05)
     assert 0.05 <= t.elapsed < 1.0 and t.elapsed == round(t.elapsed, 3)
+
+
+# A process that forks three sleepers: one inside forks_tied(), one of that one's own forks (a
+# grandchild), one after the block; it prints their pids and waits to be killed.
+_FORKER = """
+import os, sys, time
+from astrodriz_sm.plumbing import forks_tied
+
+def sleeper(then=None):
+    pid = os.fork()
+    if pid == 0:
+        if then is not None:
+            then()
+        time.sleep(120)
+        os._exit(0)
+    return pid
+
+def grandchild():
+    print(f"grandchild {sleeper()}", flush=True)
+
+with forks_tied():
+    print(f"tied {sleeper(grandchild)}", flush=True)
+print(f"untied {sleeper()}", flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_processes_forked_in_forks_tied_die_with_their_parent_and_others_do_not():
+    proc = subprocess.Popen([sys.executable, "-c", _FORKER], stdout=subprocess.PIPE, text=True)
+    pids = []
+    try:
+        named = dict(proc.stdout.readline().split() for _ in range(3))
+        pids = [int(named[k]) for k in ("grandchild", "tied", "untied")]
+        grandchild, tied, untied = pids
+        assert all(_alive(p) for p in pids)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while (_alive(tied) or _alive(grandchild)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (_alive(grandchild), _alive(tied), _alive(untied)) == (False, False, True)
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

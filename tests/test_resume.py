@@ -40,7 +40,8 @@ def _run(d):
 
 @pytest.mark.long
 def test_crash_harness_resumes_every_kill_point_identical(simulated, service, record_property):
-    """SIGKILL at step boundaries and inside updatewcs, AstroDrizzle, source finding and fitting."""
+    """SIGKILL at step boundaries and inside updatewcs, AstroDrizzle, source finding and fitting; no
+    process of a killed run outlives it."""
     src, _ = simulated("harness", n_exposures=2, pointing_error=0.6)
     handle = service(src)
     out = io.StringIO()
@@ -51,7 +52,9 @@ def test_crash_harness_resumes_every_kill_point_identical(simulated, service, re
     assert len(results) >= 10
     assert all(r.killed for r in results), [r.point for r in results if not r.killed]
     assert [r.detail for r in results if not r.identical] == []
-    assert out.getvalue().splitlines()[-1] == f"{len(results)}/{len(results)} kill points resumed identical"
+    assert [r.survivors for r in results] == [0] * len(results)
+    assert out.getvalue().splitlines()[-1] == (f"{len(results)}/{len(results)} kill points resumed identical, "
+                                               "survivors: 0")
 
 
 def test_start_refuses_an_unfinished_run_and_the_trailer_shows_crash_and_resume(simulated, tmp_path):

@@ -33,7 +33,7 @@ def _skycell_value(name: str) -> str:
     return "; ".join(cell[8:] for cell in (get_sky_cells([name]) or {}))
 
 
-def add_skycells(names: list[str], workers: int = 1) -> dict:
+def add_skycells(names: list[str], workers: int = 1, computed=None) -> dict:
     """SKYCELL in every SCI header, as drizzlepac's ``add_skycell_to_header`` writes it.
 
     That function computes the sky cells of the whole file once per SCI extension; the value
@@ -41,6 +41,16 @@ def add_skycells(names: list[str], workers: int = 1) -> dict:
     FLC share theirs) and written to every extension, after S_REGION, as drizzlepac places it.
     The distinct footprints are computed in ``workers`` child processes (about 8 s each for a
     full-frame ACS/WFC exposure, in pure Python).
+
+    Parameters
+    ----------
+    names : list of str
+        The files, in the current directory.
+    workers : int
+        Child processes for the footprints (1: none).
+    computed : callable, optional
+        ``computed(name)`` after each distinct footprint's value is known (the child processes,
+        if any, still running).
 
     Returns
     -------
@@ -52,10 +62,18 @@ def add_skycells(names: list[str], workers: int = 1) -> dict:
     for name, key in keys.items():
         first.setdefault(key, name)
     if workers > 1 and len(first) > 1:
+        values = []
         with ProcessPoolExecutor(min(workers, len(first)), mp_context=multiprocessing.get_context("fork")) as pool:
-            values = list(pool.map(_skycell_value, first.values()))
+            for name, value in zip(first.values(), pool.map(_skycell_value, first.values())):
+                values.append(value)
+                if computed is not None:
+                    computed(name)
     else:
-        values = [_skycell_value(name) for name in first.values()]
+        values = []
+        for name in first.values():
+            values.append(_skycell_value(name))
+            if computed is not None:
+                computed(name)
     known = dict(zip(first, values))
     written = {}
     for name in names:
@@ -107,7 +125,9 @@ def updatewcs(ctx: StepContext) -> StepResult:
                 stwcs_updatewcs(list(group), use_db=False, checkfiles=False)
             except Exception as exc:
                 raise ProcessingError(f"{d / group[0]}: updatewcs failed: {exc}", str(d / group[0])) from exc
-        add_skycells([n for g in groups for n in g], workers=ctx.cores)
+        # A progress point while the sky cells' processes are running (the crash harness kills there).
+        add_skycells([n for g in groups for n in g], workers=ctx.cores,
+                     computed=lambda name: ctx.progress(f"SKYCELL of {name}", point="skycell"))
     names = {n: _wcsnames(d / n) for g in groups for n in g}
     found = sorted({w for ws in names.values() for w in ws})
     if expected and found != [expected]:
