@@ -52,13 +52,35 @@ def _last_line(proc) -> str:
 
 
 # -- a service that answers its probe and then nothing ------------------------------------------
-class HangingProxy:
+class _Proxy:
+    """A real HTTP server on 127.0.0.1 in front of the local service; ``stop`` ends what it holds open."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+
+    def _serve(self, handler) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def environment(self) -> dict:
+        return service_environment(self.url)
+
+    def close(self):
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class HangingProxy(_Proxy):
     """A real HTTP server in front of the local service: forwards what ``forward(path)`` accepts,
     holds every other request open without answering (for at most ``hold`` seconds).
     """
 
     def __init__(self, upstream: str, forward, hold: float = 120.0):
-        self.release = threading.Event()
+        super().__init__()
         self.held = []
         proxy = self
 
@@ -73,24 +95,12 @@ class HangingProxy:
                     self.wfile.write(r.content)
                 else:
                     proxy.held.append(self.path)
-                    proxy.release.wait(hold)
+                    proxy.stop.wait(hold)
 
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def environment(self) -> dict:
-        return service_environment(self.url)
-
-    def close(self):
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
 
 def _is_probe(path: str) -> bool:
@@ -130,7 +140,7 @@ def test_a_catalog_service_that_hangs_after_its_probe_skips_the_stage_in_bounded
     assert set(_inputs_of(d)) >= set(before)
 
 
-class DrippingProxy:
+class DrippingProxy(_Proxy):
     """A real HTTP server in front of the local service that sends catalog answers one byte a second.
 
     ``drip="body"``: the status line and headers at once, then the body byte by byte.
@@ -141,8 +151,8 @@ class DrippingProxy:
     """
 
     def __init__(self, upstream: str, drip: str, limit: int = 240):
+        super().__init__()
         self.dripped = []
-        self.stop = threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -172,19 +182,7 @@ class DrippingProxy:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def environment(self) -> dict:
-        return service_environment(self.url)
-
-    def close(self):
-        self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
 
 def _utc_seconds(utc: str) -> float:

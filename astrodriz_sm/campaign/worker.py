@@ -163,31 +163,28 @@ def _kill_tree(proc: psutil.Process) -> None:
                 p.send_signal(signal.SIGKILL)
 
 
-def _live_holder(store: str, input: str) -> str | None:
-    """Who holds the input's unfinished run (``pid N on host (since ...)``), None when nobody alive does."""
+def wait_for_holder(job: Job) -> Outcome:
+    """Return when no live process holds ``job.input``'s latest run any more.
+
+    A run gives up its lease when it ends or is interrupted; a holder that died is judged by
+    :meth:`EventStore.check_lease` (its process gone, or its lease expired on another host).
+    """
     from ..store.eventstore import EventStore, LeaseHeld, StoreError
 
-    summary = run_summary(store, input)
-    if summary["run_status"] != "unfinished":
-        return None
-    try:
-        with EventStore(store, read_only=True) as events:
-            events.check_lease(summary["run_id"])
-    except LeaseHeld as exc:
-        return str(exc)
-    except StoreError:
-        return None  # the next attempt's command says what is wrong with the store
-    return None
-
-
-def wait_for_holder(job: Job) -> Outcome:
-    """Return when no live process holds ``job.input``'s run: it ended, or its holder is gone."""
     worker = _dask_worker()
     started, t0 = utc_now(), time.monotonic()
-    holder = first = _live_holder(job.store, job.input)
-    while holder is not None:
-        time.sleep(HOLDER_POLL_S)
-        holder = _live_holder(job.store, job.input)
+    first = None
+    try:
+        with EventStore(job.store, read_only=True) as store:
+            while (latest := store.latest_run(job.input)) is not None:
+                try:
+                    store.check_lease(latest["run_id"])
+                    break
+                except LeaseHeld as exc:
+                    first = first or str(exc)
+                time.sleep(HOLDER_POLL_S)
+    except StoreError:
+        pass  # the next attempt's command says what is wrong with the store
     wall = time.monotonic() - t0
     summary = run_summary(job.store, job.input)
     return Outcome(exit_code=0, signal=None, memory_killed=False, memory_budget=job.memory_budget,
